@@ -1,0 +1,84 @@
+use crate::strategies::{frame, owned, same};
+use ferry_wire::*;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Every message type encodes within the limits and decodes back to the same value.
+    #[test]
+    fn every_message_roundtrips(o in owned()) {
+        let m = o.message();
+        let bytes = frame(&m);
+        prop_assert!(bytes.len() <= MAX_FRAME_LEN + 2);
+        prop_assert_eq!(bytes[0], 0);
+        prop_assert_eq!(*bytes.last().unwrap(), 0);
+        prop_assert!(!bytes[1..bytes.len() - 1].contains(&0));
+        let mut dec: Decoder = Decoder::new();
+        let mut input = &bytes[..];
+        {
+            let got = dec.feed(&mut input).expect("one frame").expect("valid");
+            prop_assert!(same(&got, &m), "{:?} != {:?}", got, m);
+        }
+        prop_assert!(dec.feed(&mut input).is_none());
+        prop_assert_eq!(dec.pending(), 0);
+    }
+
+    /// A single flipped bit anywhere inside a frame is always detected (CRC-32 catches all 1-bit errors).
+    #[test]
+    fn bit_flip_is_rejected(o in owned(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let m = o.message();
+        let mut bytes = frame(&m);
+        let inner = bytes.len() - 2;
+        let i = 1 + pos.index(inner);
+        bytes[i] ^= 1 << bit;
+        let mut dec: Decoder = Decoder::new();
+        let mut input = &bytes[..];
+        while let Some(r) = dec.feed(&mut input) {
+            prop_assert!(r.is_err(), "corrupted frame accepted");
+        }
+    }
+}
+
+#[test]
+fn encoder_refuses_invalid_messages() {
+    let mut buf = [0u8; MAX_ENCODED_LEN];
+    let long_id = "x".repeat(MAX_DEVICE_ID_LEN + 1);
+    let hello = Message::Hello(Hello {
+        device_id: &long_id,
+        firmware: "",
+        boot_id: 1,
+        tick_hz: 1000,
+        ticks: 0,
+        next_seq: 0,
+        sensors: heapless::Vec::new(),
+    });
+    assert_eq!(encode(&hello, &mut buf), Err(EncodeError::Invalid));
+    let empty = Message::Samples(Samples {
+        oldest: 0,
+        first_seq: 0,
+        samples: heapless::Vec::new(),
+    });
+    assert_eq!(encode(&empty, &mut buf), Err(EncodeError::Invalid));
+    assert_eq!(
+        encode(&Message::HelloRequest, &mut buf[..4]),
+        Err(EncodeError::BufferTooSmall)
+    );
+}
+
+#[test]
+fn unknown_version_and_trailing_bytes_are_reported() {
+    // A well-formed body with version 2.
+    let mut body = vec![2u8, 7];
+    body.extend_from_slice(&crc32(&body).to_le_bytes());
+    assert_eq!(decode_body(&body), Err(RejectReason::UnknownVersion(2)));
+    // Version 1, HelloRequest tag, one stray byte.
+    let mut body = vec![1u8, 7, 9];
+    body.extend_from_slice(&crc32(&body).to_le_bytes());
+    assert_eq!(decode_body(&body), Err(RejectReason::Malformed));
+    // Unknown message tag.
+    let mut body = vec![1u8, 8];
+    body.extend_from_slice(&crc32(&body).to_le_bytes());
+    assert_eq!(decode_body(&body), Err(RejectReason::Malformed));
+    assert_eq!(decode_body(&[1, 7, 0, 0]), Err(RejectReason::TooShort));
+}
