@@ -1,0 +1,511 @@
+//! The device side of the link protocol as a sans-IO state machine.
+//!
+//! The owner calls, in any order and as often as it likes:
+//! [`Device::step`] (sample due sensors), [`Device::receive`] (bytes from the link),
+//! [`Device::poll_transmit`] (next frame to send, until `None`) and [`Device::take_action`]
+//! (board-level effects of commands). Time is passed in as milliseconds since boot.
+//!
+//! Transmission priority: Hello (while connecting) > command results > heartbeat > samples.
+
+use ferry_wire::{
+    encode, Command, CommandKind, CommandResult, CommandStatus, Decoder, Heartbeat, Hello, Message,
+    Sample, SensorInfo, MAX_DEVICE_ID_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME, MAX_SENSORS,
+};
+use heapless::{Deque, String, Vec};
+
+use crate::ring::SampleRing;
+use crate::schedule::Schedule;
+use crate::sensors::Sensors;
+use crate::TICK_HZ;
+
+/// Gateway → device frames are small; this bounds the device's receive buffers.
+const RX_FRAME_MAX: usize = 256;
+/// Command ids remembered for de-duplication.
+const RECENT_COMMANDS: usize = 8;
+
+/// Identity and timing of a device.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Stable device id (1..=32 bytes).
+    pub device_id: String<MAX_DEVICE_ID_LEN>,
+    /// Firmware version string.
+    pub firmware: &'static str,
+    /// This boot's id; must differ on every reset.
+    pub boot_id: u32,
+    /// Hello repetition while connecting.
+    pub hello_interval_ms: u32,
+    /// Heartbeat period while connected.
+    pub heartbeat_interval_ms: u32,
+    /// Go-back-N retransmission timeout.
+    pub retransmit_timeout_ms: u32,
+    /// Silence from the gateway (with samples held) after which the device reconnects.
+    pub link_timeout_ms: u32,
+}
+
+impl DeviceConfig {
+    /// Defaults from PROTOCOL.md: Hello every 1 s, heartbeat every 1 s, retransmit after 1 s,
+    /// reconnect after 5 s of silence. An over-long id is truncated to 32 bytes.
+    pub fn new(device_id: &str, firmware: &'static str, boot_id: u32) -> Self {
+        let mut id = String::new();
+        for c in device_id.chars() {
+            if id.push(c).is_err() {
+                break;
+            }
+        }
+        DeviceConfig {
+            device_id: id,
+            firmware,
+            boot_id,
+            hello_interval_ms: 1000,
+            heartbeat_interval_ms: 1000,
+            retransmit_timeout_ms: 1000,
+            link_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Whether the gateway has welcomed this boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Sending Hello until a Welcome for this boot arrives; samples accumulate.
+    Connecting,
+    /// Sending samples and heartbeats.
+    Connected,
+}
+
+/// Board-level effect of a command, for the owner to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Make the device visible for a while (blink).
+    Identify {
+        /// Duration in milliseconds.
+        duration_ms: u32,
+    },
+    /// Reset now: the command's result has been handed to the transmitter already.
+    Reboot,
+    /// Application bytes; answer with [`Device::complete_command`].
+    Opaque {
+        /// Command id to answer.
+        id: u32,
+        /// Payload.
+        data: Vec<u8, MAX_OPAQUE_LEN>,
+    },
+}
+
+/// Counters since boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Samples produced.
+    pub generated: u64,
+    /// Samples released by acks.
+    pub acked: u64,
+    /// Samples evicted from a full ring.
+    pub dropped: u32,
+    /// Failed sensor reads.
+    pub read_errors: u32,
+    /// Go-back-N rewinds.
+    pub retransmits: u32,
+    /// Hellos sent.
+    pub hellos: u32,
+    /// Frames handed to the transmitter.
+    pub frames_sent: u64,
+    /// Received runs rejected by the decoder.
+    pub frames_rejected: u32,
+    /// Valid frames that a device should never receive (uplink messages: an echoing link).
+    pub unexpected: u32,
+}
+
+struct PendingResult {
+    id: u32,
+    status: CommandStatus,
+    data: Vec<u8, MAX_OPAQUE_LEN>,
+}
+
+/// A gateway → device message copied out of the decoder buffer.
+enum Downlink {
+    Welcome { boot_id: u32, next_seq: u32 },
+    Ack { boot_id: u32, next_seq: u32 },
+    Command { id: u32, kind: OwnedKind },
+    HelloRequest,
+    Unexpected,
+}
+
+enum OwnedKind {
+    SetInterval { sensor: u8, interval_ms: u32 },
+    Identify { duration_ms: u32 },
+    Reboot,
+    Opaque(Vec<u8, MAX_OPAQUE_LEN>),
+}
+
+impl Downlink {
+    fn from_message(m: Message<'_>) -> Self {
+        match m {
+            Message::Welcome(w) => Downlink::Welcome {
+                boot_id: w.boot_id,
+                next_seq: w.next_seq,
+            },
+            Message::Ack(a) => Downlink::Ack {
+                boot_id: a.boot_id,
+                next_seq: a.next_seq,
+            },
+            Message::Command(Command { id, kind }) => Downlink::Command {
+                id,
+                kind: match kind {
+                    CommandKind::SetInterval {
+                        sensor,
+                        interval_ms,
+                    } => OwnedKind::SetInterval {
+                        sensor,
+                        interval_ms,
+                    },
+                    CommandKind::Identify { duration_ms } => OwnedKind::Identify { duration_ms },
+                    CommandKind::Reboot => OwnedKind::Reboot,
+                    // Length is checked by the decoder (<= MAX_OPAQUE_LEN).
+                    CommandKind::Opaque(d) => {
+                        OwnedKind::Opaque(Vec::from_slice(d).unwrap_or_default())
+                    }
+                },
+            },
+            Message::HelloRequest => Downlink::HelloRequest,
+            _ => Downlink::Unexpected,
+        }
+    }
+}
+
+/// One device: sampling schedule, unacked ring, link state and command handling.
+/// `RING` is the ring capacity in samples.
+pub struct Device<const RING: usize = { crate::DEFAULT_RING }> {
+    cfg: DeviceConfig,
+    schedule: Schedule,
+    ring: SampleRing<RING>,
+    send_seq: u32,
+    inflight_since: Option<u64>,
+    link: LinkState,
+    next_hello_ms: u64,
+    last_rx_ms: u64,
+    next_heartbeat_ms: u64,
+    acked_next: u32,
+    results: Deque<PendingResult, 4>,
+    recent: [Option<(u32, CommandStatus)>; RECENT_COMMANDS],
+    recent_at: usize,
+    actions: Deque<Action, 4>,
+    reboot_pending: bool,
+    decoder: Decoder<RX_FRAME_MAX>,
+    stats: DeviceStats,
+}
+
+impl<const RING: usize> Device<RING> {
+    /// A freshly booted device at `now_ms`, connecting.
+    pub fn new(cfg: DeviceConfig, sensors: &impl Sensors, now_ms: u64) -> Self {
+        let schedule = Schedule::new(
+            sensors
+                .specs()
+                .iter()
+                .take(MAX_SENSORS)
+                .map(|s| s.default_interval_ms),
+            now_ms,
+        );
+        Device {
+            cfg,
+            schedule,
+            ring: SampleRing::new(0),
+            send_seq: 0,
+            inflight_since: None,
+            link: LinkState::Connecting,
+            next_hello_ms: now_ms,
+            last_rx_ms: now_ms,
+            next_heartbeat_ms: now_ms,
+            acked_next: 0,
+            results: Deque::new(),
+            recent: [None; RECENT_COMMANDS],
+            recent_at: 0,
+            actions: Deque::new(),
+            reboot_pending: false,
+            decoder: Decoder::new(),
+            stats: DeviceStats::default(),
+        }
+    }
+
+    /// This boot's id.
+    pub fn boot_id(&self) -> u32 {
+        self.cfg.boot_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.cfg
+    }
+
+    /// Connecting or connected.
+    pub fn link(&self) -> LinkState {
+        self.link
+    }
+
+    /// Counters since boot.
+    pub fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    /// Every sample with `seq < acked_next()` was acked or dropped.
+    pub fn acked_next(&self) -> u32 {
+        self.acked_next
+    }
+
+    /// Sequence number the next sample gets.
+    pub fn next_seq(&self) -> u32 {
+        self.ring.next_seq()
+    }
+
+    /// Samples held unacknowledged.
+    pub fn ring_depth(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Current sampling interval of sensor `index` (0 = disabled).
+    pub fn interval_ms(&self, index: usize) -> Option<u32> {
+        (index < self.schedule.len()).then(|| self.schedule.interval(index))
+    }
+
+    /// Takes every sample due at `now_ms` into the ring.
+    pub fn step(&mut self, now_ms: u64, sensors: &mut impl Sensors) {
+        sensors.poll(now_ms);
+        while let Some((index, due_ms)) = self.schedule.next_due(now_ms) {
+            match sensors.read(index, due_ms) {
+                Ok(value) => {
+                    let (_, evicted) = self.ring.push(Sample {
+                        ticks: due_ms,
+                        sensor: index as u8,
+                        value,
+                    });
+                    self.stats.generated += 1;
+                    if evicted {
+                        self.stats.dropped += 1;
+                        self.send_seq = self.send_seq.max(self.ring.oldest());
+                    }
+                }
+                Err(_) => self.stats.read_errors += 1,
+            }
+        }
+    }
+
+    /// Feeds bytes received from the gateway.
+    pub fn receive(&mut self, now_ms: u64, bytes: &[u8]) {
+        let mut input = bytes;
+        loop {
+            let msg = match self.decoder.feed(&mut input) {
+                None => break,
+                Some(Err(_)) => {
+                    self.stats.frames_rejected += 1;
+                    continue;
+                }
+                Some(Ok(m)) => Downlink::from_message(m),
+            };
+            self.handle(now_ms, msg);
+        }
+    }
+
+    fn handle(&mut self, now_ms: u64, msg: Downlink) {
+        if matches!(msg, Downlink::Unexpected) {
+            self.stats.unexpected += 1;
+            return;
+        }
+        self.last_rx_ms = now_ms;
+        match msg {
+            Downlink::Welcome { boot_id, next_seq } if boot_id == self.cfg.boot_id => {
+                self.link = LinkState::Connected;
+                self.next_heartbeat_ms = now_ms + u64::from(self.cfg.heartbeat_interval_ms);
+                self.apply_ack(now_ms, next_seq);
+                // The gateway may have lost frames in flight: resend everything held.
+                self.send_seq = self.ring.oldest();
+                self.inflight_since = None;
+            }
+            Downlink::Ack { boot_id, next_seq } if boot_id == self.cfg.boot_id => {
+                self.apply_ack(now_ms, next_seq)
+            }
+            Downlink::Command { id, kind } => self.command(now_ms, id, kind),
+            Downlink::HelloRequest => {
+                self.link = LinkState::Connecting;
+                self.next_hello_ms = now_ms;
+            }
+            // Welcome/Ack for another boot: stale, ignore.
+            _ => {}
+        }
+    }
+
+    fn apply_ack(&mut self, now_ms: u64, next_seq: u32) {
+        let next = next_seq.min(self.ring.next_seq());
+        self.acked_next = self.acked_next.max(next);
+        let released = self.ring.release_below(next);
+        if released > 0 {
+            self.stats.acked += released as u64;
+            self.send_seq = self.send_seq.max(self.ring.oldest());
+            self.inflight_since = (self.send_seq > self.ring.oldest()).then_some(now_ms);
+        }
+    }
+
+    fn command(&mut self, now_ms: u64, id: u32, kind: OwnedKind) {
+        if let Some((_, status)) = self.recent.iter().flatten().find(|(rid, _)| *rid == id) {
+            let status = *status;
+            self.push_result(id, status, &[]);
+            return;
+        }
+        let status = match kind {
+            OwnedKind::SetInterval {
+                sensor,
+                interval_ms,
+            } => {
+                if usize::from(sensor) < self.schedule.len() {
+                    self.schedule
+                        .set_interval(usize::from(sensor), interval_ms, now_ms);
+                    CommandStatus::Ok
+                } else {
+                    CommandStatus::UnknownSensor
+                }
+            }
+            OwnedKind::Identify { duration_ms } => self.act(Action::Identify { duration_ms }),
+            OwnedKind::Reboot => {
+                self.reboot_pending = true;
+                CommandStatus::Ok
+            }
+            OwnedKind::Opaque(data) => {
+                if self.actions.push_back(Action::Opaque { id, data }).is_err() {
+                    CommandStatus::Failed
+                } else {
+                    return; // answered by complete_command
+                }
+            }
+        };
+        self.complete_command(id, status, &[]);
+    }
+
+    fn act(&mut self, a: Action) -> CommandStatus {
+        match self.actions.push_back(a) {
+            Ok(()) => CommandStatus::Ok,
+            Err(_) => CommandStatus::Failed,
+        }
+    }
+
+    /// Answers a command (used by the owner for [`Action::Opaque`]); `data` beyond 128 bytes is cut.
+    pub fn complete_command(&mut self, id: u32, status: CommandStatus, data: &[u8]) {
+        self.recent[self.recent_at] = Some((id, status));
+        self.recent_at = (self.recent_at + 1) % RECENT_COMMANDS;
+        self.push_result(id, status, data);
+    }
+
+    fn push_result(&mut self, id: u32, status: CommandStatus, data: &[u8]) {
+        let data = Vec::from_slice(&data[..data.len().min(MAX_OPAQUE_LEN)]).unwrap_or_default();
+        if self.results.is_full() {
+            // The gateway re-sends a command whose result it misses; the recent list answers it.
+            self.results.pop_front();
+        }
+        let _ = self.results.push_back(PendingResult { id, status, data });
+    }
+
+    /// The next board-level action to carry out. `Reboot` comes only after its result was sent.
+    pub fn take_action(&mut self) -> Option<Action> {
+        if let Some(a) = self.actions.pop_front() {
+            return Some(a);
+        }
+        (self.reboot_pending && self.results.is_empty()).then_some(Action::Reboot)
+    }
+
+    /// Writes the next frame to send into `out` (at least `ferry_wire::MAX_ENCODED_LEN` bytes) and
+    /// returns its length; `None` when there is nothing to send now.
+    pub fn poll_transmit(
+        &mut self,
+        now_ms: u64,
+        sensors: &impl Sensors,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        if self.link == LinkState::Connected
+            && !self.ring.is_empty()
+            && now_ms.saturating_sub(self.last_rx_ms) >= u64::from(self.cfg.link_timeout_ms)
+        {
+            self.link = LinkState::Connecting;
+            self.next_hello_ms = now_ms;
+        }
+        let n = if self.link == LinkState::Connecting {
+            if now_ms < self.next_hello_ms {
+                return None;
+            }
+            self.next_hello_ms = now_ms + u64::from(self.cfg.hello_interval_ms);
+            self.stats.hellos += 1;
+            self.encode_hello(now_ms, sensors, out)
+        } else if let Some(r) = self.results.pop_front() {
+            let msg = Message::CommandResult(CommandResult {
+                id: r.id,
+                status: r.status,
+                data: &r.data,
+            });
+            encode(&msg, out).ok()
+        } else if now_ms >= self.next_heartbeat_ms {
+            self.next_heartbeat_ms = now_ms + u64::from(self.cfg.heartbeat_interval_ms);
+            let msg = Message::Heartbeat(Heartbeat {
+                ticks: now_ms,
+                dropped: self.stats.dropped,
+                ring_depth: self.ring.len().min(u16::MAX as usize) as u16,
+                read_errors: self.stats.read_errors,
+            });
+            encode(&msg, out).ok()
+        } else {
+            self.encode_samples(now_ms, out)
+        };
+        if n.is_some() {
+            self.stats.frames_sent += 1;
+        }
+        n
+    }
+
+    fn encode_hello(&self, now_ms: u64, sensors: &impl Sensors, out: &mut [u8]) -> Option<usize> {
+        let table = sensors
+            .specs()
+            .iter()
+            .take(self.schedule.len())
+            .enumerate()
+            .map(|(i, s)| SensorInfo {
+                index: i as u8,
+                name: s.name,
+                unit: s.unit,
+                interval_ms: self.schedule.interval(i),
+            })
+            .collect();
+        let msg = Message::Hello(Hello {
+            device_id: &self.cfg.device_id,
+            firmware: self.cfg.firmware,
+            boot_id: self.cfg.boot_id,
+            tick_hz: TICK_HZ,
+            ticks: now_ms,
+            next_seq: self.ring.next_seq(),
+            sensors: table,
+        });
+        encode(&msg, out).ok()
+    }
+
+    fn encode_samples(&mut self, now_ms: u64, out: &mut [u8]) -> Option<usize> {
+        if let Some(since) = self.inflight_since {
+            if now_ms.saturating_sub(since) >= u64::from(self.cfg.retransmit_timeout_ms) {
+                self.send_seq = self.ring.oldest();
+                self.inflight_since = None;
+                self.stats.retransmits += 1;
+            }
+        }
+        let end = self.ring.next_seq();
+        if self.send_seq >= end {
+            return None;
+        }
+        let first = self.send_seq;
+        let count = ((end - first) as usize).min(MAX_SAMPLES_PER_FRAME);
+        let samples: Vec<Sample, MAX_SAMPLES_PER_FRAME> = (first..first + count as u32)
+            .filter_map(|s| self.ring.get(s).copied())
+            .collect();
+        let msg = Message::Samples(ferry_wire::Samples {
+            oldest: self.ring.oldest(),
+            first_seq: first,
+            samples,
+        });
+        let n = encode(&msg, out).ok()?;
+        self.send_seq = first + count as u32;
+        self.inflight_since.get_or_insert(now_ms);
+        Some(n)
+    }
+}

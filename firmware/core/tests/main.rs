@@ -1,0 +1,392 @@
+//! Device state machine driven by a minimal in-test gateway.
+use ferry_firmware::sensors::synthetic::Synthetic;
+use ferry_firmware::{Action, Device, DeviceConfig, LinkState};
+use ferry_wire::*;
+
+/// What the gateway saw, owned.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Hello {
+        boot: u32,
+        next_seq: u32,
+        sensors: Vec<(u8, String, u32)>,
+    },
+    Samples {
+        oldest: u32,
+        first: u32,
+        samples: Vec<Sample>,
+    },
+    Heartbeat(Heartbeat),
+    Result {
+        id: u32,
+        status: CommandStatus,
+        data: Vec<u8>,
+    },
+}
+
+struct Bench {
+    dev: Device<16>,
+    sensors: Synthetic,
+    now: u64,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let sensors = Synthetic::with_interval(10);
+        let mut cfg = DeviceConfig::new("dev-1", "test", 77);
+        cfg.retransmit_timeout_ms = 100;
+        cfg.link_timeout_ms = 500;
+        let dev = Device::new(cfg, &sensors, 0);
+        Bench {
+            dev,
+            sensors,
+            now: 0,
+        }
+    }
+
+    /// Advances time and returns every frame the device sends.
+    fn run_until(&mut self, t: u64) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        while self.now <= t {
+            self.dev.step(self.now, &mut self.sensors);
+            let mut out = [0u8; MAX_ENCODED_LEN];
+            while let Some(n) = self.dev.poll_transmit(self.now, &self.sensors, &mut out) {
+                let mut dec: Decoder = Decoder::new();
+                let mut input = &out[..n];
+                let m = dec.feed(&mut input).unwrap().unwrap();
+                seen.push(match m {
+                    Message::Hello(h) => Seen::Hello {
+                        boot: h.boot_id,
+                        next_seq: h.next_seq,
+                        sensors: h
+                            .sensors
+                            .iter()
+                            .map(|s| (s.index, s.name.to_owned(), s.interval_ms))
+                            .collect(),
+                    },
+                    Message::Samples(s) => Seen::Samples {
+                        oldest: s.oldest,
+                        first: s.first_seq,
+                        samples: s.samples.to_vec(),
+                    },
+                    Message::Heartbeat(h) => Seen::Heartbeat(h),
+                    Message::CommandResult(r) => Seen::Result {
+                        id: r.id,
+                        status: r.status,
+                        data: r.data.to_vec(),
+                    },
+                    other => panic!("device sent a gateway message: {other:?}"),
+                });
+            }
+            self.now += 1;
+        }
+        seen
+    }
+
+    /// Like `run_until`, acking everything received every 20 ms, as a gateway would.
+    fn run_acking(&mut self, t: u64) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        while self.now < t {
+            let step = seen.len();
+            seen.extend(self.run_until((self.now + 20).min(t)));
+            if let Some(last) = seqs(&seen[step..]).last() {
+                self.ack(last + 1);
+            }
+        }
+        seen
+    }
+
+    fn send(&mut self, m: Message<'_>) {
+        let mut out = [0u8; MAX_ENCODED_LEN];
+        let n = encode(&m, &mut out).unwrap();
+        // Deliver byte by byte to exercise the streaming decoder.
+        for b in &out[..n] {
+            self.dev.receive(self.now, std::slice::from_ref(b));
+        }
+    }
+
+    fn welcome(&mut self, next_seq: u32) {
+        self.send(Message::Welcome(Welcome {
+            boot_id: 77,
+            utc_ms: 1,
+            next_seq,
+        }));
+    }
+
+    fn ack(&mut self, next_seq: u32) {
+        self.send(Message::Ack(Ack {
+            boot_id: 77,
+            next_seq,
+        }));
+    }
+}
+
+fn seqs(seen: &[Seen]) -> Vec<u32> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Samples { first, samples, .. } => {
+                Some((*first..*first + samples.len() as u32).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn hello_repeats_until_welcome_then_samples_flow_in_order() {
+    let mut b = Bench::new();
+    let seen = b.run_until(2500);
+    let hellos = seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Hello { .. }))
+        .count();
+    assert_eq!(hellos, 3, "Hello at 0, 1000, 2000 ms");
+    assert!(seqs(&seen).is_empty(), "no samples before Welcome");
+    match &seen[0] {
+        Seen::Hello {
+            boot,
+            next_seq,
+            sensors,
+        } => {
+            assert_eq!(
+                (*boot, *next_seq),
+                (77, 3),
+                "the t=0 samples were taken before the Hello"
+            );
+            assert_eq!(sensors[2], (2, "counter".to_owned(), 10));
+        }
+        other => panic!("{other:?}"),
+    }
+    // 3 sensors every 10 ms for 2.5 s = 753 samples, ring of 16 keeps the newest.
+    assert_eq!(b.dev.stats().generated, 753);
+    assert_eq!(b.dev.stats().dropped, 753 - 16);
+    b.welcome(0);
+    assert_eq!(b.dev.link(), LinkState::Connected);
+    let seen = b.run_until(2505);
+    let s = seqs(&seen);
+    assert_eq!(s[0], 737, "resends the oldest held sample first");
+    assert!(s.windows(2).all(|w| w[1] == w[0] + 1), "consecutive: {s:?}");
+    let Some(Seen::Samples { oldest, .. }) =
+        seen.iter().find(|s| matches!(s, Seen::Samples { .. }))
+    else {
+        panic!()
+    };
+    assert_eq!(*oldest, 737);
+}
+
+#[test]
+fn acks_release_and_heartbeat_reports() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    let seen = b.run_until(40);
+    let last = *seqs(&seen).last().unwrap();
+    b.ack(last + 1);
+    assert_eq!(b.dev.ring_depth(), 0);
+    assert_eq!(b.dev.stats().acked, u64::from(last) + 1);
+    assert_eq!(b.dev.acked_next(), last + 1);
+    // Ack beyond what exists is clamped; a stale ack for another boot is ignored.
+    b.send(Message::Ack(Ack {
+        boot_id: 5,
+        next_seq: 10_000,
+    }));
+    b.ack(10_000);
+    assert_eq!(b.dev.acked_next(), last + 1);
+    let seen = b.run_acking(1100);
+    let hb = seen
+        .iter()
+        .find_map(|s| match s {
+            Seen::Heartbeat(h) => Some(*h),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(hb.dropped, 0);
+}
+
+#[test]
+fn withheld_acks_cause_go_back_n_retransmission() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    let first = seqs(&b.run_until(50));
+    assert_eq!(first[0], 0);
+    let later = b.run_until(160); // RTO is 100 ms
+    let mut next_new = *first.last().unwrap() + 1;
+    let mut rewinds = 0;
+    for f in &later {
+        if let Seen::Samples {
+            oldest,
+            first,
+            samples,
+        } = f
+        {
+            if *first < next_new {
+                // A retransmission starts at the oldest sample the device still holds.
+                assert_eq!(first, oldest);
+                rewinds += 1;
+            }
+            next_new = next_new.max(first + samples.len() as u32);
+        }
+    }
+    assert_eq!(rewinds, 1, "one rewind between 100 and 160 ms");
+    assert!(b.dev.stats().retransmits >= 1);
+}
+
+#[test]
+fn stale_ack_from_previous_boot_never_releases_samples() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    b.run_until(30);
+    let depth = b.dev.ring_depth();
+    b.send(Message::Ack(Ack {
+        boot_id: 76,
+        next_seq: 1000,
+    }));
+    b.send(Message::Welcome(Welcome {
+        boot_id: 76,
+        utc_ms: 0,
+        next_seq: 1000,
+    }));
+    assert_eq!(b.dev.ring_depth(), depth);
+}
+
+#[test]
+fn set_interval_command_changes_the_rate_and_is_deduplicated() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    let cmd = Message::Command(Command {
+        id: 42,
+        kind: CommandKind::SetInterval {
+            sensor: 2,
+            interval_ms: 100,
+        },
+    });
+    b.send(cmd.clone());
+    let seen = b.run_acking(1000);
+    assert!(seen.contains(&Seen::Result {
+        id: 42,
+        status: CommandStatus::Ok,
+        data: vec![]
+    }));
+    let counter_samples = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Samples { samples, .. } => Some(samples.clone()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|s| s.sensor == 2)
+        .count();
+    assert!(
+        (9..=11).contains(&counter_samples),
+        "{counter_samples} counter samples in 1 s at 100 ms"
+    );
+    assert_eq!(b.dev.interval_ms(2), Some(100));
+    // Repeated id: answered again, not executed again (interval stays even though args differ).
+    b.send(Message::Command(Command {
+        id: 42,
+        kind: CommandKind::SetInterval {
+            sensor: 2,
+            interval_ms: 5,
+        },
+    }));
+    let seen = b.run_until(1001);
+    assert!(seen.contains(&Seen::Result {
+        id: 42,
+        status: CommandStatus::Ok,
+        data: vec![]
+    }));
+    assert_eq!(b.dev.interval_ms(2), Some(100));
+    b.send(Message::Command(Command {
+        id: 43,
+        kind: CommandKind::SetInterval {
+            sensor: 9,
+            interval_ms: 5,
+        },
+    }));
+    let seen = b.run_until(1002);
+    assert!(seen.contains(&Seen::Result {
+        id: 43,
+        status: CommandStatus::UnknownSensor,
+        data: vec![]
+    }));
+}
+
+#[test]
+fn board_actions_identify_reboot_opaque() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    b.send(Message::Command(Command {
+        id: 1,
+        kind: CommandKind::Identify { duration_ms: 300 },
+    }));
+    assert_eq!(
+        b.dev.take_action(),
+        Some(Action::Identify { duration_ms: 300 })
+    );
+    b.send(Message::Command(Command {
+        id: 2,
+        kind: CommandKind::Opaque(&[1, 2, 3]),
+    }));
+    let Some(Action::Opaque { id, data }) = b.dev.take_action() else {
+        panic!()
+    };
+    assert_eq!((id, &data[..]), (2, &[1u8, 2, 3][..]));
+    b.dev.complete_command(2, CommandStatus::Ok, &[3, 2, 1]);
+    b.send(Message::Command(Command {
+        id: 3,
+        kind: CommandKind::Reboot,
+    }));
+    assert_eq!(
+        b.dev.take_action(),
+        None,
+        "reboot waits until its result is sent"
+    );
+    let seen = b.run_until(1);
+    assert!(seen.contains(&Seen::Result {
+        id: 2,
+        status: CommandStatus::Ok,
+        data: vec![3, 2, 1]
+    }));
+    assert!(seen.contains(&Seen::Result {
+        id: 3,
+        status: CommandStatus::Ok,
+        data: vec![]
+    }));
+    assert_eq!(b.dev.take_action(), Some(Action::Reboot));
+}
+
+#[test]
+fn silence_falls_back_to_hello_and_hello_request_forces_one() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    let seen = b.run_until(600); // link timeout 500 ms, samples held, no acks
+    assert_eq!(b.dev.link(), LinkState::Connecting);
+    assert!(matches!(seen.last(), Some(Seen::Hello { .. })));
+    b.welcome(0);
+    b.send(Message::HelloRequest);
+    assert_eq!(b.dev.link(), LinkState::Connecting);
+    let seen = b.run_until(601);
+    assert!(matches!(seen[0], Seen::Hello { .. }));
+}
+
+#[test]
+fn echoed_uplink_frames_and_garbage_are_counted_not_obeyed() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.send(Message::Heartbeat(Heartbeat {
+        ticks: 0,
+        dropped: 0,
+        ring_depth: 0,
+        read_errors: 0,
+    }));
+    b.dev.receive(0, &[0, 1, 2, 3, 0]);
+    assert_eq!(b.dev.stats().unexpected, 1);
+    assert_eq!(b.dev.stats().frames_rejected, 1);
+    assert_eq!(b.dev.link(), LinkState::Connecting);
+}
