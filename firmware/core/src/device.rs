@@ -180,6 +180,7 @@ pub struct Device<const RING: usize = { crate::DEFAULT_RING }> {
     ring: SampleRing<RING>,
     send_seq: u32,
     inflight_since: Option<u64>,
+    last_rewind_ms: Option<u64>,
     link: LinkState,
     next_hello_ms: u64,
     last_rx_ms: u64,
@@ -211,6 +212,7 @@ impl<const RING: usize> Device<RING> {
             ring: SampleRing::new(0),
             send_seq: 0,
             inflight_since: None,
+            last_rewind_ms: None,
             link: LinkState::Connecting,
             next_hello_ms: now_ms,
             last_rx_ms: now_ms,
@@ -340,7 +342,25 @@ impl<const RING: usize> Device<RING> {
             self.stats.acked += released as u64;
             self.send_seq = self.send_seq.max(self.ring.oldest());
             self.inflight_since = (self.send_seq > self.ring.oldest()).then_some(now_ms);
+        } else if next == self.ring.oldest() && self.send_seq > next {
+            // Fast retransmit: the gateway is stuck at our oldest sample although more is in
+            // flight, so a frame was lost. Rewind now rather than after the timeout, at most once
+            // per quarter timeout so a burst of such acks does not cause a burst of rewinds.
+            let guard = u64::from(self.cfg.retransmit_timeout_ms / 4);
+            if self
+                .last_rewind_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= guard)
+            {
+                self.rewind(now_ms);
+            }
         }
+    }
+
+    fn rewind(&mut self, now_ms: u64) {
+        self.send_seq = self.ring.oldest();
+        self.inflight_since = None;
+        self.last_rewind_ms = Some(now_ms);
+        self.stats.retransmits += 1;
     }
 
     fn command(&mut self, now_ms: u64, id: u32, kind: OwnedKind) {
@@ -484,9 +504,7 @@ impl<const RING: usize> Device<RING> {
     fn encode_samples(&mut self, now_ms: u64, out: &mut [u8]) -> Option<usize> {
         if let Some(since) = self.inflight_since {
             if now_ms.saturating_sub(since) >= u64::from(self.cfg.retransmit_timeout_ms) {
-                self.send_seq = self.ring.oldest();
-                self.inflight_since = None;
-                self.stats.retransmits += 1;
+                self.rewind(now_ms);
             }
         }
         let end = self.ring.next_seq();

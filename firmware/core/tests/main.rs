@@ -390,3 +390,24 @@ fn echoed_uplink_frames_and_garbage_are_counted_not_obeyed() {
     assert_eq!(b.dev.stats().frames_rejected, 1);
     assert_eq!(b.dev.link(), LinkState::Connecting);
 }
+
+#[test]
+fn non_advancing_ack_triggers_fast_retransmit_once_per_guard() {
+    let mut b = Bench::new(); // RTO 100 ms -> guard 25 ms
+    b.run_until(0);
+    b.welcome(0);
+    let sent = seqs(&b.run_until(5));
+    b.ack(2); // releases 0..2
+    let more = seqs(&b.run_until(10));
+    assert!(
+        more.iter().all(|&s| s > *sent.last().unwrap()),
+        "no rewind on a releasing ack"
+    );
+    let before = b.dev.stats().retransmits;
+    b.ack(2); // releases nothing: gateway stuck at 2 while more is in flight
+    assert_eq!(b.dev.stats().retransmits, before + 1);
+    let resent = seqs(&b.run_until(11));
+    assert_eq!(resent[0], 2, "resends from the oldest held sample at once");
+    b.ack(2); // within the guard: ignored
+    assert_eq!(b.dev.stats().retransmits, before + 1);
+}

@@ -19,11 +19,13 @@
 #![no_std]
 #![warn(missing_docs)]
 
+mod accept;
 mod cobs;
 mod codec;
 mod decoder;
 mod message;
 
+pub use accept::{Accepted, Acceptor};
 pub use codec::{decode_body, encode, EncodeError};
 pub use decoder::{Decoder, Rejected};
 pub use message::*;

@@ -1,0 +1,356 @@
+//! The simulator proper: one task per device, each owning its link.
+//!
+//! Per device the loop never blocks on I/O: reads, writes (from a bounded outgoing buffer) and the
+//! sampling tick are arms of one `select!`. When the outgoing buffer is above its high-water mark the
+//! device simply stops handing out frames, so an unread link fills the device's ring (and then its
+//! drop counter), as on real hardware, instead of growing memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_firmware::{Action, Device, DeviceConfig};
+use ferry_wire::{CommandStatus, MAX_ENCODED_LEN};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::pty::Pty;
+use crate::report::{BootReport, DeviceReport, Report};
+use crate::sensors::SimSensors;
+use crate::SIM_RING;
+
+/// Outgoing bytes buffered per device before it stops handing out frames.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// How devices reach the gateway.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// One TCP connection per device to the agent's device listener.
+    Tcp(SocketAddr),
+    /// One pty per device; with a directory, a symlink `DIR/ferry-sim-NNNN` points at each slave.
+    Pty {
+        /// Where to put the symlinks.
+        link_dir: Option<PathBuf>,
+    },
+}
+
+/// Simulator settings (the CLI fills these).
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of devices.
+    pub devices: usize,
+    /// Link type.
+    pub transport: Transport,
+    /// Sensor channels per device (1..=16).
+    pub sensors: usize,
+    /// Sampling interval of every channel, in ms.
+    pub interval_ms: u32,
+    /// Fraction of device → gateway bytes corrupted.
+    pub noise: f64,
+    /// Fraction of gateway → device bytes corrupted.
+    pub noise_downlink: f64,
+    /// Mean time between injected disconnects, per device.
+    pub disconnect_every: Option<Duration>,
+    /// How long a disconnected device stays away.
+    pub reconnect_after: Duration,
+    /// Mean time between injected reboots, per device.
+    pub reboot_every: Option<Duration>,
+    /// Stop generating after this many samples in total (split evenly over devices).
+    pub total_samples: Option<u64>,
+    /// Stop generating after this long.
+    pub duration: Option<Duration>,
+    /// After generation stops, wait at most this long for the remaining acks.
+    pub drain_timeout: Duration,
+    /// Device ids are `{prefix}{index:04}`.
+    pub id_prefix: String,
+    /// Seed for boot ids, noise and injection times.
+    pub seed: u64,
+    /// Device main-loop tick.
+    pub tick: Duration,
+    /// Device retransmission timeout.
+    pub retransmit_timeout_ms: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            devices: 1,
+            transport: Transport::Tcp(SocketAddr::from(([127, 0, 0, 1], 7879))),
+            sensors: 3,
+            interval_ms: 100,
+            noise: 0.0,
+            noise_downlink: 0.0,
+            disconnect_every: None,
+            reconnect_after: Duration::from_millis(200),
+            reboot_every: None,
+            total_samples: None,
+            duration: None,
+            drain_timeout: Duration::from_secs(10),
+            id_prefix: "sim-".into(),
+            seed: 1,
+            tick: Duration::from_millis(5),
+            retransmit_timeout_ms: 500,
+        }
+    }
+}
+
+/// Runs every device until generation stops and acks drain (or `shutdown`), then reports.
+pub async fn run(cfg: SimConfig, shutdown: CancellationToken) -> Report {
+    let cfg = Arc::new(cfg);
+    let start = Instant::now();
+    let per_device = |i: usize| {
+        cfg.total_samples
+            .map(|t| t / cfg.devices as u64 + u64::from((i as u64) < t % cfg.devices as u64))
+    };
+    let handles: Vec<_> = (0..cfg.devices)
+        .map(|i| tokio::spawn(run_device(i, per_device(i), cfg.clone(), shutdown.clone())))
+        .collect();
+    let mut devices = Vec::with_capacity(handles.len());
+    let mut generating_until = start;
+    for h in handles {
+        if let Ok((report, gen_end)) = h.await {
+            devices.push(report);
+            generating_until = generating_until.max(gen_end);
+        }
+    }
+    Report::new(
+        devices,
+        start.elapsed().as_secs_f64(),
+        (generating_until - start).as_secs_f64(),
+    )
+}
+
+trait Io: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
+type Link = Pin<Box<dyn Io>>;
+
+fn exp_delay(rng: &mut SmallRng, mean: Duration) -> Duration {
+    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+    mean.mul_f64(-u.ln())
+}
+
+fn corrupt(rng: &mut SmallRng, bytes: &mut [u8], p: f64) -> u64 {
+    if p <= 0.0 {
+        return 0;
+    }
+    let mut n = 0;
+    for b in bytes {
+        if rng.gen_bool(p) {
+            *b ^= rng.gen_range(1..=255u8);
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn connect(cfg: &SimConfig, index: usize, shutdown: &CancellationToken) -> Option<Link> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt: std::io::Result<Link> = match &cfg.transport {
+            Transport::Tcp(addr) => TcpStream::connect(addr).await.map(|s| {
+                let _ = s.set_nodelay(true);
+                Box::pin(s) as Link
+            }),
+            Transport::Pty { link_dir } => {
+                let link = link_dir
+                    .as_ref()
+                    .map(|d| d.join(format!("ferry-sim-{index:04}")));
+                Pty::open(link.as_deref()).map(|p| {
+                    tracing::info!(device = index, port = %p.path().display(), "Simulated serial port open.");
+                    Box::pin(p) as Link
+                })
+            }
+        };
+        match attempt {
+            Ok(l) => return Some(l),
+            Err(e) => tracing::debug!(device = index, error = %e, "Connect failed; retrying."),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+struct Sim {
+    dev: Device<SIM_RING>,
+    sensors: SimSensors,
+    booted: Instant,
+}
+
+impl Sim {
+    fn boot(cfg: &SimConfig, id: &str, boot_id: u32) -> Self {
+        let sensors = SimSensors::new(cfg.sensors, cfg.interval_ms);
+        let mut dc = DeviceConfig::new(
+            id,
+            concat!("ferry-sim-", env!("CARGO_PKG_VERSION")),
+            boot_id,
+        );
+        dc.retransmit_timeout_ms = cfg.retransmit_timeout_ms;
+        Sim {
+            dev: Device::new(dc, &sensors, 0),
+            sensors,
+            booted: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.booted.elapsed().as_millis() as u64
+    }
+
+    fn boot_report(&self) -> BootReport {
+        let s = self.dev.stats();
+        BootReport {
+            boot_id: self.dev.boot_id(),
+            generated: s.generated,
+            acked: s.acked,
+            acked_next: self.dev.acked_next(),
+            dropped: s.dropped,
+            lost_on_reboot: 0,
+            unacked_at_end: self.dev.ring_depth() as u64,
+            retransmits: s.retransmits,
+        }
+    }
+}
+
+async fn run_device(
+    index: usize,
+    quota: Option<u64>,
+    cfg: Arc<SimConfig>,
+    shutdown: CancellationToken,
+) -> (DeviceReport, Instant) {
+    let mut rng =
+        SmallRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
+    let id = format!("{}{index:04}", cfg.id_prefix);
+    let mut report = DeviceReport {
+        device_id: id.clone(),
+        ..Default::default()
+    };
+    let mut sim = Sim::boot(&cfg, &id, rng.gen());
+    let started = Instant::now();
+    let gen_deadline = cfg.duration.map(|d| started + d);
+    let mut gen_end: Option<Instant> = None;
+    let mut generated_before: u64 = 0; // samples of earlier boots
+    let mut next_disconnect = cfg
+        .disconnect_every
+        .map(|m| Instant::now() + exp_delay(&mut rng, m));
+    let mut next_reboot = cfg
+        .reboot_every
+        .map(|m| Instant::now() + exp_delay(&mut rng, m));
+    let mut ticker = tokio::time::interval(cfg.tick);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut rbuf = vec![0u8; 16 * 1024];
+    let mut frame = vec![0u8; MAX_ENCODED_LEN];
+    let mut reply = [0u8; ferry_wire::MAX_OPAQUE_LEN];
+    let mut out: Vec<u8> = Vec::with_capacity(HIGH_WATER + MAX_ENCODED_LEN);
+    let mut out_pos;
+
+    'link: loop {
+        let Some(link) = connect(&cfg, index, &shutdown).await else {
+            break;
+        };
+        let (mut rd, mut wr) = tokio::io::split(link);
+        out.clear();
+        out_pos = 0;
+        loop {
+            // Hand out frames while the outgoing buffer has room.
+            let now = sim.now_ms();
+            while out.len() - out_pos < HIGH_WATER {
+                let Some(n) = sim.dev.poll_transmit(now, &sim.sensors, &mut frame) else {
+                    break;
+                };
+                report.bytes_corrupted += corrupt(&mut rng, &mut frame[..n], cfg.noise);
+                out.extend_from_slice(&frame[..n]);
+            }
+            while let Some(action) = sim.dev.take_action() {
+                match action {
+                    Action::Reboot => next_reboot = Some(Instant::now()),
+                    Action::Opaque { id, data } => {
+                        reply[..data.len()].copy_from_slice(&data);
+                        sim.dev
+                            .complete_command(id, CommandStatus::Ok, &reply[..data.len()]);
+                    }
+                    Action::Identify { duration_ms } => {
+                        tracing::info!(device = %id, duration_ms, "Identify requested.")
+                    }
+                }
+            }
+            let generating = gen_end.is_none();
+            if !generating && sim.dev.ring_depth() == 0 && out_pos == out.len() {
+                break 'link; // everything acked
+            }
+            if gen_end.is_some_and(|t| t.elapsed() >= cfg.drain_timeout) {
+                break 'link;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'link,
+                r = rd.read(&mut rbuf) => match r {
+                    Ok(0) | Err(_) => {
+                        report.disconnects += 1;
+                        continue 'link;
+                    }
+                    Ok(n) => {
+                        corrupt(&mut rng, &mut rbuf[..n], cfg.noise_downlink);
+                        let now = sim.now_ms();
+                        sim.dev.receive(now, &rbuf[..n]);
+                    }
+                },
+                r = wr.write(&out[out_pos..]), if out_pos < out.len() => match r {
+                    Ok(n) if n > 0 => {
+                        out_pos += n;
+                        if out_pos == out.len() {
+                            out.clear();
+                            out_pos = 0;
+                        }
+                    }
+                    _ => {
+                        report.disconnects += 1;
+                        continue 'link;
+                    }
+                },
+                _ = ticker.tick() => {
+                    let now_i = Instant::now();
+                    if generating {
+                        let now = sim.now_ms();
+                        sim.dev.step(now, &mut sim.sensors);
+                        let total = generated_before + sim.dev.stats().generated;
+                        if quota.is_some_and(|q| total >= q) || gen_deadline.is_some_and(|d| now_i >= d) {
+                            gen_end = Some(now_i);
+                        }
+                    }
+                    if next_reboot.is_some_and(|t| now_i >= t) {
+                        let mut b = sim.boot_report();
+                        b.lost_on_reboot = b.unacked_at_end;
+                        b.unacked_at_end = 0;
+                        generated_before += b.generated;
+                        report.boots.push(b);
+                        sim = Sim::boot(&cfg, &id, rng.gen());
+                        next_reboot = cfg.reboot_every.map(|m| now_i + exp_delay(&mut rng, m));
+                        tracing::debug!(device = %id, boot = sim.dev.boot_id(), "Injected reboot.");
+                    }
+                    if next_disconnect.is_some_and(|t| now_i >= t) {
+                        next_disconnect = cfg.disconnect_every.map(|m| now_i + cfg.reconnect_after + exp_delay(&mut rng, m));
+                        report.disconnects += 1;
+                        drop((rd, wr));
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'link,
+                            _ = tokio::time::sleep(cfg.reconnect_after) => {}
+                        }
+                        continue 'link;
+                    }
+                }
+            }
+        }
+    }
+    report.frames_rejected = u64::from(sim.dev.stats().frames_rejected);
+    report.boots.push(sim.boot_report());
+    (report, gen_end.unwrap_or_else(Instant::now))
+}

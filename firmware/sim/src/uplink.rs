@@ -1,0 +1,75 @@
+//! Owned copies of device → gateway messages, for receivers and tests that keep what they decode.
+
+use ferry_wire::{CommandStatus, Heartbeat, Message, Sample};
+
+/// A device → gateway message, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Uplink {
+    /// See [`ferry_wire::Hello`].
+    Hello {
+        /// Device id.
+        device_id: String,
+        /// Firmware version.
+        firmware: String,
+        /// Boot id.
+        boot_id: u32,
+        /// Tick counter when sent.
+        ticks: u64,
+        /// Next new seq.
+        next_seq: u32,
+        /// `(index, name, unit, interval_ms)`.
+        sensors: Vec<(u8, String, String, u32)>,
+    },
+    /// See [`ferry_wire::Samples`].
+    Samples {
+        /// Oldest held seq.
+        oldest: u32,
+        /// Seq of `samples[0]`.
+        first_seq: u32,
+        /// The samples.
+        samples: Vec<Sample>,
+    },
+    /// See [`ferry_wire::Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`ferry_wire::CommandResult`].
+    CommandResult {
+        /// Command id.
+        id: u32,
+        /// Outcome.
+        status: CommandStatus,
+        /// Result payload.
+        data: Vec<u8>,
+    },
+}
+
+impl Uplink {
+    /// Copies an uplink message; `None` for gateway → device messages.
+    pub fn from_message(m: &Message<'_>) -> Option<Uplink> {
+        Some(match m {
+            Message::Hello(h) => Uplink::Hello {
+                device_id: h.device_id.to_owned(),
+                firmware: h.firmware.to_owned(),
+                boot_id: h.boot_id,
+                ticks: h.ticks,
+                next_seq: h.next_seq,
+                sensors: h
+                    .sensors
+                    .iter()
+                    .map(|s| (s.index, s.name.to_owned(), s.unit.to_owned(), s.interval_ms))
+                    .collect(),
+            },
+            Message::Samples(s) => Uplink::Samples {
+                oldest: s.oldest,
+                first_seq: s.first_seq,
+                samples: s.samples.to_vec(),
+            },
+            Message::Heartbeat(h) => Uplink::Heartbeat(*h),
+            Message::CommandResult(r) => Uplink::CommandResult {
+                id: r.id,
+                status: r.status,
+                data: r.data.to_vec(),
+            },
+            _ => return None,
+        })
+    }
+}
