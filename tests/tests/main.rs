@@ -1,0 +1,2 @@
+//! End-to-end tests across Ferry components (one binary, one module per scenario).
+mod firmware_qemu;
