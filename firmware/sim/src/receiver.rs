@@ -216,18 +216,16 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                     (Message::CommandResult(_), Some(_)) => {}
+                    // Data on a link without a session: at most one HelloRequest per 200 ms.
                     (
                         Message::Samples(_) | Message::Heartbeat(_) | Message::CommandResult(_),
                         None,
-                    ) => {
-                        // At most one HelloRequest per 200 ms per link.
-                        if last_hello_request.is_none_or(|t| t.elapsed().as_millis() >= 200) {
-                            last_hello_request = Some(std::time::Instant::now());
-                            st.hello_requests += 1;
-                            push(&mut out, &Message::HelloRequest);
-                        }
+                    ) if last_hello_request.is_none_or(|t| t.elapsed().as_millis() >= 200) => {
+                        last_hello_request = Some(std::time::Instant::now());
+                        st.hello_requests += 1;
+                        push(&mut out, &Message::HelloRequest);
                     }
-                    _ => {} // gateway → device message echoed back: ignore
+                    _ => {} // rate-limited, or a gateway → device message echoed back: ignore
                 }
             }
         }

@@ -62,24 +62,25 @@ async fn devices_on_ptys_are_serial_ports() {
     };
     let sim = tokio::spawn(run(cfg, CancellationToken::new()));
     // Open each port the way the agent will: by the symlink, as a serial port.
-    let mut attached = 0;
+    let mut attached = [false; 4];
     for _ in 0..100 {
-        for i in attached..4 {
+        for (i, done) in attached.iter_mut().enumerate().filter(|(_, d)| !**d) {
             let path = dir.join(format!("ferry-sim-{i:04}"));
-            match tokio_serial::new(path.to_string_lossy(), 115_200).open_native_async() {
-                Ok(port) => {
-                    rx.attach(port);
-                    attached += 1;
-                }
-                Err(_) => break,
+            if let Ok(port) = tokio_serial::new(path.to_string_lossy(), 115_200).open_native_async()
+            {
+                rx.attach(port);
+                *done = true;
             }
         }
-        if attached == 4 {
+        if attached.iter().all(|d| *d) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(attached, 4, "every simulated port appeared");
+    assert!(
+        attached.iter().all(|d| *d),
+        "every simulated port appeared: {attached:?}"
+    );
     let report = sim.await.unwrap();
     let state = rx.stop().await;
     let st = state.lock().unwrap();

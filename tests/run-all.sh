@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what Ferry's tests need, then builds every target and runs every test.
+# This is the README's test command and what CI runs (.ci/run). Missing tools make tests fail
+# (FERRY_REQUIRE_ALL=1), never pass silently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export FERRY_REQUIRE_ALL=1
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "System packages"
+need=()
+command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
+command -v python3 >/dev/null || need+=(python3)
+command -v size >/dev/null || need+=(binutils)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+qemu-system-arm --version | head -1
+
+step "Rust targets"
+rustup target add thumbv7m-none-eabi thumbv7em-none-eabihf thumbv6m-none-eabi
+
+step "Formatting and lints"
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -q -- -D warnings
+
+step "no_std crates on every thumb target"
+for t in thumbv7m-none-eabi thumbv7em-none-eabihf thumbv6m-none-eabi; do
+  cargo build --locked -q -p ferry-wire -p ferry-firmware --target "$t"
+  echo "ferry-wire, ferry-firmware: $t ok"
+done
+
+step "Firmware images (flash = text + data, static RAM = data + bss)"
+for b in lm3s6965 stm32f407-disco; do
+  (cd "firmware/boards/$b" && cargo build --locked --release -q)
+done
+size firmware/boards/lm3s6965/target/thumbv7m-none-eabi/release/ferry-board-lm3s6965 \
+  firmware/boards/stm32f407-disco/target/thumbv7em-none-eabihf/release/ferry-stm32f407-disco
+
+step "Tests"
+cargo test --locked --workspace
