@@ -105,6 +105,16 @@ impl Bench {
         }
     }
 
+    fn set_interval(&mut self, id: u32, sensor: u8, interval_ms: u32) {
+        self.send(Message::Command(Command {
+            id,
+            kind: CommandKind::SetInterval {
+                sensor,
+                interval_ms,
+            },
+        }));
+    }
+
     fn welcome(&mut self, next_seq: u32) {
         self.send(Message::Welcome(Welcome {
             boot_id: 77,
@@ -257,20 +267,9 @@ fn set_interval_command_changes_the_rate_and_is_deduplicated() {
     let mut b = Bench::new();
     b.run_until(0);
     b.welcome(0);
-    let cmd = Message::Command(Command {
-        id: 42,
-        kind: CommandKind::SetInterval {
-            sensor: 2,
-            interval_ms: 100,
-        },
-    });
-    b.send(cmd.clone());
+    b.set_interval(42, 2, 100);
     let seen = b.run_acking(1000);
-    assert!(seen.contains(&Seen::Result {
-        id: 42,
-        status: CommandStatus::Ok,
-        data: vec![]
-    }));
+    assert!(seen.contains(&result(42, CommandStatus::Ok)));
     let counter_samples = seen
         .iter()
         .filter_map(|s| match s {
@@ -286,33 +285,21 @@ fn set_interval_command_changes_the_rate_and_is_deduplicated() {
     );
     assert_eq!(b.dev.interval_ms(2), Some(100));
     // Repeated id: answered again, not executed again (interval stays even though args differ).
-    b.send(Message::Command(Command {
-        id: 42,
-        kind: CommandKind::SetInterval {
-            sensor: 2,
-            interval_ms: 5,
-        },
-    }));
-    let seen = b.run_until(1001);
-    assert!(seen.contains(&Seen::Result {
-        id: 42,
-        status: CommandStatus::Ok,
-        data: vec![]
-    }));
+    b.set_interval(42, 2, 5);
+    assert!(b.run_until(1001).contains(&result(42, CommandStatus::Ok)));
     assert_eq!(b.dev.interval_ms(2), Some(100));
-    b.send(Message::Command(Command {
-        id: 43,
-        kind: CommandKind::SetInterval {
-            sensor: 9,
-            interval_ms: 5,
-        },
-    }));
-    let seen = b.run_until(1002);
-    assert!(seen.contains(&Seen::Result {
-        id: 43,
-        status: CommandStatus::UnknownSensor,
-        data: vec![]
-    }));
+    b.set_interval(43, 9, 5);
+    assert!(b
+        .run_until(1002)
+        .contains(&result(43, CommandStatus::UnknownSensor)));
+}
+
+fn result(id: u32, status: CommandStatus) -> Seen {
+    Seen::Result {
+        id,
+        status,
+        data: vec![],
+    }
 }
 
 #[test]
