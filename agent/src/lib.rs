@@ -1,1 +1,134 @@
-//! The Ferry gateway agent. Ingest, store and API land with issues 3 and 5.
+//! The Ferry gateway agent (`ferry`): device ingest into a durable SQLite buffer.
+//!
+//! Modules by domain: [`config`] (ferry.toml), [`ingest`] (serial/TCP links, sessions), [`store`]
+//! (SQLite writer, retention, reads), [`metrics`], [`shutdown`], [`demo`].
+//!
+//! Lifecycle invariant ([`Agent::stop`]): stop intake (listeners and links) → the writer commits
+//! what it holds → WAL checkpoint → return. Every step is bounded in time.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod demo;
+pub mod ingest;
+pub mod metrics;
+pub mod shutdown;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::ingest::LinkCtx;
+use crate::metrics::Metrics;
+use crate::store::writer::StoreHandle;
+
+/// How long links get to finish at shutdown.
+const INTAKE_GRACE: Duration = Duration::from_secs(5);
+/// How long the writer gets to commit and checkpoint at shutdown.
+const WRITER_GRACE: Duration = Duration::from_secs(20);
+
+/// A running agent.
+pub struct Agent {
+    /// Where the device TCP listener is bound (useful with port 0).
+    pub tcp_addr: Option<SocketAddr>,
+    /// Shared counters.
+    pub metrics: Arc<Metrics>,
+    /// The store writer.
+    pub store: StoreHandle,
+    intake: CancellationToken,
+    tracker: TaskTracker,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Agent {
+    /// Opens the store and starts ingest. Fails (with context) on a bad store or an unusable address.
+    pub async fn start(settings: &Settings) -> anyhow::Result<Agent> {
+        let metrics = Arc::new(Metrics::default());
+        let conn = store::open_writer(&settings.store)
+            .with_context(|| format!("opening the store {}", settings.store.path.display()))?;
+        let (store, writer) = store::writer::spawn(conn, settings.store.clone(), metrics.clone())
+            .context("starting the store writer thread")?;
+        let intake = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let ctx = LinkCtx {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            offline_after: settings.devices.offline_after,
+        };
+        let mut tcp_addr = None;
+        if let Some(addr) = settings.devices.tcp_listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("binding the device listener devices.tcp_listen = {addr}")
+            })?;
+            let bound = listener.local_addr()?;
+            tcp_addr = Some(bound);
+            tracing::info!(addr = %bound, "Listening for devices over TCP.");
+            tracker.spawn(ingest::tcp::run(
+                listener,
+                ctx.clone(),
+                settings.devices.max_connections,
+                tracker.clone(),
+                intake.clone(),
+            ));
+        }
+        if !settings.devices.serial.is_empty() {
+            let patterns: Vec<&str> = settings
+                .devices
+                .serial
+                .iter()
+                .map(|s| s.pattern.as_str())
+                .collect();
+            tracing::info!(?patterns, "Watching serial ports.");
+            tracker.spawn(ingest::serial::run(
+                settings.devices.serial.clone(),
+                settings.devices.rescan_interval,
+                ctx,
+                tracker.clone(),
+                intake.clone(),
+            ));
+        }
+        Ok(Agent {
+            tcp_addr,
+            metrics,
+            store,
+            intake,
+            tracker,
+            writer,
+        })
+    }
+
+    /// Stops intake, lets the writer commit and checkpoint, and returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("Stopping intake.");
+        self.intake.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(INTAKE_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Some device links did not stop in time.");
+        }
+        drop(self.store);
+        let writer = self.writer;
+        tokio::time::timeout(
+            WRITER_GRACE,
+            tokio::task::spawn_blocking(move || writer.join()),
+        )
+        .await
+        .context("the store writer did not finish in time")?
+        .context("joining the store writer")?
+        .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown`, then stops cleanly.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        shutdown.cancelled().await;
+        self.stop().await
+    }
+}

@@ -13,6 +13,8 @@ pub enum Uplink {
         firmware: String,
         /// Boot id.
         boot_id: u32,
+        /// Tick rate (ticks per second).
+        tick_hz: u32,
         /// Tick counter when sent.
         ticks: u64,
         /// Next new seq.
@@ -50,6 +52,7 @@ impl Uplink {
                 device_id: h.device_id.to_owned(),
                 firmware: h.firmware.to_owned(),
                 boot_id: h.boot_id,
+                tick_hz: h.tick_hz,
                 ticks: h.ticks,
                 next_seq: h.next_seq,
                 sensors: h

@@ -1,0 +1,617 @@
+//! `ferry.toml`: what the file may say ([`FerryConfig`]) and what the agent runs with ([`Settings`]).
+//!
+//! Rules: unknown keys are errors; every key has a default (a `const fn` or a `Default` impl), so an
+//! empty file is a valid config; validation happens once, at load, and every error names the file
+//! and the dotted key. Environment variables override the common keys (see [`ENV_OVERRIDES`]);
+//! they are applied before validation, so their errors name the variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error, naming where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {file}: {source}")]
+    Read {
+        /// Path.
+        file: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error (serde names the key and the position).
+    #[error("{file}: {message}")]
+    Parse {
+        /// Path.
+        file: String,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{file}: `{key}`: {message}")]
+    Invalid {
+        /// Path (or the environment variable).
+        file: String,
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Environment variables that override keys: `(variable, dotted key)`.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("FERRY_GATEWAY_ID", "gateway.id"),
+    ("FERRY_STORE_PATH", "store.path"),
+    ("FERRY_DURABILITY", "store.durability"),
+    ("FERRY_MAX_DB_SIZE", "store.max_db_size"),
+    ("FERRY_WHEN_FULL", "store.when_full"),
+    ("FERRY_TCP_LISTEN", "devices.tcp_listen"),
+    (
+        "FERRY_SERIAL",
+        "devices.serial (comma-separated paths or globs)",
+    ),
+];
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FerryConfig {
+    /// `[gateway]`
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// `[store]`
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[devices]`
+    #[serde(default)]
+    pub devices: DevicesConfig,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Gateway id used in MQTT topics; default: the host name.
+    pub id: Option<String>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// `"full"` (fsync every commit) or `"normal"`.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+    /// Commit after this many samples ...
+    #[serde(default = "default_flush_samples")]
+    pub flush_samples: usize,
+    /// ... or this long after the first uncommitted one, whichever comes first.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: String,
+    /// Cap on the database's used size, e.g. `"2 GiB"`; `"0"` = no cap.
+    #[serde(default = "default_max_db_size")]
+    pub max_db_size: String,
+    /// Forwarded events are kept this long, e.g. `"7d"`.
+    #[serde(default = "default_keep_forwarded_for")]
+    pub keep_forwarded_for: String,
+    /// What to do when unforwarded data alone reaches the cap: `"drop_oldest"` or `"backpressure"`.
+    #[serde(default = "default_when_full")]
+    pub when_full: String,
+    /// Rows kept in the quarantine table (oldest deleted first).
+    #[serde(default = "default_quarantine_max_rows")]
+    pub quarantine_max_rows: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+            durability: default_durability(),
+            flush_samples: default_flush_samples(),
+            flush_interval: default_flush_interval(),
+            max_db_size: default_max_db_size(),
+            keep_forwarded_for: default_keep_forwarded_for(),
+            when_full: default_when_full(),
+            quarantine_max_rows: default_quarantine_max_rows(),
+        }
+    }
+}
+
+/// `[devices]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// TCP listener for networked devices; `""` disables it.
+    #[serde(default = "default_tcp_listen")]
+    pub tcp_listen: String,
+    /// Serial ports: exact paths or glob patterns.
+    #[serde(default)]
+    pub serial: Vec<SerialConfig>,
+    /// How often serial patterns are re-scanned for new or returning ports.
+    #[serde(default = "default_rescan")]
+    pub rescan_interval: String,
+    /// A device with no frame for this long is marked offline.
+    #[serde(default = "default_offline_after")]
+    pub offline_after: String,
+    /// Maximum concurrent TCP device connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            tcp_listen: default_tcp_listen(),
+            serial: Vec::new(),
+            rescan_interval: default_rescan(),
+            offline_after: default_offline_after(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// `[[devices.serial]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Path or glob, e.g. `/dev/ttyACM*`.
+    pub path: String,
+    /// Baud rate (ignored by USB CDC and ptys).
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("ferry.db")
+}
+fn default_durability() -> String {
+    "full".into()
+}
+const fn default_flush_samples() -> usize {
+    20_000
+}
+fn default_flush_interval() -> String {
+    "2ms".into()
+}
+fn default_max_db_size() -> String {
+    "1 GiB".into()
+}
+fn default_keep_forwarded_for() -> String {
+    "7d".into()
+}
+fn default_when_full() -> String {
+    "drop_oldest".into()
+}
+const fn default_quarantine_max_rows() -> u64 {
+    10_000
+}
+fn default_tcp_listen() -> String {
+    "127.0.0.1:7879".into()
+}
+fn default_rescan() -> String {
+    "1s".into()
+}
+fn default_offline_after() -> String {
+    "10s".into()
+}
+const fn default_max_connections() -> usize {
+    1024
+}
+const fn default_baud() -> u32 {
+    115_200
+}
+
+/// `store.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsynced before devices are acked; survives power loss.
+    Full,
+    /// `synchronous=NORMAL`: commits survive a crash of the agent, not a power loss.
+    Normal,
+}
+
+/// `store.when_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Delete the oldest unforwarded events (counted) to make room.
+    DropOldest,
+    /// Stop acking new samples: devices keep them in their rings until room returns.
+    Backpressure,
+}
+
+/// Validated store settings.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Database file.
+    pub path: PathBuf,
+    /// Sync mode.
+    pub durability: Durability,
+    /// Group-commit size bound.
+    pub flush_samples: usize,
+    /// Group-commit time bound.
+    pub flush_interval: Duration,
+    /// Cap on used bytes; `None` = unlimited.
+    pub max_db_size: Option<u64>,
+    /// Retention of forwarded events.
+    pub keep_forwarded_for: Duration,
+    /// Full-cap policy.
+    pub when_full: WhenFull,
+    /// Quarantine bound.
+    pub quarantine_max_rows: u64,
+}
+
+/// A validated serial source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// Path or glob.
+    pub pattern: String,
+    /// Baud.
+    pub baud: u32,
+}
+
+/// Validated device-side settings.
+#[derive(Debug, Clone)]
+pub struct DevicesSettings {
+    /// TCP listener, if enabled.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Serial sources.
+    pub serial: Vec<SerialSettings>,
+    /// Serial rescan period.
+    pub rescan_interval: Duration,
+    /// Offline timeout.
+    pub offline_after: Duration,
+    /// TCP connection limit.
+    pub max_connections: usize,
+}
+
+/// Everything the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the settings came from (for messages).
+    pub source: String,
+    /// Gateway id.
+    pub gateway_id: String,
+    /// Store.
+    pub store: StoreSettings,
+    /// Devices.
+    pub devices: DevicesSettings,
+}
+
+impl Settings {
+    /// Reads, overrides from the environment, and validates `file`.
+    pub fn load(file: &Path) -> Result<Settings, ConfigError> {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: name.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &name, |k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates TOML text; `env` looks up override variables.
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut cfg: FerryConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut origin: std::collections::HashMap<&str, String> = Default::default();
+        let mut set = |var: &'static str, key: &'static str, apply: &mut dyn FnMut(String)| {
+            if let Some(v) = env(var) {
+                apply(v);
+                origin.insert(key, format!("environment variable {var}"));
+            }
+        };
+        set("FERRY_GATEWAY_ID", "gateway.id", &mut |v| {
+            cfg.gateway.id = Some(v)
+        });
+        set("FERRY_STORE_PATH", "store.path", &mut |v| {
+            cfg.store.path = v.into()
+        });
+        set("FERRY_DURABILITY", "store.durability", &mut |v| {
+            cfg.store.durability = v
+        });
+        set("FERRY_MAX_DB_SIZE", "store.max_db_size", &mut |v| {
+            cfg.store.max_db_size = v
+        });
+        set("FERRY_WHEN_FULL", "store.when_full", &mut |v| {
+            cfg.store.when_full = v
+        });
+        set("FERRY_TCP_LISTEN", "devices.tcp_listen", &mut |v| {
+            cfg.devices.tcp_listen = v
+        });
+        set("FERRY_SERIAL", "devices.serial", &mut |v| {
+            cfg.devices.serial = v
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| SerialConfig {
+                    path: p.trim().to_owned(),
+                    baud: default_baud(),
+                })
+                .collect()
+        });
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: origin.get(key).cloned().unwrap_or_else(|| file.to_owned()),
+            key: key.to_owned(),
+            message,
+        };
+        cfg.validate(file, invalid)
+    }
+}
+
+impl FerryConfig {
+    fn validate(
+        self,
+        file: &str,
+        invalid: impl Fn(&str, String) -> ConfigError,
+    ) -> Result<Settings, ConfigError> {
+        let gateway_id = match self.gateway.id {
+            Some(id) => id,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "ferry-gateway".into()),
+        };
+        if gateway_id.is_empty() || gateway_id.contains(['/', '+', '#']) || gateway_id.len() > 64 {
+            return Err(invalid(
+                "gateway.id",
+                format!("{gateway_id:?} must be 1..=64 bytes without '/', '+' or '#' (it is an MQTT topic level)"),
+            ));
+        }
+        let s = &self.store;
+        let durability = match s.durability.as_str() {
+            "full" => Durability::Full,
+            "normal" => Durability::Normal,
+            other => {
+                return Err(invalid(
+                    "store.durability",
+                    format!("{other:?} is not one of \"full\", \"normal\""),
+                ))
+            }
+        };
+        let when_full = match s.when_full.as_str() {
+            "drop_oldest" => WhenFull::DropOldest,
+            "backpressure" => WhenFull::Backpressure,
+            other => {
+                return Err(invalid(
+                    "store.when_full",
+                    format!("{other:?} is not one of \"drop_oldest\", \"backpressure\""),
+                ))
+            }
+        };
+        if s.flush_samples == 0 {
+            return Err(invalid("store.flush_samples", "must be at least 1".into()));
+        }
+        let flush_interval =
+            parse_duration(&s.flush_interval).map_err(|m| invalid("store.flush_interval", m))?;
+        let max_db_size =
+            parse_size(&s.max_db_size).map_err(|m| invalid("store.max_db_size", m))?;
+        if max_db_size.is_some_and(|b| b < 1 << 20) {
+            return Err(invalid(
+                "store.max_db_size",
+                "must be 0 (no cap) or at least 1 MiB".into(),
+            ));
+        }
+        let keep_forwarded_for = parse_duration(&s.keep_forwarded_for)
+            .map_err(|m| invalid("store.keep_forwarded_for", m))?;
+        if s.path.as_os_str().is_empty() {
+            return Err(invalid("store.path", "must not be empty".into()));
+        }
+        let d = &self.devices;
+        let tcp_listen = if d.tcp_listen.trim().is_empty() {
+            None
+        } else {
+            Some(d.tcp_listen.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "devices.tcp_listen",
+                    format!(
+                        "{:?} is not an address like 127.0.0.1:7879 ({e})",
+                        d.tcp_listen
+                    ),
+                )
+            })?)
+        };
+        let mut serial = Vec::new();
+        for (i, p) in d.serial.iter().enumerate() {
+            let key = format!("devices.serial[{i}].path");
+            if p.path.is_empty() {
+                return Err(invalid(&key, "must not be empty".into()));
+            }
+            glob::Pattern::new(&p.path)
+                .map_err(|e| invalid(&key, format!("bad glob pattern: {e}")))?;
+            if p.baud == 0 {
+                return Err(invalid(
+                    &format!("devices.serial[{i}].baud"),
+                    "must be positive".into(),
+                ));
+            }
+            serial.push(SerialSettings {
+                pattern: p.path.clone(),
+                baud: p.baud,
+            });
+        }
+        if tcp_listen.is_none() && serial.is_empty() {
+            return Err(invalid(
+                "devices",
+                "no device source: set devices.tcp_listen or add [[devices.serial]]".into(),
+            ));
+        }
+        if d.max_connections == 0 {
+            return Err(invalid(
+                "devices.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(Settings {
+            source: file.to_owned(),
+            gateway_id,
+            store: StoreSettings {
+                path: s.path.clone(),
+                durability,
+                flush_samples: s.flush_samples,
+                flush_interval,
+                max_db_size,
+                keep_forwarded_for,
+                when_full,
+                quarantine_max_rows: s.quarantine_max_rows,
+            },
+            devices: DevicesSettings {
+                tcp_listen,
+                serial,
+                rescan_interval: parse_duration(&d.rescan_interval)
+                    .map_err(|m| invalid("devices.rescan_interval", m))?,
+                offline_after: parse_duration(&d.offline_after)
+                    .map_err(|m| invalid("devices.offline_after", m))?,
+                max_connections: d.max_connections,
+            },
+        })
+    }
+}
+
+/// Parses `"500ms"`, `"2s"`, `"5m"`, `"12h"`, `"7d"` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"500ms\", \"30s\", \"7d\""))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `"512 MiB"`, `"2GB"`, `"1048576"`; `"0"` means no cap (`None`).
+pub fn parse_size(s: &str) -> Result<Option<u64>, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"512 MiB\" or \"2 GB\""))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (use B, KB, KiB, MB, MiB, GB or GiB)"
+            ))
+        }
+    };
+    let bytes = (n * mult) as u64;
+    Ok((bytes > 0).then_some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, "test.toml", |_| None)
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let s = load("").unwrap();
+        assert_eq!(s.store.durability, Durability::Full);
+        assert_eq!(s.store.when_full, WhenFull::DropOldest);
+        assert_eq!(s.store.max_db_size, Some(1 << 30));
+        assert_eq!(
+            s.devices.tcp_listen,
+            Some("127.0.0.1:7879".parse().unwrap())
+        );
+        assert_eq!(s.store.flush_interval, Duration::from_millis(2));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = load("[store]\ndurability = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml") && e.contains("store.durability") && e.contains("fast"),
+            "{e}"
+        );
+        let e = load("[store]\nmax_db_size = \"12 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.max_db_size"), "{e}");
+        let e = load("[devices]\ntcp_listen = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("devices.tcp_listen"), "{e}");
+        let e = load("[[devices.serial]]\npath = \"/dev/tty[\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("devices.serial[0].path"), "{e}");
+        let e = load("[store]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(e.contains("test.toml") && e.contains("bogus"), "{e}");
+        let e = load("[devices]\ntcp_listen = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no device source"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_and_is_named_in_errors() {
+        let env = |k: &str| match k {
+            "FERRY_STORE_PATH" => Some("/tmp/x.db".to_owned()),
+            "FERRY_SERIAL" => Some("/dev/ttyACM*, /dev/ttyUSB0".to_owned()),
+            "FERRY_DURABILITY" => Some("normal".to_owned()),
+            _ => None,
+        };
+        let s = Settings::from_toml("", "f.toml", env).unwrap();
+        assert_eq!(s.store.path, PathBuf::from("/tmp/x.db"));
+        assert_eq!(s.store.durability, Durability::Normal);
+        assert_eq!(s.devices.serial.len(), 2);
+        let e = Settings::from_toml("", "f.toml", |k| {
+            (k == "FERRY_WHEN_FULL").then(|| "never".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("FERRY_WHEN_FULL") && e.contains("store.when_full"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512 MiB").unwrap(), Some(512 << 20));
+        assert_eq!(parse_size("2GB").unwrap(), Some(2_000_000_000));
+        assert_eq!(parse_size("0").unwrap(), None);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! One device link (a serial port or a TCP connection), owned by one task.
+//!
+//! Invariants:
+//! - Every non-empty run between delimiters is either a message or a quarantined rejection.
+//! - Samples are only forwarded to the store for the session's `(device, boot)`; without a session
+//!   the link answers HelloRequest (at most every 200 ms) and ignores the data.
+//! - Acks are sent only from the writer's committed position (the link's `AckSlot`).
+//! - Writes to the device time out after 2 s (a device that does not read is dropped).
+//! - On close or shutdown the device is marked offline for this link.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_sim::uplink::Uplink;
+use ferry_wire::{encode, Ack, Decoder, Message, Welcome, MAX_ENCODED_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::session::Session;
+use super::LinkCtx;
+use crate::metrics::{reason_index, Metrics};
+use crate::store::writer::{AckState, Op, Row, SamplesOp};
+
+const HELLO_REQUEST_EVERY: Duration = Duration::from_millis(200);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn utc_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Link {
+    name: String,
+    ctx: LinkCtx,
+    session: Option<Session>,
+    ack: Arc<watch::Sender<AckState>>,
+    out: Vec<u8>,
+    last_frame: Instant,
+    online: bool,
+    last_hello_request: Option<Instant>,
+}
+
+enum Item {
+    Msg(Option<Uplink>),
+    Rejected {
+        reason: ferry_wire::RejectReason,
+        raw: Vec<u8>,
+        len: usize,
+    },
+}
+
+/// Serves one link until it closes or `shutdown` fires.
+pub async fn serve<S>(io: S, name: String, ctx: LinkCtx, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    Metrics::add(&ctx.metrics.links_open, 1);
+    let (ack_tx, mut ack_rx) = watch::channel(AckState::default());
+    let mut link = Link {
+        name,
+        ctx,
+        session: None,
+        ack: Arc::new(ack_tx),
+        out: Vec::with_capacity(256),
+        last_frame: Instant::now(),
+        online: false,
+        last_hello_request: None,
+    };
+    tracing::info!(link = %link.name, "Device link open.");
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut dec: Box<Decoder> = Box::new(Decoder::new());
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut idle =
+        tokio::time::interval((link.ctx.offline_after / 2).max(Duration::from_millis(100)));
+    let why = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break "shutdown",
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(0) => break "closed by peer",
+                    Err(_) => break "read error",
+                    Ok(n) => n,
+                };
+                let mut input = &buf[..n];
+                loop {
+                    let item = match dec.feed(&mut input) {
+                        None => break,
+                        Some(Ok(m)) => Item::Msg(Uplink::from_message(&m)),
+                        Some(Err(r)) => Item::Rejected { reason: r.reason, raw: r.raw.to_vec(), len: r.len },
+                    };
+                    if link.handle(item).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            changed = ack_rx.changed() => {
+                if changed.is_err() {
+                    break "store stopped";
+                }
+                let a = *ack_rx.borrow_and_update();
+                if link.session.as_ref().is_some_and(|s| s.boot_id == a.boot_id) {
+                    push(&mut link.out, &Message::Ack(Ack { boot_id: a.boot_id, next_seq: a.next_seq }));
+                    Metrics::add(&link.ctx.metrics.acks_sent, 1);
+                }
+            }
+            _ = idle.tick() => {
+                if link.online && link.last_frame.elapsed() >= link.ctx.offline_after {
+                    link.presence(false).await;
+                }
+            }
+        }
+        if !link.out.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&link.out)).await {
+                Ok(Ok(())) => link.out.clear(),
+                Ok(Err(_)) => break "write error",
+                Err(_) => break "device does not read",
+            }
+        }
+    };
+    if link.online {
+        link.presence(false).await;
+    }
+    link.ctx
+        .metrics
+        .links_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(link = %link.name, reason = why, "Device link closed.");
+}
+
+fn push(out: &mut Vec<u8>, m: &Message<'_>) {
+    let mut buf = [0u8; MAX_ENCODED_LEN];
+    if let Ok(n) = encode(m, &mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+impl Link {
+    async fn presence(&mut self, online: bool) {
+        self.online = online;
+        if let Some(s) = &self.session {
+            let op = Op::Presence {
+                device: s.device,
+                link: self.name.clone(),
+                online,
+            };
+            let _ = self.ctx.store.send(op).await;
+        }
+    }
+
+    fn hello_request(&mut self) {
+        if self
+            .last_hello_request
+            .is_none_or(|t| t.elapsed() >= HELLO_REQUEST_EVERY)
+        {
+            self.last_hello_request = Some(Instant::now());
+            push(&mut self.out, &Message::HelloRequest);
+        }
+    }
+
+    /// Handles one decoded item; `Err` only when the store is gone.
+    async fn handle(&mut self, item: Item) -> Result<(), crate::store::StoreError> {
+        let m = &self.ctx.metrics;
+        let msg = match item {
+            Item::Rejected { reason, raw, len } => {
+                Metrics::add(&m.frames_rejected[reason_index(reason)], 1);
+                tracing::debug!(link = %self.name, %reason, len, "Frame rejected.");
+                let op = Op::Quarantine {
+                    link: self.name.clone(),
+                    reason: reason.as_str(),
+                    len,
+                    raw,
+                };
+                return self.ctx.store.send(op).await;
+            }
+            Item::Msg(None) => {
+                Metrics::add(&m.frames_unexpected, 1);
+                return Ok(());
+            }
+            Item::Msg(Some(u)) => u,
+        };
+        Metrics::add(&m.frames_ok, 1);
+        self.last_frame = Instant::now();
+        if !self.online && self.session.is_some() && !matches!(msg, Uplink::Hello { .. }) {
+            self.presence(true).await;
+        }
+        match (msg, self.session.as_mut()) {
+            (
+                Uplink::Hello {
+                    device_id,
+                    firmware,
+                    boot_id,
+                    tick_hz,
+                    ticks,
+                    sensors,
+                    ..
+                },
+                _,
+            ) => {
+                let received = utc_ms();
+                let r = self
+                    .ctx
+                    .store
+                    .hello(
+                        device_id.clone(),
+                        firmware,
+                        boot_id,
+                        tick_hz,
+                        sensors,
+                        self.name.clone(),
+                    )
+                    .await;
+                match r {
+                    Ok(w) => {
+                        self.session = Some(Session::new(
+                            device_id, w.device, w.boot_no, boot_id, tick_hz, ticks, received,
+                        ));
+                        self.online = true;
+                        let welcome = Welcome {
+                            boot_id,
+                            utc_ms: received as u64,
+                            next_seq: w.next_seq,
+                        };
+                        push(&mut self.out, &Message::Welcome(welcome));
+                    }
+                    Err(crate::store::StoreError::Stopped) => {
+                        return Err(crate::store::StoreError::Stopped)
+                    }
+                    Err(e) => {
+                        tracing::warn!(link = %self.name, error = %e, "Hello not registered; the device will repeat it.")
+                    }
+                }
+            }
+            (
+                Uplink::Samples {
+                    oldest,
+                    first_seq,
+                    samples,
+                },
+                Some(s),
+            ) => {
+                let rows = samples
+                    .iter()
+                    .map(|x| Row {
+                        sensor: x.sensor,
+                        ts_ms: s.utc_ms(x.ticks),
+                        value: x.value,
+                    })
+                    .collect();
+                let op = SamplesOp {
+                    device: s.device,
+                    boot_no: s.boot_no,
+                    boot_id: s.boot_id,
+                    oldest,
+                    first_seq,
+                    rows,
+                    ack: self.ack.clone(),
+                };
+                return self.ctx.store.send(Op::Samples(op)).await;
+            }
+            (Uplink::Heartbeat(hb), Some(s)) => {
+                s.observe(hb.ticks, utc_ms());
+                let device = s.device;
+                return self.ctx.store.send(Op::Heartbeat { device, hb }).await;
+            }
+            (Uplink::CommandResult { id, status, .. }, Some(s)) => {
+                tracing::info!(device = %s.device_id, id, ?status, "Command result.");
+            }
+            (_, None) => self.hello_request(),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Process-wide counters and gauges (lock-free atomics), exposed by the API as `/metrics` and read by
+//! `ferry demo`. Every dropped or refused item increments a counter here.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use ferry_wire::RejectReason;
+
+/// Counters since the agent started.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Frames decoded successfully.
+    pub frames_ok: AtomicU64,
+    /// Rejected frames by reason: too_long, bad_cobs, too_short, bad_crc, unknown_version, malformed.
+    pub frames_rejected: [AtomicU64; 6],
+    /// Valid frames that a gateway should never receive (gateway→device messages echoed back).
+    pub frames_unexpected: AtomicU64,
+    /// Samples received in Samples messages (before dedup).
+    pub samples_received: AtomicU64,
+    /// Samples committed to the store.
+    pub samples_committed: AtomicU64,
+    /// Retransmitted samples ignored because they were already accepted.
+    pub samples_duplicate: AtomicU64,
+    /// Samples ignored because a frame before them was lost (the device retransmits them).
+    pub samples_out_of_order: AtomicU64,
+    /// Samples a device dropped from its full ring (learned from `oldest`).
+    pub samples_dropped_by_device: AtomicU64,
+    /// Samples not accepted because the store is full (backpressure) or the disk is full.
+    pub samples_refused: AtomicU64,
+    /// Unforwarded events deleted to make room (`when_full = "drop_oldest"`).
+    pub events_dropped_oldest: AtomicU64,
+    /// Forwarded events deleted by retention.
+    pub events_pruned_forwarded: AtomicU64,
+    /// Rows written to quarantine.
+    pub quarantined: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Transactions that failed (and were rolled back; nothing of them was acked).
+    pub commit_failures: AtomicU64,
+    /// Acks sent to devices.
+    pub acks_sent: AtomicU64,
+    /// Hellos answered.
+    pub hellos: AtomicU64,
+    /// Device links open now.
+    pub links_open: AtomicU64,
+    /// Database bytes in use (pages minus free pages).
+    pub db_used_bytes: AtomicU64,
+    /// True while the disk refuses writes (ENOSPC / SQLITE_FULL).
+    pub disk_full: AtomicBool,
+    /// True while the store refuses samples because of `max_db_size` with `backpressure`.
+    pub backpressure: AtomicBool,
+}
+
+/// Index into [`Metrics::frames_rejected`].
+pub fn reason_index(r: RejectReason) -> usize {
+    match r {
+        RejectReason::TooLong => 0,
+        RejectReason::BadCobs => 1,
+        RejectReason::TooShort => 2,
+        RejectReason::BadCrc => 3,
+        RejectReason::UnknownVersion(_) => 4,
+        _ => 5,
+    }
+}
+
+/// Labels of [`Metrics::frames_rejected`], in index order.
+pub const REASONS: [&str; 6] = [
+    "too_long",
+    "bad_cobs",
+    "too_short",
+    "bad_crc",
+    "unknown_version",
+    "malformed",
+];
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+
+    /// Total rejected frames.
+    pub fn rejected_total(&self) -> u64 {
+        self.frames_rejected.iter().map(Self::get).sum()
+    }
+}

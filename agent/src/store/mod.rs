@@ -1,0 +1,185 @@
+//! The durable buffer: one SQLite database in WAL mode.
+//!
+//! Invariants:
+//! - **One writer.** Only the writer thread ([`writer`]) holds a read-write connection; everything
+//!   else opens read-only connections ([`read`]), so reads never block ingest (WAL).
+//! - **Acked means committed.** A device is acked for a sample only after the transaction holding it
+//!   committed (fsynced with `durability = "full"`).
+//! - **Exactly once, in order.** Per `(device, boot)` the writer accepts samples only in sequence
+//!   order from `boots.next_seq`, which it updates in the same transaction as the rows.
+//! - **Checked at open.** A file that is not SQLite, not Ferry's, corrupt, or written by a newer
+//!   schema is refused with a clear [`StoreError`]; the agent never runs on it.
+
+pub mod read;
+pub mod retention;
+pub mod schema;
+pub mod writer;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::{Durability, StoreSettings};
+
+/// Store failures, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file is not a SQLite database, or SQLite found it damaged.
+    #[error("{path}: database is corrupt or not a database ({detail}); move it aside to start a new one")]
+    Corrupt {
+        /// File.
+        path: String,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// A SQLite database that belongs to another application.
+    #[error("{path}: not a Ferry database (application_id {found:#x})")]
+    Foreign {
+        /// File.
+        path: String,
+        /// Its application id.
+        found: i64,
+    },
+    /// Written by a newer Ferry.
+    #[error("{path}: schema version {found} is newer than this ferry supports ({supported}); upgrade ferry")]
+    TooNew {
+        /// File.
+        path: String,
+        /// Version found.
+        found: i64,
+        /// Version supported.
+        supported: i64,
+    },
+    /// The disk refused a write.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// Any other SQLite failure.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A write failed and was rolled back (nothing in it was acked).
+    #[error("write failed and was rolled back: {0}")]
+    Failed(String),
+    /// The writer thread is gone (shutting down).
+    #[error("store writer stopped")]
+    Stopped,
+}
+
+impl StoreError {
+    /// A cloneable copy for replies to several waiters.
+    pub fn shared(&self) -> StoreError {
+        match self {
+            StoreError::DiskFull(m) => StoreError::DiskFull(m.clone()),
+            other => StoreError::Failed(other.to_string()),
+        }
+    }
+
+    /// Classifies a SQLite error from a write.
+    pub fn from_write(e: rusqlite::Error) -> StoreError {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Opens (creating if needed) and migrates the database for writing, after checking it.
+pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
+    let path = settings.path.as_path();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Sqlite(rusqlite::Error::InvalidPath(dir.join(e.to_string())))
+        })?;
+    }
+    let conn = Connection::open(path).map_err(|e| corrupt(path, e))?;
+    check(&conn, path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| corrupt(path, e))?;
+    let sync = match settings.durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "cache_size", -16_384)?; // 16 MiB
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens the database read-only (for queries and the CLI); it must already exist and be valid.
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| corrupt(path, e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, e))?;
+    if v > schema::LATEST {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found: v,
+            supported: schema::LATEST,
+        });
+    }
+    Ok(conn)
+}
+
+/// Refuses foreign, corrupt and too-new files. Runs `PRAGMA quick_check` (linear in the file size).
+fn check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let app: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, e))?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, e))?;
+    if app != schema::APPLICATION_ID && (app != 0 || tables > 0) {
+        return Err(StoreError::Foreign {
+            path: path.display().to_string(),
+            found: app,
+        });
+    }
+    if version > schema::LATEST {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found: version,
+            supported: schema::LATEST,
+        });
+    }
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, e))?;
+    if verdict != "ok" {
+        return Err(corrupt(path, verdict));
+    }
+    Ok(())
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    while version < schema::LATEST {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(schema::MIGRATIONS[version as usize])
+            .map_err(StoreError::from_write)?;
+        version += 1;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.pragma_update(None, "application_id", schema::APPLICATION_ID)?;
+        tx.commit().map_err(StoreError::from_write)?;
+        tracing::info!(path = %path.display(), version, "Store schema migrated.");
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Schema migrations, applied in order on `PRAGMA user_version`.
+//!
+//! Layout decisions (measured, see README "Store"): `events` is a rowid table, so the rowid is the
+//! store order and the forwarding cursor is one integer; a single secondary index on
+//! `(device, ts_ms)` serves time queries per device. Uniqueness of `(device, boot, seq)` is enforced
+//! by the single writer through `boots.next_seq`, updated in the same transaction as the rows (a
+//! UNIQUE index would cost a quarter of the ingest rate).
+
+/// Marks a database file as Ferry's (`PRAGMA application_id`, "FERY").
+pub const APPLICATION_ID: i64 = 0x4645_5259;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // v1
+    r#"
+CREATE TABLE devices (
+    id            INTEGER PRIMARY KEY,
+    device_id     TEXT    NOT NULL UNIQUE,
+    firmware      TEXT    NOT NULL DEFAULT '',
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    online        INTEGER NOT NULL DEFAULT 0,
+    link          TEXT    NOT NULL DEFAULT '',
+    boot_no       INTEGER NOT NULL DEFAULT 0,   -- current boot (boots.boot_no)
+    dropped       INTEGER NOT NULL DEFAULT 0,   -- ring drops reported by the device this boot
+    ring_depth    INTEGER NOT NULL DEFAULT 0,
+    read_errors   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE boots (
+    device      INTEGER NOT NULL REFERENCES devices(id),
+    boot_no     INTEGER NOT NULL,               -- 1, 2, 3 ... per device, in order first seen
+    boot_id     INTEGER NOT NULL,               -- the device's random boot id
+    tick_hz     INTEGER NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    next_seq    INTEGER NOT NULL DEFAULT 0,     -- every seq below is stored or was dropped by the device
+    gap_dropped INTEGER NOT NULL DEFAULT 0,     -- seqs the device dropped before sending them
+    PRIMARY KEY (device, boot_no),
+    UNIQUE (device, boot_id)
+) WITHOUT ROWID;
+CREATE TABLE sensors (
+    device      INTEGER NOT NULL REFERENCES devices(id),
+    idx         INTEGER NOT NULL,
+    name        TEXT    NOT NULL,
+    unit        TEXT    NOT NULL,
+    interval_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, idx)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY,                -- store order; forward_cursor points into it
+    device  INTEGER NOT NULL,
+    boot_no INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    sensor  INTEGER NOT NULL,
+    ts_ms   INTEGER NOT NULL,                   -- UTC, from device ticks
+    value   REAL    NOT NULL
+);
+CREATE INDEX events_device_ts ON events (device, ts_ms);
+CREATE TABLE quarantine (
+    id     INTEGER PRIMARY KEY,
+    at_ms  INTEGER NOT NULL,
+    link   TEXT    NOT NULL,
+    reason TEXT    NOT NULL,
+    len    INTEGER NOT NULL,                    -- bytes in the rejected run
+    raw    BLOB    NOT NULL                     -- its first bytes as received
+);
+CREATE TABLE forward_cursor (
+    name     TEXT    PRIMARY KEY,
+    event_id INTEGER NOT NULL                   -- events with id <= event_id are forwarded
+) WITHOUT ROWID;
+CREATE TABLE counters (
+    name  TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+];
+
+/// Schema version this build writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;

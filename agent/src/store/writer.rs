@@ -1,0 +1,880 @@
+//! The single writer: owns the read-write connection on its own thread, applies operations from a
+//! bounded channel, and commits them in groups.
+//!
+//! Invariants:
+//! - **Group commit.** A transaction closes when it holds `flush_samples` samples or
+//!   `flush_interval` after its first operation, whichever comes first. A `Hello` closes it at once
+//!   (the device must not be welcomed on uncommitted rows).
+//! - **Ack after commit.** Each link owns an [`AckSlot`]; only after `COMMIT` returns does the writer
+//!   publish the boot's new committed `next_seq` into the slots of the links that sent samples.
+//! - **Per-boot authority.** The writer keeps one `ferry_wire::Acceptor` per `(device, boot)`, so
+//!   samples of a boot are stored once and in order even if two links carry the same device. If a
+//!   commit fails, every touched acceptor is reset to its committed position: nothing rolled back
+//!   is ever acked.
+//! - **Full disk.** `SQLITE_FULL` rolls the transaction back, marks the disk full, and refuses
+//!   samples for a second before trying again; the agent keeps running and keeps its data.
+//! - **Shutdown.** When every sender is dropped the writer commits what it holds, checkpoints the
+//!   WAL (`TRUNCATE`) and returns.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_wire::{Acceptor, Heartbeat};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::retention::{self, Step};
+use super::StoreError;
+use crate::config::StoreSettings;
+use crate::metrics::Metrics;
+
+/// Operations queued before the writer blocks its senders.
+const QUEUE: usize = 4096;
+/// Rows deleted per retention statement.
+const CHUNK: i64 = 5000;
+/// How long samples are refused after the disk refused a write.
+const DISK_FULL_BACKOFF: Duration = Duration::from_secs(1);
+/// How often time-based retention and housekeeping run.
+const MAINTENANCE: Duration = Duration::from_secs(5);
+
+/// What a link learns from the writer: the committed position of its current boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckState {
+    /// Boot the position belongs to.
+    pub boot_id: u32,
+    /// Every seq below this is committed (or was dropped by the device).
+    pub next_seq: u32,
+    /// Bumped when the link should ack at once although nothing new committed (a hole).
+    pub nudges: u32,
+}
+
+/// The writer's end of a link's ack channel.
+pub type AckSlot = Arc<watch::Sender<AckState>>;
+
+/// Reply to a Hello.
+#[derive(Debug, Clone, Copy)]
+pub struct Welcomed {
+    /// `devices.id`.
+    pub device: i64,
+    /// `boots.boot_no` of this boot.
+    pub boot_no: i64,
+    /// Committed position of this boot (the Welcome's `next_seq`).
+    pub next_seq: u32,
+}
+
+/// A device announced itself.
+#[derive(Debug)]
+pub struct HelloOp {
+    /// Device id.
+    pub device_id: String,
+    /// Firmware.
+    pub firmware: String,
+    /// Boot id.
+    pub boot_id: u32,
+    /// Tick rate.
+    pub tick_hz: u32,
+    /// `(index, name, unit, interval_ms)`.
+    pub sensors: Vec<(u8, String, String, u32)>,
+    /// Link name.
+    pub link: String,
+    /// Answer.
+    pub reply: oneshot::Sender<Result<Welcomed, StoreError>>,
+}
+
+/// One reading, ready for the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// Sensor index.
+    pub sensor: u8,
+    /// UTC milliseconds.
+    pub ts_ms: i64,
+    /// Value.
+    pub value: f32,
+}
+
+/// The samples of one `Samples` frame.
+#[derive(Debug)]
+pub struct SamplesOp {
+    /// `devices.id`.
+    pub device: i64,
+    /// `boots.boot_no`.
+    pub boot_no: i64,
+    /// The boot id (for acks).
+    pub boot_id: u32,
+    /// The frame's `oldest`.
+    pub oldest: u32,
+    /// The frame's `first_seq`.
+    pub first_seq: u32,
+    /// Rows in seq order.
+    pub rows: Vec<Row>,
+    /// Where to publish the committed position.
+    pub ack: AckSlot,
+}
+
+/// Everything the writer does.
+#[derive(Debug)]
+pub enum Op {
+    /// See [`HelloOp`].
+    Hello(HelloOp),
+    /// See [`SamplesOp`].
+    Samples(SamplesOp),
+    /// Device status.
+    Heartbeat {
+        /// `devices.id`.
+        device: i64,
+        /// The message.
+        hb: Heartbeat,
+    },
+    /// A device went offline (link closed or silent) or came back, on this link.
+    Presence {
+        /// `devices.id`.
+        device: i64,
+        /// The link reporting it (a stale link cannot mark a reconnected device offline).
+        link: String,
+        /// Online now.
+        online: bool,
+    },
+    /// A rejected frame.
+    Quarantine {
+        /// Link name.
+        link: String,
+        /// Reason label.
+        reason: &'static str,
+        /// Bytes in the run.
+        len: usize,
+        /// Its first bytes.
+        raw: Vec<u8>,
+    },
+    /// Events up to this id are forwarded (the uplink's cursor).
+    MarkForwarded {
+        /// Last forwarded `events.id`.
+        event_id: i64,
+        /// Done.
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Commit now and answer (tests, CLI, shutdown).
+    Sync(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// Cheap, cloneable handle to the writer.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Op>,
+}
+
+impl StoreHandle {
+    /// Queues an operation (waits while the queue is full: that is ingest backpressure).
+    pub async fn send(&self, op: Op) -> Result<(), StoreError> {
+        self.tx.send(op).await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Registers a Hello and returns the committed position of that boot.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn hello(
+        &self,
+        device_id: String,
+        firmware: String,
+        boot_id: u32,
+        tick_hz: u32,
+        sensors: Vec<(u8, String, String, u32)>,
+        link: String,
+    ) -> Result<Welcomed, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Hello(HelloOp {
+            device_id,
+            firmware,
+            boot_id,
+            tick_hz,
+            sensors,
+            link,
+            reply,
+        }))
+        .await?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Commits everything queued before this call.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Sync(reply)).await?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Moves the forwarding cursor.
+    pub async fn mark_forwarded(&self, event_id: i64) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::MarkForwarded { event_id, reply }).await?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+/// Starts the writer thread on an opened, migrated connection.
+pub fn spawn(
+    conn: Connection,
+    settings: StoreSettings,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let join = std::thread::Builder::new()
+        .name("ferry-store".into())
+        .spawn(move || {
+            let mut w = Writer::new(conn, settings, metrics);
+            if let Err(e) = w.recover() {
+                tracing::error!(error = %e, "Store state could not be read; writer stops.");
+                return;
+            }
+            w.run(rx);
+        })?;
+    Ok((StoreHandle { tx }, join))
+}
+
+struct BootState {
+    acceptor: Acceptor,
+    committed: u32,
+    gap_pending: u64,
+}
+
+#[derive(Default)]
+struct Batch {
+    open: bool,
+    samples: usize,
+    started: Option<Instant>,
+    boots: HashMap<(i64, i64), ()>,
+    links: HashMap<usize, (AckSlot, u32, (i64, i64))>,
+    heartbeats: HashMap<i64, Heartbeat>,
+    presence: HashMap<i64, (String, bool)>,
+    seen: HashMap<i64, i64>,
+    quarantined: u64,
+    forwarded: Option<i64>,
+    replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+struct Writer {
+    conn: Connection,
+    settings: StoreSettings,
+    metrics: Arc<Metrics>,
+    boots: HashMap<(i64, i64), BootState>,
+    batch: Batch,
+    last_seen_written: HashMap<i64, i64>,
+    refuse_until: Option<Instant>,
+    refusing_for_cap: bool,
+    forward_cursor: i64,
+    quarantine_rows: u64,
+    last_maintenance: Instant,
+    last_loss_log: Option<Instant>,
+    last_retention: Instant,
+    rt: tokio::runtime::Runtime,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    fn new(conn: Connection, settings: StoreSettings, metrics: Arc<Metrics>) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("timer runtime");
+        Writer {
+            conn,
+            settings,
+            metrics,
+            boots: HashMap::new(),
+            batch: Batch::default(),
+            last_seen_written: HashMap::new(),
+            refuse_until: None,
+            refusing_for_cap: false,
+            forward_cursor: 0,
+            quarantine_rows: 0,
+            last_maintenance: Instant::now(),
+            last_loss_log: None,
+            last_retention: Instant::now(),
+            rt,
+        }
+    }
+
+    /// Reads what the writer keeps in memory; marks every device offline (no link is open yet).
+    fn recover(&mut self) -> Result<(), StoreError> {
+        self.forward_cursor = self
+            .conn
+            .query_row(
+                "SELECT event_id FROM forward_cursor WHERE name = 'uplink'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        self.quarantine_rows = self
+            .conn
+            .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+        self.conn
+            .execute("UPDATE devices SET online = 0 WHERE online != 0", [])
+            .map_err(StoreError::from_write)?;
+        self.measure();
+        Ok(())
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
+        'outer: loop {
+            let wait = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
+            match self
+                .rt
+                .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+            {
+                Err(_) => {
+                    self.maintenance();
+                    continue;
+                }
+                Ok(None) => break,
+                Ok(Some(op)) => self.apply(op),
+            }
+            // Coalesce until the batch is big enough or old enough.
+            while self.batch.open && self.batch.samples < self.settings.flush_samples {
+                let age = self.batch.started.map_or(Duration::ZERO, |t| t.elapsed());
+                let left = self.settings.flush_interval.saturating_sub(age);
+                let next = match rx.try_recv() {
+                    Ok(op) => Some(op),
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        let _ = self.commit();
+                        break 'outer;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) if left.is_zero() => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match self
+                            .rt
+                            .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                        {
+                            Ok(Some(op)) => Some(op),
+                            Ok(None) => {
+                                let _ = self.commit();
+                                break 'outer;
+                            }
+                            Err(_) => None,
+                        }
+                    }
+                };
+                match next {
+                    Some(op) => self.apply(op),
+                    None => break,
+                }
+            }
+            let committed = self.batch.open;
+            let _ = self.commit();
+            if committed || self.last_retention.elapsed() >= Duration::from_millis(200) {
+                self.after_commit();
+            }
+        }
+        let _ = self.commit();
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed.");
+        }
+        tracing::info!("Store writer stopped; WAL checkpointed.");
+    }
+
+    fn begin(&mut self) -> Result<(), rusqlite::Error> {
+        if !self.batch.open {
+            self.conn.execute_batch("BEGIN")?;
+            self.batch.open = true;
+            self.batch.started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn refusing(&self) -> bool {
+        self.refusing_for_cap || self.refuse_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Samples(s) => self.samples(s),
+            Op::Hello(h) => {
+                // The Welcome must only carry committed state.
+                let r = match self.hello(&h) {
+                    Ok(w) => self.commit().map(|()| w),
+                    Err(e) => {
+                        let shared = e.shared();
+                        self.fail(e);
+                        Err(shared)
+                    }
+                };
+                if r.is_ok() {
+                    Metrics::add(&self.metrics.hellos, 1);
+                }
+                let _ = h.reply.send(r);
+            }
+            Op::Heartbeat { device, hb } => {
+                self.batch.heartbeats.insert(device, hb);
+                self.touch();
+            }
+            Op::Presence {
+                device,
+                link,
+                online,
+            } => {
+                self.batch.presence.insert(device, (link, online));
+                self.touch();
+            }
+            Op::Quarantine {
+                link,
+                reason,
+                len,
+                raw,
+            } => {
+                if let Err(e) = self.quarantine(&link, reason, len, &raw) {
+                    self.fail(e);
+                }
+            }
+            Op::MarkForwarded { event_id, reply } => {
+                self.batch.forwarded = Some(event_id.max(self.batch.forwarded.unwrap_or(0)));
+                self.touch();
+                self.batch.replies.push(reply);
+            }
+            Op::Sync(reply) => {
+                self.touch();
+                self.batch.replies.push(reply);
+                let _ = self.commit();
+            }
+        }
+    }
+
+    /// Makes sure a batch is open so the next commit writes pending state.
+    fn touch(&mut self) {
+        if let Err(e) = self.begin() {
+            tracing::warn!(error = %e, "BEGIN failed.");
+        }
+    }
+
+    fn boot_state(&mut self, key: (i64, i64)) -> Result<&mut BootState, rusqlite::Error> {
+        if !self.boots.contains_key(&key) {
+            let next: u32 = self
+                .conn
+                .query_row(
+                    "SELECT next_seq FROM boots WHERE device = ?1 AND boot_no = ?2",
+                    params![key.0, key.1],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            self.boots.insert(
+                key,
+                BootState {
+                    acceptor: Acceptor::new(next),
+                    committed: next,
+                    gap_pending: 0,
+                },
+            );
+        }
+        Ok(self.boots.get_mut(&key).expect("inserted above"))
+    }
+
+    fn samples(&mut self, s: SamplesOp) {
+        Metrics::add(&self.metrics.samples_received, s.rows.len() as u64);
+        if self.refusing() {
+            Metrics::add(&self.metrics.samples_refused, s.rows.len() as u64);
+            return;
+        }
+        if let Err(e) = self.begin() {
+            tracing::warn!(error = %e, "BEGIN failed.");
+            return;
+        }
+        let key = (s.device, s.boot_no);
+        let (accepted, committed) = match self.boot_state(key) {
+            Ok(st) => {
+                let a = st.acceptor.accept(s.oldest, s.first_seq, s.rows.len());
+                st.gap_pending += u64::from(a.dropped_by_device);
+                (a, st.committed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Boot state unreadable; frame ignored (the device will resend).");
+                return;
+            }
+        };
+        let m = &self.metrics;
+        Metrics::add(
+            &m.samples_dropped_by_device,
+            u64::from(accepted.dropped_by_device),
+        );
+        Metrics::add(&m.samples_duplicate, accepted.duplicates as u64);
+        if accepted.hole {
+            Metrics::add(&m.samples_out_of_order, s.rows.len() as u64);
+            // Tell the device at once where we stand, so it retransmits now (fast retransmit).
+            s.ack.send_modify(|a| {
+                *a = AckState {
+                    boot_id: s.boot_id,
+                    next_seq: committed,
+                    nudges: a.nudges.wrapping_add(1),
+                };
+            });
+        }
+        if accepted.keep.is_empty() {
+            return;
+        }
+        let res = (|| -> rusqlite::Result<()> {
+            let mut st = self.conn.prepare_cached(
+                "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for i in accepted.keep.clone() {
+                let r = s.rows[i];
+                st.execute(params![
+                    s.device,
+                    s.boot_no,
+                    s.first_seq + i as u32,
+                    r.sensor,
+                    r.ts_ms,
+                    f64::from(r.value)
+                ])?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            // The transaction is unusable; roll it back as a failed commit (nothing of it is acked).
+            self.fail(StoreError::from_write(e));
+            return;
+        }
+        let n = accepted.keep.len();
+        let last_ts = s.rows[accepted.keep.end - 1].ts_ms;
+        self.batch.samples += n;
+        self.batch.boots.insert(key, ());
+        self.batch.seen.insert(s.device, last_ts);
+        let id = Arc::as_ptr(&s.ack) as usize;
+        self.batch.links.insert(id, (s.ack, s.boot_id, key));
+    }
+
+    fn hello(&mut self, h: &HelloOp) -> Result<Welcomed, StoreError> {
+        self.begin()?;
+        let now = now_ms();
+        let c = &self.conn;
+        let device: i64 = match c
+            .query_row(
+                "SELECT id FROM devices WHERE device_id = ?1",
+                [&h.device_id],
+                |r| r.get(0),
+            )
+            .optional()?
+        {
+            Some(id) => {
+                c.execute(
+                    "UPDATE devices SET firmware = ?2, last_seen_ms = ?3, online = 1, link = ?4 WHERE id = ?1",
+                    params![id, h.firmware, now, h.link],
+                )?;
+                id
+            }
+            None => {
+                c.execute(
+                    "INSERT INTO devices (device_id, firmware, first_seen_ms, last_seen_ms, online, link)
+                     VALUES (?1, ?2, ?3, ?3, 1, ?4)",
+                    params![h.device_id, h.firmware, now, h.link],
+                )?;
+                c.last_insert_rowid()
+            }
+        };
+        let boot_no: i64 = match c
+            .query_row(
+                "SELECT boot_no FROM boots WHERE device = ?1 AND boot_id = ?2",
+                params![device, h.boot_id],
+                |r| r.get(0),
+            )
+            .optional()?
+        {
+            Some(b) => b,
+            None => {
+                let b: i64 = c.query_row(
+                    "SELECT coalesce(max(boot_no), 0) + 1 FROM boots WHERE device = ?1",
+                    [device],
+                    |r| r.get(0),
+                )?;
+                c.execute(
+                    "INSERT INTO boots (device, boot_no, boot_id, tick_hz, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![device, b, h.boot_id, h.tick_hz, now],
+                )?;
+                b
+            }
+        };
+        c.execute(
+            "UPDATE devices SET boot_no = ?2, dropped = 0, ring_depth = 0, read_errors = 0 WHERE id = ?1 AND boot_no != ?2",
+            params![device, boot_no],
+        )?;
+        c.execute("DELETE FROM sensors WHERE device = ?1", [device])?;
+        for (idx, name, unit, interval) in &h.sensors {
+            c.execute(
+                "INSERT INTO sensors (device, idx, name, unit, interval_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![device, idx, name, unit, interval],
+            )?;
+        }
+        // Older boots of this device are done; their state reloads from the table if a late frame needs it.
+        self.boots.retain(|(d, b), _| *d != device || *b == boot_no);
+        let next_seq = self.boot_state((device, boot_no))?.committed;
+        self.last_seen_written.insert(device, now);
+        Ok(Welcomed {
+            device,
+            boot_no,
+            next_seq,
+        })
+    }
+
+    fn quarantine(
+        &mut self,
+        link: &str,
+        reason: &str,
+        len: usize,
+        raw: &[u8],
+    ) -> Result<(), StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("INSERT INTO quarantine (at_ms, link, reason, len, raw) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![now_ms(), link, reason, len as i64, raw])
+            .map_err(StoreError::from_write)?;
+        self.batch.quarantined += 1;
+        self.quarantine_rows += 1;
+        if self.quarantine_rows > self.settings.quarantine_max_rows {
+            let excess = self.quarantine_rows - self.settings.quarantine_max_rows;
+            let n = self.conn.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?1)",
+                [excess as i64],
+            )?;
+            self.quarantine_rows -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's pending state and commits. Returns the failure, if any (already handled).
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.batch.open {
+            for r in self.batch.replies.drain(..) {
+                let _ = r.send(Ok(()));
+            }
+            return Ok(());
+        }
+        let res = self
+            .write_pending()
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        match res {
+            Ok(()) => {
+                let b = std::mem::take(&mut self.batch);
+                Metrics::add(&self.metrics.commits, 1);
+                Metrics::add(&self.metrics.samples_committed, b.samples as u64);
+                Metrics::add(&self.metrics.quarantined, b.quarantined);
+                if let Some(f) = b.forwarded {
+                    self.forward_cursor = f;
+                }
+                for key in b.boots.keys() {
+                    if let Some(st) = self.boots.get_mut(key) {
+                        st.committed = st.acceptor.next();
+                        st.gap_pending = 0;
+                    }
+                }
+                for (slot, boot_id, key) in b.links.into_values() {
+                    let committed = self.boots.get(&key).map_or(0, |s| s.committed);
+                    slot.send_modify(|a| {
+                        a.boot_id = boot_id;
+                        a.next_seq = committed;
+                    });
+                }
+                for (d, ts) in b.seen {
+                    self.last_seen_written.insert(d, ts);
+                }
+                if self.refuse_until.take().is_some() || self.metrics.disk_full.swap(false, Relaxed)
+                {
+                    tracing::info!("Disk accepts writes again; accepting samples.");
+                }
+                for r in b.replies {
+                    let _ = r.send(Ok(()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let e = StoreError::from_write(e);
+                let shared = e.shared();
+                self.fail(e);
+                Err(shared)
+            }
+        }
+    }
+
+    /// Rolls back the open transaction after a failure; nothing in it was acked.
+    fn fail(&mut self, e: StoreError) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        let b = std::mem::take(&mut self.batch);
+        Metrics::add(&self.metrics.commit_failures, 1);
+        for key in b.boots.keys() {
+            if let Some(st) = self.boots.get_mut(key) {
+                st.acceptor = Acceptor::new(st.committed);
+                st.gap_pending = 0;
+            }
+        }
+        if matches!(e, StoreError::DiskFull(_)) {
+            if !self.metrics.disk_full.swap(true, Relaxed) {
+                tracing::error!(error = %e, "Disk full: samples are refused (devices keep them) until space returns.");
+            }
+            self.refuse_until = Some(Instant::now() + DISK_FULL_BACKOFF);
+        } else {
+            tracing::error!(error = %e, "Commit failed; nothing of it was acked (devices will resend).");
+        }
+        for r in b.replies {
+            let _ = r.send(Err(e.shared()));
+        }
+    }
+
+    fn write_pending(&mut self) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        for key in self.batch.boots.keys() {
+            let st = &self.boots[key];
+            c.prepare_cached("UPDATE boots SET next_seq = ?3, gap_dropped = gap_dropped + ?4 WHERE device = ?1 AND boot_no = ?2")?
+                .execute(params![key.0, key.1, st.acceptor.next(), st.gap_pending as i64])?;
+        }
+        // last_seen is written at most once a second per device.
+        for (d, ts) in &self.batch.seen {
+            if self.last_seen_written.get(d).is_none_or(|w| ts - w >= 1000) {
+                c.prepare_cached("UPDATE devices SET last_seen_ms = ?2, online = 1 WHERE id = ?1")?
+                    .execute(params![d, ts])?;
+            }
+        }
+        for (d, hb) in &self.batch.heartbeats {
+            c.prepare_cached(
+                "UPDATE devices SET last_seen_ms = ?2, dropped = ?3, ring_depth = ?4, read_errors = ?5 WHERE id = ?1",
+            )?
+            .execute(params![d, now_ms(), hb.dropped, hb.ring_depth, hb.read_errors])?;
+        }
+        for (d, (link, online)) in &self.batch.presence {
+            c.prepare_cached("UPDATE devices SET online = ?3 WHERE id = ?1 AND link = ?2")?
+                .execute(params![d, link, online])?;
+        }
+        if let Some(f) = self.batch.forwarded {
+            c.prepare_cached(
+                "INSERT INTO forward_cursor (name, event_id) VALUES ('uplink', ?1)
+                 ON CONFLICT (name) DO UPDATE SET event_id = max(event_id, excluded.event_id)",
+            )?
+            .execute([f])?;
+        }
+        Ok(())
+    }
+
+    /// Measures usage and applies the retention policy (in separate small transactions).
+    fn after_commit(&mut self) {
+        self.last_retention = Instant::now();
+        for _ in 0..20 {
+            let used = self.measure();
+            let have_forwarded = self.forward_cursor > 0
+                && self
+                    .conn
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM events WHERE id <= ?1)",
+                        [self.forward_cursor],
+                        |r| r.get::<_, bool>(0),
+                    )
+                    .unwrap_or(false);
+            let step = retention::decide(
+                used,
+                self.settings.max_db_size,
+                have_forwarded,
+                self.settings.when_full,
+                self.refusing_for_cap,
+            );
+            let refusing = step == Step::Refuse;
+            if refusing != self.refusing_for_cap {
+                self.refusing_for_cap = refusing;
+                self.metrics.backpressure.store(refusing, Relaxed);
+                if refusing {
+                    tracing::warn!(used, cap = ?self.settings.max_db_size, "Store at max_db_size with only unforwarded data: refusing samples (backpressure); devices keep them.");
+                } else {
+                    tracing::info!(
+                        used,
+                        "Store below its low watermark; accepting samples again."
+                    );
+                }
+            }
+            let deleted = match step {
+                Step::Accept | Step::Refuse => return,
+                Step::PruneForwarded => self.delete_oldest(Some(self.forward_cursor)),
+                Step::DropOldest => self.delete_oldest(None),
+            };
+            match deleted {
+                Ok(0) | Err(_) => return,
+                Ok(n) if step == Step::PruneForwarded => {
+                    Metrics::add(&self.metrics.events_pruned_forwarded, n)
+                }
+                Ok(n) => {
+                    Metrics::add(&self.metrics.events_dropped_oldest, n);
+                    if self
+                        .last_loss_log
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                    {
+                        self.last_loss_log = Some(Instant::now());
+                        tracing::error!(
+                            dropped_total = Metrics::get(&self.metrics.events_dropped_oldest),
+                            "Store at max_db_size: oldest unforwarded events deleted (when_full = \"drop_oldest\")."
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes up to CHUNK oldest events (only forwarded ones if `upto` is given); returns the count.
+    fn delete_oldest(&mut self, upto: Option<i64>) -> Result<u64, StoreError> {
+        let limit = upto.unwrap_or(i64::MAX);
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM events WHERE id <= min(?1, (SELECT min(id) FROM events) + ?2 - 1)",
+                params![limit, CHUNK],
+            )
+            .map_err(StoreError::from_write)?;
+        if upto.is_none() && n > 0 {
+            self.conn
+                .execute(
+                    "INSERT INTO counters (name, value) VALUES ('events_dropped_oldest', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    [n as i64],
+                )
+                .map_err(StoreError::from_write)?;
+        }
+        Ok(n as u64)
+    }
+
+    /// Bytes in use (pages minus free pages); also published as a gauge.
+    fn measure(&self) -> u64 {
+        let q = |p: &str| {
+            self.conn
+                .query_row(p, [], |r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+        };
+        let used =
+            (q("PRAGMA page_count") - q("PRAGMA freelist_count")).max(0) * q("PRAGMA page_size");
+        self.metrics.db_used_bytes.store(used as u64, Relaxed);
+        used as u64
+    }
+
+    /// Time-based retention of forwarded events, and a retry of retention after refusals.
+    fn maintenance(&mut self) {
+        self.last_maintenance = Instant::now();
+        if self.forward_cursor > 0 {
+            let cutoff = now_ms() - self.settings.keep_forwarded_for.as_millis() as i64;
+            for _ in 0..10 {
+                match self.conn.execute(
+                    "DELETE FROM events WHERE id IN
+                       (SELECT id FROM events WHERE id <= ?1 AND ts_ms < ?2 ORDER BY id LIMIT ?3)",
+                    params![self.forward_cursor, cutoff, CHUNK],
+                ) {
+                    Ok(n) => {
+                        Metrics::add(&self.metrics.events_pruned_forwarded, n as u64);
+                        if (n as i64) < CHUNK {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Retention of forwarded events failed.");
+                        break;
+                    }
+                }
+            }
+        }
+        self.after_commit();
+    }
+}
