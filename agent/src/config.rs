@@ -89,10 +89,11 @@ pub struct StoreConfig {
     /// `"full"` (fsync every commit) or `"normal"`.
     #[serde(default = "default_durability")]
     pub durability: String,
-    /// Commit after this many samples ...
+    /// Under sustained load, commit after this many samples ...
     #[serde(default = "default_flush_samples")]
     pub flush_samples: usize,
-    /// ... or this long after the first uncommitted one, whichever comes first.
+    /// ... or this long after the first uncommitted one, whichever comes first (an idle queue
+    /// commits at once).
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
     /// Cap on the database's used size, e.g. `"2 GiB"`; `"0"` = no cap.
@@ -178,7 +179,7 @@ const fn default_flush_samples() -> usize {
     20_000
 }
 fn default_flush_interval() -> String {
-    "2ms".into()
+    "20ms".into()
 }
 fn default_max_db_size() -> String {
     "1 GiB".into()
@@ -545,7 +546,7 @@ mod tests {
             s.devices.tcp_listen,
             Some("127.0.0.1:7879".parse().unwrap())
         );
-        assert_eq!(s.store.flush_interval, Duration::from_millis(2));
+        assert_eq!(s.store.flush_interval, Duration::from_millis(20));
     }
 
     #[test]

@@ -104,6 +104,20 @@ impl Agent {
 
     /// Stops intake, lets the writer commit and checkpoint, and returns.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let m = &self.metrics;
+        let g = Metrics::get;
+        tracing::info!(
+            committed = g(&m.samples_committed),
+            received = g(&m.samples_received),
+            duplicate = g(&m.samples_duplicate),
+            out_of_order = g(&m.samples_out_of_order),
+            dropped_by_device = g(&m.samples_dropped_by_device),
+            refused = g(&m.samples_refused),
+            commits = g(&m.commits),
+            acks = g(&m.acks_sent),
+            rejected = m.rejected_total(),
+            "Agent totals."
+        );
         tracing::info!("Stopping intake.");
         self.intake.cancel();
         self.tracker.close();

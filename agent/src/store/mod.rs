@@ -1,8 +1,9 @@
 //! The durable buffer: one SQLite database in WAL mode.
 //!
 //! Invariants:
-//! - **One writer.** Only the writer thread ([`writer`]) holds a read-write connection; everything
-//!   else opens read-only connections ([`read`]), so reads never block ingest (WAL).
+//! - **One writer.** Only the writer thread ([`writer`]) writes rows; everything else opens read-only
+//!   connections ([`read`]), so reads never block ingest (WAL). The [`checkpoint`] thread has its
+//!   own connection and only copies committed WAL pages into the database file.
 //! - **Acked means committed.** A device is acked for a sample only after the transaction holding it
 //!   committed (fsynced with `durability = "full"`).
 //! - **Exactly once, in order.** Per `(device, boot)` the writer accepts samples only in sequence
@@ -10,6 +11,7 @@
 //! - **Checked at open.** A file that is not SQLite, not Ferry's, corrupt, or written by a newer
 //!   schema is refused with a clear [`StoreError`]; the agent never runs on it.
 
+pub mod checkpoint;
 pub mod read;
 pub mod retention;
 pub mod schema;
@@ -109,6 +111,9 @@ pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "cache_size", -16_384)?; // 16 MiB
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints run on their own thread (see `checkpoint`), never inside a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     migrate(&conn, path)?;
     Ok(conn)
 }

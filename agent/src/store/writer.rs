@@ -2,9 +2,10 @@
 //! bounded channel, and commits them in groups.
 //!
 //! Invariants:
-//! - **Group commit.** A transaction closes when it holds `flush_samples` samples or
-//!   `flush_interval` after its first operation, whichever comes first. A `Hello` closes it at once
-//!   (the device must not be welcomed on uncommitted rows).
+//! - **Group commit.** A transaction closes when the queue runs dry, when it holds `flush_samples`
+//!   samples, or `flush_interval` after its first operation, whichever comes first: light load is
+//!   committed at once, heavy load in large batches. A `Hello` closes it at once (the device must
+//!   not be welcomed on uncommitted rows).
 //! - **Ack after commit.** Each link owns an [`AckSlot`]; only after `COMMIT` returns does the writer
 //!   publish the boot's new committed `next_seq` into the slots of the links that sent samples.
 //! - **Per-boot authority.** The writer keeps one `ferry_wire::Acceptor` per `(device, boot)`, so
@@ -220,12 +221,24 @@ pub fn spawn(
     let join = std::thread::Builder::new()
         .name("ferry-store".into())
         .spawn(move || {
+            let mut checkpointer = match super::checkpoint::Checkpointer::start(&settings.path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "No checkpoint thread; the writer checkpoints itself.");
+                    let _ = conn.pragma_update(None, "wal_autocheckpoint", 1000);
+                    None
+                }
+            };
             let mut w = Writer::new(conn, settings, metrics);
             if let Err(e) = w.recover() {
                 tracing::error!(error = %e, "Store state could not be read; writer stops.");
                 return;
             }
-            w.run(rx);
+            w.run(rx, || {
+                if let Some(c) = checkpointer.as_mut() {
+                    c.stop();
+                }
+            });
         })?;
     Ok((StoreHandle { tx }, join))
 }
@@ -320,7 +333,7 @@ impl Writer {
         Ok(())
     }
 
-    fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
+    fn run(&mut self, mut rx: mpsc::Receiver<Op>, stop_checkpointer: impl FnOnce()) {
         'outer: loop {
             let wait = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
             match self
@@ -334,34 +347,23 @@ impl Writer {
                 Ok(None) => break,
                 Ok(Some(op)) => self.apply(op),
             }
-            // Coalesce until the batch is big enough or old enough.
-            while self.batch.open && self.batch.samples < self.settings.flush_samples {
-                let age = self.batch.started.map_or(Duration::ZERO, |t| t.elapsed());
-                let left = self.settings.flush_interval.saturating_sub(age);
-                let next = match rx.try_recv() {
-                    Ok(op) => Some(op),
+            // Take what is already queued, until the batch is big enough or old enough. An empty
+            // queue commits at once: waiting would only add latency, and under load the queue
+            // refills while a commit runs, so batches grow by themselves.
+            while self.batch.open
+                && self.batch.samples < self.settings.flush_samples
+                && self
+                    .batch
+                    .started
+                    .is_some_and(|t| t.elapsed() < self.settings.flush_interval)
+            {
+                match rx.try_recv() {
+                    Ok(op) => self.apply(op),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         let _ = self.commit();
                         break 'outer;
                     }
-                    Err(mpsc::error::TryRecvError::Empty) if left.is_zero() => break,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        match self
-                            .rt
-                            .block_on(async { tokio::time::timeout(left, rx.recv()).await })
-                        {
-                            Ok(Some(op)) => Some(op),
-                            Ok(None) => {
-                                let _ = self.commit();
-                                break 'outer;
-                            }
-                            Err(_) => None,
-                        }
-                    }
-                };
-                match next {
-                    Some(op) => self.apply(op),
-                    None => break,
                 }
             }
             let committed = self.batch.open;
@@ -371,6 +373,7 @@ impl Writer {
             }
         }
         let _ = self.commit();
+        stop_checkpointer();
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "WAL checkpoint at shutdown failed.");
         }

@@ -14,6 +14,7 @@ use ferry_wire::{
 use heapless::{Deque, String, Vec};
 
 use crate::ring::SampleRing;
+use crate::rtt::RttEstimator;
 use crate::schedule::Schedule;
 use crate::sensors::Sensors;
 use crate::TICK_HZ;
@@ -36,15 +37,20 @@ pub struct DeviceConfig {
     pub hello_interval_ms: u32,
     /// Heartbeat period while connected.
     pub heartbeat_interval_ms: u32,
-    /// Go-back-N retransmission timeout.
+    /// Initial go-back-N retransmission timeout (before any round trip was measured).
     pub retransmit_timeout_ms: u32,
+    /// Lower bound of the adaptive retransmission timeout.
+    pub min_retransmit_timeout_ms: u32,
+    /// Upper bound of the adaptive retransmission timeout (also bounds the backoff).
+    pub max_retransmit_timeout_ms: u32,
     /// Silence from the gateway (with samples held) after which the device reconnects.
     pub link_timeout_ms: u32,
 }
 
 impl DeviceConfig {
-    /// Defaults from PROTOCOL.md: Hello every 1 s, heartbeat every 1 s, retransmit after 1 s,
-    /// reconnect after 5 s of silence. An over-long id is truncated to 32 bytes.
+    /// Defaults from PROTOCOL.md: Hello every 1 s, heartbeat every 1 s, retransmission timeout
+    /// starting at 1 s and adapting to measured ack round trips within 200 ms..10 s, reconnect after
+    /// 5 s of silence. An over-long id is truncated to 32 bytes.
     pub fn new(device_id: &str, firmware: &'static str, boot_id: u32) -> Self {
         let mut id = String::new();
         for c in device_id.chars() {
@@ -59,6 +65,8 @@ impl DeviceConfig {
             hello_interval_ms: 1000,
             heartbeat_interval_ms: 1000,
             retransmit_timeout_ms: 1000,
+            min_retransmit_timeout_ms: 200,
+            max_retransmit_timeout_ms: 10_000,
             link_timeout_ms: 5000,
         }
     }
@@ -105,6 +113,10 @@ pub struct DeviceStats {
     pub read_errors: u32,
     /// Go-back-N rewinds.
     pub retransmits: u32,
+    /// Current adaptive retransmission timeout.
+    pub rto_ms: u32,
+    /// Smoothed ack round trip (0 until measured).
+    pub srtt_ms: u32,
     /// Hellos sent.
     pub hellos: u32,
     /// Frames handed to the transmitter.
@@ -181,6 +193,8 @@ pub struct Device<const RING: usize = { crate::DEFAULT_RING }> {
     send_seq: u32,
     inflight_since: Option<u64>,
     last_rewind_ms: Option<u64>,
+    rtt: RttEstimator,
+    high_sent: u32,
     link: LinkState,
     next_hello_ms: u64,
     last_rx_ms: u64,
@@ -207,12 +221,17 @@ impl<const RING: usize> Device<RING> {
             now_ms,
         );
         Device {
-            cfg,
             schedule,
             ring: SampleRing::new(0),
             send_seq: 0,
             inflight_since: None,
             last_rewind_ms: None,
+            rtt: RttEstimator::new(
+                cfg.retransmit_timeout_ms,
+                cfg.min_retransmit_timeout_ms,
+                cfg.max_retransmit_timeout_ms,
+            ),
+            high_sent: 0,
             link: LinkState::Connecting,
             next_hello_ms: now_ms,
             last_rx_ms: now_ms,
@@ -225,6 +244,7 @@ impl<const RING: usize> Device<RING> {
             reboot_pending: false,
             decoder: Decoder::new(),
             stats: DeviceStats::default(),
+            cfg,
         }
     }
 
@@ -245,7 +265,11 @@ impl<const RING: usize> Device<RING> {
 
     /// Counters since boot.
     pub fn stats(&self) -> DeviceStats {
-        self.stats
+        DeviceStats {
+            rto_ms: self.rtt.rto_ms,
+            srtt_ms: self.rtt.srtt_ms.unwrap_or(0),
+            ..self.stats
+        }
     }
 
     /// Every sample with `seq < acked_next()` was acked or dropped.
@@ -339,6 +363,7 @@ impl<const RING: usize> Device<RING> {
         self.acked_next = self.acked_next.max(next);
         let released = self.ring.release_below(next);
         if released > 0 {
+            self.rtt.on_ack(next, now_ms);
             self.stats.acked += released as u64;
             self.send_seq = self.send_seq.max(self.ring.oldest());
             self.inflight_since = (self.send_seq > self.ring.oldest()).then_some(now_ms);
@@ -346,7 +371,7 @@ impl<const RING: usize> Device<RING> {
             // Fast retransmit: the gateway is stuck at our oldest sample although more is in
             // flight, so a frame was lost. Rewind now rather than after the timeout, at most once
             // per quarter timeout so a burst of such acks does not cause a burst of rewinds.
-            let guard = u64::from(self.cfg.retransmit_timeout_ms / 4);
+            let guard = u64::from(self.rtt.rto_ms / 4);
             if self
                 .last_rewind_ms
                 .is_none_or(|t| now_ms.saturating_sub(t) >= guard)
@@ -357,6 +382,7 @@ impl<const RING: usize> Device<RING> {
     }
 
     fn rewind(&mut self, now_ms: u64) {
+        self.rtt.on_rewind();
         self.send_seq = self.ring.oldest();
         self.inflight_since = None;
         self.last_rewind_ms = Some(now_ms);
@@ -503,7 +529,8 @@ impl<const RING: usize> Device<RING> {
 
     fn encode_samples(&mut self, now_ms: u64, out: &mut [u8]) -> Option<usize> {
         if let Some(since) = self.inflight_since {
-            if now_ms.saturating_sub(since) >= u64::from(self.cfg.retransmit_timeout_ms) {
+            if now_ms.saturating_sub(since) >= u64::from(self.rtt.rto_ms) {
+                self.rtt.on_timeout();
                 self.rewind(now_ms);
             }
         }
@@ -522,7 +549,13 @@ impl<const RING: usize> Device<RING> {
             samples,
         });
         let n = encode(&msg, out).ok()?;
-        self.send_seq = first + count as u32;
+        let end_seq = first + count as u32;
+        if end_seq > self.high_sent {
+            // New data (never sent before): time it, unless a measurement is running (Karn).
+            self.rtt.on_send(end_seq, now_ms);
+            self.high_sent = end_seq;
+        }
+        self.send_seq = end_seq;
         self.inflight_since.get_or_insert(now_ms);
         Some(n)
     }

@@ -16,6 +16,7 @@
 
 mod device;
 mod ring;
+mod rtt;
 pub mod runner;
 mod schedule;
 pub mod sensors;

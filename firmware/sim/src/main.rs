@@ -70,6 +70,9 @@ struct Args {
     /// Run against the built-in reference receiver and verify every acked sample arrived.
     #[arg(long)]
     loopback: bool,
+    /// Measure ack latency (time from sending new samples until their ack) and report percentiles.
+    #[arg(long)]
+    latency: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -118,6 +121,7 @@ fn config(a: &Args) -> Result<SimConfig, String> {
         drain_timeout: Duration::from_secs_f64(a.drain_timeout),
         id_prefix: a.id_prefix.clone(),
         seed: a.seed,
+        measure_latency: a.latency,
         ..SimConfig::default()
     })
 }
@@ -175,10 +179,17 @@ async fn main() -> ExitCode {
         None => None,
     };
     if args.json {
-        let v = serde_json::json!({ "report": report, "verification": verification });
+        let v = serde_json::json!({ "report": report, "ack_latency": report.ack_latency(), "verification": verification });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         print!("{}", report.table());
+        if args.latency {
+            let l = report.ack_latency();
+            println!("{:<22}{:>14}", "ack latency samples", l.count);
+            println!("{:<22}{:>14.3}", "ack latency p50 (ms)", l.p50_ms);
+            println!("{:<22}{:>14.3}", "ack latency p99 (ms)", l.p99_ms);
+            println!("{:<22}{:>14.3}", "ack latency max (ms)", l.max_ms);
+        }
         if let Some(v) = &verification {
             println!("{:<22}{:>14}", "receiver stored", v.stored);
             println!("{:<22}{:>14}", "acked but missing", v.missing_acked);

@@ -36,6 +36,10 @@ pub struct DeviceReport {
     pub bytes_corrupted: u64,
     /// Frames the device received that its decoder rejected.
     pub frames_rejected: u64,
+    /// With `measure_latency`: microseconds from handing a frame of new samples to the link until
+    /// an ack covered its newest sample.
+    #[serde(skip)]
+    pub ack_latencies_us: Vec<u32>,
 }
 
 /// Sums over every device and boot.
@@ -72,7 +76,43 @@ pub struct Report {
     pub devices: Vec<DeviceReport>,
 }
 
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// Measurements.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
 impl Report {
+    /// Ack latency over every device (empty unless `measure_latency` was set).
+    pub fn ack_latency(&self) -> Latency {
+        let mut all: Vec<u32> = self
+            .devices
+            .iter()
+            .flat_map(|d| d.ack_latencies_us.iter().copied())
+            .collect();
+        if all.is_empty() {
+            return Latency::default();
+        }
+        all.sort_unstable();
+        let at = |q: f64| f64::from(all[((all.len() - 1) as f64 * q).round() as usize]) / 1000.0;
+        Latency {
+            count: all.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: at(1.0),
+        }
+    }
+
     /// Builds the report and its totals.
     pub fn new(devices: Vec<DeviceReport>, elapsed_s: f64, generating_s: f64) -> Self {
         let mut t = Totals::default();

@@ -75,6 +75,8 @@ pub struct SimConfig {
     pub tick: Duration,
     /// Device retransmission timeout.
     pub retransmit_timeout_ms: u32,
+    /// Record the ack latency of every frame of new samples (`DeviceReport::ack_latencies_us`).
+    pub measure_latency: bool,
 }
 
 impl Default for SimConfig {
@@ -96,6 +98,7 @@ impl Default for SimConfig {
             seed: 1,
             tick: Duration::from_millis(5),
             retransmit_timeout_ms: 500,
+            measure_latency: false,
         }
     }
 }
@@ -251,6 +254,8 @@ async fn run_device(
     let mut reply = [0u8; ferry_wire::MAX_OPAQUE_LEN];
     let mut out: Vec<u8> = Vec::with_capacity(HIGH_WATER + MAX_ENCODED_LEN);
     let mut out_pos;
+    // (one past the newest sample handed to the link, when), for ack latency.
+    let mut inflight: std::collections::VecDeque<(u32, Instant)> = Default::default();
 
     'link: loop {
         let Some(link) = connect(&cfg, index, &shutdown).await else {
@@ -268,6 +273,11 @@ async fn run_device(
                 };
                 report.bytes_corrupted += corrupt(&mut rng, &mut frame[..n], cfg.noise);
                 out.extend_from_slice(&frame[..n]);
+                // Time the newest sample handed out, once (for ack latency).
+                let newest = sim.dev.next_seq();
+                if cfg.measure_latency && inflight.back().is_none_or(|(s, _)| *s < newest) {
+                    inflight.push_back((newest, Instant::now()));
+                }
             }
             while let Some(action) = sim.dev.take_action() {
                 match action {
@@ -301,6 +311,11 @@ async fn run_device(
                         corrupt(&mut rng, &mut rbuf[..n], cfg.noise_downlink);
                         let now = sim.now_ms();
                         sim.dev.receive(now, &rbuf[..n]);
+                        let acked = sim.dev.acked_next();
+                        while inflight.front().is_some_and(|(s, _)| *s <= acked) {
+                            let (_, t) = inflight.pop_front().expect("checked");
+                            report.ack_latencies_us.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        }
                     }
                 },
                 r = wr.write(&out[out_pos..]), if out_pos < out.len() => match r {
@@ -333,6 +348,7 @@ async fn run_device(
                         generated_before += b.generated;
                         report.boots.push(b);
                         sim = Sim::boot(&cfg, &id, rng.gen());
+                        inflight.clear();
                         next_reboot = cfg.reboot_every.map(|m| now_i + exp_delay(&mut rng, m));
                         tracing::debug!(device = %id, boot = sim.dev.boot_id(), "Injected reboot.");
                     }

@@ -63,8 +63,23 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, RejectReason> {
     if covered[0] != PROTOCOL_VERSION {
         return Err(RejectReason::UnknownVersion(covered[0]));
     }
-    match postcard::take_from_bytes::<Message<'_>>(&covered[1..]) {
-        Ok((msg, [])) if msg.is_valid() => Ok(msg),
+    if body.len() > MAX_BODY_LEN {
+        return Err(RejectReason::Malformed);
+    }
+    let encoded = &covered[1..];
+    match postcard::take_from_bytes::<Message<'_>>(encoded) {
+        // Only the canonical (shortest) encoding is accepted: postcard's decoder tolerates padded
+        // varints, which would let one message have many encodings, bodies beyond the limit, and
+        // lengths that a 32-bit receiver reads differently from a 64-bit one.
+        Ok((msg, [])) if msg.is_valid() && canonical_len(&msg) == Some(encoded.len()) => Ok(msg),
         _ => Err(RejectReason::Malformed),
     }
+}
+
+fn canonical_len(msg: &Message<'_>) -> Option<usize> {
+    postcard::serialize_with_flavor::<_, postcard::ser_flavors::Size, usize>(
+        msg,
+        Default::default(),
+    )
+    .ok()
 }

@@ -82,3 +82,32 @@ fn unknown_version_and_trailing_bytes_are_reported() {
     assert_eq!(decode_body(&body), Err(RejectReason::Malformed));
     assert_eq!(decode_body(&[1, 7, 0, 0]), Err(RejectReason::TooShort));
 }
+
+#[test]
+fn padded_varints_are_malformed() {
+    // HelloRequest is tag 7; a padded tag `87 00` decodes to 7 as well but is not canonical.
+    let mut body = vec![1u8, 0x87, 0x00];
+    body.extend_from_slice(&crc32(&body).to_le_bytes());
+    assert_eq!(decode_body(&body), Err(RejectReason::Malformed));
+    // An Opaque command whose 3-byte payload length is padded to 10 bytes.
+    let mut body = vec![
+        1u8, 6, 10, 3, 0x83, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 1, 2, 3,
+    ];
+    body.extend_from_slice(&crc32(&body).to_le_bytes());
+    assert_eq!(decode_body(&body), Err(RejectReason::Malformed));
+    // The same command, canonical, is fine.
+    let mut body = vec![1u8, 6, 10, 3, 3, 1, 2, 3];
+    body.extend_from_slice(&crc32(&body).to_le_bytes());
+    assert!(decode_body(&body).is_ok());
+}
+
+#[test]
+fn bodies_over_the_limit_are_malformed_even_if_they_decode() {
+    let mut body = vec![0u8; MAX_BODY_LEN + 1];
+    body[0] = 1;
+    body[1] = 7;
+    let n = body.len();
+    let crc = crc32(&body[..n - 4]);
+    body[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(decode_body(&body), Err(RejectReason::Malformed));
+}
