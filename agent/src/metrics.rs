@@ -42,6 +42,8 @@ pub struct Metrics {
     pub hellos: AtomicU64,
     /// Device links open now.
     pub links_open: AtomicU64,
+    /// Device links opened since start (reopened ports count again).
+    pub links_total: AtomicU64,
     /// Database bytes in use (pages minus free pages).
     pub db_used_bytes: AtomicU64,
     /// True while the disk refuses writes (ENOSPC / SQLITE_FULL).

@@ -1,1 +1,8 @@
-//! Agent integration tests.
+//! Agent integration tests: real ptys, real TCP, real SQLite files, the real `ferry` binary where a
+//! process must be killed. One binary; one module per scenario.
+mod common;
+mod config;
+mod crash;
+mod full_disk;
+mod garbage;
+mod serial;

@@ -58,6 +58,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     Metrics::add(&ctx.metrics.links_open, 1);
+    Metrics::add(&ctx.metrics.links_total, 1);
     let (ack_tx, mut ack_rx) = watch::channel(AckState::default());
     let mut link = Link {
         name,

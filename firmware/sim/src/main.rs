@@ -31,7 +31,7 @@ struct Args {
     /// Give each device its own pty (a serial port for the agent) instead of TCP.
     #[arg(long)]
     pty: bool,
-    /// With --pty: create symlinks DIR/ferry-sim-NNNN to the ports (created if missing).
+    /// With --pty: create symlinks DIR/{device id} to the ports (created if missing).
     #[arg(long, value_name = "DIR")]
     pty_dir: Option<PathBuf>,
     /// Sensor channels per device (1..=16).

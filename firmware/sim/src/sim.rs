@@ -33,7 +33,7 @@ const HIGH_WATER: usize = 64 * 1024;
 pub enum Transport {
     /// One TCP connection per device to the agent's device listener.
     Tcp(SocketAddr),
-    /// One pty per device; with a directory, a symlink `DIR/ferry-sim-NNNN` points at each slave.
+    /// One pty per device; with a directory, a symlink `DIR/{device id}` points at each slave.
     Pty {
         /// Where to put the symlinks.
         link_dir: Option<PathBuf>,
@@ -55,11 +55,11 @@ pub struct SimConfig {
     pub noise: f64,
     /// Fraction of gateway → device bytes corrupted.
     pub noise_downlink: f64,
-    /// Mean time between injected disconnects, per device.
+    /// Mean time between injected disconnects, per device (each gap uniform in 0.5x..1.5x).
     pub disconnect_every: Option<Duration>,
     /// How long a disconnected device stays away.
     pub reconnect_after: Duration,
-    /// Mean time between injected reboots, per device.
+    /// Mean time between injected reboots, per device (each gap uniform in 0.5x..1.5x).
     pub reboot_every: Option<Duration>,
     /// Stop generating after this many samples in total (split evenly over devices).
     pub total_samples: Option<u64>,
@@ -133,9 +133,10 @@ trait Io: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
 type Link = Pin<Box<dyn Io>>;
 
-fn exp_delay(rng: &mut SmallRng, mean: Duration) -> Duration {
-    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-    mean.mul_f64(-u.ln())
+/// Uniformly jittered delay around `mean` (0.5x..1.5x): random, but with a predictable count of
+/// injected faults over a run (exponential gaps were too uneven for tests).
+fn jittered(rng: &mut SmallRng, mean: Duration) -> Duration {
+    mean.mul_f64(rng.gen_range(0.5..1.5))
 }
 
 fn corrupt(rng: &mut SmallRng, bytes: &mut [u8], p: f64) -> u64 {
@@ -152,7 +153,12 @@ fn corrupt(rng: &mut SmallRng, bytes: &mut [u8], p: f64) -> u64 {
     n
 }
 
-async fn connect(cfg: &SimConfig, index: usize, shutdown: &CancellationToken) -> Option<Link> {
+async fn connect(
+    cfg: &SimConfig,
+    index: usize,
+    device_id: &str,
+    shutdown: &CancellationToken,
+) -> Option<Link> {
     let mut backoff = Duration::from_millis(50);
     loop {
         let attempt: std::io::Result<Link> = match &cfg.transport {
@@ -161,9 +167,7 @@ async fn connect(cfg: &SimConfig, index: usize, shutdown: &CancellationToken) ->
                 Box::pin(s) as Link
             }),
             Transport::Pty { link_dir } => {
-                let link = link_dir
-                    .as_ref()
-                    .map(|d| d.join(format!("ferry-sim-{index:04}")));
+                let link = link_dir.as_ref().map(|d| d.join(device_id));
                 Pty::open(link.as_deref()).map(|p| {
                     tracing::info!(device = index, port = %p.path().display(), "Simulated serial port open.");
                     Box::pin(p) as Link
@@ -243,10 +247,10 @@ async fn run_device(
     let mut generated_before: u64 = 0; // samples of earlier boots
     let mut next_disconnect = cfg
         .disconnect_every
-        .map(|m| Instant::now() + exp_delay(&mut rng, m));
+        .map(|m| Instant::now() + jittered(&mut rng, m));
     let mut next_reboot = cfg
         .reboot_every
-        .map(|m| Instant::now() + exp_delay(&mut rng, m));
+        .map(|m| Instant::now() + jittered(&mut rng, m));
     let mut ticker = tokio::time::interval(cfg.tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut rbuf = vec![0u8; 16 * 1024];
@@ -258,7 +262,7 @@ async fn run_device(
     let mut inflight: std::collections::VecDeque<(u32, Instant)> = Default::default();
 
     'link: loop {
-        let Some(link) = connect(&cfg, index, &shutdown).await else {
+        let Some(link) = connect(&cfg, index, &id, &shutdown).await else {
             break;
         };
         let (mut rd, mut wr) = tokio::io::split(link);
@@ -349,11 +353,11 @@ async fn run_device(
                         report.boots.push(b);
                         sim = Sim::boot(&cfg, &id, rng.gen());
                         inflight.clear();
-                        next_reboot = cfg.reboot_every.map(|m| now_i + exp_delay(&mut rng, m));
+                        next_reboot = cfg.reboot_every.map(|m| now_i + jittered(&mut rng, m));
                         tracing::debug!(device = %id, boot = sim.dev.boot_id(), "Injected reboot.");
                     }
                     if next_disconnect.is_some_and(|t| now_i >= t) {
-                        next_disconnect = cfg.disconnect_every.map(|m| now_i + cfg.reconnect_after + exp_delay(&mut rng, m));
+                        next_disconnect = cfg.disconnect_every.map(|m| now_i + cfg.reconnect_after + jittered(&mut rng, m));
                         report.disconnects += 1;
                         drop((rd, wr));
                         tokio::select! {

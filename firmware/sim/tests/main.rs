@@ -65,7 +65,7 @@ async fn devices_on_ptys_are_serial_ports() {
     let mut attached = [false; 4];
     for _ in 0..100 {
         for (i, done) in attached.iter_mut().enumerate().filter(|(_, d)| !**d) {
-            let path = dir.join(format!("ferry-sim-{i:04}"));
+            let path = dir.join(format!("sim-{i:04}"));
             if let Ok(port) = tokio_serial::new(path.to_string_lossy(), 115_200).open_native_async()
             {
                 rx.attach(port);
@@ -91,7 +91,7 @@ async fn devices_on_ptys_are_serial_ports() {
     assert_eq!(v.stored, report.totals.acked);
     for d in 0..4 {
         assert!(
-            !dir.join(format!("ferry-sim-{d:04}")).exists(),
+            !dir.join(format!("sim-{d:04}")).exists(),
             "links removed when the ports close"
         );
     }

@@ -1,0 +1,91 @@
+//! The shipped example config loads, and `ferry config check` reports errors with file and key.
+use std::path::Path;
+
+use ferry_agent::config::{Durability, Settings, WhenFull};
+
+#[test]
+fn example_config_loads_with_documented_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ferry.example.toml");
+    let s = Settings::load(&path).expect("the example config is valid");
+    assert_eq!(s.store.durability, Durability::Full);
+    assert_eq!(s.store.when_full, WhenFull::DropOldest);
+    assert_eq!(
+        s.devices.tcp_listen,
+        Some("127.0.0.1:7879".parse().unwrap())
+    );
+    assert_eq!(s.store.max_db_size, Some(1 << 30));
+}
+
+#[test]
+fn config_check_cli_names_file_and_key() {
+    let dir = crate::common::TempDir::new("cfg");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[store]\nwhen_full = \"panic\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("store.when_full") && err.contains("panic"),
+        "{err}"
+    );
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("ferry.example.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn corrupt_and_foreign_databases_are_refused_at_open() {
+    let dir = crate::common::TempDir::new("corrupt");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    let s = crate::common::settings(&format!(
+        "[store]\npath = {:?}\n",
+        junk.display().to_string()
+    ));
+    let e = ferry_agent::store::open_writer(&s.store)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("corrupt or not a database"), "{e}");
+    let foreign = dir.path().join("foreign.db");
+    let c = rusqlite::Connection::open(&foreign).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let s = crate::common::settings(&format!(
+        "[store]\npath = {:?}\n",
+        foreign.display().to_string()
+    ));
+    let e = ferry_agent::store::open_writer(&s.store)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a Ferry database"), "{e}");
+    let newer = dir.path().join("newer.db");
+    let s = crate::common::settings(&format!(
+        "[store]\npath = {:?}\n",
+        newer.display().to_string()
+    ));
+    drop(ferry_agent::store::open_writer(&s.store).unwrap());
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let e = ferry_agent::store::open_writer(&s.store)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("schema version 99") && e.contains("upgrade ferry"),
+        "{e}"
+    );
+}
