@@ -637,13 +637,27 @@ impl Writer {
         self.quarantine_rows += 1;
         if self.quarantine_rows > self.settings.quarantine_max_rows {
             let excess = self.quarantine_rows - self.settings.quarantine_max_rows;
-            let n = self.conn.execute(
-                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?1)",
-                [excess as i64],
-            )?;
+            let n = self
+                .conn
+                .execute(
+                    "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?1)",
+                    [excess as i64],
+                )
+                .map_err(StoreError::from_write)?;
             self.quarantine_rows -= n as u64;
         }
         Ok(())
+    }
+
+    /// Sets the quarantine row count (the bound's bookkeeping) from the table's committed state.
+    fn recount_quarantine(&mut self) {
+        match self
+            .conn
+            .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
+        {
+            Ok(n) => self.quarantine_rows = n,
+            Err(e) => tracing::warn!(error = %e, "Quarantine rows not recounted."),
+        }
     }
 
     /// Writes the batch's pending state and commits. Returns the failure, if any (already handled).
@@ -710,6 +724,10 @@ impl Writer {
                 st.acceptor = Acceptor::new(st.committed);
                 st.gap_pending = 0;
             }
+        }
+        if b.quarantined > 0 {
+            // The rollback took this batch's quarantine inserts (and trims) with it.
+            self.recount_quarantine();
         }
         if matches!(e, StoreError::DiskFull(_)) {
             if !self.metrics.disk_full.swap(true, Relaxed) {
