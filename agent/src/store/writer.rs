@@ -12,8 +12,13 @@
 //!   samples of a boot are stored once and in order even if two links carry the same device. If a
 //!   commit fails, every touched acceptor is reset to its committed position: nothing rolled back
 //!   is ever acked.
-//! - **Full disk.** `SQLITE_FULL` rolls the transaction back, marks the disk full, and refuses
-//!   samples for a second before trying again; the agent keeps running and keeps its data.
+//! - **Full disk.** `SQLITE_FULL` rolls the transaction back (its samples count as refused), marks
+//!   the disk full, and refuses samples for a second before trying again; the agent keeps running
+//!   and keeps its data. Only a commit that wrote something clears the mark.
+//! - **Counted drops.** Deleting unforwarded events (`drop_oldest`) and adding them to the
+//!   `counters` table is one transaction; the metric follows only after it committed.
+//! - **Ids only grow.** Retention never deletes the newest event, so SQLite's rowid (max + 1) never
+//!   hands out an id at or below the forwarding cursor again: a new row is never taken for forwarded.
 //! - **Shutdown.** When every sender is dropped the writer commits what it holds, checkpoints the
 //!   WAL (`TRUNCATE`) and returns.
 
@@ -262,6 +267,9 @@ struct Batch {
     quarantined: u64,
     forwarded: Option<i64>,
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// `total_changes()` when the transaction began: a commit that changed no row proves nothing
+    /// about free space.
+    changes_at_begin: u64,
 }
 
 struct Writer {
@@ -335,6 +343,11 @@ impl Writer {
 
     fn run(&mut self, mut rx: mpsc::Receiver<Op>, stop_checkpointer: impl FnOnce()) {
         'outer: loop {
+            // Also under sustained load, when `recv` below is always ready and never times out.
+            if self.last_maintenance.elapsed() >= MAINTENANCE {
+                self.maintenance();
+            }
+            let commits = Metrics::get(&self.metrics.commits);
             let wait = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
             match self
                 .rt
@@ -366,8 +379,9 @@ impl Writer {
                     }
                 }
             }
-            let committed = self.batch.open;
             let _ = self.commit();
+            // Hello and Sync commit inside `apply`: count commits, not the batch left open.
+            let committed = Metrics::get(&self.metrics.commits) > commits;
             if committed || self.last_retention.elapsed() >= Duration::from_millis(200) {
                 self.after_commit();
             }
@@ -383,6 +397,7 @@ impl Writer {
     fn begin(&mut self) -> Result<(), rusqlite::Error> {
         if !self.batch.open {
             self.conn.execute_batch("BEGIN")?;
+            self.batch.changes_at_begin = self.conn.total_changes();
             self.batch.open = true;
             self.batch.started = Some(Instant::now());
         }
@@ -537,6 +552,10 @@ impl Writer {
         })();
         if let Err(e) = res {
             // The transaction is unusable; roll it back as a failed commit (nothing of it is acked).
+            // This boot's acceptor already took these samples: `fail` must reset it too, or their
+            // retransmissions would be skipped as duplicates and later acked, never stored.
+            self.batch.boots.insert(key, ());
+            self.batch.samples += accepted.keep.len();
             self.fail(StoreError::from_write(e));
             return;
         }
@@ -673,6 +692,7 @@ impl Writer {
             .and_then(|()| self.conn.execute_batch("COMMIT"));
         match res {
             Ok(()) => {
+                let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
                 let b = std::mem::take(&mut self.batch);
                 Metrics::add(&self.metrics.commits, 1);
                 Metrics::add(&self.metrics.samples_committed, b.samples as u64);
@@ -696,9 +716,11 @@ impl Writer {
                 for (d, ts) in b.seen {
                     self.last_seen_written.insert(d, ts);
                 }
-                if self.refuse_until.take().is_some() || self.metrics.disk_full.swap(false, Relaxed)
-                {
-                    tracing::info!("Disk accepts writes again; accepting samples.");
+                if wrote {
+                    let backing_off = self.refuse_until.take().is_some();
+                    if self.metrics.disk_full.swap(false, Relaxed) || backing_off {
+                        tracing::info!("Disk accepts writes again; accepting samples.");
+                    }
                 }
                 for r in b.replies {
                     let _ = r.send(Ok(()));
@@ -730,6 +752,7 @@ impl Writer {
             self.recount_quarantine();
         }
         if matches!(e, StoreError::DiskFull(_)) {
+            Metrics::add(&self.metrics.samples_refused, b.samples as u64);
             if !self.metrics.disk_full.swap(true, Relaxed) {
                 tracing::error!(error = %e, "Disk full: samples are refused (devices keep them) until space returns.");
             }
@@ -785,7 +808,8 @@ impl Writer {
                 && self
                     .conn
                     .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM events WHERE id <= ?1)",
+                        "SELECT EXISTS (SELECT 1 FROM events
+                           WHERE id <= min(?1, (SELECT max(id) FROM events) - 1))",
                         [self.forward_cursor],
                         |r| r.get::<_, bool>(0),
                     )
@@ -816,7 +840,11 @@ impl Writer {
                 Step::DropOldest => self.delete_oldest(None),
             };
             match deleted {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Retention failed; retried after the next commit.");
+                    return;
+                }
                 Ok(n) if step == Step::PruneForwarded => {
                     Metrics::add(&self.metrics.events_pruned_forwarded, n)
                 }
@@ -837,25 +865,30 @@ impl Writer {
         }
     }
 
-    /// Deletes up to CHUNK oldest events (only forwarded ones if `upto` is given); returns the count.
+    /// Deletes up to CHUNK oldest events (only forwarded ones if `upto` is given), never the newest
+    /// one; returns the count. Unforwarded deletions are counted in the same transaction.
     fn delete_oldest(&mut self, upto: Option<i64>) -> Result<u64, StoreError> {
         let limit = upto.unwrap_or(i64::MAX);
-        let n = self
+        let tx = self
             .conn
+            .unchecked_transaction()
+            .map_err(StoreError::from_write)?;
+        let n = tx
             .execute(
-                "DELETE FROM events WHERE id <= min(?1, (SELECT min(id) FROM events) + ?2 - 1)",
+                "DELETE FROM events WHERE id <= min(?1, (SELECT min(id) FROM events) + ?2 - 1,
+                                                    (SELECT max(id) FROM events) - 1)",
                 params![limit, CHUNK],
             )
             .map_err(StoreError::from_write)?;
         if upto.is_none() && n > 0 {
-            self.conn
-                .execute(
-                    "INSERT INTO counters (name, value) VALUES ('events_dropped_oldest', ?1)
-                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                    [n as i64],
-                )
-                .map_err(StoreError::from_write)?;
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES ('events_dropped_oldest', ?1)
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                [n as i64],
+            )
+            .map_err(StoreError::from_write)?;
         }
+        tx.commit().map_err(StoreError::from_write)?;
         Ok(n as u64)
     }
 
@@ -880,7 +913,9 @@ impl Writer {
             for _ in 0..10 {
                 match self.conn.execute(
                     "DELETE FROM events WHERE id IN
-                       (SELECT id FROM events WHERE id <= ?1 AND ts_ms < ?2 ORDER BY id LIMIT ?3)",
+                       (SELECT id FROM events
+                         WHERE id <= min(?1, (SELECT max(id) FROM events) - 1) AND ts_ms < ?2
+                         ORDER BY id LIMIT ?3)",
                     params![self.forward_cursor, cutoff, CHUNK],
                 ) {
                     Ok(n) => {
@@ -897,5 +932,199 @@ impl Writer {
             }
         }
         self.after_commit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Durability, WhenFull};
+
+    fn writer(tag: &str, keep_forwarded_for: Duration) -> (Writer, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ferry-writer-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = StoreSettings {
+            path: dir.join("w.db"),
+            durability: Durability::Normal,
+            flush_samples: 1000,
+            flush_interval: Duration::from_millis(20),
+            max_db_size: None,
+            keep_forwarded_for,
+            when_full: WhenFull::DropOldest,
+            quarantine_max_rows: 100,
+        };
+        let conn = super::super::open_writer(&settings).unwrap();
+        let mut w = Writer::new(conn, settings, Arc::new(Metrics::default()));
+        w.recover().unwrap();
+        (w, dir)
+    }
+
+    fn insert_events(w: &Writer, n: u32) {
+        for seq in 0..n {
+            w.conn
+                .execute(
+                    "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value)
+                     VALUES (1, 1, ?1, 0, 1700000000000 + ?1, ?1 + 0.25)",
+                    [seq],
+                )
+                .unwrap();
+        }
+    }
+
+    fn ids(w: &Writer) -> (i64, i64, i64) {
+        w.conn
+            .query_row("SELECT count(*), min(id), max(id) FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn retention_never_lets_new_rows_take_ids_at_or_below_the_forwarding_cursor() {
+        let (mut w, dir) = writer("ids", Duration::ZERO);
+        insert_events(&w, 10);
+        w.forward_cursor = 10;
+        // Time-based retention: everything is forwarded and old, yet the newest row stays...
+        w.maintenance();
+        assert_eq!(ids(&w), (1, 10, 10));
+        assert_eq!(Metrics::get(&w.metrics.events_pruned_forwarded), 9);
+        // ... so new rows get ids above the cursor (an empty table would restart at 1).
+        insert_events(&w, 3);
+        assert_eq!(ids(&w), (4, 10, 13));
+        // Cap-based pruning of forwarded rows keeps the newest row too.
+        w.forward_cursor = 13;
+        assert_eq!(w.delete_oldest(Some(13)).unwrap(), 3);
+        assert_eq!(ids(&w), (1, 13, 13));
+        // drop_oldest likewise, and counts what it deleted in the same transaction.
+        insert_events(&w, 5);
+        assert_eq!(w.delete_oldest(None).unwrap(), 5);
+        assert_eq!(ids(&w), (1, 18, 18));
+        let counted: i64 = w
+            .conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'events_dropped_oldest'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(counted, 5);
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn maintenance_runs_when_due_even_if_the_queue_never_runs_dry() {
+        let (mut w, dir) = writer("busy", Duration::ZERO);
+        insert_events(&w, 10);
+        w.forward_cursor = 10;
+        w.last_maintenance = Instant::now() - MAINTENANCE;
+        // A queue that always has an operation ready: `recv` never times out.
+        let (tx, rx) = mpsc::channel(QUEUE);
+        for _ in 0..100 {
+            tx.try_send(Op::Presence {
+                device: 1,
+                link: "test".into(),
+                online: true,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        w.run(rx, || {});
+        assert_eq!(ids(&w), (1, 10, 10), "forwarded rows pruned by age");
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_commit_made_by_a_sync_or_hello_is_followed_by_retention() {
+        let (mut w, dir) = writer("sync", Duration::from_secs(60));
+        w.settings.max_db_size = Some(1 << 20);
+        w.conn.execute_batch("BEGIN").unwrap();
+        insert_events(&w, 30_000); // well over 1 MiB
+        w.conn.execute_batch("COMMIT").unwrap();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (reply, _done) = oneshot::channel();
+        tx.try_send(Op::Sync(reply)).unwrap();
+        drop(tx);
+        w.last_retention = Instant::now(); // the 200 ms fallback is not what this test is about
+        w.run(rx, || {});
+        assert!(Metrics::get(&w.metrics.events_dropped_oldest) > 0);
+        assert!(w.measure() <= 1 << 20, "back under the cap");
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn samples(w: &mut Writer, n: usize, ack: &AckSlot) {
+        let row = Row {
+            sensor: 0,
+            ts_ms: 1_700_000_000_000,
+            value: 1.5,
+        };
+        w.apply(Op::Samples(SamplesOp {
+            device: 1,
+            boot_no: 1,
+            boot_id: 7,
+            oldest: 0,
+            first_seq: 0,
+            rows: vec![row; n],
+            ack: ack.clone(),
+        }));
+        let _ = w.commit();
+    }
+
+    #[test]
+    fn samples_the_full_disk_rolled_back_are_refused_then_stored_when_space_returns() {
+        let (mut w, dir) = writer("enospc", Duration::from_secs(60));
+        let pages: i64 = w
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        // SQLite answers SQLITE_FULL past max_page_count, here while inserting (not at COMMIT).
+        let limit = |w: &Writer, n: i64| {
+            w.conn
+                .query_row(&format!("PRAGMA max_page_count = {n}"), [], |_| Ok(()))
+                .unwrap()
+        };
+        limit(&w, pages);
+        let (ack_tx, ack_rx) = watch::channel(AckState::default());
+        let ack: AckSlot = Arc::new(ack_tx);
+        samples(&mut w, 500, &ack);
+        assert!(w.metrics.disk_full.load(Relaxed));
+        assert_eq!(Metrics::get(&w.metrics.samples_refused), 500);
+        assert_eq!(Metrics::get(&w.metrics.samples_committed), 0);
+        assert_eq!(ack_rx.borrow().next_seq, 0, "nothing rolled back is acked");
+        // Space returns; the device retransmits the same samples after the back-off.
+        limit(&w, 1 << 30);
+        w.refuse_until = None;
+        samples(&mut w, 500, &ack);
+        assert_eq!(Metrics::get(&w.metrics.samples_committed), 500);
+        assert_eq!(ack_rx.borrow().next_seq, 500);
+        assert!(!w.metrics.disk_full.load(Relaxed));
+        let (stored, _, _) = ids(&w);
+        assert_eq!(stored, 500, "acked means stored");
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn only_a_commit_that_wrote_clears_disk_full() {
+        let (mut w, dir) = writer("full", Duration::from_secs(60));
+        w.metrics.disk_full.store(true, Relaxed);
+        w.refuse_until = Some(Instant::now() + Duration::from_secs(3600));
+        // A Sync commits an empty transaction: no proof that the disk has room again.
+        let (reply, _rx) = oneshot::channel();
+        w.apply(Op::Sync(reply));
+        assert!(w.metrics.disk_full.load(Relaxed) && w.refusing());
+        // A commit that wrote a row is.
+        w.apply(Op::Quarantine {
+            link: "test".into(),
+            reason: "bad_crc",
+            len: 1,
+            raw: vec![0],
+        });
+        w.commit().unwrap();
+        assert!(!w.metrics.disk_full.load(Relaxed) && !w.refusing());
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
