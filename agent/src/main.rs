@@ -196,7 +196,8 @@ async fn main() -> ExitCode {
             duration,
             keep,
         } => {
-            if devices == 0 || !(rate > 0.0) || !(duration > 0.0) {
+            if devices == 0 || rate.is_nan() || rate <= 0.0 || duration.is_nan() || duration <= 0.0
+            {
                 eprintln!("ferry: demo needs --devices >= 1, --rate > 0 and --duration > 0");
                 return ExitCode::from(2);
             }

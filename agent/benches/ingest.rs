@@ -1,0 +1,224 @@
+//! Ingest benchmark: the real `ferry` process, fed over TCP by simulated devices (`ferry-sim`, the
+//! real firmware core), `durability = "full"`.
+//!
+//! ```text
+//! cargo bench -p ferry-agent --bench ingest            # full run (~1.5 min)
+//! FERRY_BENCH_QUICK=1 cargo bench -p ferry-agent --bench ingest
+//! ```
+//!
+//! Prints a table and one JSON line per scenario. Rates count samples that were committed *and*
+//! acked to the device (the device saw the ack), divided by wall time from the first sample to the
+//! last ack. RSS is the agent's peak resident set (VmHWM); CPU is the agent's user+system time.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ferry_sim::{SimConfig, Transport};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Serialize)]
+struct Row {
+    scenario: String,
+    devices: usize,
+    offered_per_s: f64,
+    acked: u64,
+    acked_per_s: f64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+    ack_max_ms: f64,
+    agent_peak_rss_mb: f64,
+    agent_cpu_s: f64,
+    device_retransmits: u64,
+    dropped_by_rings: u64,
+}
+
+fn proc_field(pid: u32, key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+struct AgentProc {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    _dir: PathBuf,
+}
+
+async fn start_agent(tag: &str, durability: &str) -> AgentProc {
+    let dir = std::env::temp_dir().join(format!("ferry-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = dir.join("ferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"bench\"\n[store]\npath = {:?}\ndurability = \"{durability}\"\nmax_db_size = \"0\"\n[devices]\ntcp_listen = \"{addr}\"\n",
+            dir.join("ferry.db").display().to_string()
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--log", "warn", "run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ferry");
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "agent did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    AgentProc {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn stop_agent(mut a: AgentProc) -> (f64, f64) {
+    let pid = a.child.id().unwrap();
+    let rss_mb = proc_field(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
+    let cpu = cpu_seconds(pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), a.child.wait()).await;
+    let _ = std::fs::remove_dir_all(&a._dir);
+    (rss_mb, cpu)
+}
+
+async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
+    let agent = start_agent(name, durability).await;
+    sim.transport = Transport::Tcp(agent.addr);
+    let offered = sim.devices as f64 * sim.sensors as f64 * 1000.0 / f64::from(sim.interval_ms);
+    let devices = sim.devices;
+    let report = ferry_sim::run(sim, CancellationToken::new()).await;
+    let (rss, cpu) = stop_agent(agent).await;
+    let lat = report.ack_latency();
+    let retransmits = report
+        .devices
+        .iter()
+        .flat_map(|d| &d.boots)
+        .map(|b| u64::from(b.retransmits))
+        .sum();
+    Row {
+        scenario: name.into(),
+        devices,
+        offered_per_s: offered,
+        acked: report.totals.acked,
+        acked_per_s: report.totals.acked as f64 / report.elapsed_s,
+        ack_p50_ms: lat.p50_ms,
+        ack_p99_ms: lat.p99_ms,
+        ack_max_ms: lat.max_ms,
+        agent_peak_rss_mb: rss,
+        agent_cpu_s: cpu,
+        device_retransmits: retransmits,
+        dropped_by_rings: report.totals.dropped,
+    }
+}
+
+fn print(rows: &[Row]) {
+    println!(
+        "\n{:<26} {:>7} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
+        "scenario",
+        "devices",
+        "offered/s",
+        "acked",
+        "acked/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "RSS MB",
+        "CPU s",
+        "retx",
+        "dropped"
+    );
+    for r in rows {
+        println!(
+            "{:<26} {:>7} {:>10.0} {:>10} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7.1} {:>7} {:>8}",
+            r.scenario,
+            r.devices,
+            r.offered_per_s,
+            r.acked,
+            r.acked_per_s,
+            r.ack_p50_ms,
+            r.ack_p99_ms,
+            r.ack_max_ms,
+            r.agent_peak_rss_mb,
+            r.agent_cpu_s,
+            r.device_retransmits,
+            r.dropped_by_rings
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` probes; nothing to list
+    }
+    let quick = std::env::var_os("FERRY_BENCH_QUICK").is_some();
+    let _ = Path::new(".");
+    let mut rows = Vec::new();
+    // Durable throughput: 50 devices x 10 channels at 1 kHz = 500,000 samples/s offered.
+    let total = if quick { 1_500_000 } else { 5_000_000 };
+    for (name, durability) in [("throughput full", "full"), ("throughput normal", "normal")] {
+        let sim = SimConfig {
+            devices: 50,
+            sensors: 10,
+            interval_ms: 1,
+            total_samples: Some(total),
+            drain_timeout: Duration::from_secs(30),
+            ..SimConfig::default()
+        };
+        rows.push(scenario(name, durability, sim).await);
+        print(&rows[rows.len() - 1..]);
+    }
+    // Ack latency at 10,000 samples/s: 50 devices x 2 channels at 100 Hz.
+    let runs = if quick { 1 } else { 3 };
+    for i in 0..runs {
+        let sim = SimConfig {
+            devices: 50,
+            sensors: 2,
+            interval_ms: 10,
+            duration: Some(Duration::from_secs(if quick { 5 } else { 10 })),
+            measure_latency: true,
+            ..SimConfig::default()
+        };
+        rows.push(scenario(&format!("latency 10k/s full #{}", i + 1), "full", sim).await);
+        print(&rows[rows.len() - 1..]);
+    }
+    println!(
+        "\n== ferry ingest benchmark ({} cores) ==",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    print(&rows);
+    for r in &rows {
+        println!("{}", serde_json::to_string(r).unwrap());
+    }
+}
