@@ -28,6 +28,8 @@ impl Checkpointer {
     pub fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // A checkpoint streams pages from the WAL to the database file: no cache needed.
+        conn.pragma_update(None, "cache_size", 16)?;
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();

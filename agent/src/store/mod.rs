@@ -109,7 +109,7 @@ pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
         Durability::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
-    conn.pragma_update(None, "cache_size", -16_384)?; // 16 MiB
+    conn.pragma_update(None, "cache_size", -8_192)?; // 8 MiB: the hot set is the events tail and index leaves
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Checkpoints run on their own thread (see `checkpoint`), never inside a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
