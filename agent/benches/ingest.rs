@@ -25,6 +25,7 @@ struct Row {
     offered_per_s: f64,
     acked: u64,
     acked_per_s: f64,
+    stored: i64,
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     ack_max_ms: f64,
@@ -98,7 +99,7 @@ async fn start_agent(tag: &str, durability: &str) -> AgentProc {
     }
 }
 
-async fn stop_agent(mut a: AgentProc) -> (f64, f64) {
+async fn stop_agent(mut a: AgentProc) -> (f64, f64, i64) {
     let pid = a.child.id().unwrap();
     let rss_mb = proc_field(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
     let cpu = cpu_seconds(pid);
@@ -108,8 +109,11 @@ async fn stop_agent(mut a: AgentProc) -> (f64, f64) {
     )
     .unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(30), a.child.wait()).await;
+    let stored = ferry_agent::store::open_reader(&a._dir.join("ferry.db"))
+        .and_then(|c| ferry_agent::store::read::event_count(&c))
+        .unwrap_or(-1);
     let _ = std::fs::remove_dir_all(&a._dir);
-    (rss_mb, cpu)
+    (rss_mb, cpu, stored)
 }
 
 async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
@@ -118,7 +122,7 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
     let offered = sim.devices as f64 * sim.sensors as f64 * 1000.0 / f64::from(sim.interval_ms);
     let devices = sim.devices;
     let report = ferry_sim::run(sim, CancellationToken::new()).await;
-    let (rss, cpu) = stop_agent(agent).await;
+    let (rss, cpu, stored) = stop_agent(agent).await;
     let lat = report.ack_latency();
     let retransmits = report
         .devices
@@ -132,6 +136,7 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
         offered_per_s: offered,
         acked: report.totals.acked,
         acked_per_s: report.totals.acked as f64 / report.elapsed_s,
+        stored,
         ack_p50_ms: lat.p50_ms,
         ack_p99_ms: lat.p99_ms,
         ack_max_ms: lat.max_ms,
@@ -144,12 +149,13 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
 
 fn print(rows: &[Row]) {
     println!(
-        "\n{:<26} {:>7} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
+        "\n{:<26} {:>7} {:>10} {:>10} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
         "scenario",
         "devices",
         "offered/s",
         "acked",
         "acked/s",
+        "stored",
         "p50 ms",
         "p99 ms",
         "max ms",
@@ -160,12 +166,13 @@ fn print(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:<26} {:>7} {:>10.0} {:>10} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7.1} {:>7} {:>8}",
+            "{:<26} {:>7} {:>10.0} {:>10} {:>11.0} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7.1} {:>7} {:>8}",
             r.scenario,
             r.devices,
             r.offered_per_s,
             r.acked,
             r.acked_per_s,
+            r.stored,
             r.ack_p50_ms,
             r.ack_p99_ms,
             r.ack_max_ms,

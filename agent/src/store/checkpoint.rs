@@ -3,11 +3,14 @@
 //! The writer connection has `wal_autocheckpoint = 0`: an automatic checkpoint runs inside a commit
 //! (copying WAL pages into the database file and fsyncing it), which put multi-millisecond stalls
 //! into device ack latency. Instead this thread runs `PASSIVE` checkpoints every 100 ms on its own
-//! connection; they proceed concurrently with commits and never block the writer. If the WAL still
-//! outgrows `MAX_WAL` (a reader pinning old pages, a very slow disk), a `RESTART` checkpoint waits
-//! for the writer's current transaction and resets it: bounded disk use wins over latency then.
+//! connection; they copy committed pages concurrently with commits and never block the writer.
+//! Under continuous commits a passive checkpoint never reaches the very end of the WAL, so the WAL
+//! cannot reset by itself: once it exceeds [`RESTART_ABOVE`], the writer runs a passive checkpoint
+//! itself between transactions ([`restart_if_large`]); with no write in progress it reaches the end,
+//! and the next transaction starts the WAL over. Almost every page is already copied by then, so it
+//! costs the writer little. (`RESTART` or `FULL` would make the writer wait for the whole copy.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 const PERIOD: Duration = Duration::from_millis(100);
-const MAX_WAL: u64 = 256 * 1024 * 1024;
+/// WAL size above which the writer restarts the WAL.
+pub const RESTART_ABOVE: u64 = 64 * 1024 * 1024;
 
 /// The running checkpointer; stop it before the writer's final checkpoint.
 pub struct Checkpointer {
@@ -30,7 +34,6 @@ impl Checkpointer {
         conn.busy_timeout(Duration::from_secs(5))?;
         // A checkpoint streams pages from the WAL to the database file: no cache needed.
         conn.pragma_update(None, "cache_size", 16)?;
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let join = std::thread::Builder::new()
@@ -38,12 +41,7 @@ impl Checkpointer {
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(PERIOD);
-                    let big = std::fs::metadata(&wal)
-                        .map(|m| m.len() > MAX_WAL)
-                        .unwrap_or(false);
-                    let mode = if big { "RESTART" } else { "PASSIVE" };
-                    if let Err(e) =
-                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::debug!(error = %e, "Checkpoint skipped.");
                     }
@@ -68,5 +66,19 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Called by the writer between transactions: restarts the WAL when it has grown large.
+pub fn restart_if_large(conn: &Connection, wal: &Path) {
+    if std::fs::metadata(wal)
+        .map(|m| m.len() > RESTART_ABOVE)
+        .unwrap_or(false)
+    {
+        // PASSIVE never waits for the checkpoint lock; run by the only writer between
+        // transactions it reaches the end of the WAL, so the next transaction starts it over.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL catch-up checkpoint skipped; will retry.");
+        }
     }
 }

@@ -286,6 +286,8 @@ struct Writer {
     last_maintenance: Instant,
     last_loss_log: Option<Instant>,
     last_retention: Instant,
+    last_wal_check: Instant,
+    wal_path: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
 }
 
@@ -298,6 +300,7 @@ fn now_ms() -> i64 {
 
 impl Writer {
     fn new(conn: Connection, settings: StoreSettings, metrics: Arc<Metrics>) -> Self {
+        let wal_path = std::path::PathBuf::from(format!("{}-wal", settings.path.display()));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -316,6 +319,8 @@ impl Writer {
             last_maintenance: Instant::now(),
             last_loss_log: None,
             last_retention: Instant::now(),
+            last_wal_check: Instant::now(),
+            wal_path,
             rt,
         }
     }
@@ -801,6 +806,10 @@ impl Writer {
 
     /// Measures usage and applies the retention policy (in separate small transactions).
     fn after_commit(&mut self) {
+        if self.last_wal_check.elapsed() >= Duration::from_millis(200) {
+            self.last_wal_check = Instant::now();
+            super::checkpoint::restart_if_large(&self.conn, &self.wal_path);
+        }
         self.last_retention = Instant::now();
         for _ in 0..20 {
             let used = self.measure();
