@@ -33,22 +33,17 @@ pub struct DemoOptions {
 /// Checks a simulator report against the store: every acked seq of every boot is committed.
 pub fn verify(conn: &rusqlite::Connection, report: &Report) -> anyhow::Result<Verification> {
     let positions: HashMap<(String, u32), u32> = crate::store::read::boot_positions(conn)?;
-    let mut v = Verification {
-        stored: crate::store::read::event_count(conn)? as u64,
-        ..Default::default()
-    };
-    for d in &report.devices {
-        for b in &d.boots {
-            v.boots += 1;
-            v.acked += b.acked;
-            let next = positions
-                .get(&(d.device_id.clone(), b.boot_id))
+    let stored = crate::store::read::event_count(conn)? as u64;
+    Ok(ferry_sim::receiver::verify_positions(
+        report,
+        stored,
+        |device, boot| {
+            positions
+                .get(&(device.to_owned(), boot))
                 .copied()
-                .unwrap_or(0);
-            v.missing_acked += u64::from(b.acked_next.saturating_sub(next));
-        }
-    }
-    Ok(v)
+                .unwrap_or(0)
+        },
+    ))
 }
 
 /// Runs the demo until its duration ends or `shutdown` fires.

@@ -261,23 +261,38 @@ pub struct Verification {
 /// The receiver's acceptance keeps a gap-free prefix `0..next` of each boot (minus seqs the device
 /// reported dropped), so "acked ⇒ stored" is `next >= acked_next` for every boot.
 pub fn verify(report: &crate::Report, state: &ReceiverState) -> Verification {
+    let mut v = verify_positions(report, state.stored(), |device, boot| {
+        state
+            .boots
+            .get(&(device.to_owned(), boot))
+            .map_or(0, |log| log.acceptor.next())
+    });
+    for log in state.boots.values() {
+        v.misordered += log.samples.windows(2).filter(|w| w[1].0 <= w[0].0).count() as u64;
+    }
+    v
+}
+
+/// The "acked ⇒ stored" check against any gateway that keeps, per `(device, boot)`, the position
+/// below which every sample is stored (`next_for`), e.g. the agent's `boots.next_seq`.
+pub fn verify_positions(
+    report: &crate::Report,
+    stored: u64,
+    next_for: impl Fn(&str, u32) -> u32,
+) -> Verification {
     let mut v = Verification {
-        stored: state.stored(),
+        stored,
         ..Default::default()
     };
     for d in &report.devices {
         for b in &d.boots {
             v.boots += 1;
             v.acked += b.acked;
-            let next = state
-                .boots
-                .get(&(d.device_id.clone(), b.boot_id))
-                .map_or(0, |log| log.acceptor.next());
-            v.missing_acked += u64::from(b.acked_next.saturating_sub(next));
+            v.missing_acked += u64::from(
+                b.acked_next
+                    .saturating_sub(next_for(&d.device_id, b.boot_id)),
+            );
         }
-    }
-    for log in state.boots.values() {
-        v.misordered += log.samples.windows(2).filter(|w| w[1].0 <= w[0].0).count() as u64;
     }
     v
 }
