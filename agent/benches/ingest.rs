@@ -1,4 +1,4 @@
-//! Ingest benchmark: the real `ferry` process, fed over TCP by simulated devices (`ferry-sim`, the
+//! Ingest benchmark: the real `ferry` process, fed over TCP by 50+ simulated devices (`ferry-sim`, the
 //! real firmware core), `durability = "full"`.
 //!
 //! ```text
@@ -192,11 +192,12 @@ async fn main() {
     let quick = std::env::var_os("FERRY_BENCH_QUICK").is_some();
     let _ = Path::new(".");
     let mut rows = Vec::new();
-    // Durable throughput: 50 devices x 10 channels at 1 kHz = 500,000 samples/s offered.
-    let total = if quick { 1_500_000 } else { 5_000_000 };
+    // Durable throughput: 52 devices x 10 channels at 1 kHz = 520,000 samples/s offered (just above
+    // the 500k/s target, so keeping up shows the target is met rather than merely offered).
+    let total = if quick { 1_560_000 } else { 5_200_000 };
     for (name, durability) in [("throughput full", "full"), ("throughput normal", "normal")] {
         let sim = SimConfig {
-            devices: 50,
+            devices: 52,
             sensors: 10,
             interval_ms: 1,
             total_samples: Some(total),
