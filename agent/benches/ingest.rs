@@ -117,6 +117,10 @@ async fn stop_agent(mut a: AgentProc) -> (f64, f64, i64) {
 }
 
 async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
+    // Let the previous scenario's writes reach the disk first: fsync tails right after gigabytes
+    // of writes measure the kernel's flushing, not the agent.
+    nix::unistd::sync();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let agent = start_agent(name, durability).await;
     sim.transport = Transport::Tcp(agent.addr);
     let offered = sim.devices as f64 * sim.sensors as f64 * 1000.0 / f64::from(sim.interval_ms);
