@@ -845,8 +845,10 @@ impl Writer {
             }
             let deleted = match step {
                 Step::Accept | Step::Refuse => return,
-                Step::PruneForwarded => self.delete_oldest(Some(self.forward_cursor)),
-                Step::DropOldest => self.delete_oldest(None),
+                Step::PruneForwarded => {
+                    self.delete_oldest(Some(self.forward_cursor), self.chunk_for(used))
+                }
+                Step::DropOldest => self.delete_oldest(None, self.chunk_for(used)),
             };
             match deleted {
                 Ok(0) => return,
@@ -876,7 +878,27 @@ impl Writer {
 
     /// Deletes up to CHUNK oldest events (only forwarded ones if `upto` is given), never the newest
     /// one; returns the count. Unforwarded deletions are counted in the same transaction.
-    fn delete_oldest(&mut self, upto: Option<i64>) -> Result<u64, StoreError> {
+    /// Rows to delete in one retention step: about what brings usage down to the low watermark
+    /// (bytes per row estimated from usage and the rowid span), between 100 and CHUNK, so a small
+    /// cap is not overshot by a fixed chunk.
+    fn chunk_for(&self, used: u64) -> i64 {
+        let Some(cap) = self.settings.max_db_size else {
+            return CHUNK;
+        };
+        let excess = used.saturating_sub((cap as f64 * retention::LOW) as u64);
+        let (lo, hi): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap_or((0, 0));
+        let per_row = (used / (hi - lo + 1).max(1) as u64).max(1);
+        ((excess / per_row) as i64).clamp(100, CHUNK)
+    }
+
+    fn delete_oldest(&mut self, upto: Option<i64>, chunk: i64) -> Result<u64, StoreError> {
         let limit = upto.unwrap_or(i64::MAX);
         let tx = self
             .conn
@@ -886,7 +908,7 @@ impl Writer {
             .execute(
                 "DELETE FROM events WHERE id <= min(?1, (SELECT min(id) FROM events) + ?2 - 1,
                                                     (SELECT max(id) FROM events) - 1)",
-                params![limit, CHUNK],
+                params![limit, chunk],
             )
             .map_err(StoreError::from_write)?;
         if upto.is_none() && n > 0 {
@@ -1002,11 +1024,11 @@ mod tests {
         assert_eq!(ids(&w), (4, 10, 13));
         // Cap-based pruning of forwarded rows keeps the newest row too.
         w.forward_cursor = 13;
-        assert_eq!(w.delete_oldest(Some(13)).unwrap(), 3);
+        assert_eq!(w.delete_oldest(Some(13), CHUNK).unwrap(), 3);
         assert_eq!(ids(&w), (1, 13, 13));
         // drop_oldest likewise, and counts what it deleted in the same transaction.
         insert_events(&w, 5);
-        assert_eq!(w.delete_oldest(None).unwrap(), 5);
+        assert_eq!(w.delete_oldest(None, CHUNK).unwrap(), 5);
         assert_eq!(ids(&w), (1, 18, 18));
         let counted: i64 = w
             .conn
