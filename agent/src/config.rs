@@ -469,14 +469,23 @@ impl FerryConfig {
             devices: DevicesSettings {
                 tcp_listen,
                 serial,
-                rescan_interval: parse_duration(&d.rescan_interval)
+                rescan_interval: positive(&d.rescan_interval)
                     .map_err(|m| invalid("devices.rescan_interval", m))?,
-                offline_after: parse_duration(&d.offline_after)
+                offline_after: positive(&d.offline_after)
                     .map_err(|m| invalid("devices.offline_after", m))?,
                 max_connections: d.max_connections,
             },
         })
     }
+}
+
+/// A duration that must be greater than zero (periods and timeouts).
+fn positive(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be greater than zero"));
+    }
+    Ok(d)
 }
 
 /// Parses `"500ms"`, `"2s"`, `"5m"`, `"12h"`, `"7d"` (a bare number is seconds).
@@ -551,6 +560,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_key() {
+        let e = load("[devices]\nrescan_interval = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("devices.rescan_interval") && e.contains("greater than zero"),
+            "{e}"
+        );
         let e = load("[store]\ndurability = \"fast\"\n")
             .unwrap_err()
             .to_string();

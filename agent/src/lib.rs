@@ -43,6 +43,7 @@ pub struct Agent {
     intake: CancellationToken,
     tracker: TaskTracker,
     writer: std::thread::JoinHandle<()>,
+    writer_exited: CancellationToken,
 }
 
 impl Agent {
@@ -51,8 +52,14 @@ impl Agent {
         let metrics = Arc::new(Metrics::default());
         let conn = store::open_writer(&settings.store)
             .with_context(|| format!("opening the store {}", settings.store.path.display()))?;
-        let (store, writer) = store::writer::spawn(conn, settings.store.clone(), metrics.clone())
+        let spawned = store::writer::spawn(conn, settings.store.clone(), metrics.clone())
             .context("starting the store writer thread")?;
+        let (store, writer, writer_exited) = (spawned.handle, spawned.join, spawned.exited);
+        match spawned.ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e).context("opening the store"),
+            Err(_) => anyhow::bail!("the store writer stopped while starting"),
+        }
         let intake = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ctx = LinkCtx {
@@ -99,6 +106,7 @@ impl Agent {
             intake,
             tracker,
             writer,
+            writer_exited,
         })
     }
 
@@ -141,8 +149,21 @@ impl Agent {
     }
 
     /// Runs until `shutdown`, then stops cleanly.
+    ///
+    /// If the store writer ends on its own (only a bug does that), intake stops and this returns
+    /// an error, instead of running on as an agent that accepts devices it can no longer ack.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        shutdown.cancelled().await;
+        let died = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = self.writer_exited.cancelled() => true,
+        };
+        if died {
+            tracing::error!("The store writer stopped unexpectedly; stopping the agent.");
+            let r = self.stop().await;
+            return Err(r
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the store writer stopped unexpectedly")));
+        }
         self.stop().await
     }
 }

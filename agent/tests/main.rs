@@ -5,4 +5,5 @@ mod config;
 mod crash;
 mod full_disk;
 mod garbage;
+mod reboots;
 mod serial;

@@ -85,16 +85,24 @@ where
                     Err(_) => break "read error",
                     Ok(n) => n,
                 };
+                // Anchors for tick->UTC use the arrival time, not the time a frame is processed
+                // (which can be later when the store queue is full).
+                let arrived = utc_ms();
                 let mut input = &buf[..n];
+                let mut store_gone = false;
                 loop {
                     let item = match dec.feed(&mut input) {
                         None => break,
                         Some(Ok(m)) => Item::Msg(Uplink::from_message(&m)),
                         Some(Err(r)) => Item::Rejected { reason: r.reason, raw: r.raw.to_vec(), len: r.len },
                     };
-                    if link.handle(item).await.is_err() {
+                    if link.handle(item, arrived).await.is_err() {
+                        store_gone = true;
                         break;
                     }
+                }
+                if store_gone {
+                    break "store stopped";
                 }
             }
             changed = ack_rx.changed() => {
@@ -102,14 +110,20 @@ where
                     break "store stopped";
                 }
                 let a = *ack_rx.borrow_and_update();
-                if link.session.as_ref().is_some_and(|s| s.boot_id == a.boot_id) {
+                if link.session.as_ref().is_some_and(|s| s.device == a.device && s.boot_id == a.boot_id) {
                     push(&mut link.out, &Message::Ack(Ack { boot_id: a.boot_id, next_seq: a.next_seq }));
                     Metrics::add(&link.ctx.metrics.acks_sent, 1);
                 }
             }
             _ = idle.tick() => {
-                if link.online && link.last_frame.elapsed() >= link.ctx.offline_after {
+                let silent = link.last_frame.elapsed();
+                if link.online && silent >= link.ctx.offline_after {
                     link.presence(false).await;
+                }
+                // A dead peer (power loss, half-open TCP) never sends a reset: close the link so it
+                // does not hold a connection slot forever. Serial ports are reopened by the rescan.
+                if silent >= link.ctx.offline_after * 3 {
+                    break "silent";
                 }
             }
         }
@@ -162,7 +176,7 @@ impl Link {
     }
 
     /// Handles one decoded item; `Err` only when the store is gone.
-    async fn handle(&mut self, item: Item) -> Result<(), crate::store::StoreError> {
+    async fn handle(&mut self, item: Item, arrived: i64) -> Result<(), crate::store::StoreError> {
         let m = &self.ctx.metrics;
         let msg = match item {
             Item::Rejected { reason, raw, len } => {
@@ -200,7 +214,7 @@ impl Link {
                 },
                 _,
             ) => {
-                let received = utc_ms();
+                let received = arrived;
                 let r = self
                     .ctx
                     .store
@@ -262,7 +276,7 @@ impl Link {
                 return self.ctx.store.send(Op::Samples(op)).await;
             }
             (Uplink::Heartbeat(hb), Some(s)) => {
-                s.observe(hb.ticks, utc_ms());
+                s.observe(hb.ticks, arrived);
                 let device = s.device;
                 return self.ctx.store.send(Op::Heartbeat { device, hb }).await;
             }

@@ -48,6 +48,8 @@ const MAINTENANCE: Duration = Duration::from_secs(5);
 /// What a link learns from the writer: the committed position of its current boot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AckState {
+    /// `devices.id` the position belongs to (0 before the first publication).
+    pub device: i64,
     /// Boot the position belongs to.
     pub boot_id: u32,
     /// Every seq below this is committed (or was dropped by the device).
@@ -216,36 +218,80 @@ impl StoreHandle {
     }
 }
 
+/// The running writer thread.
+pub struct Spawned {
+    /// Handle for senders.
+    pub handle: StoreHandle,
+    /// The thread.
+    pub join: std::thread::JoinHandle<()>,
+    /// Cancelled when the thread ends, however it ends (also on a panic).
+    pub exited: tokio_util::sync::CancellationToken,
+    /// Answered once the writer has read its state and accepts operations.
+    pub ready: oneshot::Receiver<Result<(), StoreError>>,
+}
+
+/// Cancels its token when dropped: runs when the writer thread returns or unwinds.
+struct ExitGuard(tokio_util::sync::CancellationToken);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// Starts the writer thread on an opened, migrated connection.
 pub fn spawn(
     conn: Connection,
     settings: StoreSettings,
     metrics: Arc<Metrics>,
-) -> std::io::Result<(StoreHandle, std::thread::JoinHandle<()>)> {
+) -> std::io::Result<Spawned> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let join = std::thread::Builder::new()
-        .name("ferry-store".into())
-        .spawn(move || {
-            let mut checkpointer = match super::checkpoint::Checkpointer::start(&settings.path) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "No checkpoint thread; the writer checkpoints itself.");
-                    let _ = conn.pragma_update(None, "wal_autocheckpoint", 1000);
-                    None
-                }
-            };
-            let mut w = Writer::new(conn, settings, metrics);
-            if let Err(e) = w.recover() {
-                tracing::error!(error = %e, "Store state could not be read; writer stops.");
-                return;
+    let exited = tokio_util::sync::CancellationToken::new();
+    let guard = ExitGuard(exited.clone());
+    let (ready_tx, ready) = oneshot::channel();
+    let join = std::thread::Builder::new().name("ferry-store".into()).spawn(move || {
+        let _guard = guard;
+        let mut checkpointer = match super::checkpoint::Checkpointer::start(&settings.path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "No checkpoint thread; the writer checkpoints itself.");
+                let _ = conn.pragma_update(None, "wal_autocheckpoint", 1000);
+                None
             }
-            w.run(rx, || {
-                if let Some(c) = checkpointer.as_mut() {
-                    c.stop();
+        };
+        let mut w = Writer::new(conn, settings, metrics);
+        // Reading the state can meet a full disk (marking devices offline writes): retry a while.
+        let mut attempt = 0;
+        loop {
+            match w.recover() {
+                Ok(()) => break,
+                Err(e @ StoreError::DiskFull(_)) if attempt < 30 => {
+                    if attempt == 0 {
+                        tracing::error!(error = %e, "Disk full while opening the store; retrying.");
+                    }
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-            });
-        })?;
-    Ok((StoreHandle { tx }, join))
+                Err(e) => {
+                    tracing::error!(error = %e, "Store state could not be read; writer stops.");
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let _ = ready_tx.send(Ok(()));
+        w.run(rx, || {
+            if let Some(c) = checkpointer.as_mut() {
+                c.stop();
+            }
+        });
+    })?;
+    Ok(Spawned {
+        handle: StoreHandle { tx },
+        join,
+        exited,
+        ready,
+    })
 }
 
 struct BootState {
@@ -529,6 +575,7 @@ impl Writer {
             // Tell the device at once where we stand, so it retransmits now (fast retransmit).
             s.ack.send_modify(|a| {
                 *a = AckState {
+                    device: s.device,
                     boot_id: s.boot_id,
                     next_seq: committed,
                     nudges: a.nudges.wrapping_add(1),
@@ -536,6 +583,12 @@ impl Writer {
             });
         }
         if accepted.keep.is_empty() {
+            if accepted.duplicates > 0 {
+                // A retransmission of committed samples (its ack was lost): ack it with the next
+                // commit instead of leaving the device to its timeouts.
+                let id = Arc::as_ptr(&s.ack) as usize;
+                self.batch.links.insert(id, (s.ack, s.boot_id, key));
+            }
             return;
         }
         let res = (|| -> rusqlite::Result<()> {
@@ -634,8 +687,11 @@ impl Writer {
                 params![device, idx, name, unit, interval],
             )?;
         }
-        // Older boots of this device are done; their state reloads from the table if a late frame needs it.
-        self.boots.retain(|(d, b), _| *d != device || *b == boot_no);
+        // Older boots of this device are done; their state reloads from the table if a late frame
+        // needs it. A boot with samples in the open batch stays until that batch is committed.
+        let in_batch = &self.batch.boots;
+        self.boots
+            .retain(|key, _| key.0 != device || key.1 == boot_no || in_batch.contains_key(key));
         let next_seq = self.boot_state((device, boot_no))?.committed;
         self.last_seen_written.insert(device, now);
         Ok(Welcomed {
@@ -714,6 +770,7 @@ impl Writer {
                 for (slot, boot_id, key) in b.links.into_values() {
                     let committed = self.boots.get(&key).map_or(0, |s| s.committed);
                     slot.send_modify(|a| {
+                        a.device = key.0;
                         a.boot_id = boot_id;
                         a.next_seq = committed;
                     });
@@ -773,7 +830,20 @@ impl Writer {
     fn write_pending(&mut self) -> rusqlite::Result<()> {
         let c = &self.conn;
         for key in self.batch.boots.keys() {
-            let st = &self.boots[key];
+            // The rows of this boot are in the transaction; committing them without moving its
+            // position would let a retransmission store them twice. Fail the transaction instead
+            // (rolled back, nothing acked, the device resends). `hello` keeps batch boots, so this
+            // is a bug guard, not a path.
+            let Some(st) = self.boots.get(key) else {
+                tracing::error!(
+                    device = key.0,
+                    boot_no = key.1,
+                    "Boot state missing for a batch; rolling back."
+                );
+                return Err(rusqlite::Error::InvalidParameterName(
+                    "boot state missing".into(),
+                ));
+            };
             c.prepare_cached("UPDATE boots SET next_seq = ?3, gap_dropped = gap_dropped + ?4 WHERE device = ?1 AND boot_no = ?2")?
                 .execute(params![key.0, key.1, st.acceptor.next(), st.gap_pending as i64])?;
         }
@@ -1081,6 +1151,71 @@ mod tests {
         w.run(rx, || {});
         assert!(Metrics::get(&w.metrics.events_dropped_oldest) > 0);
         assert!(w.measure() <= 1 << 20, "back under the cap");
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn hello(w: &mut Writer, boot_id: u32) -> Welcomed {
+        let (reply, mut rx) = oneshot::channel();
+        w.apply(Op::Hello(HelloOp {
+            device_id: "dev".into(),
+            firmware: "fw".into(),
+            boot_id,
+            tick_hz: 1000,
+            sensors: vec![],
+            link: "test".into(),
+            reply,
+        }));
+        rx.try_recv()
+            .expect("answered at once")
+            .expect("hello registered")
+    }
+
+    #[test]
+    fn a_reboot_hello_while_the_old_boot_has_samples_in_the_open_batch_commits_both() {
+        let (mut w, dir) = writer("reboot", Duration::from_secs(60));
+        let ack: AckSlot = Arc::new(watch::channel(AckState::default()).0);
+        let old = hello(&mut w, 7);
+        let row = Row {
+            sensor: 0,
+            ts_ms: 1_700_000_000_000,
+            value: 1.0,
+        };
+        w.apply(Op::Samples(SamplesOp {
+            device: old.device,
+            boot_no: old.boot_no,
+            boot_id: 7,
+            oldest: 0,
+            first_seq: 0,
+            rows: vec![row; 10],
+            ack: ack.clone(),
+        }));
+        // The device reboots: its Hello arrives while boot 7's samples are still uncommitted.
+        let new = hello(&mut w, 8);
+        assert_eq!(
+            (new.device, new.boot_no, new.next_seq),
+            (old.device, old.boot_no + 1, 0)
+        );
+        let stored: i64 = w
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let next: u32 = w
+            .conn
+            .query_row("SELECT next_seq FROM boots WHERE boot_id = 7", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!((stored, next), (10, 10));
+        assert_eq!(
+            *ack.borrow(),
+            AckState {
+                device: old.device,
+                boot_id: 7,
+                next_seq: 10,
+                nudges: 0
+            }
+        );
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -340,6 +340,9 @@ impl<const RING: usize> Device<RING> {
             Downlink::Welcome { boot_id, next_seq } if boot_id == self.cfg.boot_id => {
                 self.link = LinkState::Connected;
                 self.next_heartbeat_ms = now_ms + u64::from(self.cfg.heartbeat_interval_ms);
+                // Everything held is sent again below; a frame timed before the reconnect would
+                // measure the outage, not a round trip (Karn's rule).
+                self.rtt.on_rewind();
                 self.apply_ack(now_ms, next_seq);
                 // The gateway may have lost frames in flight: resend everything held.
                 self.send_seq = self.ring.oldest();
