@@ -27,6 +27,14 @@ use crate::ingest::LinkCtx;
 use crate::metrics::Metrics;
 use crate::store::writer::StoreHandle;
 
+/// Wall-clock time, milliseconds since the Unix epoch (UTC); 0 if the clock is before 1970.
+pub fn utc_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// How long links get to finish at shutdown.
 const INTAKE_GRACE: Duration = Duration::from_secs(5);
 /// How long the writer gets to commit and checkpoint at shutdown.

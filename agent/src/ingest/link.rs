@@ -9,7 +9,7 @@
 //! - On close or shutdown the device is marked offline for this link.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ferry_sim::uplink::Uplink;
 use ferry_wire::{encode, Ack, Decoder, Message, Welcome, MAX_ENCODED_LEN};
@@ -24,13 +24,6 @@ use crate::store::writer::{AckState, Op, Row, SamplesOp};
 
 const HELLO_REQUEST_EVERY: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn utc_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 struct Link {
     name: String,
@@ -87,7 +80,7 @@ where
                 };
                 // Anchors for tick->UTC use the arrival time, not the time a frame is processed
                 // (which can be later when the store queue is full).
-                let arrived = utc_ms();
+                let arrived = crate::utc_now_ms();
                 let mut input = &buf[..n];
                 let mut store_gone = false;
                 loop {

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ferry_wire::{Acceptor, Heartbeat};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -337,13 +337,6 @@ struct Writer {
     rt: tokio::runtime::Runtime,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Writer {
     fn new(conn: Connection, settings: StoreSettings, metrics: Arc<Metrics>) -> Self {
         let wal_path = std::path::PathBuf::from(format!("{}-wal", settings.path.display()));
@@ -628,7 +621,7 @@ impl Writer {
 
     fn hello(&mut self, h: &HelloOp) -> Result<Welcomed, StoreError> {
         self.begin()?;
-        let now = now_ms();
+        let now = crate::utc_now_ms();
         let c = &self.conn;
         let device: i64 = match c
             .query_row(
@@ -711,7 +704,7 @@ impl Writer {
         self.begin()?;
         self.conn
             .prepare_cached("INSERT INTO quarantine (at_ms, link, reason, len, raw) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![now_ms(), link, reason, len as i64, raw])
+            .execute(params![crate::utc_now_ms(), link, reason, len as i64, raw])
             .map_err(StoreError::from_write)?;
         self.batch.quarantined += 1;
         self.quarantine_rows += 1;
@@ -858,7 +851,7 @@ impl Writer {
             c.prepare_cached(
                 "UPDATE devices SET last_seen_ms = ?2, dropped = ?3, ring_depth = ?4, read_errors = ?5 WHERE id = ?1",
             )?
-            .execute(params![d, now_ms(), hb.dropped, hb.ring_depth, hb.read_errors])?;
+            .execute(params![d, crate::utc_now_ms(), hb.dropped, hb.ring_depth, hb.read_errors])?;
         }
         for (d, (link, online)) in &self.batch.presence {
             c.prepare_cached("UPDATE devices SET online = ?3 WHERE id = ?1 AND link = ?2")?
@@ -1010,7 +1003,7 @@ impl Writer {
     fn maintenance(&mut self) {
         self.last_maintenance = Instant::now();
         if self.forward_cursor > 0 {
-            let cutoff = now_ms() - self.settings.keep_forwarded_for.as_millis() as i64;
+            let cutoff = crate::utc_now_ms() - self.settings.keep_forwarded_for.as_millis() as i64;
             for _ in 0..10 {
                 match self.conn.execute(
                     "DELETE FROM events WHERE id IN
