@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p ferry-agent --bench ingest            # full run (~1.5 min)
 //! FERRY_BENCH_QUICK=1 cargo bench -p ferry-agent --bench ingest
+//! FERRY_BENCH_LATENCY_RUNS=6 cargo bench -p ferry-agent --bench ingest   # more latency windows
 //! ```
 //!
 //! Prints a table and one JSON line per scenario. Rates count samples that were committed *and*
@@ -33,6 +34,44 @@ struct Row {
     agent_cpu_s: f64,
     device_retransmits: u64,
     dropped_by_rings: u64,
+    /// The bare disk in the 10 s before this scenario (latency scenarios only): percent of the
+    /// time spent inside `fdatasync` calls longer than 5 ms. A sample arriving during such a
+    /// stall cannot be acked within 5 ms by any store that fsyncs before acking, so when this
+    /// exceeds 1 % the disk alone puts p99 over 5 ms.
+    disk_stall_pct: Option<f64>,
+    disk_max_ms: Option<f64>,
+}
+
+/// Time a plain write + `fdatasync` loop on the filesystem the agent's store lives on: the floor
+/// under any durable ack. Returns (percent of time in syncs > 5 ms, longest sync in ms).
+fn disk_floor(dir: &Path, secs: u64) -> (f64, f64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join(format!("ferry-disk-probe-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&vec![0u8; 1 << 20]).unwrap();
+    f.sync_all().unwrap();
+    let page = [0x5au8; 8192];
+    let (mut stalled, mut max) = (Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        f.seek(SeekFrom::Start((i % 64) * 8192)).unwrap();
+        f.write_all(&page).unwrap();
+        let t = Instant::now();
+        f.sync_data().unwrap();
+        let d = t.elapsed();
+        if d > Duration::from_millis(5) {
+            stalled += d;
+        }
+        max = max.max(d);
+        i += 1;
+    }
+    let total = start.elapsed();
+    let _ = std::fs::remove_file(&path);
+    (
+        100.0 * stalled.as_secs_f64() / total.as_secs_f64(),
+        max.as_secs_f64() * 1e3,
+    )
 }
 
 fn proc_field(pid: u32, key: &str) -> Option<f64> {
@@ -121,6 +160,17 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
     // of writes measure the kernel's flushing, not the agent.
     nix::unistd::sync();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let floor = if sim.measure_latency {
+        let secs = sim.duration.map_or(10, |d| d.as_secs().max(1));
+        let dir = std::env::temp_dir();
+        Some(
+            tokio::task::spawn_blocking(move || disk_floor(&dir, secs))
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
     let agent = start_agent(name, durability).await;
     sim.transport = Transport::Tcp(agent.addr);
     let offered = sim.devices as f64 * sim.sensors as f64 * 1000.0 / f64::from(sim.interval_ms);
@@ -148,12 +198,14 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
         agent_cpu_s: cpu,
         device_retransmits: retransmits,
         dropped_by_rings: report.totals.dropped,
+        disk_stall_pct: floor.map(|f| f.0),
+        disk_max_ms: floor.map(|f| f.1),
     }
 }
 
 fn print(rows: &[Row]) {
     println!(
-        "\n{:<26} {:>7} {:>10} {:>10} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
+        "\n{:<26} {:>7} {:>10} {:>10} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>10} {:>9}",
         "scenario",
         "devices",
         "offered/s",
@@ -166,11 +218,13 @@ fn print(rows: &[Row]) {
         "RSS MB",
         "CPU s",
         "retx",
-        "dropped"
+        "dropped",
+        "disk>5ms%",
+        "disk max"
     );
     for r in rows {
         println!(
-            "{:<26} {:>7} {:>10.0} {:>10} {:>11.0} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7.1} {:>7} {:>8}",
+            "{:<26} {:>7} {:>10.0} {:>10} {:>11.0} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7.1} {:>7} {:>8} {:>10} {:>9}",
             r.scenario,
             r.devices,
             r.offered_per_s,
@@ -183,7 +237,9 @@ fn print(rows: &[Row]) {
             r.agent_peak_rss_mb,
             r.agent_cpu_s,
             r.device_retransmits,
-            r.dropped_by_rings
+            r.dropped_by_rings,
+            r.disk_stall_pct.map_or("-".into(), |p| format!("{p:.2}")),
+            r.disk_max_ms.map_or("-".into(), |m| format!("{m:.1}"))
         );
     }
 }
@@ -212,7 +268,10 @@ async fn main() {
         print(&rows[rows.len() - 1..]);
     }
     // Ack latency at 10,000 samples/s: 50 devices x 2 channels at 100 Hz.
-    let runs = if quick { 1 } else { 3 };
+    let runs = std::env::var("FERRY_BENCH_LATENCY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
     for i in 0..runs {
         let sim = SimConfig {
             devices: 50,

@@ -50,6 +50,61 @@ pub struct Metrics {
     pub disk_full: AtomicBool,
     /// True while the store refuses samples because of `max_db_size` with `backpressure`.
     pub backpressure: AtomicBool,
+    /// Time from the first statement of a transaction's flush to `COMMIT` returning.
+    pub commit_time: Histogram,
+}
+
+/// Upper bounds (seconds) of [`Histogram`] buckets; the last bucket is unbounded.
+pub const BUCKETS_S: [f64; 12] = [
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A fixed-bucket latency histogram (Prometheus style, non-cumulative counts inside).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS_S.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS_S.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// Counts per bucket (non-cumulative), the last one for observations above every bound.
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts.iter().map(|c| c.load(Relaxed)).collect()
+    }
+
+    /// Sum of all observations in seconds.
+    pub fn sum_s(&self) -> f64 {
+        self.sum_us.load(Relaxed) as f64 / 1e6
+    }
+
+    /// The bucket bound at or below which `q` (0..1) of the observations fall: an upper estimate.
+    pub fn quantile_bound_s(&self, q: f64) -> Option<f64> {
+        let c = self.counts();
+        let total: u64 = c.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut acc = 0;
+        for (i, n) in c.iter().enumerate() {
+            acc += n;
+            if acc >= want {
+                return Some(BUCKETS_S.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        None
+    }
 }
 
 /// Index into [`Metrics::frames_rejected`].

@@ -435,7 +435,15 @@ impl Writer {
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "WAL checkpoint at shutdown failed.");
         }
-        tracing::info!("Store writer stopped; WAL checkpointed.");
+        let h = &self.metrics.commit_time;
+        tracing::info!(
+            commits = h.counts().iter().sum::<u64>(),
+            p50_le_ms = h.quantile_bound_s(0.5).unwrap_or(0.0) * 1e3,
+            p99_le_ms = h.quantile_bound_s(0.99).unwrap_or(0.0) * 1e3,
+            over_5ms = h.counts()[5..].iter().sum::<u64>(),
+            buckets = ?h.counts(),
+            "Store writer stopped; WAL checkpointed."
+        );
     }
 
     fn begin(&mut self) -> Result<(), rusqlite::Error> {
@@ -741,9 +749,11 @@ impl Writer {
             }
             return Ok(());
         }
+        let t = Instant::now();
         let res = self
             .write_pending()
             .and_then(|()| self.conn.execute_batch("COMMIT"));
+        self.metrics.commit_time.observe(t.elapsed());
         match res {
             Ok(()) => {
                 let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
