@@ -1,2 +1,9 @@
-//! Both ends of Ferry's MQTT link. The store-and-forward uplink and `ferry-bridge` land with issue 4;
-//! this crate exists now so the workspace layout is the final one.
+//! Both ends of Ferry's MQTT link.
+//!
+//! - [`contract`]: topics and payloads, shared by both ends (documented in `asyncapi.yaml`).
+//! - `uplink`: the store-and-forward publisher the agent runs (reads the agent's store through
+//!   the `EventSource` trait, so this crate never depends on the agent).
+//! - `bridge`: `ferry-bridge`, the cloud-side service that lands batches in PostgreSQL.
+#![warn(missing_docs)]
+
+pub mod contract;
