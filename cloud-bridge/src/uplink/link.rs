@@ -1,0 +1,394 @@
+//! The MQTT connection: one task drives rumqttc's event loop and reports what happens as
+//! [`LinkEvent`]s; the uplink core publishes through a [`Publisher`].
+//!
+//! Packet ids: rumqttc assigns them when it writes a PUBLISH and reports
+//! `Outgoing::Publish(pkid)`; requests are written in the order they were queued, so the core
+//! matches each `Sent(pkid)` to its oldest queued message. After a connection loss this driver
+//! removes the publishes rumqttc would replay on its own and hands control back to the core
+//! ([`LinkEvent::Down`]), which republishes every unacked message itself in order; nothing is
+//! ever queued twice, so the order of `Sent` events stays unambiguous.
+//!
+//! The event loop is polled only in this task and never cancelled mid-write (dropping a
+//! `poll()` future while it flushes could leave half a packet on the wire).
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+
+/// What the connection reports to the core.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// CONNACK received. `max_packet` is the broker's limit (MQTT 5), if it sent one.
+    Connected {
+        /// Largest packet the broker accepts.
+        max_packet: Option<u32>,
+    },
+    /// A queued PUBLISH was written with this packet id.
+    Sent(u16),
+    /// PUBACK for this packet id.
+    Acked(u16),
+    /// A message on a subscribed topic.
+    Message {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// The connection is gone. The core must reset its packet-id bookkeeping and answer
+    /// `resume`; the driver then waits out the backoff and reconnects.
+    Down {
+        /// What happened.
+        error: String,
+        /// The broker refused a PUBLISH (MQTT 5 PUBACK reason code), which ended the
+        /// connection; the refused packet id is the one sent but neither acked nor in `kept`.
+        refused: Option<String>,
+        /// Packet ids rumqttc still held unacked when the connection dropped.
+        kept: Vec<u16>,
+        /// Answer when ready.
+        resume: oneshot::Sender<()>,
+    },
+}
+
+/// Queues requests on the connection (never blocks: the core keeps fewer requests outstanding
+/// than the queue holds).
+pub trait Publisher: Send + Sync {
+    /// QoS 1 publish.
+    fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), String>;
+    /// QoS 1 subscribe.
+    fn subscribe(&self, filter: &str) -> Result<(), String>;
+    /// Clean disconnect (MQTT 5: the broker does not publish the last will).
+    fn disconnect(&self) -> Result<(), String>;
+}
+
+/// TLS material, PEM encoded.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA certificates that sign the broker's certificate.
+    pub ca: Vec<u8>,
+    /// Client certificate chain and private key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Connection parameters shared by both protocol versions.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id.
+    pub client_id: String,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// TLS, if any.
+    pub tls: Option<TlsFiles>,
+    /// Username and password.
+    pub credentials: Option<(String, String)>,
+    /// Last will: topic, payload (retained, QoS 1).
+    pub will: Option<(String, Vec<u8>)>,
+    /// Most unacked publishes (rumqttc's inflight window).
+    pub inflight: u16,
+    /// Largest incoming packet accepted.
+    pub max_incoming: usize,
+    /// Queue length for requests.
+    pub queue: usize,
+}
+
+/// Starts the driver for MQTT 5 or 3.1.1.
+pub fn start(
+    v5: bool,
+    o: &LinkOptions,
+    backoff: Backoff,
+    shutdown: CancellationToken,
+) -> (
+    Box<dyn Publisher>,
+    mpsc::Receiver<LinkEvent>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(o.inflight as usize * 2 + 64);
+    if v5 {
+        let (client, el) = v5::client(o);
+        let task = tokio::spawn(v5::drive(el, tx, backoff, shutdown));
+        (Box::new(client), rx, task)
+    } else {
+        let (client, el) = v4::client(o);
+        let task = tokio::spawn(v4::drive(el, tx, backoff, shutdown));
+        (Box::new(client), rx, task)
+    }
+}
+
+/// Waits for the core's go-ahead and the backoff; false if shutting down.
+async fn pause(
+    tx: &mpsc::Sender<LinkEvent>,
+    error: String,
+    refused: Option<String>,
+    kept: Vec<u16>,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> bool {
+    let (resume, ready) = oneshot::channel();
+    if tx
+        .send(LinkEvent::Down {
+            error,
+            refused,
+            kept,
+            resume,
+        })
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let delay = backoff.next_delay();
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        r = async { let r = ready.await; tokio::time::sleep(delay).await; r } => r.is_ok(),
+    }
+}
+
+/// Sends `ev` unless it is noise; false if the core is gone.
+async fn report(tx: &mpsc::Sender<LinkEvent>, ev: Option<LinkEvent>) -> bool {
+    match ev {
+        Some(ev) => tx.send(ev).await.is_ok(),
+        None => true,
+    }
+}
+
+mod v4 {
+    use super::*;
+    use rumqttc::{
+        AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
+        QoS, Request, TlsConfiguration, Transport,
+    };
+
+    impl Publisher for AsyncClient {
+        fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), String> {
+            self.try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
+                .map_err(|e| e.to_string())
+        }
+        fn subscribe(&self, filter: &str) -> Result<(), String> {
+            self.try_subscribe(filter, QoS::AtLeastOnce)
+                .map_err(|e| e.to_string())
+        }
+        fn disconnect(&self) -> Result<(), String> {
+            self.try_disconnect().map_err(|e| e.to_string())
+        }
+    }
+
+    pub(super) fn client(o: &LinkOptions) -> (AsyncClient, EventLoop) {
+        let mut m = MqttOptions::new(&o.client_id, &o.host, o.port);
+        m.set_keep_alive(o.keep_alive)
+            .set_clean_session(true)
+            .set_inflight(o.inflight)
+            .set_max_packet_size(o.max_incoming, o.max_incoming);
+        if let Some((u, p)) = &o.credentials {
+            m.set_credentials(u, p);
+        }
+        if let Some((topic, payload)) = &o.will {
+            m.set_last_will(LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
+        }
+        if let Some(t) = &o.tls {
+            m.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca: t.ca.clone(),
+                alpn: None,
+                client_auth: t.client.clone(),
+            }));
+        }
+        AsyncClient::new(m, o.queue)
+    }
+
+    fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                backoff.reset();
+                Some(LinkEvent::Connected { max_packet: None })
+            }
+            Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
+            Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
+                topic: p.topic,
+                payload: p.payload,
+            }),
+            Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Sent(pkid)),
+            _ => None,
+        }
+    }
+
+    pub(super) async fn drive(
+        mut el: EventLoop,
+        tx: mpsc::Sender<LinkEvent>,
+        mut backoff: Backoff,
+        shutdown: CancellationToken,
+    ) {
+        let mut connected = false;
+        loop {
+            let polled = tokio::select! {
+                // Only while not connected: poll() then waits in connect(), where dropping it
+                // cannot tear a packet.
+                _ = shutdown.cancelled(), if !connected => return,
+                r = el.poll() => r,
+            };
+            match polled {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(ev) => {
+                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                        connected = true;
+                    }
+                    if !report(&tx, map(ev, &mut backoff)).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    connected = false;
+                    let error = e.to_string();
+                    let queued: Vec<Event> = el.state.events.drain(..).collect();
+                    for ev in queued {
+                        report(&tx, map(ev, &mut backoff)).await;
+                    }
+                    el.clean();
+                    let kept = el
+                        .pending
+                        .iter()
+                        .filter_map(|r| match r {
+                            Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
+                            _ => None,
+                        })
+                        .collect();
+                    el.pending.retain(|r| !matches!(r, Request::Publish(_)));
+                    if matches!(e, ConnectionError::RequestsDone) {
+                        return;
+                    }
+                    if !pause(&tx, error, None, kept, &mut backoff, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+mod v5 {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError};
+    use rumqttc::{Outgoing, TlsConfiguration, Transport};
+
+    impl Publisher for AsyncClient {
+        fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), String> {
+            self.try_publish(topic, QoS::AtLeastOnce, retain, payload)
+                .map_err(|e| e.to_string())
+        }
+        fn subscribe(&self, filter: &str) -> Result<(), String> {
+            self.try_subscribe(filter, QoS::AtLeastOnce)
+                .map_err(|e| e.to_string())
+        }
+        fn disconnect(&self) -> Result<(), String> {
+            self.try_disconnect().map_err(|e| e.to_string())
+        }
+    }
+
+    pub(super) fn client(o: &LinkOptions) -> (AsyncClient, EventLoop) {
+        let mut m = MqttOptions::new(&o.client_id, &o.host, o.port);
+        m.set_keep_alive(o.keep_alive)
+            .set_clean_start(true)
+            .set_outgoing_inflight_upper_limit(o.inflight)
+            .set_max_packet_size(Some(o.max_incoming as u32));
+        if let Some((u, p)) = &o.credentials {
+            m.set_credentials(u, p);
+        }
+        if let Some((topic, payload)) = &o.will {
+            m.set_last_will(LastWill::new(
+                topic,
+                payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+                None,
+            ));
+        }
+        if let Some(t) = &o.tls {
+            m.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca: t.ca.clone(),
+                alpn: None,
+                client_auth: t.client.clone(),
+            }));
+        }
+        AsyncClient::new(m, o.queue)
+    }
+
+    fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
+        match ev {
+            Event::Incoming(Packet::ConnAck(c)) => {
+                backoff.reset();
+                Some(LinkEvent::Connected {
+                    max_packet: c.properties.and_then(|p| p.max_packet_size),
+                })
+            }
+            Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
+            Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload,
+            }),
+            Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Sent(pkid)),
+            _ => None,
+        }
+    }
+
+    pub(super) async fn drive(
+        mut el: EventLoop,
+        tx: mpsc::Sender<LinkEvent>,
+        mut backoff: Backoff,
+        shutdown: CancellationToken,
+    ) {
+        let mut connected = false;
+        loop {
+            let polled = tokio::select! {
+                _ = shutdown.cancelled(), if !connected => return,
+                r = el.poll() => r,
+            };
+            match polled {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(ev) => {
+                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                        connected = true;
+                    }
+                    if !report(&tx, map(ev, &mut backoff)).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    connected = false;
+                    let refused = match &e {
+                        ConnectionError::MqttState(StateError::PubAckFail { reason }) => {
+                            Some(format!("broker refused the message: {reason:?}"))
+                        }
+                        _ => None,
+                    };
+                    let error = e.to_string();
+                    let queued: Vec<Event> = el.state.events.drain(..).collect();
+                    for ev in queued {
+                        report(&tx, map(ev, &mut backoff)).await;
+                    }
+                    el.clean();
+                    let kept = el
+                        .pending
+                        .iter()
+                        .filter_map(|r| match r {
+                            Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
+                            _ => None,
+                        })
+                        .collect();
+                    el.pending.retain(|r| !matches!(r, Request::Publish(_)));
+                    if matches!(e, ConnectionError::RequestsDone) {
+                        return;
+                    }
+                    if !pause(&tx, error, refused, kept, &mut backoff, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

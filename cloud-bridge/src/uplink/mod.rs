@@ -1,0 +1,568 @@
+//! Store-and-forward uplink: drains the agent's store to an MQTT broker.
+//!
+//! Guarantees (ARCHITECTURE.md 2-4):
+//! - **Forwarded only after PUBACK.** The position saved through [`EventSource::save_progress`]
+//!   covers an event only once the broker has acked (PUBACK) every message of the read that held
+//!   it ([`forward::Forwarder`]). rumqttc's `publish()` returning is never taken as delivery.
+//! - **Nothing skipped.** Unacked messages are republished after every reconnect, in their
+//!   original order. A restart resumes from the saved position, so a message may go out twice;
+//!   the cloud dedups on `(gateway, device, boot, seq)`.
+//! - **No poison loop.** A message the broker refuses (MQTT 5 PUBACK reason code) or one larger
+//!   than the broker's maximum packet size goes to the store's quarantine with the reason, and
+//!   counts as handled.
+//! - **Live first.** If the uplink falls more than `backlog_threshold` events behind (an outage),
+//!   the unread range becomes a backlog that drains at `backlog_rate` events/s with at most half
+//!   the in-flight window, while new data goes out at full speed.
+//! - **Bounded.** At most `inflight` messages are unacked; reads are `read_limit` events.
+//!
+//! Shutdown: stop reading, wait up to `drain_timeout` for outstanding PUBACKs, save the
+//! position, publish the retained `offline` status, disconnect.
+pub mod backoff;
+pub mod batch;
+pub mod forward;
+pub mod link;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::contract::{self, LinkState, Status};
+use batch::BatchLimits;
+use forward::{ChunkRef, Forwarder, Progress, StreamKind};
+use link::{LinkEvent, LinkOptions, Publisher};
+
+/// One stored event as the uplink needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Store order (the store's event id).
+    pub id: i64,
+    /// Device id.
+    pub device: String,
+    /// The gateway's boot number for the device (1, 2, ...).
+    pub boot: u32,
+    /// The device's boot id.
+    pub boot_id: u32,
+    /// Sequence number in the boot.
+    pub seq: u32,
+    /// Sensor name.
+    pub sensor: String,
+    /// UTC milliseconds.
+    pub ts_ms: i64,
+    /// Value.
+    pub value: f64,
+}
+
+/// A failure of the event source (the agent's store).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// What the uplink needs from the store. Methods may block (SQLite); the uplink calls them from
+/// a blocking thread, one at a time.
+pub trait EventSource: Send + 'static {
+    /// The newest committed event id (0 if none).
+    fn head(&mut self) -> Result<i64, SourceError>;
+    /// Events with `after < id <= upto` in id order, at most `limit`.
+    fn read(&mut self, after: i64, upto: i64, limit: usize)
+        -> Result<Vec<StoredEvent>, SourceError>;
+    /// The saved forwarding position.
+    fn load_progress(&mut self) -> Result<Progress, SourceError>;
+    /// Saves the forwarding position durably.
+    fn save_progress(&mut self, p: Progress) -> Result<(), SourceError>;
+    /// Keeps a message the broker would not take, with the reason.
+    fn quarantine(&mut self, topic: &str, reason: &str, payload: &[u8])
+        -> Result<(), SourceError>;
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 5 (default).
+    V5,
+    /// MQTT 3.1.1.
+    V311,
+}
+
+/// Validated uplink settings (built by the agent from its `[uplink]` config).
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    /// Gateway id (topic level).
+    pub gateway: String,
+    /// Protocol version.
+    pub protocol: Protocol,
+    /// Connection.
+    pub link: LinkOptions,
+    /// Message limits and encoding.
+    pub limits: BatchLimits,
+    /// Events per store read.
+    pub read_limit: usize,
+    /// How often to look for new events when caught up (also the longest a new event waits).
+    pub linger: Duration,
+    /// Fall this many events behind and the rest becomes a rate-limited backlog.
+    pub backlog_threshold: i64,
+    /// Backlog drain rate, events per second.
+    pub backlog_rate: u64,
+    /// Reconnect backoff bounds.
+    pub backoff: (Duration, Duration),
+    /// Longest wait for outstanding PUBACKs at shutdown.
+    pub drain_timeout: Duration,
+    /// Agent version for the status message.
+    pub agent_version: String,
+}
+
+/// Live figures for metrics and status (all counters since start).
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    /// Connected to the broker now.
+    pub connected: AtomicBool,
+    /// Successful connects.
+    pub connects: AtomicU64,
+    /// Connection losses.
+    pub disconnects: AtomicU64,
+    /// Messages written (including republished ones).
+    pub messages_sent: AtomicU64,
+    /// Messages republished after a reconnect.
+    pub messages_republished: AtomicU64,
+    /// Messages acked by the broker.
+    pub messages_acked: AtomicU64,
+    /// Events in acked messages.
+    pub events_acked: AtomicU64,
+    /// Messages sent to quarantine (refused or too large).
+    pub messages_quarantined: AtomicU64,
+    /// Events in quarantined messages.
+    pub events_quarantined: AtomicU64,
+    /// Forwarded-through position (`Progress::backlog`).
+    pub position: AtomicI64,
+    /// Events not yet forwarded (estimate).
+    pub backlog_events: AtomicI64,
+    /// True while a split-off backlog drains.
+    pub draining_backlog: AtomicBool,
+}
+
+/// Why the uplink stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The store failed.
+    #[error("event source: {0}")]
+    Source(#[from] SourceError),
+}
+
+#[derive(Debug)]
+struct Msg {
+    topic: String,
+    payload: Bytes,
+    retain: bool,
+    chunk: Option<ChunkRef>,
+    stream: Option<StreamKind>,
+    events: usize,
+    sent_before: bool,
+}
+
+type Shared<S> = Arc<Mutex<S>>;
+
+async fn blocking<S: EventSource, T: Send + 'static>(
+    src: &Shared<S>,
+    f: impl FnOnce(&mut S) -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    let src = src.clone();
+    tokio::task::spawn_blocking(move || f(&mut src.lock().expect("source lock")))
+        .await
+        .map_err(|e| SourceError(format!("source task failed: {e}")))?
+}
+
+fn status_payload(gateway: &str, state: LinkState, version: &str) -> Vec<u8> {
+    serde_json::to_vec(&Status {
+        v: contract::SCHEMA_VERSION,
+        gateway: gateway.to_owned(),
+        state,
+        at_ms: now_ms(),
+        agent: version.to_owned(),
+    })
+    .expect("status serializes")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The uplink task. Runs until `shutdown`, then drains and returns.
+pub struct Uplink<S: EventSource> {
+    settings: UplinkSettings,
+    src: Shared<S>,
+    stats: Arc<UplinkStats>,
+    fwd: Forwarder,
+    unacked: BTreeMap<u64, Msg>,
+    /// Queued on the connection, waiting for their packet id, oldest first.
+    fifo: VecDeque<u64>,
+    by_pkid: HashMap<u16, u64>,
+    next_msg: u64,
+    connected: bool,
+    max_packet: Option<u32>,
+    saved: Progress,
+    last_save: Instant,
+    tokens: f64,
+    last_refill: Instant,
+    head: i64,
+}
+
+impl<S: EventSource> Uplink<S> {
+    /// Prepares the uplink; reads the saved position.
+    pub async fn new(
+        settings: UplinkSettings,
+        source: S,
+        stats: Arc<UplinkStats>,
+    ) -> Result<Uplink<S>, UplinkError> {
+        let src = Arc::new(Mutex::new(source));
+        let saved = blocking(&src, |s| s.load_progress()).await?.sanitized();
+        Ok(Uplink {
+            fwd: Forwarder::new(saved),
+            settings,
+            src,
+            stats,
+            unacked: BTreeMap::new(),
+            fifo: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            next_msg: 1,
+            connected: false,
+            max_packet: None,
+            saved,
+            last_save: Instant::now(),
+            tokens: 0.0,
+            last_refill: Instant::now(),
+            head: 0,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), UplinkError> {
+        let s = &self.settings;
+        let mut opts = s.link.clone();
+        opts.will = Some((
+            contract::status_topic(&s.gateway),
+            status_payload(&s.gateway, LinkState::Offline, &s.agent_version),
+        ));
+        opts.queue = opts.inflight as usize + 16;
+        let link_stop = CancellationToken::new();
+        let (client, mut events, task) = link::start(
+            s.protocol == Protocol::V5,
+            &opts,
+            backoff::Backoff::new(s.backoff.0, s.backoff.1, now_ms() as u64),
+            link_stop.clone(),
+        );
+        tracing::info!(
+            broker = %format!("{}:{}", opts.host, opts.port),
+            gateway = %s.gateway,
+            position = self.saved.backlog,
+            "Uplink started."
+        );
+        let mut tick = tokio::time::interval(self.settings.linger);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev, client.as_ref()).await?,
+                    None => break Ok(()),
+                },
+                _ = tick.tick() => {
+                    if self.connected {
+                        self.fill(client.as_ref()).await?;
+                    }
+                    self.maybe_save(false).await?;
+                }
+            }
+        };
+        // Drain: no new reads; wait for what is in flight.
+        let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+        while self.connected && self.unacked.values().any(|m| m.chunk.is_some()) {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ev)) => self.on_event(ev, client.as_ref()).await?,
+                _ => break,
+            }
+        }
+        self.maybe_save(true).await?;
+        if self.connected {
+            let _ = client.publish(
+                &contract::status_topic(&self.settings.gateway),
+                status_payload(&self.settings.gateway, LinkState::Offline, &self.settings.agent_version)
+                    .into(),
+                true,
+            );
+            let _ = client.disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(ev) = events.recv().await {
+                    if let LinkEvent::Down { resume, .. } = ev {
+                        drop(resume);
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        link_stop.cancel();
+        drop(events);
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        tracing::info!(position = self.saved.backlog, "Uplink stopped.");
+        result
+    }
+
+    async fn on_event(&mut self, ev: LinkEvent, client: &dyn Publisher) -> Result<(), UplinkError> {
+        match ev {
+            LinkEvent::Connected { max_packet } => {
+                self.connected = true;
+                self.max_packet = max_packet;
+                self.stats.connected.store(true, Relaxed);
+                self.stats.connects.fetch_add(1, Relaxed);
+                tracing::info!(unacked = self.unacked.len(), "Uplink connected to the broker.");
+                let birth = status_payload(
+                    &self.settings.gateway,
+                    LinkState::Online,
+                    &self.settings.agent_version,
+                );
+                let topic = contract::status_topic(&self.settings.gateway);
+                self.enqueue(client, topic, birth.into(), true, None, None, 0);
+                // Republish everything unacked, in order.
+                let ids: Vec<u64> = self.unacked.keys().copied().collect();
+                for id in ids {
+                    if !self.fifo.contains(&id) {
+                        self.submit(client, id);
+                    }
+                }
+                self.fill(client).await?;
+            }
+            LinkEvent::Sent(pkid) => {
+                if let Some(id) = self.fifo.pop_front() {
+                    self.by_pkid.insert(pkid, id);
+                    self.stats.messages_sent.fetch_add(1, Relaxed);
+                }
+            }
+            LinkEvent::Acked(pkid) => {
+                if let Some(id) = self.by_pkid.remove(&pkid) {
+                    if let Some(m) = self.unacked.remove(&id) {
+                        self.stats.messages_acked.fetch_add(1, Relaxed);
+                        self.stats.events_acked.fetch_add(m.events as u64, Relaxed);
+                        if let Some(c) = m.chunk {
+                            self.fwd.acked(c);
+                        }
+                    }
+                }
+                if self.connected {
+                    self.fill(client).await?;
+                }
+            }
+            LinkEvent::Message { topic, .. } => {
+                tracing::debug!(%topic, "Message on a subscribed topic (downlink not wired yet).");
+            }
+            LinkEvent::Down {
+                error,
+                refused,
+                kept,
+                resume,
+            } => {
+                if self.connected {
+                    self.stats.disconnects.fetch_add(1, Relaxed);
+                    tracing::warn!(%error, unacked = self.unacked.len(), "Uplink lost the broker; will republish unacked messages.");
+                } else {
+                    tracing::warn!(%error, "Uplink cannot reach the broker; retrying with backoff.");
+                }
+                self.connected = false;
+                self.stats.connected.store(false, Relaxed);
+                if let Some(reason) = refused {
+                    let missing: Vec<u64> = self
+                        .by_pkid
+                        .iter()
+                        .filter(|(p, _)| !kept.contains(p))
+                        .map(|(_, id)| *id)
+                        .collect();
+                    if let [id] = missing.as_slice() {
+                        self.quarantine(*id, &reason).await?;
+                    }
+                }
+                self.fifo.clear();
+                self.by_pkid.clear();
+                // A stale birth message is replaced by a fresh one on connect.
+                self.unacked.retain(|_, m| m.chunk.is_some());
+                for m in self.unacked.values_mut() {
+                    m.sent_before = true;
+                }
+                let _ = resume.send(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and publishes while the window has room: live first, then the backlog within its
+    /// rate and half the window.
+    async fn fill(&mut self, client: &dyn Publisher) -> Result<(), UplinkError> {
+        let window = usize::from(self.settings.link.inflight.max(2));
+        self.head = blocking(&self.src, |s| s.head()).await?;
+        if self.fwd.split_if_behind(self.head, self.settings.backlog_threshold) {
+            tracing::warn!(
+                behind = self.fwd.unread(self.head),
+                rate = self.settings.backlog_rate,
+                "Uplink is behind; draining the backlog at a bounded rate while live data goes first."
+            );
+        }
+        self.refill_tokens();
+        loop {
+            if self.unacked.len() >= window {
+                break;
+            }
+            let live = self.fwd.plan(StreamKind::Live, self.head, self.settings.read_limit);
+            let plan = match live {
+                Some(p) => p,
+                None => {
+                    let in_backlog = self
+                        .unacked
+                        .values()
+                        .filter(|m| m.stream == Some(StreamKind::Backlog))
+                        .count();
+                    let budget = self.tokens.min(self.settings.read_limit as f64) as usize;
+                    if in_backlog >= window / 2 || budget == 0 {
+                        break;
+                    }
+                    match self.fwd.plan(StreamKind::Backlog, self.head, budget) {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+            };
+            let (after, upto, limit) = (plan.after, plan.upto, plan.limit);
+            let events = blocking(&self.src, move |s| s.read(after, upto, limit)).await?;
+            if plan.stream == StreamKind::Backlog {
+                self.tokens -= events.len() as f64;
+            }
+            let msgs = batch::batches(&self.settings.gateway, &events, &self.settings.limits);
+            let chunk = self
+                .fwd
+                .record(plan, events.len(), events.last().map(|e| e.id), msgs.len());
+            for m in msgs {
+                self.enqueue(
+                    client,
+                    m.topic,
+                    m.payload.into(),
+                    false,
+                    Some(chunk),
+                    Some(plan.stream),
+                    m.events,
+                );
+            }
+            // Oversized messages found while enqueueing go to quarantine here.
+            let too_big: Vec<u64> = self
+                .unacked
+                .iter()
+                .filter(|(id, m)| !self.fifo.contains(id) && m.chunk.is_some() && !self.by_pkid.values().any(|v| v == *id))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in too_big {
+                let limit = self.max_packet.unwrap_or(u32::MAX);
+                self.quarantine(id, &format!("larger than the broker's maximum packet size ({limit} bytes)"))
+                    .await?;
+            }
+        }
+        self.stats
+            .backlog_events
+            .store(self.fwd.unread(self.head), Relaxed);
+        self.stats
+            .draining_backlog
+            .store(self.fwd.has_backlog(), Relaxed);
+        Ok(())
+    }
+
+    fn refill_tokens(&mut self) {
+        let rate = self.settings.backlog_rate as f64;
+        let dt = self.last_refill.elapsed().as_secs_f64();
+        self.last_refill = Instant::now();
+        // Bucket depth: a tenth of a second of rate, at least one read.
+        let depth = (rate / 10.0).max(self.settings.read_limit as f64);
+        self.tokens = (self.tokens + rate * dt).min(depth);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        client: &dyn Publisher,
+        topic: String,
+        payload: Bytes,
+        retain: bool,
+        chunk: Option<ChunkRef>,
+        stream: Option<StreamKind>,
+        events: usize,
+    ) {
+        let id = self.next_msg;
+        self.next_msg += 1;
+        self.unacked.insert(
+            id,
+            Msg {
+                topic,
+                payload,
+                retain,
+                chunk,
+                stream,
+                events,
+                sent_before: false,
+            },
+        );
+        if self.connected {
+            self.submit(client, id);
+        }
+    }
+
+    /// Queues message `id` on the connection unless it is too large for the broker (then it
+    /// stays unqueued and `fill` quarantines it).
+    fn submit(&mut self, client: &dyn Publisher, id: u64) {
+        let Some(m) = self.unacked.get(&id) else { return };
+        // Fixed header, topic length prefix, packet id, MQTT 5 properties length: < 16 bytes.
+        let size = m.payload.len() + m.topic.len() + 16;
+        if self.max_packet.is_some_and(|max| size > max as usize) {
+            return;
+        }
+        match client.publish(&m.topic, m.payload.clone(), m.retain) {
+            Ok(()) => {
+                if m.sent_before {
+                    self.stats.messages_republished.fetch_add(1, Relaxed);
+                }
+                self.fifo.push_back(id);
+            }
+            Err(e) => {
+                // The queue is sized above the window, so this means the link task is gone;
+                // the message stays unacked and is republished after the next connect.
+                tracing::warn!(error = %e, "Uplink could not queue a message.");
+            }
+        }
+    }
+
+    async fn quarantine(&mut self, id: u64, reason: &str) -> Result<(), UplinkError> {
+        let Some(m) = self.unacked.remove(&id) else {
+            return Ok(());
+        };
+        tracing::error!(topic = %m.topic, events = m.events, %reason, "Message quarantined instead of forwarded.");
+        let (topic, payload, why) = (m.topic.clone(), m.payload.clone(), reason.to_owned());
+        blocking(&self.src, move |s| s.quarantine(&topic, &why, &payload)).await?;
+        self.stats.messages_quarantined.fetch_add(1, Relaxed);
+        self.stats.events_quarantined.fetch_add(m.events as u64, Relaxed);
+        if let Some(c) = m.chunk {
+            self.fwd.acked(c);
+        }
+        Ok(())
+    }
+
+    async fn maybe_save(&mut self, force: bool) -> Result<(), UplinkError> {
+        let p = self.fwd.progress();
+        if p == self.saved || (!force && self.last_save.elapsed() < Duration::from_millis(100)) {
+            return Ok(());
+        }
+        blocking(&self.src, move |s| s.save_progress(p)).await?;
+        self.saved = p;
+        self.last_save = Instant::now();
+        self.stats.position.store(p.backlog, Relaxed);
+        Ok(())
+    }
+}
