@@ -50,6 +50,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("FERRY_MAX_DB_SIZE", "store.max_db_size"),
     ("FERRY_WHEN_FULL", "store.when_full"),
     ("FERRY_TCP_LISTEN", "devices.tcp_listen"),
+    ("FERRY_UPLINK_BROKER", "uplink.broker"),
+    ("FERRY_UPLINK_PASSWORD", "uplink.password"),
     (
         "FERRY_SERIAL",
         "devices.serial (comma-separated paths or globs)",
@@ -69,6 +71,116 @@ pub struct FerryConfig {
     /// `[devices]`
     #[serde(default)]
     pub devices: DevicesConfig,
+    /// `[uplink]`
+    #[serde(default)]
+    pub uplink: UplinkConfig,
+}
+
+/// `[uplink]`: forwarding to an MQTT broker. Without `broker`, forwarding is off and data stays
+/// buffered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// `host:port` of the broker; empty = forwarding off.
+    #[serde(default)]
+    pub broker: String,
+    /// `"5"` (default) or `"3.1.1"`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// MQTT client id; default `ferry-{gateway id}`.
+    pub client_id: Option<String>,
+    /// Username (with `password`).
+    pub username: Option<String>,
+    /// Password (or `FERRY_UPLINK_PASSWORD`).
+    pub password: Option<String>,
+    /// CA certificate file (PEM); setting it turns TLS on.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Client private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// MQTT keep-alive.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: String,
+    /// Most unacked messages.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Most events per message.
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    /// Largest message payload, e.g. `"256 KiB"`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: String,
+    /// `"json"` (default) or `"binary"`.
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    /// `"none"` (default) or `"deflate"`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// How often to look for new events when caught up (the longest a new event waits).
+    #[serde(default = "default_linger")]
+    pub linger: String,
+    /// Events per store read.
+    #[serde(default = "default_read_limit")]
+    pub read_limit: usize,
+    /// Fall this many events behind and the rest drains as a rate-limited backlog.
+    #[serde(default = "default_backlog_threshold")]
+    pub backlog_threshold: u64,
+    /// Backlog drain rate, events per second.
+    #[serde(default = "default_backlog_rate")]
+    pub backlog_rate: u64,
+    /// Reconnect backoff, first delay.
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min: String,
+    /// Reconnect backoff, longest delay.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: String,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("all uplink keys have defaults")
+    }
+}
+
+fn default_protocol() -> String {
+    "5".into()
+}
+fn default_keep_alive() -> String {
+    "30s".into()
+}
+const fn default_inflight() -> u16 {
+    64
+}
+const fn default_max_batch_events() -> usize {
+    1000
+}
+fn default_max_message_bytes() -> String {
+    "256 KiB".into()
+}
+fn default_encoding() -> String {
+    "json".into()
+}
+fn default_compression() -> String {
+    "none".into()
+}
+fn default_linger() -> String {
+    "20ms".into()
+}
+const fn default_read_limit() -> usize {
+    10_000
+}
+const fn default_backlog_threshold() -> u64 {
+    100_000
+}
+const fn default_backlog_rate() -> u64 {
+    50_000
+}
+fn default_backoff_min() -> String {
+    "200ms".into()
+}
+fn default_backoff_max() -> String {
+    "30s".into()
 }
 
 /// `[gateway]`
@@ -283,6 +395,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Devices.
     pub devices: DevicesSettings,
+    /// Forwarding; `None` when no broker is configured.
+    pub uplink: Option<ferry_cloud_bridge::uplink::UplinkSettings>,
 }
 
 impl Settings {
@@ -330,6 +444,12 @@ impl Settings {
         });
         set("FERRY_TCP_LISTEN", "devices.tcp_listen", &mut |v| {
             cfg.devices.tcp_listen = v
+        });
+        set("FERRY_UPLINK_BROKER", "uplink.broker", &mut |v| {
+            cfg.uplink.broker = v
+        });
+        set("FERRY_UPLINK_PASSWORD", "uplink.password", &mut |v| {
+            cfg.uplink.password = Some(v)
         });
         set("FERRY_SERIAL", "devices.serial", &mut |v| {
             cfg.devices.serial = v
@@ -453,8 +573,10 @@ impl FerryConfig {
                 "must be at least 1".into(),
             ));
         }
+        let uplink = uplink_settings(&self.uplink, &gateway_id, &invalid)?;
         Ok(Settings {
             source: file.to_owned(),
+            uplink,
             gateway_id,
             store: StoreSettings {
                 path: s.path.clone(),
@@ -480,6 +602,158 @@ impl FerryConfig {
 }
 
 /// A duration that must be greater than zero (periods and timeouts).
+fn uplink_settings(
+    u: &UplinkConfig,
+    gateway: &str,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<ferry_cloud_bridge::uplink::UplinkSettings>, ConfigError> {
+    use ferry_cloud_bridge::contract::{Compression, Encoding};
+    use ferry_cloud_bridge::uplink::{batch::BatchLimits, link, Protocol, UplinkSettings};
+    if u.broker.trim().is_empty() {
+        return Ok(None);
+    }
+    let (host, port) = u
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "uplink.broker",
+                format!("{:?} is not host:port, e.g. \"127.0.0.1:1883\"", u.broker),
+            )
+        })?;
+    let protocol = match u.protocol.as_str() {
+        "5" | "5.0" => Protocol::V5,
+        "3.1.1" | "4" => Protocol::V311,
+        other => {
+            return Err(invalid(
+                "uplink.protocol",
+                format!("{other:?} is not one of \"5\", \"3.1.1\""),
+            ))
+        }
+    };
+    let encoding = match u.encoding.as_str() {
+        "json" => Encoding::Json,
+        "binary" => Encoding::Binary,
+        other => {
+            return Err(invalid(
+                "uplink.encoding",
+                format!("{other:?} is not one of \"json\", \"binary\""),
+            ))
+        }
+    };
+    let compression = match u.compression.as_str() {
+        "none" => Compression::None,
+        "deflate" => Compression::Deflate,
+        other => {
+            return Err(invalid(
+                "uplink.compression",
+                format!("{other:?} is not one of \"none\", \"deflate\""),
+            ))
+        }
+    };
+    let read = |key: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    let ca = read("uplink.ca_file", &u.ca_file)?;
+    let cert = read("uplink.cert_file", &u.cert_file)?;
+    let key = read("uplink.key_file", &u.key_file)?;
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "uplink.cert_file",
+                "mutual TLS needs both cert_file and key_file".into(),
+            ))
+        }
+    };
+    let tls = match (ca, client) {
+        (Some(ca), client) => Some(link::TlsFiles { ca, client }),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "uplink.ca_file",
+                "a client certificate needs TLS: set ca_file to the broker's CA".into(),
+            ))
+        }
+        (None, None) => None,
+    };
+    let credentials = match (&u.username, &u.password) {
+        (Some(user), pass) => Some((user.clone(), pass.clone().unwrap_or_default())),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "uplink.username",
+                "a password needs a username".into(),
+            ))
+        }
+        (None, None) => None,
+    };
+    if u.inflight == 0 {
+        return Err(invalid("uplink.inflight", "must be at least 1".into()));
+    }
+    if u.max_batch_events == 0 || u.read_limit == 0 || u.backlog_rate == 0 {
+        let key = if u.max_batch_events == 0 {
+            "uplink.max_batch_events"
+        } else if u.read_limit == 0 {
+            "uplink.read_limit"
+        } else {
+            "uplink.backlog_rate"
+        };
+        return Err(invalid(key, "must be at least 1".into()));
+    }
+    let max_bytes = parse_size(&u.max_message_bytes)
+        .map_err(|m| invalid("uplink.max_message_bytes", m))?
+        .filter(|b| *b >= 1024)
+        .ok_or_else(|| invalid("uplink.max_message_bytes", "must be at least 1 KiB".into()))?;
+    let dur = |key: &str, v: &str| positive(v).map_err(|m| invalid(key, m));
+    let backoff_min = dur("uplink.backoff_min", &u.backoff_min)?;
+    let backoff_max = dur("uplink.backoff_max", &u.backoff_max)?;
+    if backoff_max < backoff_min {
+        return Err(invalid(
+            "uplink.backoff_max",
+            "must not be shorter than uplink.backoff_min".into(),
+        ));
+    }
+    Ok(Some(UplinkSettings {
+        gateway: gateway.to_owned(),
+        protocol,
+        link: link::LinkOptions {
+            host: host.to_owned(),
+            port,
+            client_id: u
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("ferry-{gateway}")),
+            keep_alive: dur("uplink.keep_alive", &u.keep_alive)?,
+            tls,
+            credentials,
+            will: None,
+            inflight: u.inflight,
+            max_incoming: 1 << 20,
+            queue: usize::from(u.inflight) + 16,
+        },
+        limits: BatchLimits {
+            max_events: u.max_batch_events,
+            max_bytes: max_bytes as usize,
+            encoding,
+            compression,
+        },
+        read_limit: u.read_limit,
+        linger: dur("uplink.linger", &u.linger)?,
+        backlog_threshold: u.backlog_threshold as i64,
+        backlog_rate: u.backlog_rate,
+        backoff: (backoff_min, backoff_max),
+        drain_timeout: std::time::Duration::from_secs(3),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }))
+}
+
 fn positive(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod shutdown;
@@ -37,6 +38,8 @@ pub fn utc_now_ms() -> i64 {
 
 /// How long links get to finish at shutdown.
 const INTAKE_GRACE: Duration = Duration::from_secs(5);
+/// How long the uplink gets to collect outstanding PUBACKs and save its position at shutdown.
+const UPLINK_GRACE: Duration = Duration::from_secs(8);
 /// How long the writer gets to commit and checkpoint at shutdown.
 const WRITER_GRACE: Duration = Duration::from_secs(20);
 
@@ -52,6 +55,9 @@ pub struct Agent {
     tracker: TaskTracker,
     writer: std::thread::JoinHandle<()>,
     writer_exited: CancellationToken,
+    uplink: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Uplink figures (all zero when forwarding is off).
+    pub uplink_stats: Arc<ferry_cloud_bridge::uplink::UplinkStats>,
 }
 
 impl Agent {
@@ -107,6 +113,37 @@ impl Agent {
                 intake.clone(),
             ));
         }
+        let uplink_stats = Arc::new(ferry_cloud_bridge::uplink::UplinkStats::default());
+        let uplink = match &settings.uplink {
+            None => {
+                tracing::warn!(
+                    "Forwarding is off: no [uplink] broker configured. Data stays buffered in the store."
+                );
+                None
+            }
+            Some(u) => {
+                let conn = store::open_reader(&settings.store.path)
+                    .context("opening a read connection for the uplink")?;
+                let source = forward::StoreSource::new(conn, store.clone());
+                let up = ferry_cloud_bridge::uplink::Uplink::new(
+                    u.clone(),
+                    source,
+                    uplink_stats.clone(),
+                )
+                .await
+                .context("reading the forwarding position")?;
+                let stop = CancellationToken::new();
+                let task = tokio::spawn({
+                    let stop = stop.clone();
+                    async move {
+                        if let Err(e) = up.run(stop).await {
+                            tracing::error!(error = %e, "Uplink stopped on an error; data stays buffered.");
+                        }
+                    }
+                });
+                Some((stop, task))
+            }
+        };
         Ok(Agent {
             tcp_addr,
             metrics,
@@ -115,6 +152,8 @@ impl Agent {
             tracker,
             writer,
             writer_exited,
+            uplink,
+            uplink_stats,
         })
     }
 
@@ -142,6 +181,15 @@ impl Agent {
             .is_err()
         {
             tracing::warn!("Some device links did not stop in time.");
+        }
+        // The uplink saves its position through the writer, so it stops before the writer.
+        if let Some((stop, task)) = self.uplink {
+            stop.cancel();
+            if tokio::time::timeout(UPLINK_GRACE, task).await.is_err() {
+                tracing::warn!(
+                    "The uplink did not stop in time; it resumes from its saved position."
+                );
+            }
         }
         drop(self.store);
         let writer = self.writer;

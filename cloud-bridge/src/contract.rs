@@ -306,7 +306,9 @@ impl EventBatch {
                 return bad(format!("events[{i}].value is not a finite number"));
             }
             if e.sensor.is_empty() || e.sensor.len() > MAX_NAME_LEN {
-                return bad(format!("events[{i}].sensor must be 1..={MAX_NAME_LEN} bytes"));
+                return bad(format!(
+                    "events[{i}].sensor must be 1..={MAX_NAME_LEN} bytes"
+                ));
             }
         }
         Ok(())
@@ -439,8 +441,8 @@ pub const DEFAULT_COMMAND_TTL_S: u32 = 300;
 impl CommandRequest {
     /// Parses and validates a downlink payload.
     pub fn decode(payload: &[u8]) -> Result<CommandRequest, ContractError> {
-        let r: CommandRequest = serde_json::from_slice(payload)
-            .map_err(|e| ContractError::Malformed(e.to_string()))?;
+        let r: CommandRequest =
+            serde_json::from_slice(payload).map_err(|e| ContractError::Malformed(e.to_string()))?;
         if r.v != SCHEMA_VERSION {
             return Err(ContractError::UnsupportedVersion(r.v));
         }
@@ -536,7 +538,12 @@ mod tests {
             events: (0..50)
                 .map(|i| Event {
                     seq: 100 + i,
-                    sensor: if i % 2 == 0 { "temperature" } else { "humidity" }.into(),
+                    sensor: if i % 2 == 0 {
+                        "temperature"
+                    } else {
+                        "humidity"
+                    }
+                    .into(),
                     ts_ms: 1_790_000_000_000 + i64::from(i) * 10,
                     value: f64::from(i) * 0.5,
                 })
@@ -613,7 +620,9 @@ mod tests {
         );
         assert_eq!(
             parse_topic(&status_topic("g")),
-            Some(Topic::Status { gateway: "g".into() })
+            Some(Topic::Status {
+                gateway: "g".into()
+            })
         );
         assert_eq!(parse_topic("ferry/v1/g/d/other"), None);
         assert_eq!(parse_topic("ferry/v1/g/%zz/events"), None);

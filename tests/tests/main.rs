@@ -1,2 +1,3 @@
 //! End-to-end tests across Ferry components (one binary, one module per scenario).
 mod firmware_qemu;
+mod uplink;

@@ -177,7 +177,7 @@ impl Link {
                 tracing::debug!(link = %self.name, %reason, len, "Frame rejected.");
                 let op = Op::Quarantine {
                     link: self.name.clone(),
-                    reason: reason.as_str(),
+                    reason: reason.as_str().into(),
                     len,
                     raw,
                 };

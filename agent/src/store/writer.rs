@@ -149,7 +149,7 @@ pub enum Op {
         /// Link name.
         link: String,
         /// Reason label.
-        reason: &'static str,
+        reason: std::borrow::Cow<'static, str>,
         /// Bytes in the run.
         len: usize,
         /// Its first bytes.
@@ -159,6 +159,18 @@ pub enum Op {
     MarkForwarded {
         /// Last forwarded `events.id`.
         event_id: i64,
+        /// Done.
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// The uplink's position (see `ferry_cloud_bridge::uplink::forward::Progress`): every id
+    /// `<= backlog` and every id in `(live_from, live]` is forwarded.
+    UplinkProgress {
+        /// Forwarded through this id (retention prunes up to here).
+        backlog: i64,
+        /// Start (exclusive) of the live range.
+        live_from: i64,
+        /// End (inclusive) of the live range.
+        live: i64,
         /// Done.
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -312,6 +324,7 @@ struct Batch {
     seen: HashMap<i64, i64>,
     quarantined: u64,
     forwarded: Option<i64>,
+    live_range: Option<(i64, i64)>,
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     /// `total_changes()` when the transaction began: a commit that changed no row proves nothing
     /// about free space.
@@ -496,12 +509,23 @@ impl Writer {
                 len,
                 raw,
             } => {
-                if let Err(e) = self.quarantine(&link, reason, len, &raw) {
+                if let Err(e) = self.quarantine(&link, &reason, len, &raw) {
                     self.fail(e);
                 }
             }
             Op::MarkForwarded { event_id, reply } => {
                 self.batch.forwarded = Some(event_id.max(self.batch.forwarded.unwrap_or(0)));
+                self.touch();
+                self.batch.replies.push(reply);
+            }
+            Op::UplinkProgress {
+                backlog,
+                live_from,
+                live,
+                reply,
+            } => {
+                self.batch.forwarded = Some(backlog.max(self.batch.forwarded.unwrap_or(0)));
+                self.batch.live_range = Some((live_from, live));
                 self.touch();
                 self.batch.replies.push(reply);
             }
@@ -873,6 +897,14 @@ impl Writer {
                  ON CONFLICT (name) DO UPDATE SET event_id = max(event_id, excluded.event_id)",
             )?
             .execute([f])?;
+        }
+        if let Some((from, to)) = self.batch.live_range {
+            let mut st = c.prepare_cached(
+                "INSERT INTO forward_cursor (name, event_id) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id",
+            )?;
+            st.execute(params!["uplink.live_from", from])?;
+            st.execute(params!["uplink.live", to])?;
         }
         Ok(())
     }
@@ -1287,7 +1319,7 @@ mod tests {
         // A commit that wrote a row is.
         w.apply(Op::Quarantine {
             link: "test".into(),
-            reason: "bad_crc",
+            reason: "bad_crc".into(),
             len: 1,
             raw: vec![0],
         });

@@ -135,7 +135,13 @@ mod tests {
             .collect();
         let keys: Vec<(String, u32, Vec<u32>)> = decoded
             .iter()
-            .map(|b| (b.device.clone(), b.boot, b.events.iter().map(|e| e.seq).collect()))
+            .map(|b| {
+                (
+                    b.device.clone(),
+                    b.boot,
+                    b.events.iter().map(|e| e.seq).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             keys,

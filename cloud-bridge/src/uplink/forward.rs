@@ -131,7 +131,8 @@ impl Forwarder {
     /// Resumes from a stored progress.
     pub fn new(p: Progress) -> Forwarder {
         let p = p.sanitized();
-        let backlog = (p.backlog < p.live_from).then(|| Stream::new(p.backlog, Some(p.live_from), 1));
+        let backlog =
+            (p.backlog < p.live_from).then(|| Stream::new(p.backlog, Some(p.live_from), 1));
         Forwarder {
             live: Stream::new(p.live, None, 2),
             backlog,
@@ -293,11 +294,21 @@ mod tests {
         let a = read(&mut f, StreamKind::Live, 100, 40, 2); // 1..=40
         let b = read(&mut f, StreamKind::Live, 100, 40, 1); // 41..=80
         assert_eq!(f.progress().live, 0);
-        assert!(!f.acked(b), "a later chunk cannot move the position past an earlier one");
+        assert!(
+            !f.acked(b),
+            "a later chunk cannot move the position past an earlier one"
+        );
         assert_eq!(f.progress().backlog, 0);
         assert!(!f.acked(a));
         assert!(f.acked(a));
-        assert_eq!(f.progress(), Progress { backlog: 80, live_from: 80, live: 80 });
+        assert_eq!(
+            f.progress(),
+            Progress {
+                backlog: 80,
+                live_from: 80,
+                live: 80
+            }
+        );
         // short read covers the whole planned range
         let c = read(&mut f, StreamKind::Live, 100, 40, 1);
         f.acked(c);
@@ -307,16 +318,34 @@ mod tests {
 
     #[test]
     fn a_backlog_splits_off_drains_and_merges() {
-        let mut f = Forwarder::new(Progress { backlog: 10, live_from: 10, live: 10 });
+        let mut f = Forwarder::new(Progress {
+            backlog: 10,
+            live_from: 10,
+            live: 10,
+        });
         let first = read(&mut f, StreamKind::Live, 1_000, 5, 1); // 11..=15, in flight
         assert!(!f.split_if_behind(20, 100));
         assert!(f.split_if_behind(1_000, 100));
         assert!(!f.split_if_behind(5_000, 100), "only one backlog at a time");
-        assert_eq!(f.progress(), Progress { backlog: 10, live_from: 1_000, live: 1_000 });
+        assert_eq!(
+            f.progress(),
+            Progress {
+                backlog: 10,
+                live_from: 1_000,
+                live: 1_000
+            }
+        );
         // live reads from the head
         let l = read(&mut f, StreamKind::Live, 1_010, 100, 1);
         assert!(f.acked(l));
-        assert_eq!(f.progress(), Progress { backlog: 10, live_from: 1_000, live: 1_010 });
+        assert_eq!(
+            f.progress(),
+            Progress {
+                backlog: 10,
+                live_from: 1_000,
+                live: 1_010
+            }
+        );
         // the in-flight chunk of the old live stream now belongs to the backlog
         assert!(f.acked(first));
         assert_eq!(f.progress().backlog, 15);
@@ -329,23 +358,50 @@ mod tests {
         assert!(f.has_backlog());
         f.acked(c);
         assert!(!f.has_backlog());
-        assert_eq!(f.progress(), Progress { backlog: 1_010, live_from: 1_010, live: 1_010 });
+        assert_eq!(
+            f.progress(),
+            Progress {
+                backlog: 1_010,
+                live_from: 1_010,
+                live: 1_010
+            }
+        );
     }
 
     #[test]
     fn resume_with_a_backlog_and_sanitize() {
-        let f = Forwarder::new(Progress { backlog: 5, live_from: 50, live: 70 });
+        let f = Forwarder::new(Progress {
+            backlog: 5,
+            live_from: 50,
+            live: 70,
+        });
         assert!(f.has_backlog());
         assert_eq!(f.plan(StreamKind::Backlog, 100, 1000).unwrap().upto, 50);
         assert_eq!(f.plan(StreamKind::Live, 100, 1000).unwrap().after, 70);
         assert_eq!(f.unread(100), 30 + 45);
-        let bad = Progress { backlog: 9, live_from: 3, live: 70 }.sanitized();
-        assert_eq!(bad, Progress { backlog: 9, live_from: 9, live: 9 });
+        let bad = Progress {
+            backlog: 9,
+            live_from: 3,
+            live: 70,
+        }
+        .sanitized();
+        assert_eq!(
+            bad,
+            Progress {
+                backlog: 9,
+                live_from: 9,
+                live: 9
+            }
+        );
     }
 
     #[test]
     fn empty_reads_of_deleted_ranges_complete_at_once() {
-        let mut f = Forwarder::new(Progress { backlog: 0, live_from: 500, live: 500 });
+        let mut f = Forwarder::new(Progress {
+            backlog: 0,
+            live_from: 500,
+            live: 500,
+        });
         let p = f.plan(StreamKind::Backlog, 600, 100).unwrap();
         f.record(p, 0, None, 0);
         assert!(!f.has_backlog());

@@ -188,7 +188,12 @@ mod v4 {
             m.set_credentials(u, p);
         }
         if let Some((topic, payload)) = &o.will {
-            m.set_last_will(LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
+            m.set_last_will(LastWill::new(
+                topic,
+                payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
         }
         if let Some(t) = &o.tls {
             m.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
@@ -273,7 +278,9 @@ mod v5 {
     use super::*;
     use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError};
+    use rumqttc::v5::{
+        AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
+    };
     use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
     impl Publisher for AsyncClient {

@@ -67,15 +67,18 @@ pub trait EventSource: Send + 'static {
     /// The newest committed event id (0 if none).
     fn head(&mut self) -> Result<i64, SourceError>;
     /// Events with `after < id <= upto` in id order, at most `limit`.
-    fn read(&mut self, after: i64, upto: i64, limit: usize)
-        -> Result<Vec<StoredEvent>, SourceError>;
+    fn read(
+        &mut self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, SourceError>;
     /// The saved forwarding position.
     fn load_progress(&mut self) -> Result<Progress, SourceError>;
     /// Saves the forwarding position durably.
     fn save_progress(&mut self, p: Progress) -> Result<(), SourceError>;
     /// Keeps a message the broker would not take, with the reason.
-    fn quarantine(&mut self, topic: &str, reason: &str, payload: &[u8])
-        -> Result<(), SourceError>;
+    fn quarantine(&mut self, topic: &str, reason: &str, payload: &[u8]) -> Result<(), SourceError>;
 }
 
 /// MQTT protocol version.
@@ -291,8 +294,12 @@ impl<S: EventSource> Uplink<S> {
         if self.connected {
             let _ = client.publish(
                 &contract::status_topic(&self.settings.gateway),
-                status_payload(&self.settings.gateway, LinkState::Offline, &self.settings.agent_version)
-                    .into(),
+                status_payload(
+                    &self.settings.gateway,
+                    LinkState::Offline,
+                    &self.settings.agent_version,
+                )
+                .into(),
                 true,
             );
             let _ = client.disconnect();
@@ -320,7 +327,10 @@ impl<S: EventSource> Uplink<S> {
                 self.max_packet = max_packet;
                 self.stats.connected.store(true, Relaxed);
                 self.stats.connects.fetch_add(1, Relaxed);
-                tracing::info!(unacked = self.unacked.len(), "Uplink connected to the broker.");
+                tracing::info!(
+                    unacked = self.unacked.len(),
+                    "Uplink connected to the broker."
+                );
                 let birth = status_payload(
                     &self.settings.gateway,
                     LinkState::Online,
@@ -403,7 +413,10 @@ impl<S: EventSource> Uplink<S> {
     async fn fill(&mut self, client: &dyn Publisher) -> Result<(), UplinkError> {
         let window = usize::from(self.settings.link.inflight.max(2));
         self.head = blocking(&self.src, |s| s.head()).await?;
-        if self.fwd.split_if_behind(self.head, self.settings.backlog_threshold) {
+        if self
+            .fwd
+            .split_if_behind(self.head, self.settings.backlog_threshold)
+        {
             tracing::warn!(
                 behind = self.fwd.unread(self.head),
                 rate = self.settings.backlog_rate,
@@ -415,7 +428,9 @@ impl<S: EventSource> Uplink<S> {
             if self.unacked.len() >= window {
                 break;
             }
-            let live = self.fwd.plan(StreamKind::Live, self.head, self.settings.read_limit);
+            let live = self
+                .fwd
+                .plan(StreamKind::Live, self.head, self.settings.read_limit);
             let plan = match live {
                 Some(p) => p,
                 None => {
@@ -440,9 +455,9 @@ impl<S: EventSource> Uplink<S> {
                 self.tokens -= events.len() as f64;
             }
             let msgs = batch::batches(&self.settings.gateway, &events, &self.settings.limits);
-            let chunk = self
-                .fwd
-                .record(plan, events.len(), events.last().map(|e| e.id), msgs.len());
+            let chunk =
+                self.fwd
+                    .record(plan, events.len(), events.last().map(|e| e.id), msgs.len());
             for m in msgs {
                 self.enqueue(
                     client,
@@ -458,13 +473,20 @@ impl<S: EventSource> Uplink<S> {
             let too_big: Vec<u64> = self
                 .unacked
                 .iter()
-                .filter(|(id, m)| !self.fifo.contains(id) && m.chunk.is_some() && !self.by_pkid.values().any(|v| v == *id))
+                .filter(|(id, m)| {
+                    !self.fifo.contains(id)
+                        && m.chunk.is_some()
+                        && !self.by_pkid.values().any(|v| v == *id)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             for id in too_big {
                 let limit = self.max_packet.unwrap_or(u32::MAX);
-                self.quarantine(id, &format!("larger than the broker's maximum packet size ({limit} bytes)"))
-                    .await?;
+                self.quarantine(
+                    id,
+                    &format!("larger than the broker's maximum packet size ({limit} bytes)"),
+                )
+                .await?;
             }
         }
         self.stats
@@ -518,7 +540,9 @@ impl<S: EventSource> Uplink<S> {
     /// Queues message `id` on the connection unless it is too large for the broker (then it
     /// stays unqueued and `fill` quarantines it).
     fn submit(&mut self, client: &dyn Publisher, id: u64) {
-        let Some(m) = self.unacked.get(&id) else { return };
+        let Some(m) = self.unacked.get(&id) else {
+            return;
+        };
         // Fixed header, topic length prefix, packet id, MQTT 5 properties length: < 16 bytes.
         let size = m.payload.len() + m.topic.len() + 16;
         if self.max_packet.is_some_and(|max| size > max as usize) {
@@ -547,7 +571,9 @@ impl<S: EventSource> Uplink<S> {
         let (topic, payload, why) = (m.topic.clone(), m.payload.clone(), reason.to_owned());
         blocking(&self.src, move |s| s.quarantine(&topic, &why, &payload)).await?;
         self.stats.messages_quarantined.fetch_add(1, Relaxed);
-        self.stats.events_quarantined.fetch_add(m.events as u64, Relaxed);
+        self.stats
+            .events_quarantined
+            .fetch_add(m.events as u64, Relaxed);
         if let Some(c) = m.chunk {
             self.fwd.acked(c);
         }

@@ -1,0 +1,243 @@
+//! Agent → mosquitto: the store-and-forward uplink through broker restarts.
+//!
+//! Simulated devices stream into the real agent (in-process, real SQLite store); the uplink
+//! forwards to a real mosquitto that is stopped and restarted several times mid-stream; a
+//! subscriber with a persistent session collects every batch. Afterwards every stored event has
+//! arrived (duplicates on the wire are allowed and counted), and the saved forwarding position
+//! covers the whole store.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ferry_cloud_bridge::contract::EventBatch;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio_util::sync::CancellationToken;
+
+/// A mosquitto with persistence on a fixed loopback port, restartable.
+struct Broker {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    fn start() -> Option<Broker> {
+        let bin = ferry_tests::require_tool("mosquitto", "apt-get install -y mosquitto").or_else(
+            || Some("/usr/sbin/mosquitto".into()).filter(|p: &std::path::PathBuf| p.is_file()),
+        )?;
+        let _ = bin;
+        let dir = std::env::temp_dir().join(format!("ferry-uplink-broker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nautosave_interval 1\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+                dir.display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut b = Broker {
+            dir,
+            port,
+            child: None,
+        };
+        b.spawn();
+        Some(b)
+    }
+
+    fn spawn(&mut self) {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .unwrap_or("mosquitto");
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Collects (device, boot, seq) → times seen, from a persistent-session subscriber.
+async fn subscriber(port: u16, stop: CancellationToken) -> HashMap<(String, u32, u32), u32> {
+    let mut o = MqttOptions::new("uplink-test-sub", "127.0.0.1", port);
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(3600);
+    o.set_clean_start(false)
+        .set_keep_alive(Duration::from_secs(5))
+        .set_connect_properties(props)
+        .set_max_packet_size(Some(16 << 20));
+    let (client, mut el) = AsyncClient::new(o, 100);
+    client
+        .subscribe("ferry/v1/test-gw/+/events", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut seen: HashMap<(String, u32, u32), u32> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            ev = el.poll() => match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let b = EventBatch::decode(&p.payload).expect("valid batch");
+                    for e in b.events {
+                        *seen.entry((b.device.clone(), b.boot, e.seq)).or_default() += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("subscriber: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_forwards_everything_through_broker_restarts() {
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ferry-uplink-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = format!(
+        "[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 200\n",
+        dir.join("ferry.db").display().to_string(),
+        broker.port
+    );
+    let settings = ferry_agent::config::Settings::from_toml(&toml, "test.toml", |_| None).unwrap();
+    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    let sub_stop = CancellationToken::new();
+    let sub = tokio::spawn(subscriber(broker.port, sub_stop.clone()));
+    // Devices stream for 6 s while the broker goes down three times.
+    let sim = ferry_sim::SimConfig {
+        devices: 8,
+        sensors: 2,
+        interval_ms: 5,
+        duration: Some(Duration::from_secs(6)),
+        transport: ferry_sim::Transport::Tcp(agent.tcp_addr.unwrap()),
+        ..ferry_sim::SimConfig::default()
+    };
+    let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        broker.stop();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        broker.spawn();
+    }
+    let report = devices.await.unwrap();
+    assert!(
+        report.totals.acked > 5_000,
+        "devices streamed: {:?}",
+        report.totals
+    );
+    // Wait until the uplink's saved position covers the whole store.
+    let db = dir.join("ferry.db");
+    let conn = ferry_agent::store::open_reader(&db).unwrap();
+    let head: i64 = conn
+        .query_row("SELECT max(id) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let pos: i64 = conn
+            .query_row(
+                "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if pos >= head {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "forwarding position {pos} did not reach the head {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = agent.uplink_stats.clone();
+    agent.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sub_stop.cancel();
+    let seen = sub.await.unwrap();
+    // Every stored event arrived at least once.
+    let mut stmt = conn
+        .prepare(
+            "SELECT d.device_id, e.boot_no, e.seq FROM events e JOIN devices d ON d.id = e.device",
+        )
+        .unwrap();
+    let stored: Vec<(String, u32, u32)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let missing: Vec<_> = stored.iter().filter(|k| !seen.contains_key(*k)).collect();
+    let dup = seen.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "stored {} events, received {} distinct ({} seen twice or more); connects {}, republished {}",
+        stored.len(),
+        seen.len(),
+        dup,
+        stats.connects.load(std::sync::atomic::Ordering::Relaxed),
+        stats.messages_republished.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(
+        missing.is_empty(),
+        "{} stored events never reached the broker, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        seen.len(),
+        stored.len(),
+        "nothing arrived that was not stored"
+    );
+    assert!(
+        stats.connects.load(std::sync::atomic::Ordering::Relaxed) >= 4,
+        "the broker restarts were seen"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
