@@ -833,6 +833,43 @@ mod tests {
     }
 
     #[test]
+    fn uplink_is_off_without_a_broker_and_validated_with_one() {
+        assert!(load("").unwrap().uplink.is_none());
+        let u = load("[gateway]\nid = \"gw\"\n[uplink]\nbroker = \"mqtt.local:8883\"\nprotocol = \"3.1.1\"\n")
+            .unwrap()
+            .uplink
+            .unwrap();
+        assert_eq!((u.link.host.as_str(), u.link.port), ("mqtt.local", 8883));
+        assert_eq!(u.link.client_id, "ferry-gw");
+        for (text, key) in [
+            ("broker = \"nohost\"", "uplink.broker"),
+            ("broker = \"h:1\"\nprotocol = \"6\"", "uplink.protocol"),
+            (
+                "broker = \"h:1\"\ncert_file = \"/etc/hostname\"",
+                "uplink.cert_file",
+            ),
+            (
+                "broker = \"h:1\"\nca_file = \"/nonexistent/ca.pem\"",
+                "uplink.ca_file",
+            ),
+            ("broker = \"h:1\"\ninflight = 0", "uplink.inflight"),
+            (
+                "broker = \"h:1\"\nmax_message_bytes = \"10\"",
+                "uplink.max_message_bytes",
+            ),
+            (
+                "broker = \"h:1\"\nbackoff_min = \"5s\"\nbackoff_max = \"1s\"",
+                "uplink.backoff_max",
+            ),
+        ] {
+            let e = load(&format!("[uplink]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_file_and_key() {
         let e = load("[devices]\nrescan_interval = \"0s\"\n")
             .unwrap_err()
