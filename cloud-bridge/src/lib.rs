@@ -6,5 +6,6 @@
 //! - `bridge`: `ferry-bridge`, the cloud-side service that lands batches in PostgreSQL.
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod contract;
 pub mod uplink;

@@ -1,0 +1,242 @@
+//! `ferry-bridge`: the cloud-side ingest. Subscribes to every gateway's events through an MQTT 5
+//! shared subscription and lands them in PostgreSQL (or prints them as JSON lines).
+//!
+//! ```text
+//!  broker ──PUBLISH──▶ mqtt task ──classify──▶ writer task ──COMMIT──▶ PostgreSQL
+//!         ◀──PUBACK─── (AckGate, same connection only) ◀── acks after commit
+//! ```
+//!
+//! Invariants (what makes it lossless):
+//! - A PUBLISH is acked only after its events (or its dead letter) are committed; until then the
+//!   broker keeps it in this client's persistent session and redelivers it after any failure.
+//! - Writes are idempotent: the table's key is the event identity `(gateway, device, boot, seq)`
+//!   and inserts ignore conflicts, so redeliveries, publisher resends and a message landing on
+//!   two replicas all leave one row.
+//! - Invalid messages are not retried forever: they become dead-letter rows (topic, reason,
+//!   payload) and are acked like stored ones.
+//! - Replicas with different client ids split the load through the shared subscription
+//!   [`EVENTS_SHARED_FILTER`](crate::contract::EVENTS_SHARED_FILTER). A replica removed for good
+//!   should keep its client id until the broker has drained its session (messages queued for
+//!   an offline session wait there until the session expires).
+//!
+//! Pure logic ([`batch`], [`inbound`], [`rows`], [`metrics`]) is apart from the tasks that own
+//! the MQTT connection (`mqtt`), the sink (`store`, `writer`) and the HTTP listener (`http`).
+pub mod batch;
+mod http;
+pub mod inbound;
+pub mod metrics;
+mod mqtt;
+pub mod rows;
+mod store;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use batch::BatchPolicy;
+pub use metrics::Metrics;
+pub use store::{InsertMethod, SCHEMA};
+
+/// Everything `ferry-bridge` needs to run.
+#[derive(Debug, Clone)]
+pub struct BridgeSettings {
+    /// The broker connection.
+    pub mqtt: MqttSettings,
+    /// Where events go.
+    pub sink: SinkSettings,
+    /// When to commit.
+    pub batch: BatchPolicy,
+    /// Address of `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+}
+
+/// The broker connection.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Stable client id: the broker keeps this id's session (and its queued messages) across
+    /// restarts.
+    pub client_id: String,
+    /// How long the broker keeps the session while the bridge is away, seconds.
+    pub session_expiry_s: u32,
+    /// Most unacked messages the broker may send us at once.
+    pub receive_maximum: u16,
+    /// Username and password.
+    pub credentials: Option<(String, String)>,
+    /// TLS, if any.
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS to the broker.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// CA certificate(s), PEM.
+    pub ca: Vec<u8>,
+    /// Client certificate chain and key, PEM, for mutual TLS.
+    pub client_auth: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("ca_bytes", &self.ca.len())
+            .field("client_auth", &self.client_auth.is_some())
+            .finish()
+    }
+}
+
+/// Where events go.
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    /// PostgreSQL.
+    Postgres {
+        /// Parsed connection settings.
+        config: Box<tokio_postgres::Config>,
+        /// Bulk insert method.
+        method: InsertMethod,
+    },
+    /// One JSON object per event on stdout.
+    Jsonl,
+}
+
+/// Why the bridge could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// A setting is unusable; names the flag.
+    #[error("{flag}: {message}")]
+    Setting {
+        /// The flag (or environment variable).
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The sink failed for good (jsonl: stdout closed).
+    #[error("sink failed: {0}")]
+    Sink(String),
+}
+
+/// Parses `HOST:PORT` (`[v6]:PORT` for IPv6 literals).
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got {s:?}"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!("expected HOST:PORT, got {s:?} (no host)"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number"))?;
+    if port == 0 {
+        return Err("port 0 is not a broker port".into());
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Runs the bridge until `shutdown` is cancelled (then drains, acks and disconnects) or the
+/// sink fails for good.
+pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), BridgeError> {
+    let metrics = Arc::new(Metrics::default());
+    let listener = TcpListener::bind(s.listen)
+        .await
+        .map_err(|source| BridgeError::Listen {
+            addr: s.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(s.listen);
+    info!(%addr, "Serving /metrics and /healthz.");
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(http::serve(listener, metrics.clone(), http_stop.clone()));
+
+    let stop = shutdown.child_token();
+    let (client, eventloop) = mqtt::connect_options(&s.mqtt);
+    let gate = Arc::new(mqtt::AckGate::new(client));
+    // At most a receive-maximum of messages per connection is unacked; allow one stale set.
+    let (tx, rx) = mpsc::channel(2 * usize::from(s.mqtt.receive_maximum) + 16);
+    let sink = match s.sink {
+        SinkSettings::Postgres { config, method } => store::Sink::Postgres(Box::new(
+            store::PgStore::new(*config, method, metrics.clone()),
+        )),
+        SinkSettings::Jsonl => store::Sink::Jsonl,
+    };
+    info!(
+        broker = %format!("{}:{}", s.mqtt.host, s.mqtt.port),
+        client_id = %s.mqtt.client_id,
+        tls = s.mqtt.tls.is_some(),
+        "Starting."
+    );
+    let mqtt_task = tokio::spawn(mqtt::run(
+        eventloop,
+        gate.clone(),
+        tx,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let result = writer::Writer {
+        sink,
+        policy: s.batch,
+        gate,
+        metrics,
+        shutdown: stop.clone(),
+    }
+    .run(rx)
+    .await;
+    stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), mqtt_task)
+        .await
+        .is_err()
+    {
+        warn!("MQTT connection did not close in time.");
+    }
+    http_stop.cancel();
+    let _ = http.await;
+    info!("Stopped.");
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_parses_and_names_the_problem() {
+        assert_eq!(
+            parse_host_port("127.0.0.1:1883"),
+            Ok(("127.0.0.1".into(), 1883))
+        );
+        assert_eq!(parse_host_port("[::1]:8883"), Ok(("::1".into(), 8883)));
+        assert_eq!(
+            parse_host_port("broker.example:1"),
+            Ok(("broker.example".into(), 1))
+        );
+        assert!(parse_host_port("localhost")
+            .unwrap_err()
+            .contains("HOST:PORT"));
+        assert!(parse_host_port("h:99999")
+            .unwrap_err()
+            .contains("not a port"));
+        assert!(parse_host_port(":1883").is_err());
+        assert!(parse_host_port("h:0").is_err());
+    }
+}
