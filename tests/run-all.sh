@@ -13,6 +13,8 @@ need=()
 command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
 command -v python3 >/dev/null || need+=(python3)
 command -v size >/dev/null || need+=(binutils)
+export PATH="$PATH:/usr/sbin"  # mosquitto lives in /usr/sbin
+command -v mosquitto >/dev/null || need+=(mosquitto)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
