@@ -7,6 +7,7 @@
 //! what it holds → WAL checkpoint → return. Every step is bounded in time.
 #![warn(missing_docs)]
 
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod forward;
@@ -56,6 +57,10 @@ pub struct Agent {
     writer: std::thread::JoinHandle<()>,
     writer_exited: CancellationToken,
     uplink: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    commands_stop: CancellationToken,
+    commands_task: tokio::task::JoinHandle<()>,
+    /// Device commands (the local API submits here too).
+    pub commands: commands::CommandsHandle,
     /// Uplink figures (all zero when forwarding is off).
     pub uplink_stats: Arc<ferry_cloud_bridge::uplink::UplinkStats>,
 }
@@ -76,10 +81,23 @@ impl Agent {
         }
         let intake = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::channel(256);
+        let commands_stop = CancellationToken::new();
+        let (commands, commands_task) = commands::spawn(
+            store::open_reader(&settings.store.path)
+                .context("opening a read connection for commands")?,
+            store.clone(),
+            outcomes_tx,
+            settings.gateway_id.clone(),
+            commands_stop.clone(),
+        )
+        .await
+        .context("loading pending commands")?;
         let ctx = LinkCtx {
             store: store.clone(),
             metrics: metrics.clone(),
             offline_after: settings.devices.offline_after,
+            commands: commands.clone(),
         };
         let mut tcp_addr = None;
         if let Some(addr) = settings.devices.tcp_listen {
@@ -125,13 +143,24 @@ impl Agent {
                 let conn = store::open_reader(&settings.store.path)
                     .context("opening a read connection for the uplink")?;
                 let source = forward::StoreSource::new(conn, store.clone());
+                let (in_tx, mut in_rx) = tokio::sync::mpsc::channel(64);
                 let up = ferry_cloud_bridge::uplink::Uplink::new(
                     u.clone(),
                     source,
                     uplink_stats.clone(),
                 )
                 .await
-                .context("reading the forwarding position")?;
+                .context("reading the forwarding position")?
+                .with_downlink(ferry_cloud_bridge::uplink::Downlink {
+                    commands: in_tx,
+                    outcomes: outcomes_rx,
+                });
+                let c = commands.clone();
+                tokio::spawn(async move {
+                    while let Some(cmd) = in_rx.recv().await {
+                        c.submit(cmd).await;
+                    }
+                });
                 let stop = CancellationToken::new();
                 let task = tokio::spawn({
                     let stop = stop.clone();
@@ -154,6 +183,9 @@ impl Agent {
             writer_exited,
             uplink,
             uplink_stats,
+            commands_stop,
+            commands_task,
+            commands,
         })
     }
 
@@ -191,6 +223,9 @@ impl Agent {
                 );
             }
         }
+        self.commands_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.commands_task).await;
+        drop(self.commands);
         drop(self.store);
         let writer = self.writer;
         tokio::time::timeout(

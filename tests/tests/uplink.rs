@@ -241,3 +241,163 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Downlink: commands published to `ferry/v1/{gw}/{device}/commands` reach a simulated device over
+/// its link, and outcomes come back on `.../commands/result`; a command for a device that never
+/// connects expires after its TTL; a malformed one is rejected with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downlink_commands_reach_the_device_and_results_come_back() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ferry-downlink-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = format!(
+        "[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\n",
+        dir.join("ferry.db").display().to_string(),
+        broker.port
+    );
+    let settings = ferry_agent::config::Settings::from_toml(&toml, "test.toml", |_| None).unwrap();
+    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    // The operator's client: sends commands, collects results.
+    let (client, mut el) = AsyncClient::new(
+        {
+            let mut o = MqttOptions::new("operator", "127.0.0.1", broker.port);
+            o.set_keep_alive(Duration::from_secs(5));
+            o
+        },
+        100,
+    );
+    client
+        .subscribe("ferry/v1/test-gw/+/commands/result", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let o: ferry_cloud_bridge::contract::CommandOutcome =
+                        serde_json::from_slice(&p.payload).expect("outcome JSON");
+                    let _ = res_tx.send(o);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    // One device streams for a few seconds.
+    let sim = ferry_sim::SimConfig {
+        devices: 1,
+        sensors: 2,
+        interval_ms: 20,
+        duration: Some(Duration::from_secs(4)),
+        transport: ferry_sim::Transport::Tcp(agent.tcp_addr.unwrap()),
+        ..ferry_sim::SimConfig::default()
+    };
+    let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
+    // Wait until the agent's uplink is connected (the birth message is out).
+    let t = Instant::now();
+    while !agent
+        .uplink_stats
+        .connected
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "uplink never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let send = |device: &str, body: &str| {
+        let (client, topic, body) = (
+            client.clone(),
+            format!("ferry/v1/test-gw/{device}/commands"),
+            body.to_owned(),
+        );
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, body.into_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    send(
+        "sim-0000",
+        r#"{"v":1,"id":"echo-1","command":{"opaque":{"hex":"0a0b0c"}}}"#,
+    )
+    .await;
+    send(
+        "sim-0000",
+        r#"{"v":1,"id":"slow-1","command":{"set_interval":{"sensor":1,"interval_ms":100}}}"#,
+    )
+    .await;
+    send(
+        "sim-9999",
+        r#"{"v":1,"id":"late-1","command":"reboot","ttl_s":1}"#,
+    )
+    .await;
+    send("sim-0000", r#"{"v":1,"id":"bad-1","command":"explode"}"#).await;
+    let mut got: HashMap<String, ferry_cloud_bridge::contract::CommandOutcome> = HashMap::new();
+    let t = Instant::now();
+    while got.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(10), res_rx.recv()).await {
+            Ok(Some(o)) => {
+                got.insert(o.id.clone(), o);
+            }
+            _ => panic!("only these outcomes arrived: {got:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(15));
+    }
+    use ferry_cloud_bridge::contract::OutcomeStatus;
+    assert_eq!(
+        got["echo-1"].status,
+        OutcomeStatus::Ok,
+        "{:?}",
+        got["echo-1"]
+    );
+    assert_eq!(got["echo-1"].data_hex.as_deref(), Some("0a0b0c"));
+    assert_eq!(got["echo-1"].device, "sim-0000");
+    assert_eq!(
+        got["slow-1"].status,
+        OutcomeStatus::Ok,
+        "{:?}",
+        got["slow-1"]
+    );
+    assert_eq!(
+        got["late-1"].status,
+        OutcomeStatus::Expired,
+        "{:?}",
+        got["late-1"]
+    );
+    assert_eq!(got["bad-1"].status, OutcomeStatus::Rejected);
+    assert!(
+        got["bad-1"]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("explode"),
+        "{:?}",
+        got["bad-1"]
+    );
+    // A repeated request id is answered from the stored outcome, not executed again.
+    send(
+        "sim-0000",
+        r#"{"v":1,"id":"echo-1","command":{"opaque":{"hex":"ffff"}}}"#,
+    )
+    .await;
+    let again = tokio::time::timeout(Duration::from_secs(10), res_rx.recv())
+        .await
+        .expect("repeat answered")
+        .unwrap();
+    assert_eq!(
+        (again.id.as_str(), again.data_hex.as_deref()),
+        ("echo-1", Some("0a0b0c"))
+    );
+    devices.await.unwrap();
+    agent.stop().await.unwrap();
+    poller.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::Session;
 use super::LinkCtx;
+use crate::commands::DeviceCommand;
 use crate::metrics::{reason_index, Metrics};
 use crate::store::writer::{AckState, Op, Row, SamplesOp};
 
@@ -34,6 +35,7 @@ struct Link {
     last_frame: Instant,
     online: bool,
     last_hello_request: Option<Instant>,
+    cmd_tx: Option<tokio::sync::mpsc::Sender<DeviceCommand>>,
 }
 
 enum Item {
@@ -62,6 +64,7 @@ where
         last_frame: Instant::now(),
         online: false,
         last_hello_request: None,
+        cmd_tx: None,
     };
     tracing::info!(link = %link.name, "Device link open.");
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -69,6 +72,8 @@ where
     let mut buf = vec![0u8; 16 * 1024];
     let mut idle =
         tokio::time::interval((link.ctx.offline_after / 2).max(Duration::from_millis(100)));
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<DeviceCommand>(32);
+    link.cmd_tx = Some(cmd_tx);
     let why = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break "shutdown",
@@ -108,6 +113,7 @@ where
                     Metrics::add(&link.ctx.metrics.acks_sent, 1);
                 }
             }
+            Some(c) = cmd_rx.recv() => push_command(&mut link.out, &c),
             _ = idle.tick() => {
                 let silent = link.last_frame.elapsed();
                 if link.online && silent >= link.ctx.offline_after {
@@ -136,6 +142,37 @@ where
         .links_open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(link = %link.name, reason = why, "Device link closed.");
+}
+
+/// Frames a command for the device.
+fn push_command(out: &mut Vec<u8>, c: &DeviceCommand) {
+    use ferry_cloud_bridge::contract::{decode_hex, CommandSpec};
+    use ferry_wire::{Command, CommandKind};
+    let bytes;
+    let kind = match &c.spec {
+        CommandSpec::SetInterval {
+            sensor,
+            interval_ms,
+        } => CommandKind::SetInterval {
+            sensor: *sensor,
+            interval_ms: *interval_ms,
+        },
+        CommandSpec::Identify { duration_ms } => CommandKind::Identify {
+            duration_ms: *duration_ms,
+        },
+        CommandSpec::Reboot => CommandKind::Reboot,
+        CommandSpec::Opaque { hex } => {
+            bytes = decode_hex(hex).unwrap_or_default(); // validated when received
+            CommandKind::Opaque(&bytes)
+        }
+    };
+    push(
+        out,
+        &Message::Command(Command {
+            id: c.wire_id,
+            kind,
+        }),
+    );
 }
 
 fn push(out: &mut Vec<u8>, m: &Message<'_>) {
@@ -232,6 +269,14 @@ impl Link {
                             next_seq: w.next_seq,
                         };
                         push(&mut self.out, &Message::Welcome(welcome));
+                        if let Some(tx) = &self.cmd_tx {
+                            let id = self
+                                .session
+                                .as_ref()
+                                .map(|s| s.device_id.clone())
+                                .unwrap_or_default();
+                            self.ctx.commands.attach(id, tx.clone()).await;
+                        }
                     }
                     Err(crate::store::StoreError::Stopped) => {
                         return Err(crate::store::StoreError::Stopped)
@@ -273,8 +318,12 @@ impl Link {
                 let device = s.device;
                 return self.ctx.store.send(Op::Heartbeat { device, hb }).await;
             }
-            (Uplink::CommandResult { id, status, .. }, Some(s)) => {
+            (Uplink::CommandResult { id, status, data }, Some(s)) => {
                 tracing::info!(device = %s.device_id, id, ?status, "Command result.");
+                self.ctx
+                    .commands
+                    .result(s.device_id.clone(), id, status, data)
+                    .await;
             }
             (_, None) => self.hello_request(),
         }

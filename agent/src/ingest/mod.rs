@@ -25,4 +25,6 @@ pub struct LinkCtx {
     pub metrics: Arc<Metrics>,
     /// Silence after which a device is marked offline.
     pub offline_after: Duration,
+    /// Device commands (sent to the device once its Hello is registered).
+    pub commands: crate::commands::CommandsHandle,
 }

@@ -72,6 +72,20 @@ CREATE TABLE counters (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // v2: downlink commands (kept until done or expired; the outcome is kept for repeats)
+    r#"
+CREATE TABLE commands (
+    id          INTEGER PRIMARY KEY,            -- also the command id sent to the device
+    device_id   TEXT    NOT NULL,
+    request_id  TEXT    NOT NULL,               -- the sender's id, echoed in the outcome
+    spec        TEXT    NOT NULL,               -- JSON CommandSpec
+    received_ms INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    done        INTEGER NOT NULL DEFAULT 0,
+    outcome     TEXT,                           -- JSON CommandOutcome once done
+    UNIQUE (device_id, request_id)
+);
+"#,
 ];
 
 /// Schema version this build writes.

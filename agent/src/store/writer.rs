@@ -121,9 +121,29 @@ pub struct SamplesOp {
     pub ack: AckSlot,
 }
 
+/// Statements another module (commands) runs inside the writer's open transaction: the
+/// single-writer rule holds, and they commit (durably) with the batch.
+pub struct Exec(pub Box<ExecFn>);
+
+/// The statements of an [`Exec`].
+pub type ExecFn = dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send;
+
+impl std::fmt::Debug for Exec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exec(..)")
+    }
+}
+
 /// Everything the writer does.
 #[derive(Debug)]
 pub enum Op {
+    /// Runs statements in the current transaction; `reply` answers after the commit.
+    Exec {
+        /// The statements.
+        run: Exec,
+        /// Done (committed) or failed (rolled back).
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// See [`HelloOp`].
     Hello(HelloOp),
     /// See [`SamplesOp`].
@@ -219,6 +239,20 @@ impl StoreHandle {
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Sync(reply)).await?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Runs `run` in the writer's transaction and waits for the commit.
+    pub async fn exec(
+        &self,
+        run: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Exec {
+            run: Exec(Box::new(run)),
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -528,6 +562,13 @@ impl Writer {
                 self.batch.live_range = Some((live_from, live));
                 self.touch();
                 self.batch.replies.push(reply);
+            }
+            Op::Exec { run, reply } => {
+                self.touch();
+                self.batch.replies.push(reply);
+                if let Err(e) = (run.0)(&self.conn) {
+                    self.fail(StoreError::from_write(e));
+                }
             }
             Op::Sync(reply) => {
                 self.touch();

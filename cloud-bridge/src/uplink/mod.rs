@@ -154,11 +154,32 @@ pub enum UplinkError {
     Source(#[from] SourceError),
 }
 
+/// A valid downlink command for a device of this gateway.
+#[derive(Debug, Clone)]
+pub struct InboundCommand {
+    /// Device id (from the topic).
+    pub device: String,
+    /// The request.
+    pub request: contract::CommandRequest,
+}
+
+/// The agent's ends of the downlink: commands the uplink received, and outcomes to publish on
+/// `.../commands/result`.
+#[derive(Debug)]
+pub struct Downlink {
+    /// Where valid commands go.
+    pub commands: tokio::sync::mpsc::Sender<InboundCommand>,
+    /// Outcomes to publish.
+    pub outcomes: tokio::sync::mpsc::Receiver<contract::CommandOutcome>,
+}
+
 #[derive(Debug)]
 struct Msg {
     topic: String,
     payload: Bytes,
     retain: bool,
+    /// The birth message: replaced, not republished, after a reconnect.
+    birth: bool,
     chunk: Option<ChunkRef>,
     stream: Option<StreamKind>,
     events: usize,
@@ -212,6 +233,9 @@ pub struct Uplink<S: EventSource> {
     tokens: f64,
     last_refill: Instant,
     head: i64,
+    downlink: Option<Downlink>,
+    /// Messages `submit` found too large for the broker; `fill` quarantines them.
+    too_big: Vec<u64>,
 }
 
 impl<S: EventSource> Uplink<S> {
@@ -239,7 +263,15 @@ impl<S: EventSource> Uplink<S> {
             tokens: 0.0,
             last_refill: Instant::now(),
             head: 0,
+            downlink: None,
+            too_big: Vec::new(),
         })
+    }
+
+    /// Subscribes to this gateway's commands and publishes their outcomes.
+    pub fn with_downlink(mut self, d: Downlink) -> Self {
+        self.downlink = Some(d);
+        self
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -273,6 +305,11 @@ impl<S: EventSource> Uplink<S> {
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev, client.as_ref()).await?,
                     None => break Ok(()),
+                },
+                o = async { self.downlink.as_mut().expect("guarded").outcomes.recv().await },
+                    if self.downlink.is_some() => match o {
+                    Some(o) => self.publish_outcome(client.as_ref(), &o),
+                    None => self.downlink = None,
                 },
                 _ = tick.tick() => {
                     if self.connected {
@@ -338,6 +375,17 @@ impl<S: EventSource> Uplink<S> {
                 );
                 let topic = contract::status_topic(&self.settings.gateway);
                 self.enqueue(client, topic, birth.into(), true, None, None, 0);
+                if let Some(id) = self.unacked.keys().next_back().copied() {
+                    if let Some(m) = self.unacked.get_mut(&id) {
+                        m.birth = true;
+                    }
+                }
+                if self.downlink.is_some() {
+                    let filter = contract::commands_filter(&self.settings.gateway);
+                    if let Err(e) = client.subscribe(&filter) {
+                        tracing::warn!(error = %e, "Could not subscribe to commands.");
+                    }
+                }
                 // Republish everything unacked, in order.
                 let ids: Vec<u64> = self.unacked.keys().copied().collect();
                 for id in ids {
@@ -367,8 +415,8 @@ impl<S: EventSource> Uplink<S> {
                     self.fill(client).await?;
                 }
             }
-            LinkEvent::Message { topic, .. } => {
-                tracing::debug!(%topic, "Message on a subscribed topic (downlink not wired yet).");
+            LinkEvent::Message { topic, payload } => {
+                self.on_command(client, &topic, &payload).await
             }
             LinkEvent::Down {
                 error,
@@ -398,7 +446,7 @@ impl<S: EventSource> Uplink<S> {
                 self.fifo.clear();
                 self.by_pkid.clear();
                 // A stale birth message is replaced by a fresh one on connect.
-                self.unacked.retain(|_, m| m.chunk.is_some());
+                self.unacked.retain(|_, m| !m.birth);
                 for m in self.unacked.values_mut() {
                     m.sent_before = true;
                 }
@@ -469,25 +517,15 @@ impl<S: EventSource> Uplink<S> {
                     m.events,
                 );
             }
-            // Oversized messages found while enqueueing go to quarantine here.
-            let too_big: Vec<u64> = self
-                .unacked
-                .iter()
-                .filter(|(id, m)| {
-                    !self.fifo.contains(id)
-                        && m.chunk.is_some()
-                        && !self.by_pkid.values().any(|v| v == *id)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            for id in too_big {
-                let limit = self.max_packet.unwrap_or(u32::MAX);
-                self.quarantine(
-                    id,
-                    &format!("larger than the broker's maximum packet size ({limit} bytes)"),
-                )
-                .await?;
-            }
+        }
+        // Messages too large for the broker go to quarantine instead of blocking the queue.
+        for id in std::mem::take(&mut self.too_big) {
+            let limit = self.max_packet.unwrap_or(u32::MAX);
+            self.quarantine(
+                id,
+                &format!("larger than the broker's maximum packet size ({limit} bytes)"),
+            )
+            .await?;
         }
         self.stats
             .backlog_events
@@ -526,6 +564,7 @@ impl<S: EventSource> Uplink<S> {
                 topic,
                 payload,
                 retain,
+                birth: false,
                 chunk,
                 stream,
                 events,
@@ -546,6 +585,7 @@ impl<S: EventSource> Uplink<S> {
         // Fixed header, topic length prefix, packet id, MQTT 5 properties length: < 16 bytes.
         let size = m.payload.len() + m.topic.len() + 16;
         if self.max_packet.is_some_and(|max| size > max as usize) {
+            self.too_big.push(id);
             return;
         }
         match client.publish(&m.topic, m.payload.clone(), m.retain) {
@@ -578,6 +618,54 @@ impl<S: EventSource> Uplink<S> {
             self.fwd.acked(c);
         }
         Ok(())
+    }
+
+    async fn on_command(&mut self, client: &dyn Publisher, topic: &str, payload: &[u8]) {
+        let Some(contract::Topic::Commands { gateway, device }) = contract::parse_topic(topic)
+        else {
+            tracing::debug!(%topic, "Ignoring a message on an unexpected topic.");
+            return;
+        };
+        if gateway != self.settings.gateway {
+            return;
+        }
+        let request = match contract::CommandRequest::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                // Answer even a malformed request, with its id if one can be found.
+                let id = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                tracing::warn!(%device, error = %e, "Command rejected.");
+                let o = contract::CommandOutcome {
+                    v: contract::SCHEMA_VERSION,
+                    id,
+                    gateway,
+                    device,
+                    status: contract::OutcomeStatus::Rejected,
+                    detail: Some(e.to_string()),
+                    data_hex: None,
+                    at_ms: now_ms(),
+                };
+                self.publish_outcome(client, &o);
+                return;
+            }
+        };
+        let Some(d) = &self.downlink else { return };
+        if d.commands
+            .send(InboundCommand { device, request })
+            .await
+            .is_err()
+        {
+            self.downlink = None;
+        }
+    }
+
+    fn publish_outcome(&mut self, client: &dyn Publisher, o: &contract::CommandOutcome) {
+        let topic = contract::command_result_topic(&o.gateway, &o.device);
+        let payload = serde_json::to_vec(o).expect("outcome serializes");
+        self.enqueue(client, topic, payload.into(), false, None, None, 0);
     }
 
     async fn maybe_save(&mut self, force: bool) -> Result<(), UplinkError> {

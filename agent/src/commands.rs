@@ -1,0 +1,327 @@
+//! Device commands: from the MQTT downlink (and later the local API) to a device's link, and
+//! their outcomes back.
+//!
+//! One actor task owns the pending commands. Invariants:
+//! - A command is stored (committed through the store writer, table `commands`) before it is sent
+//!   to a device, so it survives a restart and waits while the device is offline.
+//! - The command id on the wire is the row id; a device executes a repeated id once, so resending
+//!   pending commands on every (re)connect is safe.
+//! - Each command ends exactly once: with the device's result, or `expired` after its TTL. The
+//!   outcome is stored with it; a repeated request id gets the stored outcome again.
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use ferry_cloud_bridge::contract::{
+    self, CommandOutcome, CommandSpec, OutcomeStatus, DEFAULT_COMMAND_TTL_S,
+};
+use ferry_cloud_bridge::uplink::InboundCommand;
+use ferry_wire::CommandStatus;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::writer::StoreHandle;
+
+/// A command for one device link to send.
+#[derive(Debug, Clone)]
+pub struct DeviceCommand {
+    /// Command id on the wire.
+    pub wire_id: u32,
+    /// What to do.
+    pub spec: CommandSpec,
+}
+
+enum Req {
+    Submit(InboundCommand),
+    Attach {
+        device: String,
+        link: mpsc::Sender<DeviceCommand>,
+    },
+    Result {
+        device: String,
+        wire_id: u32,
+        status: CommandStatus,
+        data: Vec<u8>,
+    },
+}
+
+/// Cheap handle to the commands actor.
+#[derive(Clone)]
+pub struct CommandsHandle {
+    tx: mpsc::Sender<Req>,
+}
+
+impl CommandsHandle {
+    /// A new command (already validated).
+    pub async fn submit(&self, c: InboundCommand) {
+        let _ = self.tx.send(Req::Submit(c)).await;
+    }
+
+    /// A device's link after its Hello: pending commands for it are sent there.
+    pub async fn attach(&self, device: String, link: mpsc::Sender<DeviceCommand>) {
+        let _ = self.tx.send(Req::Attach { device, link }).await;
+    }
+
+    /// A device answered a command.
+    pub async fn result(&self, device: String, wire_id: u32, status: CommandStatus, data: Vec<u8>) {
+        let _ = self
+            .tx
+            .send(Req::Result {
+                device,
+                wire_id,
+                status,
+                data,
+            })
+            .await;
+    }
+}
+
+struct Pending {
+    device: String,
+    request_id: String,
+    spec: CommandSpec,
+    expires_ms: i64,
+}
+
+/// Starts the actor. `outcomes` receives every outcome (the uplink publishes them).
+pub async fn spawn(
+    reader: Connection,
+    store: StoreHandle,
+    outcomes: mpsc::Sender<CommandOutcome>,
+    gateway: String,
+    shutdown: CancellationToken,
+) -> rusqlite::Result<(CommandsHandle, tokio::task::JoinHandle<()>)> {
+    let mut pending = BTreeMap::new();
+    {
+        let mut st = reader.prepare(
+            "SELECT id, device_id, request_id, spec, expires_ms FROM commands WHERE done = 0",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, device, request_id, spec, expires_ms) = row?;
+            if let Ok(spec) = serde_json::from_str(&spec) {
+                pending.insert(
+                    id as u32,
+                    Pending {
+                        device,
+                        request_id,
+                        spec,
+                        expires_ms,
+                    },
+                );
+            }
+        }
+    }
+    let next_id: i64 =
+        reader.query_row("SELECT coalesce(max(id), 0) + 1 FROM commands", [], |r| {
+            r.get(0)
+        })?;
+    let (tx, rx) = mpsc::channel(256);
+    let actor = Actor {
+        reader,
+        store,
+        outcomes,
+        gateway,
+        pending,
+        links: HashMap::new(),
+        next_id,
+    };
+    Ok((CommandsHandle { tx }, tokio::spawn(actor.run(rx, shutdown))))
+}
+
+struct Actor {
+    reader: Connection,
+    store: StoreHandle,
+    outcomes: mpsc::Sender<CommandOutcome>,
+    gateway: String,
+    pending: BTreeMap<u32, Pending>,
+    links: HashMap<String, mpsc::Sender<DeviceCommand>>,
+    next_id: i64,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Req>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = rx.recv() => match r {
+                    None => break,
+                    Some(Req::Submit(c)) => self.submit(c).await,
+                    Some(Req::Attach { device, link }) => {
+                        for (id, p) in &self.pending {
+                            if p.device == device {
+                                let _ = link.try_send(DeviceCommand { wire_id: *id, spec: p.spec.clone() });
+                            }
+                        }
+                        self.links.insert(device, link);
+                    }
+                    Some(Req::Result { device, wire_id, status, data }) => {
+                        self.finish(wire_id, Some(&device), outcome_status(status), None, (!data.is_empty()).then(|| contract::encode_hex(&data))).await;
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = crate::utc_now_ms();
+                    let expired: Vec<u32> = self.pending.iter().filter(|(_, p)| p.expires_ms <= now).map(|(id, _)| *id).collect();
+                    for id in expired {
+                        self.finish(id, None, OutcomeStatus::Expired, Some("the device was not reachable before the command's TTL".into()), None).await;
+                    }
+                    self.links.retain(|_, l| !l.is_closed());
+                }
+            }
+        }
+    }
+
+    async fn submit(&mut self, c: InboundCommand) {
+        let InboundCommand { device, request } = c;
+        // A repeated request id: answer with the stored outcome, or keep waiting.
+        let known: Option<Option<String>> = self
+            .reader
+            .query_row(
+                "SELECT outcome FROM commands WHERE device_id = ?1 AND request_id = ?2",
+                params![device, request.id],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        match known {
+            Some(Some(outcome)) => {
+                if let Ok(o) = serde_json::from_str::<CommandOutcome>(&outcome) {
+                    let _ = self.outcomes.try_send(o);
+                }
+                return;
+            }
+            Some(None) => return, // pending
+            None => {}
+        }
+        if self
+            .pending
+            .values()
+            .any(|p| p.device == device && p.request_id == request.id)
+        {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = crate::utc_now_ms();
+        let expires_ms = now + i64::from(request.ttl_s.unwrap_or(DEFAULT_COMMAND_TTL_S)) * 1000;
+        let spec_json = serde_json::to_string(&request.command).expect("spec serializes");
+        let (d, rid) = (device.clone(), request.id.clone());
+        let stored = self
+            .store
+            .exec(move |c| {
+                c.execute(
+                    "INSERT INTO commands (id, device_id, request_id, spec, received_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, d, rid, spec_json, now, expires_ms],
+                )
+                .map(|_| ())
+            })
+            .await;
+        if let Err(e) = stored {
+            self.publish(
+                &device,
+                &request.id,
+                OutcomeStatus::Rejected,
+                Some(format!("not stored: {e}")),
+                None,
+            );
+            return;
+        }
+        tracing::info!(%device, request = %request.id, wire_id = id, "Command queued for the device.");
+        let p = Pending {
+            device: device.clone(),
+            request_id: request.id,
+            spec: request.command,
+            expires_ms,
+        };
+        if let Some(link) = self.links.get(&device) {
+            let _ = link.try_send(DeviceCommand {
+                wire_id: id as u32,
+                spec: p.spec.clone(),
+            });
+        }
+        self.pending.insert(id as u32, p);
+    }
+
+    async fn finish(
+        &mut self,
+        wire_id: u32,
+        device: Option<&str>,
+        status: OutcomeStatus,
+        detail: Option<String>,
+        data_hex: Option<String>,
+    ) {
+        let Some(p) = self.pending.get(&wire_id) else {
+            return;
+        };
+        if device.is_some_and(|d| d != p.device) {
+            return;
+        }
+        let p = self.pending.remove(&wire_id).expect("checked");
+        let o = CommandOutcome {
+            v: contract::SCHEMA_VERSION,
+            id: p.request_id.clone(),
+            gateway: self.gateway.clone(),
+            device: p.device.clone(),
+            status,
+            detail,
+            data_hex,
+            at_ms: crate::utc_now_ms(),
+        };
+        let json = serde_json::to_string(&o).expect("outcome serializes");
+        let id = i64::from(wire_id);
+        if let Err(e) = self
+            .store
+            .exec(move |c| {
+                c.execute(
+                    "UPDATE commands SET done = 1, outcome = ?2 WHERE id = ?1",
+                    params![id, json],
+                )
+                .map(|_| ())
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "Command outcome not stored; publishing it anyway.");
+        }
+        tracing::info!(device = %p.device, request = %p.request_id, ?status, "Command finished.");
+        let _ = self.outcomes.try_send(o);
+    }
+
+    fn publish(
+        &self,
+        device: &str,
+        id: &str,
+        status: OutcomeStatus,
+        detail: Option<String>,
+        data_hex: Option<String>,
+    ) {
+        let _ = self.outcomes.try_send(CommandOutcome {
+            v: contract::SCHEMA_VERSION,
+            id: id.to_owned(),
+            gateway: self.gateway.clone(),
+            device: device.to_owned(),
+            status,
+            detail,
+            data_hex,
+            at_ms: crate::utc_now_ms(),
+        });
+    }
+}
+
+fn outcome_status(s: CommandStatus) -> OutcomeStatus {
+    match s {
+        CommandStatus::Ok => OutcomeStatus::Ok,
+        CommandStatus::UnknownSensor => OutcomeStatus::UnknownSensor,
+        CommandStatus::InvalidArgument => OutcomeStatus::InvalidArgument,
+        CommandStatus::Unsupported => OutcomeStatus::Unsupported,
+        CommandStatus::Failed => OutcomeStatus::Failed,
+    }
+}
