@@ -1,3 +1,4 @@
 //! End-to-end tests across Ferry components (one binary, one module per scenario).
+mod bridge;
 mod firmware_qemu;
 mod uplink;

@@ -1,0 +1,361 @@
+//! A real `mosquitto` for tests: an ephemeral loopback port, its config, persistence and log in
+//! a temp dir, restartable on the same port.
+//!
+//! `stop()` sends SIGTERM and waits, so mosquitto writes its persistence file: queued QoS 1
+//! messages and persistent sessions (with their subscriptions) survive `start_again()`.
+//! `kill()` is the crash (SIGKILL: only what the last autosave wrote survives). Dropping the
+//! handle kills the broker.
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, require_tool_in};
+
+const INSTALL: &str = "apt-get install -y --no-install-recommends mosquitto mosquitto-clients";
+
+/// How to configure the broker.
+#[derive(Debug, Clone)]
+pub struct MosquittoOptions {
+    /// A TLS listener instead of plain TCP.
+    pub tls: Option<MosquittoTls>,
+    /// Users for a password file; empty: anonymous access.
+    pub users: Vec<(String, String)>,
+    /// `message_size_limit` in bytes (0: mosquitto's default).
+    pub message_size_limit: u32,
+    /// `max_inflight_messages`: unacked QoS 1 messages per client in each direction (MQTT 5
+    /// clients may ask for less with their receive maximum).
+    pub max_inflight_messages: u16,
+    /// `autosave_interval` in seconds (persistence is also written at SIGTERM).
+    pub autosave_interval_s: u32,
+    /// Extra lines for the config file.
+    pub extra: String,
+}
+
+impl Default for MosquittoOptions {
+    fn default() -> Self {
+        MosquittoOptions {
+            tls: None,
+            users: Vec::new(),
+            message_size_limit: 0,
+            max_inflight_messages: 1000,
+            autosave_interval_s: 60,
+            extra: String::new(),
+        }
+    }
+}
+
+/// Files of a TLS listener.
+#[derive(Debug, Clone)]
+pub struct MosquittoTls {
+    /// CA that signed the server certificate (and client certificates).
+    pub cafile: PathBuf,
+    /// Server certificate (PEM).
+    pub certfile: PathBuf,
+    /// Server key (PEM).
+    pub keyfile: PathBuf,
+    /// Mutual TLS: clients must present a certificate signed by `cafile`.
+    pub require_certificate: bool,
+}
+
+/// A running (or stopped) broker.
+pub struct Mosquitto {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts a broker; `None` (after a SKIPPED line) when mosquitto is not installed, unless
+    /// `FERRY_REQUIRE_ALL=1`, which panics with the install step.
+    pub fn start(opts: MosquittoOptions) -> Option<Mosquitto> {
+        let bin = require_tool_in("mosquitto", &["/usr/sbin"], INSTALL)?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("ferry-mosquitto-")
+            .tempdir()
+            .expect("temp dir");
+        if !opts.users.is_empty() {
+            let passwd = require_tool_in("mosquitto_passwd", &["/usr/bin"], INSTALL)?;
+            let file = dir.path().join("passwd");
+            for (i, (user, pass)) in opts.users.iter().enumerate() {
+                let mut cmd = Command::new(&passwd);
+                if i == 0 {
+                    cmd.arg("-c");
+                }
+                let out = cmd
+                    .arg("-b")
+                    .arg(&file)
+                    .arg(user)
+                    .arg(pass)
+                    .output()
+                    .expect("run mosquitto_passwd");
+                assert!(out.status.success(), "mosquitto_passwd: {out:?}");
+            }
+        }
+        // A port can be taken between choosing and binding it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            write_config(dir.path(), port, &opts);
+            let mut m = Mosquitto {
+                bin: bin.clone(),
+                dir,
+                port,
+                child: None,
+            };
+            if m.spawn().is_ok() {
+                return Some(m);
+            }
+            dir = std::mem::replace(&mut m.dir, tempfile::TempDir::new().expect("temp dir"));
+        }
+        panic!("mosquitto did not start on any of 5 ports");
+    }
+
+    /// The listener's port (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The temp dir (config, persistence, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Whether the broker process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM and wait (mosquitto saves persistence on the way out); SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, nix::sys::signal::Signal::SIGTERM);
+            let t0 = Instant::now();
+            while matches!(c.try_wait(), Ok(None)) {
+                if t0.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL (a crash: only the last autosave survives).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same persistence.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "mosquitto is still running");
+        // The port may linger briefly after the old process; retry for a few seconds.
+        let t0 = Instant::now();
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if t0.elapsed() > Duration::from_secs(10) => {
+                    panic!("mosquitto did not restart on port {}: {e}", self.port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("mosquitto exited ({status}); log:\n{}", self.log()));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "mosquitto not listening after 10 s; log:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(c: &Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    let _ = nix::sys::signal::kill(pid, sig);
+}
+
+fn write_config(dir: &Path, port: u16, o: &MosquittoOptions) {
+    let d = dir.display();
+    let mut c = String::new();
+    // Running as root, mosquitto would switch to the `mosquitto` user, who cannot write here.
+    if crate::is_root() {
+        c.push_str("user root\n");
+    }
+    let _ = writeln!(c, "listener {port} 127.0.0.1");
+    if let Some(t) = &o.tls {
+        let _ = writeln!(
+            c,
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}",
+            t.cafile.display(),
+            t.certfile.display(),
+            t.keyfile.display(),
+            t.require_certificate
+        );
+    }
+    if o.users.is_empty() {
+        c.push_str("allow_anonymous true\n");
+    } else {
+        let _ = writeln!(c, "allow_anonymous false\npassword_file {d}/passwd");
+    }
+    let _ = writeln!(
+        c,
+        "persistence true\npersistence_location {d}/\nautosave_interval {}\n\
+         max_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages {}",
+        o.autosave_interval_s, o.max_inflight_messages
+    );
+    if o.message_size_limit > 0 {
+        let _ = writeln!(c, "message_size_limit {}", o.message_size_limit);
+    }
+    let _ = writeln!(
+        c,
+        "log_dest file {d}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n\
+         log_type information\nconnection_messages true\nlog_timestamp_format %H:%M:%S"
+    );
+    c.push_str(&o.extra);
+    std::fs::write(dir.join("mosquitto.conf"), c).expect("write mosquitto.conf");
+}
+
+/// A throwaway PKI made with the `openssl` CLI: a CA, a server certificate for `127.0.0.1`
+/// and a client certificate, all PEM (EC P-256).
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate (SAN IP:127.0.0.1, DNS:localhost).
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate (CN=ferry-bridge).
+    pub client_cert: PathBuf,
+    /// Client key (PKCS#8).
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Generates into `dir`; `None` when openssl is missing (see [`require_tool_in`]).
+    pub fn generate(dir: &Path) -> Option<TestPki> {
+        let openssl = require_tool_in(
+            "openssl",
+            &["/usr/bin"],
+            "apt-get install -y --no-install-recommends openssl",
+        )?;
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=ferry-test-ca"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        ca.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        run(&ca);
+        for (name, cn, san, eku) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "extendedKeyUsage=serverAuth",
+            ),
+            (
+                "client",
+                "ferry-bridge",
+                "subjectAltName=DNS:ferry-bridge",
+                "extendedKeyUsage=clientAuth",
+            ),
+        ] {
+            let subj = format!("/CN={cn}");
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let pem = format!("{name}.pem");
+            let mut req = vec!["req", "-new", "-subj", &subj];
+            req.extend(ec);
+            req.extend([
+                "-keyout", &key, "-out", &csr, "-addext", san, "-addext", eku,
+            ]);
+            run(&req);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-copy_extensions",
+                "copy",
+                "-out",
+                &pem,
+            ]);
+        }
+        Some(TestPki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        })
+    }
+}

@@ -1,0 +1,612 @@
+//! `ferry-bridge` (the real binary) between a real mosquitto and a real PostgreSQL, each test
+//! with its own broker and cluster: exactly-once through duplicates, resends and broker
+//! restarts; dead letters; two replicas sharing the load; the jsonl sink; health and metrics
+//! through database and broker outages; TLS; flag errors.
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ferry_cloud_bridge::contract::{events_topic, Compression, Encoding, SCHEMA_VERSION};
+use ferry_tests::bridge::{
+    assert_exactly_once, ferry_bridge_bin, test_batch, BridgeProcess, Publisher,
+};
+use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions, MosquittoTls, TestPki};
+use ferry_tests::postgres::{Postgres, PostgresOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const T: Duration = Duration::from_secs(60);
+
+struct Rig {
+    broker: Mosquitto,
+    pg: Postgres,
+}
+
+fn rig() -> Option<Rig> {
+    let broker = Mosquitto::start(MosquittoOptions::default())?;
+    let pg = Postgres::start(PostgresOptions::default())?;
+    Some(Rig { broker, pg })
+}
+
+fn args(rig: &Rig, client_id: &str) -> Vec<String> {
+    [
+        "--broker",
+        &rig.broker.addr(),
+        "--client-id",
+        client_id,
+        "--database",
+        &rig.pg.conn_str(),
+        "--batch-ms",
+        "20",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.map(|r| r.get(0)).unwrap_or(-1)
+}
+
+/// Polls `sql` (a count) until it returns `want`.
+async fn wait_count(db: &tokio_postgres::Client, sql: &str, want: i64, timeout: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let n = count(db, sql).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{sql}: {n}, want {want} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_stores_each_event_exactly_once_through_duplicates_and_resends() -> anyhow::Result<()>
+{
+    let Some(rig) = rig() else { return Ok(()) };
+    let mut bridge = BridgeProcess::start(&args(&rig, "bridge-x1")).await?;
+    bridge.wait_healthy(T).await?;
+    let publisher = Publisher::connect(rig.broker.port(), "pub-x1");
+    let encodings = [
+        (Encoding::Json, Compression::None),
+        (Encoding::Binary, Compression::None),
+        (Encoding::Json, Compression::Deflate),
+        (Encoding::Binary, Compression::Deflate),
+    ];
+    let mut expected = Vec::new();
+    let mut offered = 0u64;
+    let mut k = 0;
+    for gw in ["gw-a", "gw/b"] {
+        for dev in ["d1", "d+2"] {
+            for boot in [1, 2] {
+                for start in (0..500).step_by(50) {
+                    let (enc, comp) = encodings[k % encodings.len()];
+                    k += 1;
+                    let b = test_batch(gw, dev, boot, start..start + 50);
+                    let topic = events_topic(gw, dev);
+                    publisher.publish(&topic, b.encode(enc, comp)).await?;
+                    offered += 50;
+                    if start % 100 == 0 {
+                        // An exact duplicate ...
+                        publisher.publish(&topic, b.encode(enc, comp)).await?;
+                        offered += 50;
+                    }
+                    if start >= 50 {
+                        // ... and a resend overlapping the previous batch.
+                        let overlap = test_batch(gw, dev, boot, start - 25..start + 25);
+                        publisher.publish_batch(&overlap, Encoding::Json).await?;
+                        offered += 50;
+                    }
+                }
+                expected.push((gw.to_owned(), dev.to_owned(), boot, 500));
+            }
+        }
+    }
+    publisher.wait_all_acked(T).await?;
+    let db = rig.pg.client().await;
+    wait_count(&db, "SELECT count(*) FROM ferry_events", 8 * 500, T).await;
+    assert_exactly_once(&db, &expected).await?;
+    // Every offered event is accounted for as inserted or duplicate once all are acked.
+    let t0 = Instant::now();
+    while bridge.metric("ferry_bridge_acks_total").await? < publisher.acked() as f64 {
+        assert!(
+            t0.elapsed() < T,
+            "bridge acks lag behind; logs:\n{}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        bridge.metric("ferry_bridge_events_inserted_total").await?,
+        4000.0
+    );
+    assert_eq!(
+        bridge.metric("ferry_bridge_duplicates_total").await?,
+        (offered - 4000) as f64
+    );
+    let gateways = db
+        .query(
+            "SELECT gateway, last_event_ts = 'epoch'::timestamptz + (1760000000000 + 499 * 10) * interval '1 ms' \
+             FROM ferry_gateways ORDER BY gateway",
+            &[],
+        )
+        .await?;
+    let gateways: Vec<(String, bool)> = gateways.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        gateways,
+        [("gw-a".to_owned(), true), ("gw/b".to_owned(), true)]
+    );
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_loses_nothing_while_the_broker_restarts_repeatedly() -> anyhow::Result<()> {
+    let Some(mut rig) = rig() else {
+        return Ok(());
+    };
+    let mut bridge = BridgeProcess::start(&args(&rig, "bridge-r1")).await?;
+    bridge.wait_healthy(T).await?;
+    let publisher = std::sync::Arc::new(Publisher::connect(rig.broker.port(), "pub-r1"));
+    const DEVICES: u32 = 4;
+    const BATCHES: u32 = 150;
+    const PER: u32 = 40;
+    let p = publisher.clone();
+    let publishing = tokio::spawn(async move {
+        for i in 0..BATCHES {
+            for d in 0..DEVICES {
+                let b = test_batch("gw-r", &format!("dev-{d}"), 1, i * PER..(i + 1) * PER);
+                p.publish_batch(&b, Encoding::Binary).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::Ok(())
+    });
+    let mut restarts = 0;
+    while !publishing.is_finished() && restarts < 4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        rig.broker.stop();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rig.broker.start_again();
+        restarts += 1;
+    }
+    publishing.await??;
+    assert!(
+        restarts >= 3,
+        "publishing finished after {restarts} restarts"
+    );
+    publisher.wait_all_acked(T).await?;
+    let db = rig.pg.client().await;
+    let want = i64::from(DEVICES * BATCHES * PER);
+    let t0 = Instant::now();
+    while count(&db, "SELECT count(*) FROM ferry_events").await < want {
+        assert!(
+            t0.elapsed() < T,
+            "{} of {want} events stored; bridge logs:\n{}\nbroker log:\n{}",
+            count(&db, "SELECT count(*) FROM ferry_events").await,
+            bridge.logs(),
+            rig.broker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: Vec<_> = (0..DEVICES)
+        .map(|d| ("gw-r".to_owned(), format!("dev-{d}"), 1, BATCHES * PER))
+        .collect();
+    assert_exactly_once(&db, &expected).await?;
+    assert!(
+        bridge
+            .metric("ferry_bridge_mqtt_connection_lost_total")
+            .await?
+            >= 3.0
+    );
+    eprintln!(
+        "broker restarts: {restarts}; republished after 'no matching subscribers': {}",
+        publisher.republished()
+    );
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_dead_letters_invalid_payloads_and_stores_the_rest() -> anyhow::Result<()> {
+    let Some(rig) = rig() else { return Ok(()) };
+    let mut bridge = BridgeProcess::start(&args(&rig, "bridge-i1")).await?;
+    bridge.wait_healthy(T).await?;
+    let publisher = Publisher::connect(rig.broker.port(), "pub-i1");
+    let topic = events_topic("gw", "d1");
+    let json =
+        |b: &ferry_cloud_bridge::contract::EventBatch| b.encode(Encoding::Json, Compression::None);
+    let mut wrong_version = test_batch("gw", "d1", 1, 100..110);
+    wrong_version.v = SCHEMA_VERSION + 1;
+    let mut not_increasing = test_batch("gw", "d1", 1, 200..210);
+    not_increasing.events[4].seq = not_increasing.events[3].seq;
+    let mut nul_sensor = test_batch("gw", "d1", 1, 300..310);
+    nul_sensor.events[0].sensor = "t\0".into();
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "malformed payload: "),
+        (
+            json(&wrong_version),
+            "unsupported schema version 2 (this build reads 1)",
+        ),
+        (
+            json(&test_batch("gw", "d2", 1, 0..10)),
+            "topic names gw/d1 but the payload says gw/d2",
+        ),
+        (
+            json(&not_increasing),
+            "invalid batch: events[4].seq 203 does not increase",
+        ),
+        (
+            vec![0x42, 1, 2],
+            "malformed payload: unknown first byte 0x42",
+        ),
+        (
+            json(&nul_sensor),
+            "unstorable: events[0].sensor contains NUL",
+        ),
+    ];
+    for i in 0..5u32 {
+        publisher
+            .publish_batch(
+                &test_batch("gw", "d1", 1, i * 10..(i + 1) * 10),
+                Encoding::Json,
+            )
+            .await?;
+        if let Some((payload, _)) = bad.get(i as usize) {
+            publisher.publish(&topic, payload.clone()).await?;
+        }
+    }
+    publisher.publish(&topic, bad[5].0.clone()).await?;
+    publisher.wait_all_acked(T).await?;
+    let db = rig.pg.client().await;
+    wait_count(&db, "SELECT count(*) FROM ferry_dead_letters", 6, T).await;
+    wait_count(&db, "SELECT count(*) FROM ferry_events", 50, T).await;
+    assert_exactly_once(&db, &[("gw".into(), "d1".into(), 1, 50)]).await?;
+    let rows = db
+        .query(
+            "SELECT topic, reason, payload FROM ferry_dead_letters ORDER BY id",
+            &[],
+        )
+        .await?;
+    assert_eq!(rows.len(), bad.len());
+    for (row, (payload, reason)) in rows.iter().zip(&bad) {
+        let (t, r, p): (String, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(t, topic);
+        assert!(r.starts_with(reason), "reason {r:?}, want {reason:?}");
+        assert_eq!(&p, payload, "raw payload kept");
+    }
+    for (class, n) in [
+        ("malformed", 2.0),
+        ("version", 1.0),
+        ("topic_mismatch", 1.0),
+        ("invalid", 1.0),
+        ("unstorable", 1.0),
+        ("database", 0.0),
+    ] {
+        let series = format!("ferry_bridge_dead_letters_total{{reason=\"{class}\"}}");
+        assert_eq!(bridge.metric(&series).await?, n, "{series}");
+    }
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_share_the_subscription_and_store_exactly_once() -> anyhow::Result<()> {
+    let Some(rig) = rig() else { return Ok(()) };
+    let mut a = BridgeProcess::start(&args(&rig, "bridge-s-a")).await?;
+    let mut b = BridgeProcess::start(&args(&rig, "bridge-s-b")).await?;
+    a.wait_healthy(T).await?;
+    b.wait_healthy(T).await?;
+    let publisher = Publisher::connect(rig.broker.port(), "pub-s1");
+    const MESSAGES: u32 = 400;
+    for i in 0..MESSAGES / 8 {
+        for d in 0..8 {
+            let batch = test_batch("gw-s", &format!("d{d}"), 1, i * 25..(i + 1) * 25);
+            publisher.publish_batch(&batch, Encoding::Binary).await?;
+        }
+    }
+    publisher.wait_all_acked(T).await?;
+    let db = rig.pg.client().await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM ferry_events",
+        i64::from(MESSAGES * 25),
+        T,
+    )
+    .await;
+    let expected: Vec<_> = (0..8)
+        .map(|d| ("gw-s".to_owned(), format!("d{d}"), 1, MESSAGES / 8 * 25))
+        .collect();
+    assert_exactly_once(&db, &expected).await?;
+    let ma = a.metric("ferry_bridge_messages_total").await?;
+    let mb = b.metric("ferry_bridge_messages_total").await?;
+    assert_eq!(
+        ma + mb,
+        f64::from(MESSAGES),
+        "each message went to one replica"
+    );
+    for (name, m) in [("a", ma), ("b", mb)] {
+        assert!(
+            m >= 0.2 * f64::from(MESSAGES),
+            "replica {name} got {m} of {MESSAGES} messages"
+        );
+    }
+    for p in [a, b] {
+        let (status, logs) = p.terminate().await?;
+        assert!(status.success(), "exit {status}; logs:\n{logs}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_sink_prints_every_event_once() -> anyhow::Result<()> {
+    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
+        return Ok(());
+    };
+    let mut bridge = BridgeProcess::start(
+        &[
+            "--broker",
+            &broker.addr(),
+            "--client-id",
+            "bridge-j1",
+            "--sink",
+            "jsonl",
+        ]
+        .map(String::from),
+    )
+    .await?;
+    bridge.wait_healthy(T).await?;
+    let (status, body) = bridge.get("/healthz").await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"database\":\"not used\""), "{body}");
+    let mut lines = BufReader::new(bridge.take_stdout().expect("stdout")).lines();
+    let publisher = Publisher::connect(broker.port(), "pub-j1");
+    for i in 0..50u32 {
+        let b = test_batch("gw-j", "dev", 3, i * 20..(i + 1) * 20);
+        publisher.publish_batch(&b, Encoding::Json).await?;
+    }
+    publisher.wait_all_acked(T).await?;
+    let mut seen = HashSet::new();
+    let t0 = Instant::now();
+    while seen.len() < 1000 {
+        let line = tokio::time::timeout(T.saturating_sub(t0.elapsed()), lines.next_line())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("{} of 1000 lines; logs:\n{}", seen.len(), bridge.logs())
+            })??
+            .expect("stdout open");
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        assert_eq!(v["gateway"], "gw-j");
+        assert_eq!(v["device"], "dev");
+        assert_eq!(v["boot"], 3);
+        assert_eq!(v["boot_id"], 0xB000 + 3);
+        let seq = v["seq"].as_u64().expect("seq") as u32;
+        assert_eq!(v["value"], ferry_tests::bridge::test_value(3, seq));
+        assert_eq!(v["ts_ms"], ferry_tests::bridge::test_ts_ms(seq));
+        assert!(v["sensor"].is_string());
+        assert!(seen.insert(seq), "seq {seq} printed twice");
+    }
+    assert_eq!(seen, (0..1000).collect::<HashSet<u32>>());
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    assert_eq!(
+        lines.next_line().await?,
+        None,
+        "nothing more after the last event"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_follow_outages_and_nothing_is_lost() -> anyhow::Result<()> {
+    let Some(mut rig) = rig() else {
+        return Ok(());
+    };
+    let mut bridge = BridgeProcess::start(&args(&rig, "bridge-h1")).await?;
+    bridge.wait_healthy(T).await?;
+    let (status, body) = bridge.get("/healthz").await?;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        v,
+        serde_json::json!({"status":"ok","mqtt":"up","database":"up"})
+    );
+    let publisher = Publisher::connect(rig.broker.port(), "pub-h1");
+    publisher
+        .publish_batch(&test_batch("gw-h", "d", 1, 0..10), Encoding::Json)
+        .await?;
+    publisher.wait_all_acked(T).await?;
+    let db = rig.pg.client().await;
+    wait_count(&db, "SELECT count(*) FROM ferry_events", 10, T).await;
+    let (_, metrics) = bridge.get("/metrics").await?;
+    for series in [
+        "ferry_bridge_messages_total 1",
+        "ferry_bridge_events_inserted_total 10",
+        "ferry_bridge_up{link=\"database\"} 1",
+        "ferry_bridge_up{link=\"mqtt\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in\n{metrics}"
+        );
+    }
+    // ts of the newest event is fixed in the past, so the lag is large and positive.
+    let lag = bridge
+        .metric("ferry_bridge_gateway_lag_seconds{gateway=\"gw-h\"}")
+        .await?;
+    assert!(lag > 1000.0, "lag {lag}");
+    let age = bridge
+        .metric("ferry_bridge_gateway_last_message_age_seconds{gateway=\"gw-h\"}")
+        .await?;
+    assert!((0.0..30.0).contains(&age), "age {age}");
+    drop(db);
+
+    // Database down: unhealthy, and what arrives meanwhile waits unacked.
+    rig.pg.stop_immediate();
+    wait_health(&bridge, 503, "\"database\":\"down\"").await?;
+    publisher
+        .publish_batch(&test_batch("gw-h", "d", 1, 10..20), Encoding::Json)
+        .await?;
+    publisher.wait_all_acked(T).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bridge.metric("ferry_bridge_acks_total").await?, 1.0);
+    rig.pg.start_again();
+    wait_health(&bridge, 200, "\"status\":\"ok\"").await?;
+    let db = rig.pg.client().await;
+    wait_count(&db, "SELECT count(*) FROM ferry_events", 20, T).await;
+    assert_exactly_once(&db, &[("gw-h".into(), "d".into(), 1, 20)]).await?;
+
+    // Broker down: unhealthy until it is back.
+    rig.broker.stop();
+    wait_health(&bridge, 503, "\"mqtt\":\"down\"").await?;
+    rig.broker.start_again();
+    wait_health(&bridge, 200, "\"status\":\"ok\"").await?;
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    assert!(logs.contains("Writer drained"), "{logs}");
+    Ok(())
+}
+
+async fn wait_health(bridge: &BridgeProcess, status: u16, needle: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let (s, body) = bridge.get("/healthz").await?;
+        if s == status && body.contains(needle) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t0.elapsed() < T,
+            "/healthz {s} {body}, want {status} with {needle}; logs:\n{}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_connects_with_mutual_tls_and_a_password() -> anyhow::Result<()> {
+    let pki_dir = tempfile::tempdir()?;
+    let Some(pki) = TestPki::generate(pki_dir.path()) else {
+        return Ok(());
+    };
+    let plain_port = ferry_tests::free_port();
+    let Some(broker) = Mosquitto::start(MosquittoOptions {
+        tls: Some(MosquittoTls {
+            cafile: pki.ca.clone(),
+            certfile: pki.server_cert.clone(),
+            keyfile: pki.server_key.clone(),
+            require_certificate: true,
+        }),
+        users: vec![
+            ("bridge".into(), "s3cret".into()),
+            ("pub".into(), "p".into()),
+        ],
+        // A second, plain listener for the test's publisher.
+        extra: format!("listener {plain_port} 127.0.0.1\n"),
+        ..MosquittoOptions::default()
+    }) else {
+        return Ok(());
+    };
+    let Some(pg) = Postgres::start(PostgresOptions::default()) else {
+        return Ok(());
+    };
+    let tls_args = |cert: bool| {
+        let mut a: Vec<String> = [
+            "--broker",
+            &broker.addr(),
+            "--client-id",
+            "bridge-t1",
+            "--database",
+            &pg.conn_str(),
+            "--username",
+            "bridge",
+            "--tls-ca",
+            pki.ca.to_str().expect("utf-8 path"),
+        ]
+        .map(String::from)
+        .to_vec();
+        if cert {
+            for (flag, p) in [
+                ("--tls-cert", &pki.client_cert),
+                ("--tls-key", &pki.client_key),
+            ] {
+                a.push(flag.into());
+                a.push(p.display().to_string());
+            }
+        }
+        a
+    };
+    // Without a client certificate the broker refuses the handshake: never healthy.
+    let mut no_cert = BridgeProcess::start(&tls_args(false)).await?;
+    assert!(no_cert.wait_healthy(Duration::from_secs(3)).await.is_err());
+    no_cert.kill().await;
+
+    let mut bridge =
+        BridgeProcess::start_with_env(&tls_args(true), &[("FERRY_BRIDGE_PASSWORD", "s3cret")])
+            .await?;
+    bridge.wait_healthy(T).await?;
+    // Publisher on the plain listener, with its password (mosquitto checks it there too).
+    let publisher = {
+        use rumqttc::v5::{AsyncClient, MqttOptions};
+        let mut o = MqttOptions::new("pub-t1", "127.0.0.1", plain_port);
+        o.set_credentials("pub", "p");
+        let (client, mut el) = AsyncClient::new(o, 10);
+        tokio::spawn(async move { while el.poll().await.is_ok() {} });
+        client
+    };
+    let b = test_batch("gw-t", "d", 1, 0..5);
+    publisher
+        .publish(
+            events_topic("gw-t", "d"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            b.encode(Encoding::Json, Compression::None),
+        )
+        .await?;
+    let db = pg.client().await;
+    wait_count(&db, "SELECT count(*) FROM ferry_events", 5, T).await;
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_are_named() -> anyhow::Result<()> {
+    let bin = ferry_bridge_bin()?;
+    for (args, needle) in [
+        (vec!["--broker", "nohost"], "--broker: expected HOST:PORT"),
+        (
+            vec!["--broker", "h:70000"],
+            "--broker: \"70000\" is not a port number",
+        ),
+        (
+            vec!["--database", "host=h port=x"],
+            "--database: invalid connection string",
+        ),
+        (vec![], "--database: required with --sink postgres"),
+        (vec!["--sink", "jsonl", "--listen", "nope"], "--listen:"),
+        (
+            vec!["--sink", "jsonl", "--tls-ca", "/nonexistent/ca.pem"],
+            "--tls-ca: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            vec!["--sink", "jsonl", "--password", "x"],
+            "--password: given without --username",
+        ),
+    ] {
+        let out = tokio::process::Command::new(&bin)
+            .args(&args)
+            .env_remove("FERRY_BRIDGE_PASSWORD")
+            .env_remove("FERRY_BRIDGE_DATABASE")
+            .output()
+            .await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    Ok(())
+}
