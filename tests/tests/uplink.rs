@@ -14,90 +14,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio_util::sync::CancellationToken;
 
-/// A mosquitto with persistence on a fixed loopback port, restartable.
-struct Broker {
-    dir: std::path::PathBuf,
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Broker {
-    fn start() -> Option<Broker> {
-        let bin = ferry_tests::require_tool("mosquitto", "apt-get install -y mosquitto").or_else(
-            || Some("/usr/sbin/mosquitto".into()).filter(|p: &std::path::PathBuf| p.is_file()),
-        )?;
-        let _ = bin;
-        let dir = std::env::temp_dir().join(format!("ferry-uplink-broker-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!(
-                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nautosave_interval 1\nlog_dest file {}/mosquitto.log\nlog_type all\n",
-                dir.display(),
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let mut b = Broker {
-            dir,
-            port,
-            child: None,
-        };
-        b.spawn();
-        Some(b)
-    }
-
-    fn spawn(&mut self) {
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).is_file())
-            .unwrap_or("mosquitto");
-        let child = std::process::Command::new(bin)
-            .arg("-c")
-            .arg(self.dir.join("mosquitto.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "mosquitto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
+use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 
 /// Collects (device, boot, seq) → times seen, from a persistent-session subscriber.
 async fn subscriber(port: u16, stop: CancellationToken) -> HashMap<(String, u32, u32), u32> {
@@ -137,7 +54,7 @@ async fn subscriber(port: u16, stop: CancellationToken) -> HashMap<(String, u32,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_forwards_everything_through_broker_restarts() {
-    let Some(mut broker) = Broker::start() else {
+    let Some(mut broker) = Mosquitto::start(MosquittoOptions::default()) else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("ferry-uplink-agent-{}", std::process::id()));
@@ -146,12 +63,12 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     let toml = format!(
         "[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 200\n",
         dir.join("ferry.db").display().to_string(),
-        broker.port
+        broker.port()
     );
     let settings = ferry_agent::config::Settings::from_toml(&toml, "test.toml", |_| None).unwrap();
     let agent = ferry_agent::Agent::start(&settings).await.unwrap();
     let sub_stop = CancellationToken::new();
-    let sub = tokio::spawn(subscriber(broker.port, sub_stop.clone()));
+    let sub = tokio::spawn(subscriber(broker.port(), sub_stop.clone()));
     // Devices stream for 6 s while the broker goes down three times.
     let sim = ferry_sim::SimConfig {
         devices: 8,
@@ -166,7 +83,7 @@ async fn uplink_forwards_everything_through_broker_restarts() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         broker.stop();
         tokio::time::sleep(Duration::from_millis(400)).await;
-        broker.spawn();
+        broker.start_again();
     }
     let report = devices.await.unwrap();
     assert!(
@@ -247,7 +164,7 @@ async fn uplink_forwards_everything_through_broker_restarts() {
 /// connects expires after its TTL; a malformed one is rejected with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downlink_commands_reach_the_device_and_results_come_back() {
-    let Some(broker) = Broker::start() else {
+    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("ferry-downlink-agent-{}", std::process::id()));
@@ -256,14 +173,14 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     let toml = format!(
         "[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\n",
         dir.join("ferry.db").display().to_string(),
-        broker.port
+        broker.port()
     );
     let settings = ferry_agent::config::Settings::from_toml(&toml, "test.toml", |_| None).unwrap();
     let agent = ferry_agent::Agent::start(&settings).await.unwrap();
     // The operator's client: sends commands, collects results.
     let (client, mut el) = AsyncClient::new(
         {
-            let mut o = MqttOptions::new("operator", "127.0.0.1", broker.port);
+            let mut o = MqttOptions::new("operator", "127.0.0.1", broker.port());
             o.set_keep_alive(Duration::from_secs(5));
             o
         },
