@@ -135,6 +135,13 @@ pub struct UplinkConfig {
     /// Reconnect backoff, longest delay.
     #[serde(default = "default_backoff_max")]
     pub backoff_max: String,
+    /// MQTT 5: keep events the broker discarded for lack of a subscriber, and publish them again.
+    #[serde(default = "default_require_subscriber")]
+    pub require_subscriber: bool,
+}
+
+const fn default_require_subscriber() -> bool {
+    true
 }
 
 impl Default for UplinkConfig {
@@ -750,6 +757,7 @@ fn uplink_settings(
         backlog_rate: u.backlog_rate,
         backoff: (backoff_min, backoff_max),
         drain_timeout: std::time::Duration::from_secs(3),
+        require_subscriber: u.require_subscriber,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
 }

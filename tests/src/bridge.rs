@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -24,49 +24,11 @@ use rumqttc::v5::{AsyncClient, Event as MqttEvent, MqttOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::{free_port, repo_root};
+use crate::free_port;
 
 /// Builds (once per test process) and returns the `ferry-bridge` binary.
 pub fn ferry_bridge_bin() -> anyhow::Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .ok_or("test executable is not in <target>/<profile>/deps")?;
-        let target_dir = profile_dir.parent().ok_or("no target dir")?;
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(p) => p,
-            None => return Err("unnamed profile dir".into()),
-        };
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "ferry-cloud-bridge",
-                "--bin",
-                "ferry-bridge",
-            ])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(repo_root())
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err(format!("building ferry-bridge failed ({status})"));
-        }
-        let bin = profile_dir.join("ferry-bridge");
-        if !bin.is_file() {
-            return Err(format!("{} missing after the build", bin.display()));
-        }
-        Ok(bin)
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
+    crate::workspace_bin("ferry-cloud-bridge", "ferry-bridge")
 }
 
 /// A running `ferry-bridge`.

@@ -70,3 +70,47 @@ pub fn is_root() -> bool {
     // /proc/self belongs to the process's effective uid.
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
+
+/// Builds a workspace binary (once per test process, same profile and target dir as the running
+/// test) and returns its path: binaries of dependencies are not built for integration tests.
+pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<String, Result<PathBuf, String>>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().expect("lock");
+    let r = built
+        .entry(format!("{package}/{bin}"))
+        .or_insert_with(|| build_bin(package, bin))
+        .clone();
+    r.map_err(anyhow::Error::msg)
+}
+
+fn build_bin(package: &str, bin: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or("test executable is not in <target>/<profile>/deps")?;
+    let target_dir = profile_dir.parent().ok_or("no target dir")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(p) => p,
+        None => return Err("unnamed profile dir".into()),
+    };
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(repo_root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building {bin} failed ({status})"));
+    }
+    let path = profile_dir.join(bin);
+    if !path.is_file() {
+        return Err(format!("{} missing after the build", path.display()));
+    }
+    Ok(path)
+}

@@ -30,6 +30,9 @@ pub enum LinkEvent {
     Sent(u16),
     /// PUBACK for this packet id.
     Acked(u16),
+    /// PUBACK for this packet id saying no subscriber matched (MQTT 5 reason 0x10): the broker
+    /// accepted the message and discarded it.
+    Unrouted(u16),
     /// A message on a subscribed topic.
     Message {
         /// Topic.
@@ -333,7 +336,13 @@ mod v5 {
                     max_packet: c.properties.and_then(|p| p.max_packet_size),
                 })
             }
-            Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
+            Event::Incoming(Packet::PubAck(a)) => Some(
+                if a.reason == rumqttc::v5::mqttbytes::v5::PubAckReason::NoMatchingSubscribers {
+                    LinkEvent::Unrouted(a.pkid)
+                } else {
+                    LinkEvent::Acked(a.pkid)
+                },
+            ),
             Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload,

@@ -113,6 +113,9 @@ pub struct UplinkSettings {
     pub backoff: (Duration, Duration),
     /// Longest wait for outstanding PUBACKs at shutdown.
     pub drain_timeout: Duration,
+    /// MQTT 5: an event message counts as forwarded only if the broker routed it to at least one
+    /// subscriber (PUBACK reason 0x10 "no matching subscribers" means it was discarded).
+    pub require_subscriber: bool,
     /// Agent version for the status message.
     pub agent_version: String,
 }
@@ -134,6 +137,8 @@ pub struct UplinkStats {
     pub messages_acked: AtomicU64,
     /// Events in acked messages.
     pub events_acked: AtomicU64,
+    /// PUBACKs saying no subscriber matched (MQTT 5): held and published again.
+    pub messages_unrouted: AtomicU64,
     /// Messages sent to quarantine (refused or too large).
     pub messages_quarantined: AtomicU64,
     /// Events in quarantined messages.
@@ -236,7 +241,12 @@ pub struct Uplink<S: EventSource> {
     downlink: Option<Downlink>,
     /// Messages `submit` found too large for the broker; `fill` quarantines them.
     too_big: Vec<u64>,
+    /// Messages the broker discarded for lack of a subscriber, and when to publish them again.
+    retry: Vec<(Instant, u64)>,
 }
+
+/// Wait before publishing an unrouted message again.
+const UNROUTED_RETRY: Duration = Duration::from_millis(500);
 
 impl<S: EventSource> Uplink<S> {
     /// Prepares the uplink; reads the saved position.
@@ -265,6 +275,7 @@ impl<S: EventSource> Uplink<S> {
             head: 0,
             downlink: None,
             too_big: Vec::new(),
+            retry: Vec::new(),
         })
     }
 
@@ -312,6 +323,14 @@ impl<S: EventSource> Uplink<S> {
                     None => self.downlink = None,
                 },
                 _ = tick.tick() => {
+                    if self.connected && !self.retry.is_empty() {
+                        let now = Instant::now();
+                        let (due, wait): (Vec<_>, Vec<_>) = self.retry.drain(..).partition(|(t, _)| *t <= now);
+                        self.retry = wait;
+                        for (_, id) in due {
+                            self.submit(client.as_ref(), id);
+                        }
+                    }
                     if self.connected {
                         self.fill(client.as_ref()).await?;
                     }
@@ -415,6 +434,32 @@ impl<S: EventSource> Uplink<S> {
                     self.fill(client).await?;
                 }
             }
+            LinkEvent::Unrouted(pkid) => {
+                // The broker discarded it: no session subscribes (for instance the cloud bridge's
+                // subscription did not survive a broker restart yet). Events are not forwarded
+                // until something receives them, so keep the message and publish it again later.
+                if let Some(id) = self.by_pkid.remove(&pkid) {
+                    match self.unacked.get(&id) {
+                        Some(m) if m.chunk.is_some() && self.settings.require_subscriber => {
+                            self.stats.messages_unrouted.fetch_add(1, Relaxed);
+                            if self.retry.is_empty() {
+                                tracing::warn!(topic = %m.topic, "The broker has no subscriber for events; holding them and publishing again.");
+                            }
+                            self.retry.push((Instant::now() + UNROUTED_RETRY, id));
+                        }
+                        _ => {
+                            // Status, outcomes, or subscribers not required: delivered as far as MQTT goes.
+                            if let Some(m) = self.unacked.remove(&id) {
+                                self.stats.messages_acked.fetch_add(1, Relaxed);
+                                self.stats.events_acked.fetch_add(m.events as u64, Relaxed);
+                                if let Some(c) = m.chunk {
+                                    self.fwd.acked(c);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             LinkEvent::Message { topic, payload } => {
                 self.on_command(client, &topic, &payload).await
             }
@@ -445,7 +490,8 @@ impl<S: EventSource> Uplink<S> {
                 }
                 self.fifo.clear();
                 self.by_pkid.clear();
-                // A stale birth message is replaced by a fresh one on connect.
+                self.retry.clear(); // everything unacked is republished on connect
+                                    // A stale birth message is replaced by a fresh one on connect.
                 self.unacked.retain(|_, m| !m.birth);
                 for m in self.unacked.values_mut() {
                     m.sent_before = true;

@@ -1,0 +1,265 @@
+//! The whole path with real processes: simulated devices → `ferry` (the agent binary) → mosquitto
+//! → `ferry-bridge` → PostgreSQL, while the broker is restarted and the agent is SIGKILLed
+//! mid-forward. Duplicates on the wire are allowed; the table must hold every sample the devices
+//! saw acked, exactly once, with no gaps.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_tests::bridge::{ferry_bridge_bin, BridgeProcess};
+use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
+use ferry_tests::postgres::{Postgres, PostgresOptions};
+use ferry_tests::{free_port, workspace_bin};
+use tokio_util::sync::CancellationToken;
+
+/// The agent as a process that can be SIGKILLed and started again on the same store.
+struct AgentProc {
+    bin: PathBuf,
+    config: PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl AgentProc {
+    fn new(dir: &Path, broker: u16, tcp: u16) -> AgentProc {
+        let config = dir.join("ferry.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nid = \"gw-e2e\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
+                 [uplink]\nbroker = \"127.0.0.1:{broker}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 300\n",
+                dir.join("ferry.db").display().to_string()
+            ),
+        )
+        .unwrap();
+        AgentProc {
+            bin: workspace_bin("ferry-agent", "ferry").expect("build ferry"),
+            config,
+            child: None,
+        }
+    }
+
+    async fn start(&mut self, tcp: u16) {
+        let child = tokio::process::Command::new(&self.bin)
+            .args(["--log", "warn", "run", "--config"])
+            .arg(&self.config)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ferry");
+        self.child = Some(child);
+        let t = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", tcp))
+            .await
+            .is_err()
+        {
+            assert!(t.elapsed() < Duration::from_secs(10), "agent did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    async fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id().unwrap() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let status = tokio::time::timeout(Duration::from_secs(20), c.wait())
+                .await
+                .expect("agent stops within 20 s")
+                .unwrap();
+            assert!(status.success(), "agent exit status {status}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
+    let Some(mut broker) = Mosquitto::start(MosquittoOptions::default()) else {
+        return;
+    };
+    let Some(pg) = Postgres::start(PostgresOptions::default()) else {
+        return;
+    };
+    ferry_bridge_bin().expect("build ferry-bridge");
+    let mut bridge = BridgeProcess::start(
+        &[
+            "--broker",
+            &broker.addr(),
+            "--client-id",
+            "bridge-e2e",
+            "--database",
+            &pg.conn_str(),
+            "--batch-ms",
+            "20",
+        ]
+        .map(String::from),
+    )
+    .await
+    .expect("start ferry-bridge");
+    bridge
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("bridge healthy");
+
+    let dir = std::env::temp_dir().join(format!("ferry-pipeline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tcp = free_port();
+    let mut agent = AgentProc::new(&dir, broker.port(), tcp);
+    agent.start(tcp).await;
+
+    // 10 devices x 2 channels at 100 Hz for 10 s; the devices reconnect after each agent kill.
+    let sim = ferry_sim::SimConfig {
+        devices: 10,
+        sensors: 2,
+        interval_ms: 10,
+        duration: Some(Duration::from_secs(10)),
+        drain_timeout: Duration::from_secs(30),
+        transport: ferry_sim::Transport::Tcp(format!("127.0.0.1:{tcp}").parse().unwrap()),
+        ..ferry_sim::SimConfig::default()
+    };
+    let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
+    let (mut kills, mut restarts) = (0, 0);
+    let mode = std::env::var("FERRY_PIPELINE_MODE").unwrap_or_default();
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700 + 211 * (round % 3))).await;
+        if mode == "none" {
+            continue;
+        }
+        if (round % 2 == 0 && mode != "broker") || mode == "kills" {
+            agent.kill().await;
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            agent.start(tcp).await;
+        } else {
+            broker.stop();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            broker.start_again();
+            restarts += 1;
+        }
+    }
+    let report = devices.await.unwrap();
+    eprintln!("mode {mode:?}: {kills} kills");
+    // Wait until PostgreSQL holds everything the store holds.
+    let (db, conn) = tokio_postgres::connect(&pg.conn_str(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let store = ferry_agent::store::open_reader(&dir.join("ferry.db")).unwrap();
+    let stored: i64 = store
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let t = Instant::now();
+    let in_pg = loop {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM ferry_events WHERE gateway = 'gw-e2e'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n >= stored || t.elapsed() > Duration::from_secs(60) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    agent.terminate().await;
+    if in_pg != stored {
+        let dl = db
+            .query(
+                "SELECT reason, count(*) FROM ferry_dead_letters GROUP BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        for r in &dl {
+            eprintln!(
+                "dead letters: {} x {}",
+                r.get::<_, i64>(1),
+                r.get::<_, String>(0)
+            );
+        }
+        let gaps = db
+            .query(
+                "SELECT s FROM generate_series(0, (SELECT max(seq) FROM ferry_events WHERE device = 'sim-0000')) s \
+                 WHERE NOT EXISTS (SELECT 1 FROM ferry_events WHERE device = 'sim-0000' AND boot = 1 AND seq = s)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let missing: Vec<i64> = gaps.iter().map(|r| r.get::<_, i64>(0)).collect();
+        eprintln!(
+            "sim-0000 missing {} seqs: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(40)]
+        );
+        eprintln!(
+            "bridge log tail:\n{}",
+            bridge
+                .logs()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // Per device and boot: seqs 0..n, each once (the key makes repeats impossible; gaps are not).
+    let rows = db
+        .query(
+            "SELECT device, boot, count(*), count(DISTINCT seq), min(seq), max(seq) FROM ferry_events \
+             WHERE gateway = 'gw-e2e' GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut pg_next: HashMap<(String, u32), i64> = HashMap::new();
+    for r in &rows {
+        let (d, boot, n, distinct, min, max): (String, i64, i64, i64, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        assert_eq!(n, distinct, "{d} boot {boot}: duplicate rows");
+        assert_eq!(
+            (min, max),
+            (0, n - 1),
+            "{d} boot {boot}: gaps ({n} rows, seq {min}..={max})"
+        );
+        pg_next.insert((d, boot as u32), n);
+    }
+    // Every sample a device saw acked is there.
+    let mut acked_total = 0u64;
+    for d in &report.devices {
+        for (i, b) in d.boots.iter().enumerate() {
+            let acked = u64::from(b.acked_next);
+            acked_total += acked;
+            let have = pg_next
+                .get(&(d.device_id.clone(), i as u32 + 1))
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                have as u64 >= acked,
+                "{} boot {}: devices saw {acked} acked, PostgreSQL has {have}",
+                d.device_id,
+                i + 1
+            );
+        }
+    }
+    eprintln!(
+        "pipeline: {acked_total} samples acked to devices, {stored} stored by the agent, {in_pg} rows in PostgreSQL; \
+         {kills} agent SIGKILLs, {restarts} broker restarts"
+    );
+    assert_eq!(
+        in_pg, stored,
+        "PostgreSQL holds exactly what the agent stored"
+    );
+    assert!(
+        acked_total > 10_000,
+        "the devices streamed ({acked_total} acked)"
+    );
+    let _ = bridge.terminate().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
