@@ -55,6 +55,9 @@ struct Args {
     /// Commit at the latest this many milliseconds after a batch's first message.
     #[arg(long, default_value_t = 50)]
     batch_ms: u64,
+    /// Database connections committing batches in parallel.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
     /// Most unacked messages the broker may send at once (MQTT receive maximum).
     #[arg(long, default_value_t = 2_000)]
     receive_maximum: u16,
@@ -128,14 +131,25 @@ impl Args {
                         Method::Unnest => InsertMethod::Unnest,
                         Method::Copy => InsertMethod::Copy,
                     },
+                    writers: self.writers,
                 }
             }
         };
         if self.batch_events == 0 {
             return Err(setting("--batch-events", "must be at least 1"));
         }
-        if self.receive_maximum < 2 {
-            return Err(setting("--receive-maximum", "must be at least 2"));
+        if self.writers == 0 || self.writers > 64 {
+            return Err(setting("--writers", "must be 1..=64"));
+        }
+        let lanes = match self.sink {
+            SinkKind::Postgres => self.writers,
+            SinkKind::Jsonl => 1,
+        };
+        if usize::from(self.receive_maximum) < lanes + 1 {
+            return Err(setting(
+                "--receive-maximum",
+                format!("must be at least --writers + 1 ({})", lanes + 1),
+            ));
         }
         let listen: SocketAddr = self.listen.parse().map_err(|e| {
             setting(
@@ -174,8 +188,9 @@ impl Args {
             sink,
             batch: BatchPolicy {
                 max_events: self.batch_events,
-                // Below the in-flight window, so the next batch fills while this one commits.
-                max_messages: usize::from(self.receive_maximum / 2).max(1),
+                // Every lane's batch plus the one filling fit in the in-flight window, so the
+                // next batch fills while the others commit.
+                max_messages: (usize::from(self.receive_maximum) / (lanes + 1)).max(1),
                 max_wait: Duration::from_millis(self.batch_ms),
             },
             listen,

@@ -103,6 +103,8 @@ pub enum SinkSettings {
         config: Box<tokio_postgres::Config>,
         /// Bulk insert method.
         method: InsertMethod,
+        /// Commit lanes: connections committing batches in parallel.
+        writers: usize,
     },
     /// One JSON object per event on stdout.
     Jsonl,
@@ -174,11 +176,22 @@ pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), B
     let gate = Arc::new(mqtt::AckGate::new(client));
     // At most a receive-maximum of messages per connection is unacked; allow one stale set.
     let (tx, rx) = mpsc::channel(2 * usize::from(s.mqtt.receive_maximum) + 16);
-    let sink = match s.sink {
-        SinkSettings::Postgres { config, method } => store::Sink::Postgres(Box::new(
-            store::PgStore::new(*config, method, metrics.clone()),
-        )),
-        SinkSettings::Jsonl => store::Sink::Jsonl,
+    let sinks = match s.sink {
+        SinkSettings::Postgres {
+            config,
+            method,
+            writers,
+        } => (0..writers.max(1))
+            .map(|_| {
+                store::Sink::Postgres(Box::new(store::PgStore::new(
+                    (*config).clone(),
+                    method,
+                    metrics.clone(),
+                )))
+            })
+            .collect(),
+        // One writer keeps stdout in commit order.
+        SinkSettings::Jsonl => vec![store::Sink::Jsonl],
     };
     info!(
         broker = %format!("{}:{}", s.mqtt.host, s.mqtt.port),
@@ -194,7 +207,7 @@ pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), B
         stop.clone(),
     ));
     let result = writer::Writer {
-        sink,
+        sinks,
         policy: s.batch,
         gate,
         metrics,

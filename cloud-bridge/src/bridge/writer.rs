@@ -1,17 +1,21 @@
-//! The writer task: accumulates classified messages, commits them, then acks them.
+//! The writer: one task accumulates classified messages into batches; commit lanes (each with
+//! its own database connection) commit batches in parallel and ack them.
 //!
 //! Invariants:
 //! - Acks follow the commit that made their messages durable, in one call to the
 //!   [`AckGate`]; nothing uncommitted is ever acked, including on shutdown and on failure.
+//!   Lanes ack independently: PUBACKs may leave out of order, which MQTT allows.
 //! - A failed commit is retried with backoff, never skipped: the messages stay in hand (and
 //!   unacked in the broker) until they are stored.
+//! - While every lane is busy the next batch keeps filling (up to its limits), so batches
+//!   grow with load.
 //! - Shutdown: take what is already queued, commit it (retrying for at most
 //!   [`SHUTDOWN_GRACE`]), ack it, then queue the MQTT DISCONNECT behind those acks.
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -28,81 +32,130 @@ use super::BridgeError;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Writer {
-    pub sink: Sink,
+    /// One sink per commit lane.
+    pub sinks: Vec<Sink>,
     pub policy: BatchPolicy,
     pub gate: Arc<AckGate>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
 
+type Batches = Arc<Mutex<mpsc::Receiver<Vec<Inbound>>>>;
+
 impl Writer {
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Inbound>) -> Result<(), BridgeError> {
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Inbound>) -> Result<(), BridgeError> {
+        let (btx, brx) = mpsc::channel::<Vec<Inbound>>(1);
+        let brx: Batches = Arc::new(Mutex::new(brx));
+        let mut lanes = tokio::task::JoinSet::new();
+        for (i, sink) in self.sinks.into_iter().enumerate() {
+            let lane = Lane {
+                id: i,
+                sink,
+                gate: self.gate.clone(),
+                metrics: self.metrics.clone(),
+                shutdown: self.shutdown.clone(),
+            };
+            lanes.spawn(lane.run(brx.clone()));
+        }
+        // Only the lanes hold the receiver: when they are all gone, sending fails.
+        drop(brx);
         let mut acc = Accumulator::new(self.policy);
-        let mut next_connect = Some(Instant::now());
-        let mut backoff = Duration::from_millis(100);
+        let mut failed = None;
         loop {
-            let deadline = acc.deadline();
-            let connect_at = next_connect.filter(|_| acc.is_empty());
+            let now = Instant::now();
+            let due = acc.is_due(now);
+            let deadline = acc.deadline().filter(|_| !due);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                m = rx.recv() => match m {
+                permit = btx.reserve(), if due => match permit {
+                    Ok(p) => p.send(acc.take()),
+                    Err(_) => break, // every lane has stopped
+                },
+                m = rx.recv(), if !acc.is_full() => match m {
                     Some(m) => {
                         let n = events(&m);
                         acc.push(m, n, Instant::now());
                     }
                     None => break,
                 },
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
-                _ = sleep_until(connect_at.unwrap_or_else(Instant::now).into()), if connect_at.is_some() => {
-                    // Idle: connect early so /healthz tells the truth before traffic arrives.
-                    match self.sink.connect().await {
-                        Ok(()) => { next_connect = None; backoff = Duration::from_millis(100); }
-                        Err(e) => {
-                            warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Database unavailable.");
-                            next_connect = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
+                _ = sleep_until(deadline.unwrap_or(now).into()), if deadline.is_some() => {}
+                Some(r) = lanes.join_next() => {
+                    failed = Some(r.unwrap_or_else(|e| Err(BridgeError::Sink(format!("commit lane: {e}")))));
+                    break;
                 }
-            }
-            if acc.is_due(Instant::now()) {
-                self.flush(acc.take()).await?;
-            }
-            if self.sink.needs_connect() && next_connect.is_none() {
-                next_connect = Some(Instant::now() + backoff);
             }
         }
         // Shutdown: what is queued is in hand; commit it and ack it.
-        let grace_end = Instant::now() + SHUTDOWN_GRACE;
         rx.close();
         while let Ok(m) = rx.try_recv() {
             let n = events(&m);
             acc.push(m, n, Instant::now());
-            if acc.is_full() {
-                self.flush_until(acc.take(), Some(grace_end)).await?;
+            if acc.is_full() && btx.send(acc.take()).await.is_err() {
+                break;
             }
         }
         if !acc.is_empty() {
-            self.flush_until(acc.take(), Some(grace_end)).await?;
+            let _ = btx.send(acc.take()).await;
+        }
+        drop(btx);
+        let mut result = failed.unwrap_or(Ok(()));
+        while let Some(r) = lanes.join_next().await {
+            let r = r.unwrap_or_else(|e| Err(BridgeError::Sink(format!("commit lane: {e}"))));
+            if result.is_ok() {
+                result = r;
+            }
         }
         info!("Writer drained; disconnecting from the broker.");
         self.gate.disconnect();
-        Ok(())
+        result
+    }
+}
+
+/// One commit lane: its own sink (database connection), committing one batch at a time.
+struct Lane {
+    id: usize,
+    sink: Sink,
+    gate: Arc<AckGate>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl Lane {
+    async fn run(mut self, batches: Batches) -> Result<(), BridgeError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut next_connect = Instant::now();
+        loop {
+            // Idle: connect early so /healthz tells the truth before traffic arrives.
+            if self.sink.needs_connect() && Instant::now() >= next_connect {
+                match self.sink.connect().await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        warn!(lane = self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Database unavailable.");
+                        next_connect = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            let batch = {
+                let mut rx = batches.lock().await;
+                tokio::select! {
+                    b = rx.recv() => match b {
+                        Some(b) => b,
+                        None => return Ok(()),
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            };
+            self.flush(batch).await?;
+        }
     }
 
-    async fn flush(&mut self, msgs: Vec<Inbound>) -> Result<(), BridgeError> {
-        self.flush_until(msgs, None).await
-    }
-
-    /// Commits `msgs` (retrying) and acks them. With `give_up_at`, stops retrying then and
-    /// leaves them unacked.
-    async fn flush_until(
-        &mut self,
-        mut msgs: Vec<Inbound>,
-        mut give_up_at: Option<Instant>,
-    ) -> Result<(), BridgeError> {
+    /// Commits `msgs` (retrying) and acks them. Once shutdown has begun, stops retrying after
+    /// [`SHUTDOWN_GRACE`] and leaves them unacked.
+    async fn flush(&mut self, mut msgs: Vec<Inbound>) -> Result<(), BridgeError> {
         let mut backoff = Duration::from_millis(50);
+        let mut give_up_at: Option<Instant> = None;
         loop {
             let started = Instant::now();
             match self.sink.write(&mut msgs).await {
@@ -117,6 +170,7 @@ impl Writer {
                     m.acks.fetch_add(acked, Relaxed);
                     m.acks_stale.fetch_add(withheld, Relaxed);
                     debug!(
+                        lane = self.id,
                         messages = msgs.len(),
                         inserted = w.inserted,
                         duplicates = w.duplicates,
@@ -129,6 +183,7 @@ impl Writer {
                 }
                 Err(StoreError::Fatal(e)) => {
                     error!(error = %e, messages = msgs.len(), "Sink failed for good; stopping without acking.");
+                    self.shutdown.cancel();
                     return Err(BridgeError::Sink(e));
                 }
                 Err(e) => {
@@ -140,7 +195,7 @@ impl Writer {
                         warn!(error = %e, messages = msgs.len(), "Commit still failing at shutdown; leaving the messages unacked for redelivery.");
                         return Ok(());
                     }
-                    warn!(error = %e, messages = msgs.len(), retry_in_ms = backoff.as_millis() as u64, "Commit failed; retrying.");
+                    warn!(lane = self.id, error = %e, messages = msgs.len(), retry_in_ms = backoff.as_millis() as u64, "Commit failed; retrying.");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
