@@ -40,6 +40,8 @@ pub struct Metrics {
     pub acks_stale: AtomicU64,
     /// Failed commits (retried).
     pub commit_failures: AtomicU64,
+    /// Batches retried with ON CONFLICT after another writer committed some of their rows.
+    pub conflict_retries: AtomicU64,
     /// MQTT connections lost.
     pub mqtt_reconnects: AtomicU64,
     /// Whether the MQTT session is up and subscribed.
@@ -202,6 +204,11 @@ impl Metrics {
             "ferry_bridge_commit_failures_total",
             "Failed commits, retried.",
             &self.commit_failures,
+        );
+        counter(
+            "ferry_bridge_conflict_retries_total",
+            "Batches retried with ON CONFLICT DO NOTHING after a concurrent writer stored some rows.",
+            &self.conflict_retries,
         );
         counter(
             "ferry_bridge_mqtt_connection_lost_total",

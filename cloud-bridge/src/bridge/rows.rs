@@ -3,11 +3,11 @@
 //!
 //! Columns borrow from the batches (no per-row string allocation); the caller keeps the batches
 //! alive until the statement has run.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::inbound::{Content, DeadLetter, Inbound};
-use crate::contract::EventBatch;
+use crate::contract::{Event, EventBatch};
 
 /// `ts_ms` as a point in time (callers have checked the range, see `inbound::check_storable`).
 pub fn ts_from_ms(ms: i64) -> SystemTime {
@@ -70,6 +70,19 @@ impl<'a> EventColumns<'a> {
         }
     }
 
+    /// Appends one event of `b`.
+    pub fn push_event(&mut self, b: &'a EventBatch, e: &'a Event, received_at: SystemTime) {
+        self.gateway.push(&b.gateway);
+        self.device.push(&b.device);
+        self.boot.push(i64::from(b.boot));
+        self.boot_id.push(i64::from(b.boot_id));
+        self.received_at.push(received_at);
+        self.seq.push(i64::from(e.seq));
+        self.sensor.push(&e.sensor);
+        self.ts.push(ts_from_ms(e.ts_ms));
+        self.value.push(e.value);
+    }
+
     /// Events held.
     pub fn len(&self) -> usize {
         self.seq.len()
@@ -122,6 +135,11 @@ pub struct CommitRows<'a> {
     pub dead: DeadColumns<'a>,
     /// Progress per gateway, sorted by gateway (a fixed lock order for concurrent replicas).
     pub gateways: BTreeMap<&'a str, GatewayProgress>,
+    /// Events in the messages, counting the duplicates left out of `events`.
+    pub offered: usize,
+    /// Identities already in `events`: a batch holds each at most once, so a plain insert
+    /// (no ON CONFLICT) can only conflict with rows committed by someone else.
+    seen: HashSet<(&'a str, &'a str, u32, u32)>,
 }
 
 impl<'a> CommitRows<'a> {
@@ -138,7 +156,12 @@ impl<'a> CommitRows<'a> {
     pub fn push(&mut self, m: &'a Inbound) {
         match &m.content {
             Content::Batch(b) => {
-                self.events.push_batch(b, m.received_at);
+                self.offered += b.events.len();
+                for e in &b.events {
+                    if self.seen.insert((&b.gateway, &b.device, b.boot, e.seq)) {
+                        self.events.push_event(b, e, m.received_at);
+                    }
+                }
                 let newest = b.events.iter().map(|e| e.ts_ms).max().unwrap_or(i64::MIN);
                 let p = self
                     .gateways
@@ -245,11 +268,12 @@ mod tests {
             msg("gw-b", 1, &[0, 1, 2], 1_000, 10),
             dead,
             msg("gw-a", 2, &[5], 5_000, 11),
-            msg("gw-b", 1, &[3], 500, 12),
+            msg("gw-b", 1, &[1, 2, 3], 500, 12), // 1 and 2 again: left out
         ];
         let rows = CommitRows::build(&msgs);
         let e = &rows.events;
         assert_eq!(e.len(), 5);
+        assert_eq!(rows.offered, 7);
         assert_eq!(e.gateway, ["gw-b", "gw-b", "gw-b", "gw-a", "gw-b"]);
         assert_eq!(e.seq, [0, 1, 2, 5, 3]);
         assert_eq!(e.boot, [1, 1, 1, 2, 1]);
