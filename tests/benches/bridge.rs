@@ -9,6 +9,10 @@
 //!   first publish to the last event committed.
 //!
 //! Run: `cargo bench -p ferry-tests --bench bridge` (builds ferry-bridge in release).
+//!
+//! Measured on the 2-CPU dev machine (1M events, 500 per message, 2 commit lanes, another
+//! build running part of the time): backlog 181k-242k events/s, live 198k-209k events/s;
+//! PostgreSQL uses ~7-9 CPU s per million events, the bridge ~0.6 s, mosquitto < 0.1 s.
 //! Options (env): FERRY_BENCH_EVENTS (default 1,000,000), FERRY_BENCH_PER_MESSAGE (500),
 //! FERRY_BENCH_ONLY (runs whose "scenario method" contains it), FERRY_BENCH_TIMEOUT_S (600).
 use std::time::{Duration, Instant};
@@ -32,6 +36,44 @@ struct Result_ {
     secs: f64,
     batches: f64,
     insert_p: f64,
+    /// CPU seconds during the measured window: ferry-bridge, postgres (all processes),
+    /// mosquitto.
+    cpu: [f64; 3],
+}
+
+/// CPU seconds (user + system) so far of every process named ferry-bridge, postgres and
+/// mosquitto (processes that ended are not counted).
+fn cpu_by_process() -> [f64; 3] {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut out = [0.0; 3];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let t = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // After the comm: state is field 0, utime 11, stime 12.
+        let cpu = (t(11) + t(12)) / tick;
+        match comm {
+            "ferry-bridge" => out[0] += cpu,
+            "postgres" => out[1] += cpu,
+            "mosquitto" => out[2] += cpu,
+            _ => {}
+        }
+    }
+    out
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -106,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
             Encoding::Binary => "binary",
         };
         println!(
-            "{:<8} {:<7} {:>7} {:<7} {:>10} {:>8.2} {:>12.0} {:>8} {:>10.1} ms",
+            "{:<8} {:<7} {:>7} {:<7} {:>10} {:>8.2} {:>12.0} {:>8} {:>10.1} ms   {:.2} / {:.2} / {:.2}",
             run.scenario,
             run.method,
             run.batch_events,
@@ -115,12 +157,16 @@ async fn main() -> anyhow::Result<()> {
             r.secs,
             rate,
             r.batches,
-            r.insert_p * 1e3
+            r.insert_p * 1e3,
+            r.cpu[0],
+            r.cpu[1],
+            r.cpu[2]
         );
         json.push(serde_json::json!({
             "scenario": run.scenario, "method": run.method, "batch_events": run.batch_events,
             "encoding": enc, "events": r.events, "events_per_message": per, "seconds": r.secs,
             "events_per_s": rate.round(), "commits": r.batches, "mean_commit_s": r.insert_p,
+            "cpu_s": {"bridge": r.cpu[0], "postgres": r.cpu[1], "mosquitto": r.cpu[2]},
         }));
         let stored: i64 = db
             .query_one("SELECT count(*) FROM ferry_events", &[])
@@ -174,6 +220,7 @@ async fn one_run(
         anyhow::Ok(())
     };
     let start;
+    let cpu0;
     let mut bridge;
     if run.scenario == "backlog" {
         // Create the session and its subscription, then leave.
@@ -182,11 +229,13 @@ async fn one_run(
         first.terminate().await?;
         publish_all().await?;
         publisher.wait_all_acked(Duration::from_secs(300)).await?;
+        cpu0 = cpu_by_process();
         start = Instant::now();
         bridge = BridgeProcess::start_with_env(&args, &[("RUST_LOG", LOG)]).await?;
     } else {
         bridge = BridgeProcess::start_with_env(&args, &[("RUST_LOG", LOG)]).await?;
         bridge.wait_healthy(Duration::from_secs(60)).await?;
+        cpu0 = cpu_by_process();
         start = Instant::now();
         publish_all().await?;
     }
@@ -206,6 +255,8 @@ async fn one_run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu1 = cpu_by_process();
+    let cpu = [0, 1, 2].map(|i| cpu1[i] - cpu0[i]);
     let batches = bridge.metric("ferry_bridge_batches_total").await?;
     let sum = bridge.metric("ferry_bridge_insert_seconds_sum").await?;
     bridge.terminate().await?;
@@ -214,5 +265,6 @@ async fn one_run(
         secs,
         batches,
         insert_p: sum / batches.max(1.0),
+        cpu,
     })
 }

@@ -309,11 +309,14 @@ async fn two_bridges_share_the_subscription_and_store_exactly_once() -> anyhow::
     a.wait_healthy(T).await?;
     b.wait_healthy(T).await?;
     let publisher = Publisher::connect(rig.broker.port(), "pub-s1");
+    // Every batch twice in a row: round robin hands the copies to different replicas, whose
+    // transactions then race on the same rows (the unique-violation fallback).
     const MESSAGES: u32 = 400;
-    for i in 0..MESSAGES / 8 {
+    for i in 0..MESSAGES / 16 {
         for d in 0..8 {
             let batch = test_batch("gw-s", &format!("d{d}"), 1, i * 25..(i + 1) * 25);
             publisher.publish_batch(&batch, Encoding::Binary).await?;
+            publisher.publish_batch(&batch, Encoding::Json).await?;
         }
     }
     publisher.wait_all_acked(T).await?;
@@ -321,12 +324,12 @@ async fn two_bridges_share_the_subscription_and_store_exactly_once() -> anyhow::
     wait_count(
         &db,
         "SELECT count(*) FROM ferry_events",
-        i64::from(MESSAGES * 25),
+        i64::from(MESSAGES / 2 * 25),
         T,
     )
     .await;
     let expected: Vec<_> = (0..8)
-        .map(|d| ("gw-s".to_owned(), format!("d{d}"), 1, MESSAGES / 8 * 25))
+        .map(|d| ("gw-s".to_owned(), format!("d{d}"), 1, MESSAGES / 16 * 25))
         .collect();
     assert_exactly_once(&db, &expected).await?;
     let ma = a.metric("ferry_bridge_messages_total").await?;
@@ -342,6 +345,31 @@ async fn two_bridges_share_the_subscription_and_store_exactly_once() -> anyhow::
             "replica {name} got {m} of {MESSAGES} messages"
         );
     }
+    // Every copy is accounted for once all acks are in: inserted by one replica, a duplicate
+    // for the other.
+    let t0 = Instant::now();
+    loop {
+        let acks = a.metric("ferry_bridge_acks_total").await?
+            + b.metric("ferry_bridge_acks_total").await?;
+        if acks >= f64::from(MESSAGES) {
+            break;
+        }
+        assert!(t0.elapsed() < T, "{acks} of {MESSAGES} acked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut inserted = 0.0;
+    let mut duplicates = 0.0;
+    for p in [&a, &b] {
+        inserted += p.metric("ferry_bridge_events_inserted_total").await?;
+        duplicates += p.metric("ferry_bridge_duplicates_total").await?;
+    }
+    assert_eq!(inserted, f64::from(MESSAGES / 2 * 25));
+    assert_eq!(duplicates, f64::from(MESSAGES / 2 * 25));
+    let mut retries = 0.0;
+    for p in [&a, &b] {
+        retries += p.metric("ferry_bridge_conflict_retries_total").await?;
+    }
+    eprintln!("batches retried after a concurrent insert: {retries}");
     for p in [a, b] {
         let (status, logs) = p.terminate().await?;
         assert!(status.success(), "exit {status}; logs:\n{logs}");
