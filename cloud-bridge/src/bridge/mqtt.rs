@@ -177,7 +177,9 @@ pub(crate) async fn run(
                         .fetch_add(b.events.len() as u64, Relaxed);
                 }
                 if tx.send(inbound).await.is_err() {
-                    return; // the writer has stopped
+                    // The writer is draining: this one stays unacked and is redelivered. Keep
+                    // polling so the acks it queues, and its DISCONNECT, go out.
+                    continue;
                 }
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
