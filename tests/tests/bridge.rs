@@ -1,6 +1,7 @@
 //! `ferry-bridge` (the real binary) between a real mosquitto and a real PostgreSQL, each test
 //! with its own broker and cluster: exactly-once through duplicates, resends and broker
-//! restarts; dead letters; two replicas sharing the load; the jsonl sink; health and metrics
+//! restarts; SIGTERM and SIGKILL of the bridge mid-stream; dead letters; two replicas sharing
+//! the load; the jsonl sink; health and metrics
 //! through database and broker outages; TLS; flag errors.
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -671,6 +672,57 @@ async fn copy_insert_method_is_exactly_once_too() -> anyhow::Result<()> {
         bridge.metric("ferry_bridge_duplicates_total").await?,
         1000.0
     );
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_sigterm_and_sigkill_mid_stream_lose_nothing() -> anyhow::Result<()> {
+    let Some(rig) = rig() else { return Ok(()) };
+    let a = args(&rig, "bridge-k1");
+    let mut bridge = BridgeProcess::start(&a).await?;
+    bridge.wait_healthy(T).await?;
+    let publisher = std::sync::Arc::new(Publisher::connect(rig.broker.port(), "pub-k1"));
+    const BATCHES: u32 = 300;
+    let p = publisher.clone();
+    let publishing = tokio::spawn(async move {
+        for i in 0..BATCHES {
+            for d in 0..4 {
+                let b = test_batch("gw-k", &format!("d{d}"), 1, i * 50..(i + 1) * 50);
+                p.publish_batch(&b, Encoding::Binary).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::Ok(())
+    });
+    // Stop the bridge mid-stream: gracefully, then as a crash, then let it finish.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!publishing.is_finished(), "publisher done before the SIGTERM");
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "SIGTERM exit {status}; logs:\n{logs}");
+    assert!(logs.contains("Writer drained"), "{logs}");
+    bridge = BridgeProcess::start(&a).await?;
+    bridge.wait_healthy(T).await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!publishing.is_finished(), "publisher done before the SIGKILL");
+    bridge.kill().await;
+    bridge = BridgeProcess::start(&a).await?;
+    bridge.wait_healthy(T).await?;
+    publishing.await??;
+    publisher.wait_all_acked(T).await?;
+    let db = rig.pg.client().await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM ferry_events",
+        i64::from(4 * BATCHES * 50),
+        T,
+    )
+    .await;
+    let expected: Vec<_> = (0..4)
+        .map(|d| ("gw-k".to_owned(), format!("d{d}"), 1, BATCHES * 50))
+        .collect();
+    assert_exactly_once(&db, &expected).await?;
     let (status, logs) = bridge.terminate().await?;
     assert!(status.success(), "exit {status}; logs:\n{logs}");
     Ok(())
