@@ -1,8 +1,8 @@
 //! `ferry-bridge` (the real binary) between a real mosquitto and a real PostgreSQL, each test
 //! with its own broker and cluster: exactly-once through duplicates, resends and broker
 //! restarts; SIGTERM and SIGKILL of the bridge mid-stream; dead letters; two replicas sharing
-//! the load; the jsonl sink; health and metrics
-//! through database and broker outages; TLS; flag errors.
+//! the load; the jsonl sink; health and metrics through database and broker outages; TLS; flag
+//! errors.
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -698,14 +698,20 @@ async fn bridge_sigterm_and_sigkill_mid_stream_lose_nothing() -> anyhow::Result<
     });
     // Stop the bridge mid-stream: gracefully, then as a crash, then let it finish.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!publishing.is_finished(), "publisher done before the SIGTERM");
+    assert!(
+        !publishing.is_finished(),
+        "publisher done before the SIGTERM"
+    );
     let (status, logs) = bridge.terminate().await?;
     assert!(status.success(), "SIGTERM exit {status}; logs:\n{logs}");
     assert!(logs.contains("Writer drained"), "{logs}");
     bridge = BridgeProcess::start(&a).await?;
     bridge.wait_healthy(T).await?;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!publishing.is_finished(), "publisher done before the SIGKILL");
+    assert!(
+        !publishing.is_finished(),
+        "publisher done before the SIGKILL"
+    );
     bridge.kill().await;
     bridge = BridgeProcess::start(&a).await?;
     bridge.wait_healthy(T).await?;
