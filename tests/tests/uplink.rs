@@ -227,7 +227,6 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let send = |device: &str, body: &str| {
         let (client, topic, body) = (
             client.clone(),
@@ -241,6 +240,25 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
                 .unwrap()
         }
     };
+    // The agent subscribes right after connecting; a probe that must be answered ('rejected')
+    // shows the subscription is in place, instead of guessing with a fixed sleep.
+    let t = Instant::now();
+    'probe: loop {
+        send("sim-0000", r#"{"v":1,"id":"probe","command":"explode"}"#).await;
+        let wait = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                o = res_rx.recv() => if o.is_some_and(|o| o.id == "probe") { break 'probe },
+                _ = &mut wait => break,
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the agent never answered a command"
+        );
+    }
+    while res_rx.try_recv().is_ok() {} // later answers to repeated probes
     send(
         "sim-0000",
         r#"{"v":1,"id":"echo-1","command":{"opaque":{"hex":"0a0b0c"}}}"#,
@@ -262,7 +280,9 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     while got.len() < 4 {
         match tokio::time::timeout(Duration::from_secs(10), res_rx.recv()).await {
             Ok(Some(o)) => {
-                got.insert(o.id.clone(), o);
+                if o.id != "probe" {
+                    got.insert(o.id.clone(), o);
+                }
             }
             _ => panic!("only these outcomes arrived: {got:?}"),
         }
@@ -305,10 +325,17 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
         r#"{"v":1,"id":"echo-1","command":{"opaque":{"hex":"ffff"}}}"#,
     )
     .await;
-    let again = tokio::time::timeout(Duration::from_secs(10), res_rx.recv())
-        .await
-        .expect("repeat answered")
-        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match res_rx.recv().await {
+                Some(o) if o.id == "probe" => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("repeat answered")
+    .unwrap();
     assert_eq!(
         (again.id.as_str(), again.data_hex.as_deref()),
         ("echo-1", Some("0a0b0c"))
