@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 
 /// Collects (device, boot, seq) → times seen, from a persistent-session subscriber.
-async fn subscriber(port: u16, stop: CancellationToken) -> HashMap<(String, u32, u32), u32> {
+type Seen = std::sync::Arc<std::sync::Mutex<HashMap<(String, u32, u32), u32>>>;
+
+async fn subscriber(port: u16, stop: CancellationToken, seen: Seen) {
     let mut o = MqttOptions::new("uplink-test-sub", "127.0.0.1", port);
     let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
     props.session_expiry_interval = Some(3600);
@@ -30,13 +32,13 @@ async fn subscriber(port: u16, stop: CancellationToken) -> HashMap<(String, u32,
         .subscribe("ferry/v1/test-gw/+/events", QoS::AtLeastOnce)
         .await
         .unwrap();
-    let mut seen: HashMap<(String, u32, u32), u32> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             ev = el.poll() => match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let b = EventBatch::decode(&p.payload).expect("valid batch");
+                    let mut seen = seen.lock().unwrap();
                     for e in b.events {
                         *seen.entry((b.device.clone(), b.boot, e.seq)).or_default() += 1;
                     }
@@ -49,7 +51,6 @@ async fn subscriber(port: u16, stop: CancellationToken) -> HashMap<(String, u32,
             }
         }
     }
-    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +69,8 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     let settings = ferry_agent::config::Settings::from_toml(&toml, "test.toml", |_| None).unwrap();
     let agent = ferry_agent::Agent::start(&settings).await.unwrap();
     let sub_stop = CancellationToken::new();
-    let sub = tokio::spawn(subscriber(broker.port(), sub_stop.clone()));
+    let seen: Seen = Default::default();
+    let sub = tokio::spawn(subscriber(broker.port(), sub_stop.clone(), seen.clone()));
     // Devices stream for 6 s while the broker goes down three times.
     let sim = ferry_sim::SimConfig {
         devices: 8,
@@ -117,9 +119,6 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     }
     let stats = agent.uplink_stats.clone();
     agent.stop().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sub_stop.cancel();
-    let seen = sub.await.unwrap();
     // Every stored event arrived at least once.
     let mut stmt = conn
         .prepare(
@@ -131,6 +130,14 @@ async fn uplink_forwards_everything_through_broker_restarts() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
+    // Acked by the broker means queued for the subscriber's session: wait for delivery.
+    let t = Instant::now();
+    while seen.lock().unwrap().len() < stored.len() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sub_stop.cancel();
+    sub.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
     let missing: Vec<_> = stored.iter().filter(|k| !seen.contains_key(*k)).collect();
     let dup = seen.values().filter(|n| **n > 1).count();
     eprintln!(

@@ -160,6 +160,67 @@ async fn report(tx: &mpsc::Sender<LinkEvent>, ev: Option<LinkEvent>) -> bool {
     }
 }
 
+/// The event-loop task, the same for both protocol versions (their rumqttc types differ but
+/// have the same names; each module brings `map` and `refused`).
+macro_rules! drive_fn {
+    () => {
+        pub(super) async fn drive(
+            mut el: EventLoop,
+            tx: mpsc::Sender<LinkEvent>,
+            mut backoff: Backoff,
+            shutdown: CancellationToken,
+        ) {
+            let mut connected = false;
+            loop {
+                let polled = tokio::select! {
+                    // Only while not connected: poll() then waits in connect(), where dropping
+                    // it cannot tear a packet.
+                    _ = shutdown.cancelled(), if !connected => return,
+                    r = el.poll() => r,
+                };
+                match polled {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(ev) => {
+                        if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                            connected = true;
+                        }
+                        if !report(&tx, map(ev, &mut backoff)).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        connected = false;
+                        let refused = refused(&e);
+                        let error = e.to_string();
+                        // Events read before the error (PUBACKs among them) still count.
+                        let queued: Vec<Event> = el.state.events.drain(..).collect();
+                        for ev in queued {
+                            report(&tx, map(ev, &mut backoff)).await;
+                        }
+                        el.clean();
+                        let kept = el
+                            .pending
+                            .iter()
+                            .filter_map(|r| match r {
+                                Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
+                                _ => None,
+                            })
+                            .collect();
+                        // The core republishes; rumqttc must not replay on its own.
+                        el.pending.retain(|r| !matches!(r, Request::Publish(_)));
+                        if matches!(e, ConnectionError::RequestsDone) {
+                            return;
+                        }
+                        if !pause(&tx, error, refused, kept, &mut backoff, &shutdown).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
 mod v4 {
     use super::*;
     use rumqttc::{
@@ -208,6 +269,10 @@ mod v4 {
         AsyncClient::new(m, o.queue)
     }
 
+    fn refused(_: &ConnectionError) -> Option<String> {
+        None // MQTT 3.1.1 PUBACKs carry no reason code
+    }
+
     fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
         match ev {
             Event::Incoming(Packet::ConnAck(_)) => {
@@ -224,57 +289,7 @@ mod v4 {
         }
     }
 
-    pub(super) async fn drive(
-        mut el: EventLoop,
-        tx: mpsc::Sender<LinkEvent>,
-        mut backoff: Backoff,
-        shutdown: CancellationToken,
-    ) {
-        let mut connected = false;
-        loop {
-            let polled = tokio::select! {
-                // Only while not connected: poll() then waits in connect(), where dropping it
-                // cannot tear a packet.
-                _ = shutdown.cancelled(), if !connected => return,
-                r = el.poll() => r,
-            };
-            match polled {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                Ok(ev) => {
-                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
-                        connected = true;
-                    }
-                    if !report(&tx, map(ev, &mut backoff)).await {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    connected = false;
-                    let error = e.to_string();
-                    let queued: Vec<Event> = el.state.events.drain(..).collect();
-                    for ev in queued {
-                        report(&tx, map(ev, &mut backoff)).await;
-                    }
-                    el.clean();
-                    let kept = el
-                        .pending
-                        .iter()
-                        .filter_map(|r| match r {
-                            Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
-                            _ => None,
-                        })
-                        .collect();
-                    el.pending.retain(|r| !matches!(r, Request::Publish(_)));
-                    if matches!(e, ConnectionError::RequestsDone) {
-                        return;
-                    }
-                    if !pause(&tx, error, None, kept, &mut backoff, &shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
+    drive_fn!();
 }
 
 mod v5 {
@@ -328,6 +343,15 @@ mod v5 {
         AsyncClient::new(m, o.queue)
     }
 
+    fn refused(e: &ConnectionError) -> Option<String> {
+        match e {
+            ConnectionError::MqttState(StateError::PubAckFail { reason }) => {
+                Some(format!("broker refused the message: {reason:?}"))
+            }
+            _ => None,
+        }
+    }
+
     fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
         match ev {
             Event::Incoming(Packet::ConnAck(c)) => {
@@ -352,59 +376,5 @@ mod v5 {
         }
     }
 
-    pub(super) async fn drive(
-        mut el: EventLoop,
-        tx: mpsc::Sender<LinkEvent>,
-        mut backoff: Backoff,
-        shutdown: CancellationToken,
-    ) {
-        let mut connected = false;
-        loop {
-            let polled = tokio::select! {
-                _ = shutdown.cancelled(), if !connected => return,
-                r = el.poll() => r,
-            };
-            match polled {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                Ok(ev) => {
-                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
-                        connected = true;
-                    }
-                    if !report(&tx, map(ev, &mut backoff)).await {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    connected = false;
-                    let refused = match &e {
-                        ConnectionError::MqttState(StateError::PubAckFail { reason }) => {
-                            Some(format!("broker refused the message: {reason:?}"))
-                        }
-                        _ => None,
-                    };
-                    let error = e.to_string();
-                    let queued: Vec<Event> = el.state.events.drain(..).collect();
-                    for ev in queued {
-                        report(&tx, map(ev, &mut backoff)).await;
-                    }
-                    el.clean();
-                    let kept = el
-                        .pending
-                        .iter()
-                        .filter_map(|r| match r {
-                            Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
-                            _ => None,
-                        })
-                        .collect();
-                    el.pending.retain(|r| !matches!(r, Request::Publish(_)));
-                    if matches!(e, ConnectionError::RequestsDone) {
-                        return;
-                    }
-                    if !pause(&tx, error, refused, kept, &mut backoff, &shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
+    drive_fn!();
 }
