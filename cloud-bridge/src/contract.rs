@@ -515,7 +515,8 @@ pub fn encode_hex(bytes: &[u8]) -> String {
 
 /// Parses hex (either case); `None` if malformed.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    // Checked up front: `u8::from_str_radix` alone would take a sign (`"+f"`).
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -650,5 +651,7 @@ mod tests {
         );
         assert!(CommandRequest::decode(br#"{"v":1,"id":"x","command":"explode"}"#).is_err());
         assert_eq!(decode_hex(&encode_hex(&[0, 1, 255])), Some(vec![0, 1, 255]));
+        assert_eq!(decode_hex("0A0b"), Some(vec![10, 11]));
+        assert_eq!(decode_hex("+f+f"), None);
     }
 }
