@@ -8,13 +8,16 @@
 //!   pending commands on every (re)connect is safe.
 //! - Each command ends exactly once: with the device's result, or `expired` after its TTL. The
 //!   outcome is stored with it; a repeated request id gets the stored outcome again.
+//! - Nothing is lost across a crash: the MQTT message of a command is acked ([`ferry_cloud_bridge::uplink::Receipt::done`])
+//!   only after the command is stored (until then the broker redelivers it), and an outcome is
+//!   marked published only when the broker acked it; unpublished outcomes go out again at start.
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use ferry_cloud_bridge::contract::{
     self, CommandOutcome, CommandSpec, OutcomeStatus, DEFAULT_COMMAND_TTL_S,
 };
-use ferry_cloud_bridge::uplink::InboundCommand;
+use ferry_cloud_bridge::uplink::{InboundCommand, OutgoingOutcome};
 use ferry_wire::CommandStatus;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::mpsc;
@@ -83,11 +86,12 @@ struct Pending {
     expires_ms: i64,
 }
 
-/// Starts the actor. `outcomes` receives every outcome (the uplink publishes them).
+/// Starts the actor. `outcomes` receives every outcome (the uplink publishes them), first the
+/// stored ones the broker never acked.
 pub async fn spawn(
     reader: Connection,
     store: StoreHandle,
-    outcomes: mpsc::Sender<CommandOutcome>,
+    outcomes: mpsc::Sender<OutgoingOutcome>,
     gateway: String,
     shutdown: CancellationToken,
 ) -> rusqlite::Result<(CommandsHandle, tokio::task::JoinHandle<()>)> {
@@ -120,6 +124,13 @@ pub async fn spawn(
             }
         }
     }
+    let unpublished: Vec<(i64, String)> = {
+        let mut st = reader.prepare(
+            "SELECT id, outcome FROM commands WHERE done = 1 AND outcome_published = 0 AND outcome IS NOT NULL ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
     let next_id: i64 =
         reader.query_row("SELECT coalesce(max(id), 0) + 1 FROM commands", [], |r| {
             r.get(0)
@@ -134,13 +145,19 @@ pub async fn spawn(
         links: HashMap::new(),
         next_id,
     };
+    for (id, json) in unpublished {
+        if let Ok(o) = serde_json::from_str::<CommandOutcome>(&json) {
+            tracing::info!(device = %o.device, request = %o.id, "Publishing a stored command outcome the broker never acked.");
+            actor.send_outcome(o, Some(id));
+        }
+    }
     Ok((CommandsHandle { tx }, tokio::spawn(actor.run(rx, shutdown))))
 }
 
 struct Actor {
     reader: Connection,
     store: StoreHandle,
-    outcomes: mpsc::Sender<CommandOutcome>,
+    outcomes: mpsc::Sender<OutgoingOutcome>,
     gateway: String,
     pending: BTreeMap<u32, Pending>,
     links: HashMap<String, mpsc::Sender<DeviceCommand>>,
@@ -181,7 +198,11 @@ impl Actor {
     }
 
     async fn submit(&mut self, c: InboundCommand) {
-        let InboundCommand { device, request } = c;
+        let InboundCommand {
+            device,
+            request,
+            receipt,
+        } = c;
         // A repeated request id: answer with the stored outcome, or keep waiting.
         let known: Option<Option<String>> = self
             .reader
@@ -195,11 +216,15 @@ impl Actor {
         match known {
             Some(Some(outcome)) => {
                 if let Ok(o) = serde_json::from_str::<CommandOutcome>(&outcome) {
-                    let _ = self.outcomes.try_send(o);
+                    self.send_outcome(o, None);
                 }
+                receipt.done();
                 return;
             }
-            Some(None) => return, // pending
+            Some(None) => {
+                receipt.done(); // stored and pending
+                return;
+            }
             None => {}
         }
         if self
@@ -207,6 +232,7 @@ impl Actor {
             .values()
             .any(|p| p.device == device && p.request_id == request.id)
         {
+            receipt.done();
             return;
         }
         let id = self.next_id;
@@ -226,15 +252,12 @@ impl Actor {
             })
             .await;
         if let Err(e) = stored {
-            self.publish(
-                &device,
-                &request.id,
-                OutcomeStatus::Rejected,
-                Some(format!("not stored: {e}")),
-                None,
-            );
+            // Not acked: the broker delivers it again (after a reconnect) and storing is retried.
+            tracing::warn!(%device, request = %request.id, error = %e, "Command not stored; leaving it unacked at the broker.");
+            drop(receipt);
             return;
         }
+        receipt.done();
         tracing::info!(%device, request = %request.id, wire_id = id, "Command queued for the device.");
         let p = Pending {
             device: device.clone(),
@@ -278,6 +301,7 @@ impl Actor {
         };
         let json = serde_json::to_string(&o).expect("outcome serializes");
         let id = i64::from(wire_id);
+        let mut stored = true;
         if let Err(e) = self
             .store
             .exec(move |c| {
@@ -290,29 +314,50 @@ impl Actor {
             .await
         {
             tracing::warn!(error = %e, "Command outcome not stored; publishing it anyway.");
+            stored = false;
         }
         tracing::info!(device = %p.device, request = %p.request_id, ?status, "Command finished.");
-        let _ = self.outcomes.try_send(o);
+        self.send_outcome(o, stored.then_some(id));
     }
 
-    fn publish(
-        &self,
-        device: &str,
-        id: &str,
-        status: OutcomeStatus,
-        detail: Option<String>,
-        data_hex: Option<String>,
-    ) {
-        let _ = self.outcomes.try_send(CommandOutcome {
-            v: contract::SCHEMA_VERSION,
-            id: id.to_owned(),
-            gateway: self.gateway.clone(),
-            device: device.to_owned(),
-            status,
-            detail,
-            data_hex,
-            at_ms: crate::utc_now_ms(),
+    /// Hands an outcome to the uplink. For a stored one (`row`), the row is marked published
+    /// once the broker acked it; until then a restart publishes it again.
+    fn send_outcome(&self, o: CommandOutcome, row: Option<i64>) {
+        let delivered = row.map(|id| {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if rx.await.is_ok() {
+                    let marked = store
+                        .exec(move |c| {
+                            c.execute(
+                                "UPDATE commands SET outcome_published = 1 WHERE id = ?1",
+                                params![id],
+                            )
+                            .map(|_| ())
+                        })
+                        .await;
+                    if let Err(e) = marked {
+                        tracing::debug!(error = %e, "Outcome delivery not recorded; it may be published again.");
+                    }
+                }
+            });
+            tx
         });
+        let sent = self.outcomes.try_send(OutgoingOutcome {
+            outcome: o,
+            delivered,
+        });
+        match sent {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    "Outcome queue full; a stored outcome goes out after the next start."
+                );
+            }
+            // No uplink: outcomes stay stored.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! (the README's test command sets it); otherwise it prints why it is skipped. It never passes
 //! silently.
 
+pub mod agent;
 pub mod bridge;
 pub mod link;
 pub mod mosquitto;

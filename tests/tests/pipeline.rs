@@ -3,78 +3,14 @@
 //! mid-forward. Duplicates on the wire are allowed; the table must hold every sample the devices
 //! saw acked, exactly once, with no gaps.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ferry_tests::agent::AgentProc;
 use ferry_tests::bridge::{ferry_bridge_bin, BridgeProcess};
+use ferry_tests::free_port;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use ferry_tests::postgres::{Postgres, PostgresOptions};
-use ferry_tests::{free_port, workspace_bin};
 use tokio_util::sync::CancellationToken;
-
-/// The agent as a process that can be SIGKILLed and started again on the same store.
-struct AgentProc {
-    bin: PathBuf,
-    config: PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl AgentProc {
-    fn new(dir: &Path, broker: u16, tcp: u16) -> AgentProc {
-        let config = dir.join("ferry.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\nid = \"gw-e2e\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
-                 [uplink]\nbroker = \"127.0.0.1:{broker}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 300\n",
-                dir.join("ferry.db").display().to_string()
-            ),
-        )
-        .unwrap();
-        AgentProc {
-            bin: workspace_bin("ferry-agent", "ferry").expect("build ferry"),
-            config,
-            child: None,
-        }
-    }
-
-    async fn start(&mut self, tcp: u16) {
-        let child = tokio::process::Command::new(&self.bin)
-            .args(["--log", "warn", "run", "--config"])
-            .arg(&self.config)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn ferry");
-        self.child = Some(child);
-        let t = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", tcp))
-            .await
-            .is_err()
-        {
-            assert!(t.elapsed() < Duration::from_secs(10), "agent did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.start_kill();
-            let _ = c.wait().await;
-        }
-    }
-
-    async fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id().unwrap() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let status = tokio::time::timeout(Duration::from_secs(20), c.wait())
-                .await
-                .expect("agent stops within 20 s")
-                .unwrap();
-            assert!(status.success(), "agent exit status {status}");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
@@ -109,8 +45,17 @@ async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let tcp = free_port();
-    let mut agent = AgentProc::new(&dir, broker.port(), tcp);
-    agent.start(tcp).await;
+    let mut agent = AgentProc::new(
+        &dir,
+        &format!(
+            "[gateway]\nid = \"gw-e2e\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
+             [uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 300\n",
+            dir.join("ferry.db").display().to_string(),
+            broker.port()
+        ),
+        tcp,
+    );
+    agent.start().await;
 
     // 10 devices x 2 channels at 100 Hz for 10 s; the devices reconnect after each agent kill.
     let sim = ferry_sim::SimConfig {
@@ -134,7 +79,7 @@ async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
             agent.kill().await;
             kills += 1;
             tokio::time::sleep(Duration::from_millis(150)).await;
-            agent.start(tcp).await;
+            agent.start().await;
         } else {
             broker.stop();
             tokio::time::sleep(Duration::from_millis(300)).await;

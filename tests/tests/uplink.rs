@@ -352,3 +352,173 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     poller.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Downlink across crashes: a command published while the agent is down waits at the broker
+/// (persistent session) and reaches the device after the agent restarts; an outcome stored while
+/// the broker was down survives a SIGKILL of the agent and is published after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
+    use ferry_cloud_bridge::contract::{CommandOutcome, OutcomeStatus};
+    use ferry_tests::agent::AgentProc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    let Some(mut broker) = Mosquitto::start(MosquittoOptions::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ferry.db");
+    let tcp = ferry_tests::free_port();
+    let mut agent = AgentProc::new(
+        dir.path(),
+        &format!(
+            "[gateway]\nid = \"crash-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
+             [uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"300ms\"\n",
+            db.display().to_string(),
+            broker.port()
+        ),
+        tcp,
+    );
+    agent.start().await;
+
+    // The operator: a persistent session, so results published while it reconnects wait for it.
+    let mut o = MqttOptions::new("crash-operator", "127.0.0.1", broker.port());
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(3600);
+    o.set_clean_start(false)
+        .set_keep_alive(Duration::from_secs(5))
+        .set_connect_properties(props);
+    let (client, mut el) = AsyncClient::new(o, 100);
+    client
+        .subscribe("ferry/v1/crash-gw/+/commands/result", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel::<CommandOutcome>();
+    let pubacks = Arc::new(AtomicUsize::new(0));
+    let poller = tokio::spawn({
+        let pubacks = pubacks.clone();
+        async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = res_tx.send(serde_json::from_slice(&p.payload).expect("outcome"));
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        pubacks.fetch_add(1, SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+    });
+    let send = |id: &str, hex: &str| {
+        let client = client.clone();
+        let body = format!(r#"{{"v":1,"id":"{id}","command":{{"opaque":{{"hex":"{hex}"}}}}}}"#);
+        async move {
+            client
+                .publish(
+                    "ferry/v1/crash-gw/sim-0000/commands",
+                    QoS::AtLeastOnce,
+                    false,
+                    body.into_bytes(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let command_row = |id: &str| -> Option<(i64, i64)> {
+        let c = ferry_agent::store::open_reader(&db).ok()?;
+        c.query_row(
+            "SELECT done, outcome_published FROM commands WHERE request_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()
+    };
+    async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let device = |secs| {
+        tokio::spawn(ferry_sim::run(
+            ferry_sim::SimConfig {
+                devices: 1,
+                sensors: 1,
+                interval_ms: 50,
+                duration: Some(Duration::from_secs(secs)),
+                transport: ferry_sim::Transport::Tcp(format!("127.0.0.1:{tcp}").parse().unwrap()),
+                ..ferry_sim::SimConfig::default()
+            },
+            CancellationToken::new(),
+        ))
+    };
+
+    // 1. A command for a device that is not connected yet: stored, pending (resent until the
+    //    agent's subscription is in place).
+    let t = Instant::now();
+    while command_row("crash-1").is_none() {
+        send("crash-1", "c1").await;
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the agent never stored the command"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(command_row("crash-1"), Some((0, 0)), "pending");
+
+    // 2. The broker goes away; the device connects and answers. The outcome is stored, not
+    //    published. Then the agent is SIGKILLed.
+    broker.stop();
+    device(2).await.unwrap();
+    wait_for("crash-1 done", || command_row("crash-1") == Some((1, 0))).await;
+    agent.kill().await;
+
+    // 3. The broker is back; a command is published while the agent is down and waits in the
+    //    agent's persistent session at the broker.
+    broker.start_again();
+    let acked_before = pubacks.load(SeqCst);
+    send("offline-1", "0f").await;
+    wait_for("broker acked offline-1", || {
+        pubacks.load(SeqCst) > acked_before
+    })
+    .await;
+
+    // 4. The agent restarts: the stored outcome goes out, the queued command reaches the device.
+    agent.start().await;
+    let dev = device(3);
+    let mut got: HashMap<String, CommandOutcome> = HashMap::new();
+    while !(got.contains_key("crash-1") && got.contains_key("offline-1")) {
+        match tokio::time::timeout(Duration::from_secs(15), res_rx.recv()).await {
+            Ok(Some(o)) => {
+                got.insert(o.id.clone(), o);
+            }
+            _ => panic!("only these outcomes arrived: {got:?}"),
+        }
+    }
+    assert_eq!(
+        got["crash-1"].status,
+        OutcomeStatus::Ok,
+        "{:?}",
+        got["crash-1"]
+    );
+    assert_eq!(got["crash-1"].data_hex.as_deref(), Some("c1"));
+    assert_eq!(
+        got["offline-1"].status,
+        OutcomeStatus::Ok,
+        "{:?}",
+        got["offline-1"]
+    );
+    assert_eq!(got["offline-1"].data_hex.as_deref(), Some("0f"));
+    // Delivery of the stored outcome is recorded, so the next start does not publish it again.
+    wait_for("crash-1 marked published", || {
+        command_row("crash-1") == Some((1, 1))
+    })
+    .await;
+    dev.await.unwrap();
+    agent.terminate().await;
+    poller.abort();
+}

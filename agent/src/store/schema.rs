@@ -86,6 +86,10 @@ CREATE TABLE commands (
     UNIQUE (device_id, request_id)
 );
 "#,
+    // v3: an outcome is published again after a restart until the broker acked it
+    r#"
+ALTER TABLE commands ADD COLUMN outcome_published INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Schema version this build writes.

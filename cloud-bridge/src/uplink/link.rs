@@ -10,6 +10,7 @@
 //!
 //! The event loop is polled only in this task and never cancelled mid-write (dropping a
 //! `poll()` future while it flushes could leave half a packet on the wire).
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,12 +34,15 @@ pub enum LinkEvent {
     /// PUBACK for this packet id saying no subscriber matched (MQTT 5 reason 0x10): the broker
     /// accepted the message and discarded it.
     Unrouted(u16),
-    /// A message on a subscribed topic.
+    /// A message on a subscribed topic. Acks are manual: the broker redelivers it (persistent
+    /// session) until `ack` is passed to [`Publisher::ack`].
     Message {
         /// Topic.
         topic: String,
         /// Payload.
         payload: Bytes,
+        /// What acknowledges it.
+        ack: AckToken,
     },
     /// The connection is gone. The core must reset its packet-id bookkeeping and answer
     /// `resume`; the driver then waits out the backoff and reconnects.
@@ -55,6 +59,20 @@ pub enum LinkEvent {
     },
 }
 
+/// Identifies a received QoS 1 message for its PUBACK (QoS 0 messages need none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    /// Packet id of the incoming PUBLISH.
+    pub pkid: u16,
+    /// False for QoS 0: nothing to acknowledge.
+    pub needs_ack: bool,
+}
+
+/// How long the broker keeps this client's session (its subscription and the commands queued
+/// for it) while the agent is away (MQTT 5 session expiry; MQTT 3.1.1 brokers keep it until
+/// their own limit).
+pub const SESSION_EXPIRY_S: u32 = 7 * 24 * 3600;
+
 /// Queues requests on the connection (never blocks: the core keeps fewer requests outstanding
 /// than the queue holds).
 pub trait Publisher: Send + Sync {
@@ -64,6 +82,8 @@ pub trait Publisher: Send + Sync {
     fn subscribe(&self, filter: &str) -> Result<(), String>;
     /// Clean disconnect (MQTT 5: the broker does not publish the last will).
     fn disconnect(&self) -> Result<(), String>;
+    /// PUBACK for a received message, once it is safely handled.
+    fn ack(&self, token: AckToken) -> Result<(), String>;
 }
 
 /// TLS material, PEM encoded.
@@ -107,7 +127,7 @@ pub fn start(
     backoff: Backoff,
     shutdown: CancellationToken,
 ) -> (
-    Box<dyn Publisher>,
+    Arc<dyn Publisher>,
     mpsc::Receiver<LinkEvent>,
     tokio::task::JoinHandle<()>,
 ) {
@@ -115,11 +135,11 @@ pub fn start(
     if v5 {
         let (client, el) = v5::client(o);
         let task = tokio::spawn(v5::drive(el, tx, backoff, shutdown));
-        (Box::new(client), rx, task)
+        (Arc::new(client), rx, task)
     } else {
         let (client, el) = v4::client(o);
         let task = tokio::spawn(v4::drive(el, tx, backoff, shutdown));
-        (Box::new(client), rx, task)
+        (Arc::new(client), rx, task)
     }
 }
 
@@ -225,7 +245,7 @@ mod v4 {
     use super::*;
     use rumqttc::{
         AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-        QoS, Request, TlsConfiguration, Transport,
+        Publish, QoS, Request, TlsConfiguration, Transport,
     };
 
     impl Publisher for AsyncClient {
@@ -240,12 +260,23 @@ mod v4 {
         fn disconnect(&self) -> Result<(), String> {
             self.try_disconnect().map_err(|e| e.to_string())
         }
+        fn ack(&self, token: AckToken) -> Result<(), String> {
+            if !token.needs_ack {
+                return Ok(());
+            }
+            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
+            p.pkid = token.pkid;
+            self.try_ack(&p).map_err(|e| e.to_string())
+        }
     }
 
     pub(super) fn client(o: &LinkOptions) -> (AsyncClient, EventLoop) {
         let mut m = MqttOptions::new(&o.client_id, &o.host, o.port);
         m.set_keep_alive(o.keep_alive)
-            .set_clean_session(true)
+            // A persistent session: commands published while the agent is away wait at the
+            // broker, and one received but not yet stored is delivered again.
+            .set_clean_session(false)
+            .set_manual_acks(true)
             .set_inflight(o.inflight)
             .set_max_packet_size(o.max_incoming, o.max_incoming);
         if let Some((u, p)) = &o.credentials {
@@ -281,6 +312,10 @@ mod v4 {
             }
             Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
             Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
+                ack: AckToken {
+                    pkid: p.pkid,
+                    needs_ack: p.qos != QoS::AtMostOnce,
+                },
                 topic: p.topic,
                 payload: p.payload,
             }),
@@ -294,7 +329,7 @@ mod v4 {
 
 mod v5 {
     use super::*;
-    use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, Packet, Publish};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{
         AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
@@ -313,14 +348,28 @@ mod v5 {
         fn disconnect(&self) -> Result<(), String> {
             self.try_disconnect().map_err(|e| e.to_string())
         }
+        fn ack(&self, token: AckToken) -> Result<(), String> {
+            if !token.needs_ack {
+                return Ok(());
+            }
+            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
+            p.pkid = token.pkid;
+            self.try_ack(&p).map_err(|e| e.to_string())
+        }
     }
 
     pub(super) fn client(o: &LinkOptions) -> (AsyncClient, EventLoop) {
         let mut m = MqttOptions::new(&o.client_id, &o.host, o.port);
         m.set_keep_alive(o.keep_alive)
-            .set_clean_start(true)
-            .set_outgoing_inflight_upper_limit(o.inflight)
-            .set_max_packet_size(Some(o.max_incoming as u32));
+            // A persistent session: commands published while the agent is away wait at the
+            // broker, and one received but not yet stored is delivered again.
+            .set_clean_start(false)
+            .set_manual_acks(true)
+            .set_outgoing_inflight_upper_limit(o.inflight);
+        let mut props = m.connect_properties().unwrap_or_default();
+        props.session_expiry_interval = Some(SESSION_EXPIRY_S);
+        props.max_packet_size = Some(o.max_incoming as u32);
+        m.set_connect_properties(props);
         if let Some((u, p)) = &o.credentials {
             m.set_credentials(u, p);
         }
@@ -368,6 +417,10 @@ mod v5 {
                 },
             ),
             Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
+                ack: AckToken {
+                    pkid: p.pkid,
+                    needs_ack: p.qos != QoS::AtMostOnce,
+                },
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload,
             }),

@@ -160,12 +160,51 @@ pub enum UplinkError {
 }
 
 /// A valid downlink command for a device of this gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct InboundCommand {
     /// Device id (from the topic).
     pub device: String,
     /// The request.
     pub request: contract::CommandRequest,
+    /// Acknowledges the MQTT message: call [`Receipt::done`] once the command is stored (or
+    /// answered). Until then the broker keeps it and delivers it again after a reconnect.
+    pub receipt: Receipt,
+}
+
+/// The PUBACK owed for a received command.
+pub struct Receipt(Option<(Arc<dyn Publisher>, link::AckToken)>);
+
+impl Receipt {
+    /// Nothing to acknowledge (a command that did not come over MQTT).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// The command is safe: acknowledge it to the broker.
+    pub fn done(self) {
+        if let Some((client, token)) = self.0 {
+            if let Err(e) = client.ack(token) {
+                tracing::debug!(error = %e, "Command PUBACK not queued; the broker will deliver it again.");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Receipt")
+            .field(&self.0.as_ref().map(|(_, t)| *t))
+            .finish()
+    }
+}
+
+/// An outcome to publish on `.../commands/result`; `delivered` fires when the broker acked it.
+#[derive(Debug)]
+pub struct OutgoingOutcome {
+    /// The outcome.
+    pub outcome: contract::CommandOutcome,
+    /// Told when the PUBACK arrives.
+    pub delivered: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The agent's ends of the downlink: commands the uplink received, and outcomes to publish on
@@ -175,7 +214,7 @@ pub struct Downlink {
     /// Where valid commands go.
     pub commands: tokio::sync::mpsc::Sender<InboundCommand>,
     /// Outcomes to publish.
-    pub outcomes: tokio::sync::mpsc::Receiver<contract::CommandOutcome>,
+    pub outcomes: tokio::sync::mpsc::Receiver<OutgoingOutcome>,
 }
 
 #[derive(Debug)]
@@ -189,6 +228,8 @@ struct Msg {
     stream: Option<StreamKind>,
     events: usize,
     sent_before: bool,
+    /// Told when the broker acks it (command outcomes).
+    delivered: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 type Shared<S> = Arc<Mutex<S>>;
@@ -314,12 +355,12 @@ impl<S: EventSource> Uplink<S> {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(ev, client.as_ref()).await?,
+                    Some(ev) => self.on_event(ev, &client).await?,
                     None => break Ok(()),
                 },
                 o = async { self.downlink.as_mut().expect("guarded").outcomes.recv().await },
                     if self.downlink.is_some() => match o {
-                    Some(o) => self.publish_outcome(client.as_ref(), &o),
+                    Some(o) => self.publish_outcome(client.as_ref(), &o.outcome, o.delivered),
                     None => self.downlink = None,
                 },
                 _ = tick.tick() => {
@@ -342,7 +383,7 @@ impl<S: EventSource> Uplink<S> {
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
         while self.connected && self.unacked.values().any(|m| m.chunk.is_some()) {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(ev)) => self.on_event(ev, client.as_ref()).await?,
+                Ok(Some(ev)) => self.on_event(ev, &client).await?,
                 _ => break,
             }
         }
@@ -376,7 +417,12 @@ impl<S: EventSource> Uplink<S> {
         result
     }
 
-    async fn on_event(&mut self, ev: LinkEvent, client: &dyn Publisher) -> Result<(), UplinkError> {
+    async fn on_event(
+        &mut self,
+        ev: LinkEvent,
+        shared: &Arc<dyn Publisher>,
+    ) -> Result<(), UplinkError> {
+        let client = shared.as_ref();
         match ev {
             LinkEvent::Connected { max_packet } => {
                 self.connected = true;
@@ -422,13 +468,7 @@ impl<S: EventSource> Uplink<S> {
             }
             LinkEvent::Acked(pkid) => {
                 if let Some(id) = self.by_pkid.remove(&pkid) {
-                    if let Some(m) = self.unacked.remove(&id) {
-                        self.stats.messages_acked.fetch_add(1, Relaxed);
-                        self.stats.events_acked.fetch_add(m.events as u64, Relaxed);
-                        if let Some(c) = m.chunk {
-                            self.fwd.acked(c);
-                        }
-                    }
+                    self.delivered(id);
                 }
                 if self.connected {
                     self.fill(client).await?;
@@ -447,21 +487,18 @@ impl<S: EventSource> Uplink<S> {
                             }
                             self.retry.push((Instant::now() + UNROUTED_RETRY, id));
                         }
-                        _ => {
-                            // Status, outcomes, or subscribers not required: delivered as far as MQTT goes.
-                            if let Some(m) = self.unacked.remove(&id) {
-                                self.stats.messages_acked.fetch_add(1, Relaxed);
-                                self.stats.events_acked.fetch_add(m.events as u64, Relaxed);
-                                if let Some(c) = m.chunk {
-                                    self.fwd.acked(c);
-                                }
-                            }
-                        }
+                        // Status, outcomes, or subscribers not required: delivered as far as MQTT goes.
+                        _ => self.delivered(id),
                     }
                 }
             }
-            LinkEvent::Message { topic, payload } => {
-                self.on_command(client, &topic, &payload).await
+            LinkEvent::Message {
+                topic,
+                payload,
+                ack,
+            } => {
+                let receipt = Receipt(Some((shared.clone(), ack)));
+                self.on_command(client, &topic, &payload, receipt).await
             }
             LinkEvent::Down {
                 error,
@@ -615,6 +652,7 @@ impl<S: EventSource> Uplink<S> {
                 stream,
                 events,
                 sent_before: false,
+                delivered: None,
             },
         );
         if self.connected {
@@ -666,13 +704,36 @@ impl<S: EventSource> Uplink<S> {
         Ok(())
     }
 
-    async fn on_command(&mut self, client: &dyn Publisher, topic: &str, payload: &[u8]) {
+    /// Message `id` is acked by the broker: count it, move the position, tell who waits.
+    fn delivered(&mut self, id: u64) {
+        let Some(m) = self.unacked.remove(&id) else {
+            return;
+        };
+        self.stats.messages_acked.fetch_add(1, Relaxed);
+        self.stats.events_acked.fetch_add(m.events as u64, Relaxed);
+        if let Some(c) = m.chunk {
+            self.fwd.acked(c);
+        }
+        if let Some(tx) = m.delivered {
+            let _ = tx.send(());
+        }
+    }
+
+    async fn on_command(
+        &mut self,
+        client: &dyn Publisher,
+        topic: &str,
+        payload: &[u8],
+        receipt: Receipt,
+    ) {
         let Some(contract::Topic::Commands { gateway, device }) = contract::parse_topic(topic)
         else {
             tracing::debug!(%topic, "Ignoring a message on an unexpected topic.");
+            receipt.done();
             return;
         };
         if gateway != self.settings.gateway {
+            receipt.done();
             return;
         }
         let request = match contract::CommandRequest::decode(payload) {
@@ -694,13 +755,24 @@ impl<S: EventSource> Uplink<S> {
                     data_hex: None,
                     at_ms: now_ms(),
                 };
-                self.publish_outcome(client, &o);
+                // The request is acked once its answer is: a crash in between redelivers it.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.publish_outcome(client, &o, Some(tx));
+                tokio::spawn(async move {
+                    if rx.await.is_ok() {
+                        receipt.done();
+                    }
+                });
                 return;
             }
         };
         let Some(d) = &self.downlink else { return };
         if d.commands
-            .send(InboundCommand { device, request })
+            .send(InboundCommand {
+                device,
+                request,
+                receipt,
+            })
             .await
             .is_err()
         {
@@ -708,10 +780,19 @@ impl<S: EventSource> Uplink<S> {
         }
     }
 
-    fn publish_outcome(&mut self, client: &dyn Publisher, o: &contract::CommandOutcome) {
+    fn publish_outcome(
+        &mut self,
+        client: &dyn Publisher,
+        o: &contract::CommandOutcome,
+        delivered: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let topic = contract::command_result_topic(&o.gateway, &o.device);
         let payload = serde_json::to_vec(o).expect("outcome serializes");
+        let id = self.next_msg;
         self.enqueue(client, topic, payload.into(), false, None, None, 0);
+        if let Some(m) = self.unacked.get_mut(&id) {
+            m.delivered = delivered;
+        }
     }
 
     async fn maybe_save(&mut self, force: bool) -> Result<(), UplinkError> {
