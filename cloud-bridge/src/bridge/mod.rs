@@ -108,6 +108,9 @@ pub enum SinkSettings {
     },
     /// One JSON object per event on stdout.
     Jsonl,
+    /// One JSON object per event appended to this file (created if missing). `ferry demo` uses
+    /// it to land events with nothing installed.
+    JsonlFile(std::path::PathBuf),
 }
 
 /// Why the bridge could not start or had to stop.
@@ -130,7 +133,7 @@ pub enum BridgeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The sink failed for good (jsonl: stdout closed).
+    /// The sink failed for good (jsonl: stdout closed or the file unwritable).
     #[error("sink failed: {0}")]
     Sink(String),
 }
@@ -160,6 +163,16 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
 /// sink fails for good.
 pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), BridgeError> {
     let metrics = Arc::new(Metrics::default());
+    let jsonl_file = match &s.sink {
+        SinkSettings::JsonlFile(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| BridgeError::Sink(format!("opening {}: {e}", path.display())))?,
+        ),
+        _ => None,
+    };
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|source| BridgeError::Listen {
@@ -192,6 +205,12 @@ pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), B
             .collect(),
         // One writer keeps stdout in commit order.
         SinkSettings::Jsonl => vec![store::Sink::Jsonl],
+        SinkSettings::JsonlFile(_) => {
+            let file = jsonl_file.expect("opened above");
+            vec![store::Sink::JsonlFile(Arc::new(std::sync::Mutex::new(
+                file,
+            )))]
+        }
     };
     info!(
         broker = %format!("{}:{}", s.mqtt.host, s.mqtt.port),

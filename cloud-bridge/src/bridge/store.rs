@@ -16,8 +16,9 @@
 //! - Concurrent replicas: the schema is created under an advisory lock; `ferry_gateways` rows
 //!   are upserted in gateway order so two transactions never wait on each other in a cycle.
 //!
-//! jsonl: each event is one line on stdout, flushed before the ack. It has no dedup (a
-//! redelivered message is printed again) and dead letters go to the log only.
+//! jsonl: each event is one line on stdout (or appended to a file), flushed before the ack. It has
+//! no dedup (a redelivered message is printed again) and dead letters go to the log only. The
+//! file variant exists so `ferry demo` can land events with nothing installed and check them.
 use std::io::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -137,6 +138,8 @@ pub(crate) struct Written {
 pub(crate) enum Sink {
     Postgres(Box<PgStore>),
     Jsonl,
+    /// JSON lines appended to this file (opened once, shared with the blocking writes).
+    JsonlFile(Arc<std::sync::Mutex<std::fs::File>>),
 }
 
 impl Sink {
@@ -148,7 +151,7 @@ impl Sink {
     pub(crate) async fn connect(&mut self) -> Result<(), StoreError> {
         match self {
             Sink::Postgres(p) => p.conn().await.map(|_| ()),
-            Sink::Jsonl => Ok(()),
+            Sink::Jsonl | Sink::JsonlFile(_) => Ok(()),
         }
     }
 
@@ -156,12 +159,17 @@ impl Sink {
     pub(crate) async fn write(&mut self, msgs: &mut [Inbound]) -> Result<Written, StoreError> {
         match self {
             Sink::Postgres(p) => p.write(msgs).await,
-            Sink::Jsonl => write_jsonl(msgs).await,
+            Sink::Jsonl => write_jsonl(msgs, None).await,
+            Sink::JsonlFile(f) => write_jsonl(msgs, Some(f.clone())).await,
         }
     }
 }
 
-async fn write_jsonl(msgs: &[Inbound]) -> Result<Written, StoreError> {
+/// Writes the events of `msgs` as JSON lines to `file`, or to stdout when `None`.
+async fn write_jsonl(
+    msgs: &[Inbound],
+    file: Option<Arc<std::sync::Mutex<std::fs::File>>>,
+) -> Result<Written, StoreError> {
     let mut buf = Vec::new();
     let mut w = Written::default();
     for m in msgs {
@@ -178,14 +186,26 @@ async fn write_jsonl(msgs: &[Inbound]) -> Result<Written, StoreError> {
     if buf.is_empty() {
         return Ok(w);
     }
-    tokio::task::spawn_blocking(move || {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&buf)?;
-        out.flush()
+    let what = if file.is_some() {
+        "the jsonl file"
+    } else {
+        "stdout"
+    };
+    tokio::task::spawn_blocking(move || match file {
+        Some(f) => {
+            let mut out = f.lock().expect("jsonl file lock");
+            out.write_all(&buf)?;
+            out.flush()
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()
+        }
     })
     .await
-    .map_err(|e| StoreError::Fatal(format!("stdout writer: {e}")))?
-    .map_err(|e| StoreError::Fatal(format!("writing stdout: {e}")))?;
+    .map_err(|e| StoreError::Fatal(format!("{what} writer: {e}")))?
+    .map_err(|e| StoreError::Fatal(format!("writing {what}: {e}")))?;
     Ok(w)
 }
 
