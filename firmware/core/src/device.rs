@@ -287,6 +287,11 @@ impl<const RING: usize> Device<RING> {
         self.ring.len()
     }
 
+    /// A held (taken, not yet acked or dropped) sample by sequence number.
+    pub fn held(&self, seq: u32) -> Option<&Sample> {
+        self.ring.get(seq)
+    }
+
     /// Current sampling interval of sensor `index` (0 = disabled).
     pub fn interval_ms(&self, index: usize) -> Option<u32> {
         (index < self.schedule.len()).then(|| self.schedule.interval(index))

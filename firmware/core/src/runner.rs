@@ -1,8 +1,9 @@
 //! A ready-made main loop for boards: drives a [`Device`] over any `embedded-io` serial port.
 //!
-//! The loop polls: sample due sensors, drain received bytes, transmit every pending frame, then carry
-//! out command actions. It never blocks on the receive side, so a polled UART with a hardware FIFO
-//! (or an interrupt-fed queue) loses nothing while the device transmits.
+//! The loop polls: sample due sensors, drain received bytes, let the board observe the device,
+//! transmit every pending frame, then carry out command actions. It never blocks on the receive
+//! side, so a polled UART with a hardware FIFO (or an interrupt-fed queue) loses nothing while the
+//! device transmits.
 
 use embedded_io::{Read, ReadReady, Write};
 use ferry_wire::{CommandStatus, MAX_ENCODED_LEN, MAX_OPAQUE_LEN};
@@ -31,6 +32,11 @@ pub trait Board {
 
     /// Called once per loop iteration (LED blinking, watchdog feeding, ...).
     fn idle(&mut self, _now_ms: u64) {}
+
+    /// Called once per loop iteration after sampling and receiving, before transmitting: lets a
+    /// board report what the device did (samples taken, `acked_next`), e.g. on a debug UART.
+    /// Must not block for long.
+    fn observe<const RING: usize>(&mut self, _now_ms: u64, _device: &Device<RING>) {}
 }
 
 /// Runs the device forever over `port`.
@@ -57,6 +63,7 @@ where
                 _ => break,
             }
         }
+        board.observe(now, device);
         while let Some(n) = device.poll_transmit(now, sensors, &mut tx) {
             // A write error on a UART is a framing/noise problem on the line; the protocol's
             // retransmission recovers, so the frame is simply not sent.

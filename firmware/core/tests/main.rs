@@ -186,6 +186,32 @@ fn hello_repeats_until_welcome_then_samples_flow_in_order() {
 }
 
 #[test]
+fn held_samples_are_the_transmitted_ones_until_released() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    let seen = b.run_until(30);
+    let sent: Vec<(u32, Sample)> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Samples { first, samples, .. } => {
+                Some((*first..).zip(samples.iter().copied()).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(sent.len(), 12, "3 sensors at 0, 10, 20, 30 ms");
+    for (seq, sample) in &sent {
+        assert_eq!(b.dev.held(*seq), Some(sample), "seq {seq}");
+    }
+    assert_eq!(b.dev.held(b.dev.next_seq()), None, "not taken yet");
+    b.ack(5);
+    assert_eq!(b.dev.held(4), None, "released by the ack");
+    assert_eq!(b.dev.held(5), Some(&sent[5].1));
+}
+
+#[test]
 fn acks_release_and_heartbeat_reports() {
     let mut b = Bench::new();
     b.run_until(0);

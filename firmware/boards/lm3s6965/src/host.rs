@@ -22,7 +22,11 @@ pub fn boot_id() -> u32 {
 }
 
 fn read_host_file(path_nul: &[u8], out: &mut [u8]) -> bool {
-    let open = [path_nul.as_ptr() as usize, nr::open::R_BINARY, path_nul.len() - 1];
+    let open = [
+        path_nul.as_ptr() as usize,
+        nr::open::R_BINARY,
+        path_nul.len() - 1,
+    ];
     // SAFETY: the parameter block and buffers outlive the calls; the host only writes into `out`.
     unsafe {
         let fd = syscall1(nr::OPEN, open.as_ptr() as usize);

@@ -1,7 +1,9 @@
 //! Ferry firmware for the LM3S6965 under `qemu-system-arm -machine lm3s6965evb`.
 //!
 //! UART0 speaks the Ferry device protocol (`firmware/wire/PROTOCOL.md`); the portable device core
-//! (`ferry-firmware`) does everything else. Timebase: SysTick at 1 kHz from the 12.5 MHz core clock.
+//! (`ferry-firmware`) does everything else. UART1 carries a text report of samples taken and acked
+//! (`report.rs`) for end-to-end tests (QEMU's second `-serial`).
+//! Timebase: SysTick at 1 kHz from the 12.5 MHz core clock.
 //! Sensors: the synthetic set (temperature, humidity, counter; the emulated board has none).
 //! Identify and opaque commands are reported to the host console via semihosting; opaque payloads
 //! are echoed back as the result data. Reboot resets the core (QEMU restarts the image).
@@ -9,6 +11,7 @@
 #![no_main]
 
 mod host;
+mod report;
 mod uart;
 
 use core::cell::Cell;
@@ -22,6 +25,7 @@ use ferry_firmware::sensors::synthetic::Synthetic;
 use ferry_firmware::{Device, DeviceConfig};
 use ferry_wire::{CommandStatus, MAX_OPAQUE_LEN};
 use panic_semihosting as _;
+use report::Report;
 
 /// Unacked ring capacity: ~1.8 s of the default 140 samples/s.
 const RING: usize = 256;
@@ -37,7 +41,9 @@ fn SysTick() {
     });
 }
 
-struct Lm3s;
+struct Lm3s {
+    report: Report,
+}
 
 impl Board for Lm3s {
     fn now_ms(&mut self) -> u64 {
@@ -57,6 +63,10 @@ impl Board for Lm3s {
         reply[..data.len()].copy_from_slice(data);
         (CommandStatus::Ok, data.len())
     }
+
+    fn observe<const N: usize>(&mut self, _now_ms: u64, device: &Device<N>) {
+        self.report.observe(device);
+    }
 }
 
 #[entry]
@@ -69,15 +79,21 @@ fn main() -> ! {
     syst.enable_counter();
     syst.enable_interrupt();
 
-    let mut port = uart::Uart0::init();
+    let mut port = uart::Uart::init(0);
     let mut id_buf = [0u8; 128];
     let device_id = host::device_id(&mut id_buf);
     let boot_id = host::boot_id();
     hprintln!("ferry: {} boot {:08x}", device_id, boot_id);
 
     let mut sensors = Synthetic::new();
-    let cfg = DeviceConfig::new(device_id, concat!("lm3s6965-", env!("CARGO_PKG_VERSION")), boot_id);
-    let mut board = Lm3s;
+    let cfg = DeviceConfig::new(
+        device_id,
+        concat!("lm3s6965-", env!("CARGO_PKG_VERSION")),
+        boot_id,
+    );
+    let mut board = Lm3s {
+        report: Report::new(uart::Uart::init(1), boot_id),
+    };
     let now = board.now_ms();
     let device: &'static mut Device<RING> =
         cortex_m::singleton!(: Device<RING> = Device::new(cfg, &sensors, now)).unwrap();
