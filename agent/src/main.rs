@@ -53,7 +53,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Simulated devices -> agent -> store, with live figures and a final check.
+    /// Simulated devices -> agent -> in-process MQTT broker -> ferry-bridge, with live figures
+    /// and a final exactly-once check.
     Demo {
         /// Simulated devices.
         #[arg(long, default_value_t = 5)]
@@ -64,7 +65,7 @@ enum Cmd {
         /// Seconds of data generation.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// Keep the store in this directory.
+        /// Keep the store and the bridged events (bridged.jsonl) in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
     },
@@ -209,8 +210,8 @@ async fn main() -> ExitCode {
                 keep,
             };
             match demo::run(opts, token).await {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
+                Ok(outcome) if outcome.ok() => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("ferry: {e:#}");
                     ExitCode::FAILURE

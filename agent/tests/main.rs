@@ -3,6 +3,7 @@
 mod common;
 mod config;
 mod crash;
+mod demo;
 mod full_disk;
 mod garbage;
 mod reboots;
