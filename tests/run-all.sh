@@ -15,10 +15,9 @@ command -v python3 >/dev/null || need+=(python3)
 command -v size >/dev/null || need+=(binutils)
 export PATH="$PATH:/usr/sbin"  # mosquitto lives in /usr/sbin
 command -v mosquitto >/dev/null || need+=(mosquitto)
-# ferry-bridge tests: a private PostgreSQL cluster (initdb lives in /usr/lib/postgresql/NN/bin)
-# and a throwaway PKI for the mutual-TLS test.
+# ferry-bridge tests: a private PostgreSQL cluster (initdb lives in /usr/lib/postgresql/NN/bin).
+# TLS tests make their certificates in-process (rcgen), so no openssl CLI is needed.
 command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
-command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -526,9 +526,7 @@ async fn wait_health(bridge: &BridgeProcess, status: u16, needle: &str) -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_connects_with_mutual_tls_and_a_password() -> anyhow::Result<()> {
     let pki_dir = tempfile::tempdir()?;
-    let Some(pki) = TestPki::generate(pki_dir.path()) else {
-        return Ok(());
-    };
+    let pki = TestPki::generate(pki_dir.path());
     let plain_port = ferry_tests::free_port();
     let Some(broker) = Mosquitto::start(MosquittoOptions {
         tls: Some(MosquittoTls {

@@ -180,8 +180,29 @@ async fn report(tx: &mpsc::Sender<LinkEvent>, ev: Option<LinkEvent>) -> bool {
     }
 }
 
+/// A connection error in words an operator can act on. rustls reports an untrusted broker
+/// certificate as `UnknownIssuer`; a broker that refuses the client's certificate (or its
+/// absence) after the TLS 1.3 handshake just closes the socket, which reaches us as a bare I/O
+/// error before CONNACK.
+fn explain(error: String, closed_before_connack: bool, transport: &rumqttc::Transport) -> String {
+    use rumqttc::{TlsConfiguration, Transport};
+    let client_auth = match transport {
+        Transport::Tls(TlsConfiguration::Simple { client_auth, .. }) => client_auth.is_some(),
+        _ => return error,
+    };
+    if error.contains("UnknownIssuer") {
+        format!("{error} (the broker's certificate is not signed by a CA in uplink.ca_file)")
+    } else if closed_before_connack && client_auth {
+        format!("{error} (the broker closed the TLS connection before CONNACK: does it trust the CA that signed uplink.cert_file?)")
+    } else if closed_before_connack {
+        format!("{error} (the broker closed the TLS connection before CONNACK: if it requires a client certificate, set uplink.cert_file and uplink.key_file)")
+    } else {
+        error
+    }
+}
+
 /// The event-loop task, the same for both protocol versions (their rumqttc types differ but
-/// have the same names; each module brings `map` and `refused`).
+/// have the same names; each module brings `map`, `refused` and `transport`).
 macro_rules! drive_fn {
     () => {
         pub(super) async fn drive(
@@ -209,9 +230,20 @@ macro_rules! drive_fn {
                         }
                     }
                     Err(e) => {
+                        let closed = matches!(&e, ConnectionError::Io(io) if matches!(
+                            io.kind(),
+                            std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::ConnectionAborted
+                                | std::io::ErrorKind::BrokenPipe
+                                | std::io::ErrorKind::UnexpectedEof
+                        ));
+                        let error = explain(
+                            e.to_string(),
+                            !connected && closed,
+                            &transport(&el),
+                        );
                         connected = false;
                         let refused = refused(&e);
-                        let error = e.to_string();
                         // Events read before the error (PUBACKs among them) still count.
                         let queued: Vec<Event> = el.state.events.drain(..).collect();
                         for ev in queued {
@@ -304,6 +336,10 @@ mod v4 {
         None // MQTT 3.1.1 PUBACKs carry no reason code
     }
 
+    fn transport(el: &EventLoop) -> Transport {
+        el.mqtt_options.transport()
+    }
+
     fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
         match ev {
             Event::Incoming(Packet::ConnAck(_)) => {
@@ -329,7 +365,7 @@ mod v4 {
 
 mod v5 {
     use super::*;
-    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, Packet, Publish};
+    use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{
         AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
@@ -401,6 +437,10 @@ mod v5 {
         }
     }
 
+    fn transport(el: &EventLoop) -> Transport {
+        el.options.transport()
+    }
+
     fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
         match ev {
             Event::Incoming(Packet::ConnAck(c)) => {
@@ -430,4 +470,40 @@ mod v5 {
     }
 
     drive_fn!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+    use rumqttc::{TlsConfiguration, Transport};
+
+    #[test]
+    fn tls_failures_get_a_hint_and_other_errors_do_not() {
+        let tls = |client: bool| {
+            Transport::Tls(TlsConfiguration::Simple {
+                ca: Vec::new(),
+                alpn: None,
+                client_auth: client.then(|| (Vec::new(), Vec::new())),
+            })
+        };
+        let reset = "I/O: Connection reset by peer (os error 104)".to_owned();
+        assert_eq!(explain(reset.clone(), true, &Transport::Tcp), reset);
+        assert_eq!(explain(reset.clone(), false, &tls(false)), reset);
+        let e = explain(reset.clone(), true, &tls(false));
+        assert!(
+            e.starts_with(&reset) && e.contains("set uplink.cert_file"),
+            "{e}"
+        );
+        let e = explain(reset.clone(), true, &tls(true));
+        assert!(
+            e.contains("trust the CA that signed uplink.cert_file"),
+            "{e}"
+        );
+        let e = explain(
+            "TLS: I/O: invalid peer certificate: UnknownIssuer".into(),
+            false,
+            &tls(false),
+        );
+        assert!(e.contains("not signed by a CA in uplink.ca_file"), "{e}");
+    }
 }

@@ -1,0 +1,314 @@
+//! Real payloads against `cloud-bridge/asyncapi.yaml`: the `ferry` agent binary runs with its
+//! uplink on, simulated devices stream into it, commands go to a device, and the agent is
+//! SIGKILLed at the end so the broker publishes its last will. A subscriber to `ferry/v1/#`
+//! captures everything; each captured message is validated against the payload schema the
+//! document gives its channel, and decoded with contract.rs.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ferry_cloud_bridge::contract::{
+    self, CommandOutcome, CommandRequest, EventBatch, Status, Topic,
+};
+use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, MqttOptions};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::uplink_tls::{capture, Captured, LoggedAgent};
+
+/// Payload schemas of the document, by message key under `components.messages`.
+struct Schemas(HashMap<String, jsonschema::Validator>);
+
+impl Schemas {
+    fn load() -> Schemas {
+        let path = ferry_tests::repo_root().join("cloud-bridge/asyncapi.yaml");
+        let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut out = HashMap::new();
+        for (name, m) in doc["components"]["messages"].as_object().unwrap() {
+            let target = m["payload"]["$ref"].as_str().unwrap();
+            let root = json!({
+                "allOf": [{ "$ref": target }],
+                "components": { "schemas": doc["components"]["schemas"] },
+            });
+            out.insert(name.clone(), jsonschema::draft7::new(&root).unwrap());
+        }
+        Schemas(out)
+    }
+
+    /// Schema errors of `payload` as the message `name`.
+    fn errors(&self, name: &str, payload: &Value) -> Vec<String> {
+        self.0[name]
+            .iter_errors(payload)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect()
+    }
+
+    fn check(&self, name: &str, m: &Captured) -> Value {
+        let v: Value = serde_json::from_slice(&m.payload)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e})", m.topic));
+        let errors = self.errors(name, &v);
+        assert!(
+            errors.is_empty(),
+            "{} ({name}) fails the document's schema: {errors:?}\n{v}",
+            m.topic
+        );
+        v
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_payloads_match_the_asyncapi_document() {
+    let schemas = Schemas::load();
+    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
+        return;
+    };
+    let stop = CancellationToken::new();
+    let got = capture(
+        broker.port(),
+        "contract-sub",
+        None,
+        "ferry/v1/#",
+        stop.clone(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = "gw-contract";
+    let mut agent = LoggedAgent::start(
+        dir.path(),
+        gw,
+        &format!(
+            "broker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
+            broker.port()
+        ),
+    )
+    .await;
+    let sim = ferry_sim::SimConfig {
+        devices: 2,
+        sensors: 2,
+        interval_ms: 20,
+        duration: Some(Duration::from_secs(4)),
+        transport: ferry_sim::Transport::Tcp(agent.tcp),
+        ..ferry_sim::SimConfig::default()
+    };
+    let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
+
+    // The cloud command sender.
+    let (sender, mut el) = AsyncClient::new(
+        MqttOptions::new("contract-op", "127.0.0.1", broker.port()),
+        50,
+    );
+    let poller = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let send = |device: &str, body: &str| {
+        let (sender, topic, body) = (
+            sender.clone(),
+            contract::commands_topic(gw, device),
+            body.to_owned(),
+        );
+        async move {
+            sender
+                .publish(topic, QoS::AtLeastOnce, false, body.into_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    let outcomes = |got: &std::sync::Mutex<Vec<Captured>>| -> Vec<CommandOutcome> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                matches!(
+                    contract::parse_topic(&m.topic),
+                    Some(Topic::CommandResult { .. })
+                )
+            })
+            .map(|m| serde_json::from_slice(&m.payload).expect("outcome"))
+            .collect()
+    };
+    // The agent subscribes to commands after it connects: probe until one is answered.
+    let t = Instant::now();
+    loop {
+        send("sim-0000", r#"{"v":1,"id":"probe","command":"explode"}"#).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if outcomes(&got).iter().any(|o| o.id == "probe") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the agent never answered a command; log:\n{}",
+            agent.log()
+        );
+    }
+    let requests = [
+        (
+            "sim-0000",
+            r#"{"v":1,"id":"opaque-1","command":{"opaque":{"hex":"0a0B0c"}}}"#,
+        ),
+        (
+            "sim-0000",
+            r#"{"v":1,"id":"interval-1","command":{"set_interval":{"sensor":1,"interval_ms":50}}}"#,
+        ),
+        (
+            "sim-0001",
+            r#"{"v":1,"id":"interval-9","command":{"set_interval":{"sensor":9,"interval_ms":50}},"ttl_s":30}"#,
+        ),
+        (
+            "sim-0001",
+            r#"{"v":1,"id":"identify-1","command":{"identify":{"duration_ms":100}}}"#,
+        ),
+        (
+            "sim-9999",
+            r#"{"v":1,"id":"late-1","command":"reboot","ttl_s":1}"#,
+        ),
+        ("sim-0000", r#"{"v":1,"id":"bad-1","command":"explode"}"#),
+        (
+            "sim-0000",
+            r#"{"v":1,"id":"bad-2","command":{"opaque":{"hex":"+f+f"}}}"#,
+        ),
+        ("sim-0000", "not json"),
+    ];
+    for (device, body) in requests {
+        send(device, body).await;
+    }
+    let ids = [
+        "opaque-1",
+        "interval-1",
+        "interval-9",
+        "identify-1",
+        "late-1",
+        "bad-1",
+        "bad-2",
+        "",
+    ];
+    let t = Instant::now();
+    let answered = loop {
+        let o = outcomes(&got);
+        if ids.iter().all(|id| o.iter().any(|o| o.id == *id)) {
+            break o;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "missing outcomes; got {o:?}; log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let status_of = |id: &str| {
+        let o = answered.iter().find(|o| o.id == id).unwrap();
+        serde_json::to_value(o.status).unwrap()
+    };
+    assert_eq!(status_of("opaque-1"), "ok");
+    assert_eq!(status_of("late-1"), "expired");
+    for id in ["bad-1", "bad-2", ""] {
+        assert_eq!(status_of(id), "rejected", "{id}");
+    }
+    let report = devices.await.unwrap();
+    assert!(report.totals.acked > 100, "{:?}", report.totals);
+    // Wait until some events are out, then crash the agent: the broker publishes the will.
+    let t = Instant::now();
+    while !got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.topic.ends_with("/events"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(15), "no events published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.kill().await;
+    let is_offline = |m: &Captured| {
+        m.topic == contract::status_topic(gw)
+            && serde_json::from_slice::<Status>(&m.payload)
+                .is_ok_and(|s| s.state == contract::LinkState::Offline)
+    };
+    let t = Instant::now();
+    while !got.lock().unwrap().iter().any(is_offline) {
+        assert!(t.elapsed() < Duration::from_secs(15), "no last will");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The status is retained: a subscriber arriving now is handed the last will.
+    let late_stop = CancellationToken::new();
+    let late = capture(
+        broker.port(),
+        "contract-late",
+        None,
+        &contract::status_topic(gw),
+        late_stop.clone(),
+    )
+    .await;
+    let t = Instant::now();
+    while late.lock().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no retained status");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retained = late.lock().unwrap()[0].clone();
+    assert!(retained.retain && is_offline(&retained), "{retained:?}");
+    late_stop.cancel();
+    stop.cancel();
+    poller.abort();
+
+    // Every captured message against the document.
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut event_count = 0;
+    let mut statuses_seen = Vec::new();
+    let mut states = Vec::new();
+    for m in got.lock().unwrap().iter().chain([&retained]) {
+        let topic = contract::parse_topic(&m.topic)
+            .unwrap_or_else(|| panic!("a message on a topic outside the contract: {}", m.topic));
+        match topic {
+            Topic::Events { gateway, device } => {
+                assert_eq!(m.payload[0], b'{', "JSON is the default encoding");
+                schemas.check("eventBatch", m);
+                let b = EventBatch::decode(&m.payload).unwrap();
+                b.check_topic(&gateway, &device).unwrap();
+                event_count += b.events.len();
+                *counts.entry("eventBatch").or_default() += 1;
+            }
+            Topic::Status { gateway } => {
+                let v = schemas.check("status", m);
+                let s: Status = serde_json::from_value(v).unwrap();
+                assert_eq!(s.gateway, gateway);
+                states.push(s.state);
+                *counts.entry("status").or_default() += 1;
+            }
+            Topic::CommandResult { gateway, device } => {
+                let v = schemas.check("commandOutcome", m);
+                let o: CommandOutcome = serde_json::from_value(v).unwrap();
+                assert_eq!(
+                    (o.gateway.as_str(), o.device.as_str()),
+                    (gateway.as_str(), device.as_str())
+                );
+                statuses_seen.push(o.status);
+                *counts.entry("commandOutcome").or_default() += 1;
+            }
+            Topic::Commands { .. } => {
+                // The test's own requests: the schema and the agent's decoder agree on each.
+                let accepted = CommandRequest::decode(&m.payload).is_ok();
+                let valid = serde_json::from_slice::<Value>(&m.payload)
+                    .is_ok_and(|v| schemas.errors("commandRequest", &v).is_empty());
+                assert_eq!(
+                    valid,
+                    accepted,
+                    "schema and decoder disagree on {}",
+                    String::from_utf8_lossy(&m.payload)
+                );
+                *counts
+                    .entry(if accepted {
+                        "commandRequest"
+                    } else {
+                        "commandRequest (refused)"
+                    })
+                    .or_default() += 1;
+            }
+        }
+    }
+    eprintln!("validated against asyncapi.yaml: {counts:?}, {event_count} events, outcome statuses {statuses_seen:?}");
+    assert!(
+        states.contains(&contract::LinkState::Online),
+        "birth message"
+    );
+    assert!(states.contains(&contract::LinkState::Offline), "last will");
+    assert!(counts["eventBatch"] >= 1);
+    assert!(counts["commandOutcome"] >= ids.len());
+    assert_eq!(counts["commandRequest"], 5);
+}
