@@ -64,6 +64,13 @@ impl Board for Lm3s {
         (CommandStatus::Ok, data.len())
     }
 
+    /// Sleeps until the next interrupt (SysTick, at most 1 ms): the loop then runs once per
+    /// millisecond instead of spinning, so QEMU idles the vCPU instead of burning a host core.
+    /// Received bytes wait in the UART FIFO (QEMU holds the rest in its backend meanwhile).
+    fn idle(&mut self, _now_ms: u64) {
+        cortex_m::asm::wfi();
+    }
+
     fn observe<const N: usize>(&mut self, _now_ms: u64, device: &Device<N>) {
         self.report.observe(device);
     }
