@@ -1,11 +1,13 @@
-//! Building the lm3s6965 firmware image and booting it in `qemu-system-arm` with UART0 on a pty.
+//! Building the lm3s6965 firmware image and booting it in `qemu-system-arm` with UART0 on a pty,
+//! optionally with more UARTs (the board's UART1 test report, read by [`FirmwareReport`]).
 //!
 //! QEMU is started with `kill_on_drop`, so a test that ends (or panics) stops its emulator.
 
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -53,7 +55,24 @@ impl Qemu {
         elf: &std::path::Path,
         device_id: &str,
     ) -> anyhow::Result<Qemu> {
-        let mut child = Command::new(qemu)
+        Self::boot_with(qemu, elf, device_id, &[]).await
+    }
+
+    /// [`boot`](Self::boot) with `extra_serial` as QEMU `-serial` backends for UART1, UART2 (e.g.
+    /// [`report_serial`]). A backend that waits for a client (`server=on,wait=on`) holds the guest
+    /// until the test connects; the UART0 pty is already announced then.
+    pub async fn boot_with(
+        qemu: &std::path::Path,
+        elf: &std::path::Path,
+        device_id: &str,
+        extra_serial: &[String],
+    ) -> anyhow::Result<Qemu> {
+        let mut cmd = Command::new(qemu);
+        cmd.args(["-serial", "pty"]);
+        for s in extra_serial {
+            cmd.args(["-serial", s]);
+        }
+        let mut child = cmd
             .args([
                 "-cpu",
                 "cortex-m3",
@@ -66,7 +85,7 @@ impl Qemu {
             ])
             .arg("-semihosting-config")
             .arg(format!("enable=on,target=native,arg=id={device_id}"))
-            .args(["-serial", "pty", "-kernel"])
+            .arg("-kernel")
             .arg(elf)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -87,7 +106,9 @@ impl Qemu {
                 match line {
                     Ok(Some(l)) => {
                         eprintln!("qemu: {l}");
-                        if let Some(i) = l.find("/dev/pts/") {
+                        // Only UART0's pty (extra backends may be ptys too).
+                        let serial0 = l.contains("(label serial0)") || !l.contains("(label ");
+                        if let Some(i) = l.find("/dev/pts/").filter(|_| serial0) {
                             let path: String =
                                 l[i..].chars().take_while(|c| !c.is_whitespace()).collect();
                             // Keep draining QEMU's output (semihosting prints) in the background.
@@ -111,5 +132,196 @@ impl Qemu {
             .await
             .context("waiting for QEMU's pty")??;
         Ok(Qemu { child, pty })
+    }
+}
+
+/// A `-serial` backend for the board's UART1 report: a TCP server on loopback `port` that holds
+/// the guest until [`FirmwareReport::connect`] connects (so no line is lost), and that delivers
+/// every byte before closing when QEMU exits.
+pub fn report_serial(port: u16) -> String {
+    format!("tcp:127.0.0.1:{port},server=on,wait=on")
+}
+
+/// One line of the board's UART1 report (`firmware/boards/lm3s6965/src/report.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportLine {
+    /// `b`: a boot starts.
+    Boot {
+        /// The boot id the firmware announces in its Hello.
+        boot_id: u32,
+    },
+    /// `s`: a sample was taken.
+    Taken {
+        /// Sequence number in this boot.
+        seq: u32,
+        /// Sensor index.
+        sensor: u8,
+        /// The value's `f32` bits.
+        value_bits: u32,
+    },
+    /// `a`: the device's `acked_next` grew.
+    Acked {
+        /// Every sample below this was acked or dropped.
+        next: u32,
+    },
+    /// `d`: samples `from..to` were evicted from the device's ring.
+    Dropped {
+        /// First dropped seq.
+        from: u32,
+        /// One past the last.
+        to: u32,
+    },
+}
+
+impl ReportLine {
+    /// Parses one line (without the newline).
+    pub fn parse(line: &str) -> Option<ReportLine> {
+        let mut w = line.split_ascii_whitespace();
+        let kind = w.next()?;
+        let mut num = |radix: u32| w.next().and_then(|t| u32::from_str_radix(t, radix).ok());
+        let r = match kind {
+            "b" => ReportLine::Boot { boot_id: num(16)? },
+            "s" => ReportLine::Taken {
+                seq: num(10)?,
+                sensor: u8::try_from(num(10)?).ok()?,
+                value_bits: num(16)?,
+            },
+            "a" => ReportLine::Acked { next: num(10)? },
+            "d" => ReportLine::Dropped {
+                from: num(10)?,
+                to: num(10)?,
+            },
+            _ => return None,
+        };
+        w.next().is_none().then_some(r)
+    }
+}
+
+/// The board's UART1 report as it arrives, each line stamped with the host's wall clock when its
+/// bytes were read (a dedicated thread blocks on the socket, so the stamp is the arrival time to
+/// within scheduling delay).
+pub struct FirmwareReport {
+    lines: Arc<Mutex<Vec<(SystemTime, ReportLine)>>>,
+    problems: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FirmwareReport {
+    /// Connects to the report backend on loopback `port` (retrying for up to `timeout`); the
+    /// guest starts running once this returns.
+    pub fn connect(port: u16, timeout: Duration) -> anyhow::Result<FirmwareReport> {
+        let start = Instant::now();
+        let mut sock = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > timeout => {
+                    return Err(e).context("connecting to the firmware report port")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let lines: Arc<Mutex<Vec<(SystemTime, ReportLine)>>> = Arc::default();
+        let problems: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (out, bad) = (lines.clone(), problems.clone());
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                let n = match sock.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let at = SystemTime::now();
+                pending.extend_from_slice(&buf[..n]);
+                let mut parsed = Vec::new();
+                while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let text = String::from_utf8_lossy(&line[..i]);
+                    match ReportLine::parse(text.trim_end_matches('\r')) {
+                        Some(l) => parsed.push((at, l)),
+                        None => bad.lock().expect("lock").push(text.into_owned()),
+                    }
+                }
+                out.lock().expect("lock").extend(parsed);
+            }
+        });
+        Ok(FirmwareReport {
+            lines,
+            problems,
+            reader: Some(reader),
+        })
+    }
+
+    /// The lines received so far.
+    pub fn lines(&self) -> Vec<(SystemTime, ReportLine)> {
+        self.lines.lock().expect("lock").clone()
+    }
+
+    /// How many samples were reported taken so far.
+    pub fn taken(&self) -> usize {
+        let lines = self.lines.lock().expect("lock");
+        lines
+            .iter()
+            .filter(|(_, l)| matches!(l, ReportLine::Taken { .. }))
+            .count()
+    }
+
+    /// Waits (up to `timeout`) until the report ends (QEMU exited) and returns every line; lines
+    /// that did not parse are an error.
+    pub fn finish(mut self, timeout: Duration) -> anyhow::Result<Vec<(SystemTime, ReportLine)>> {
+        let reader = self.reader.take().expect("finished once");
+        let start = Instant::now();
+        while !reader.is_finished() {
+            if start.elapsed() > timeout {
+                bail!("the firmware report did not end within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("report reader panicked"))?;
+        let problems = self.problems.lock().expect("lock");
+        if !problems.is_empty() {
+            bail!(
+                "{} report lines did not parse, e.g. {:?}",
+                problems.len(),
+                &problems[..problems.len().min(5)]
+            );
+        }
+        Ok(self.lines())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReportLine;
+
+    #[test]
+    fn report_lines_parse() {
+        assert_eq!(
+            ReportLine::parse("b 9d54370e"),
+            Some(ReportLine::Boot {
+                boot_id: 0x9d54_370e
+            })
+        );
+        assert_eq!(
+            ReportLine::parse("s 231 0 4178cccd"),
+            Some(ReportLine::Taken {
+                seq: 231,
+                sensor: 0,
+                value_bits: 0x4178_cccd
+            })
+        );
+        assert_eq!(
+            ReportLine::parse("a 42"),
+            Some(ReportLine::Acked { next: 42 })
+        );
+        assert_eq!(
+            ReportLine::parse("d 3 7"),
+            Some(ReportLine::Dropped { from: 3, to: 7 })
+        );
+        for bad in ["", "s 1 2", "a x", "a 1 2", "q 1", "s 1 300 0"] {
+            assert_eq!(ReportLine::parse(bad), None, "{bad:?}");
+        }
     }
 }
