@@ -192,6 +192,11 @@ fn explain(error: String, closed_before_connack: bool, transport: &rumqttc::Tran
     };
     if error.contains("UnknownIssuer") {
         format!("{error} (the broker's certificate is not signed by a CA in uplink.ca_file)")
+    } else if error.contains("CertificateRequired") {
+        // The broker said so with a TLS alert instead of closing the socket.
+        format!("{error} (the broker requires a client certificate: set uplink.cert_file and uplink.key_file)")
+    } else if client_auth && (error.contains("UnknownCA") || error.contains("BadCertificate")) {
+        format!("{error} (the broker does not trust the CA that signed uplink.cert_file)")
     } else if closed_before_connack && client_auth {
         format!("{error} (the broker closed the TLS connection before CONNACK: does it trust the CA that signed uplink.cert_file?)")
     } else if closed_before_connack {
@@ -505,5 +510,17 @@ mod tests {
             &tls(false),
         );
         assert!(e.contains("not signed by a CA in uplink.ca_file"), "{e}");
+        let alert = "I/O: received fatal alert: CertificateRequired".to_owned();
+        let e = explain(alert.clone(), false, &tls(false));
+        assert!(
+            e.starts_with(&alert) && e.contains("set uplink.cert_file"),
+            "{e}"
+        );
+        let e = explain(
+            "I/O: received fatal alert: UnknownCA".into(),
+            false,
+            &tls(true),
+        );
+        assert!(e.contains("does not trust the CA"), "{e}");
     }
 }

@@ -270,6 +270,9 @@ pub struct Uplink<S: EventSource> {
     unacked: BTreeMap<u64, Msg>,
     /// Queued on the connection, waiting for their packet id, oldest first.
     fifo: VecDeque<u64>,
+    /// Messages to publish once the connection's request queue has room (in order, after
+    /// `fifo`): one read can produce more messages than the queue holds.
+    waiting: VecDeque<u64>,
     by_pkid: HashMap<u16, u64>,
     next_msg: u64,
     connected: bool,
@@ -289,6 +292,9 @@ pub struct Uplink<S: EventSource> {
 /// Wait before publishing an unrouted message again.
 const UNROUTED_RETRY: Duration = Duration::from_millis(500);
 
+/// Most publishes handed to the connection and not yet written (more wait in `waiting`).
+const PUBLISH_QUEUE: usize = 128;
+
 impl<S: EventSource> Uplink<S> {
     /// Prepares the uplink; reads the saved position.
     pub async fn new(
@@ -305,6 +311,7 @@ impl<S: EventSource> Uplink<S> {
             stats,
             unacked: BTreeMap::new(),
             fifo: VecDeque::new(),
+            waiting: VecDeque::new(),
             by_pkid: HashMap::new(),
             next_msg: 1,
             connected: false,
@@ -334,7 +341,9 @@ impl<S: EventSource> Uplink<S> {
             contract::status_topic(&s.gateway),
             status_payload(&s.gateway, LinkState::Offline, &s.agent_version),
         ));
-        opts.queue = opts.inflight as usize + 16;
+        // Publishes never take more than PUBLISH_QUEUE slots; the rest is for subscribes and
+        // the PUBACKs of received commands.
+        opts.queue = PUBLISH_QUEUE + 64;
         let link_stop = CancellationToken::new();
         let (client, mut events, task) = link::start(
             s.protocol == Protocol::V5,
@@ -454,7 +463,7 @@ impl<S: EventSource> Uplink<S> {
                 // Republish everything unacked, in order.
                 let ids: Vec<u64> = self.unacked.keys().copied().collect();
                 for id in ids {
-                    if !self.fifo.contains(&id) {
+                    if !self.fifo.contains(&id) && !self.waiting.contains(&id) {
                         self.submit(client, id);
                     }
                 }
@@ -464,6 +473,12 @@ impl<S: EventSource> Uplink<S> {
                 if let Some(id) = self.fifo.pop_front() {
                     self.by_pkid.insert(pkid, id);
                     self.stats.messages_sent.fetch_add(1, Relaxed);
+                }
+                while self.fifo.len() < PUBLISH_QUEUE {
+                    let Some(id) = self.waiting.pop_front() else {
+                        break;
+                    };
+                    self.publish_now(client, id);
                 }
             }
             LinkEvent::Acked(pkid) => {
@@ -526,6 +541,7 @@ impl<S: EventSource> Uplink<S> {
                     }
                 }
                 self.fifo.clear();
+                self.waiting.clear();
                 self.by_pkid.clear();
                 self.retry.clear(); // everything unacked is republished on connect
                                     // A stale birth message is replaced by a fresh one on connect.
@@ -571,7 +587,12 @@ impl<S: EventSource> Uplink<S> {
                         .filter(|m| m.stream == Some(StreamKind::Backlog))
                         .count();
                     let budget = self.tokens.min(self.settings.read_limit as f64) as usize;
-                    if in_backlog >= window / 2 || budget == 0 {
+                    // Wait for 50 ms worth of tokens: reading whatever trickled in since the
+                    // last PUBACK would make messages of a few events each.
+                    let min_read = (self.settings.backlog_rate as f64 / 20.0)
+                        .min(self.settings.read_limit as f64)
+                        .max(1.0) as usize;
+                    if in_backlog >= window / 2 || budget < min_read {
                         break;
                     }
                     match self.fwd.plan(StreamKind::Backlog, self.head, budget) {
@@ -660,9 +681,19 @@ impl<S: EventSource> Uplink<S> {
         }
     }
 
-    /// Queues message `id` on the connection unless it is too large for the broker (then it
-    /// stays unqueued and `fill` quarantines it).
+    /// Queues message `id` on the connection, or behind the ones already waiting when the
+    /// connection's queue is full.
     fn submit(&mut self, client: &dyn Publisher, id: u64) {
+        if self.fifo.len() >= PUBLISH_QUEUE || !self.waiting.is_empty() {
+            self.waiting.push_back(id);
+        } else {
+            self.publish_now(client, id);
+        }
+    }
+
+    /// Hands message `id` to the connection unless it is too large for the broker (then it
+    /// stays unqueued and `fill` quarantines it).
+    fn publish_now(&mut self, client: &dyn Publisher, id: u64) {
         let Some(m) = self.unacked.get(&id) else {
             return;
         };
@@ -680,8 +711,8 @@ impl<S: EventSource> Uplink<S> {
                 self.fifo.push_back(id);
             }
             Err(e) => {
-                // The queue is sized above the window, so this means the link task is gone;
-                // the message stays unacked and is republished after the next connect.
+                // The queue has room for PUBLISH_QUEUE publishes, so this means the link task
+                // is gone; the message stays unacked and is republished after the next connect.
                 tracing::warn!(error = %e, "Uplink could not queue a message.");
             }
         }
