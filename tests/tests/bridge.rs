@@ -666,6 +666,17 @@ async fn copy_insert_method_is_exactly_once_too() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_exactly_once(&db, &[("gw-c".into(), "d".into(), 1, 1000)]).await?;
+    // The second copy of each batch may still be committing when the rows are all there:
+    // count once the bridge has acked (after commit) every message.
+    let t0 = Instant::now();
+    while bridge.metric("ferry_bridge_acks_total").await? < publisher.acked() as f64 {
+        assert!(
+            t0.elapsed() < T,
+            "bridge acks lag behind; logs:\n{}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         bridge.metric("ferry_bridge_duplicates_total").await?,
         1000.0
