@@ -1,48 +1,109 @@
-//! The `ferry` agent binary as a process a test can SIGKILL and start again on the same store.
+//! The `ferry` agent binary as a process a test can SIGKILL and start again on the same store,
+//! with its log captured (kept across restarts) for assertions and failure messages.
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::workspace_bin;
 
-/// One agent process: its config file and device TCP port; started, killed and restarted by
-/// the test.
+/// One agent process: its config file, device TCP listener (if any) and log.
 pub struct AgentProc {
     bin: PathBuf,
     config: PathBuf,
-    tcp: u16,
+    tcp: Option<SocketAddr>,
     child: Option<tokio::process::Child>,
+    log: Arc<Mutex<String>>,
 }
 
 impl AgentProc {
-    /// Writes `toml` to `dir/ferry.toml`. The config must set `devices.tcp_listen` to
-    /// `127.0.0.1:{tcp}`: [`AgentProc::start`] waits for that port.
-    pub fn new(dir: &Path, toml: &str, tcp: u16) -> AgentProc {
+    /// Writes `toml` to `dir/ferry.toml`. With `tcp`, the config must set `devices.tcp_listen`
+    /// to `127.0.0.1:{tcp}`, and [`AgentProc::start`] waits until that port accepts.
+    pub fn new(dir: &Path, toml: &str, tcp: Option<u16>) -> AgentProc {
         let config = dir.join("ferry.toml");
         std::fs::write(&config, toml).expect("write ferry.toml");
         AgentProc {
             bin: workspace_bin("ferry-agent", "ferry").expect("build ferry"),
             config,
-            tcp,
+            tcp: tcp.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             child: None,
+            log: Arc::default(),
         }
     }
 
-    /// Starts `ferry run` and waits (≤ 10 s) until it accepts device connections.
+    /// The device TCP listener.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// Starts `ferry run` (log level info) and, with a TCP listener, waits (≤ 15 s) until it
+    /// accepts device connections.
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "agent already running");
-        let child = tokio::process::Command::new(&self.bin)
-            .args(["--log", "warn", "run", "--config"])
+        let mut child = tokio::process::Command::new(&self.bin)
+            .args(["--log", "info", "run", "--config"])
             .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn ferry");
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let sink = self.log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let mut s = sink.lock().expect("log lock");
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
         self.child = Some(child);
+        let Some(tcp) = self.tcp else { return };
         let t = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.tcp))
-            .await
-            .is_err()
-        {
-            assert!(t.elapsed() < Duration::from_secs(10), "agent did not start");
+        while tokio::net::TcpStream::connect(tcp).await.is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .expect("started")
+                .try_wait()
+                .ok()
+                .flatten();
+            assert!(
+                exited.is_none() && t.elapsed() < Duration::from_secs(15),
+                "agent did not start ({exited:?}); log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the agent logged so far (all runs).
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits until a log line contains every one of `needles`: that line, or `None` at the
+    /// deadline or when the process has exited.
+    pub async fn wait_log_line(&mut self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let t = Instant::now();
+        loop {
+            let found = self
+                .log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_owned);
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            if found.is_some() || exited || t.elapsed() > timeout {
+                return found;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -64,7 +125,11 @@ impl AgentProc {
                 .await
                 .expect("agent stops within 20 s")
                 .expect("wait for agent");
-            assert!(status.success(), "agent exit status {status}");
+            assert!(
+                status.success(),
+                "agent exit status {status}; log:\n{}",
+                self.log()
+            );
         }
     }
 }

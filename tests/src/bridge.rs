@@ -126,6 +126,21 @@ impl BridgeProcess {
         parse_metric(&body, series).with_context(|| format!("{series} not in /metrics"))
     }
 
+    /// Waits until the bridge has acked (after commit) at least `messages` messages; fails with
+    /// its log after `timeout`.
+    pub async fn wait_acked(&self, messages: u64, timeout: Duration) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        while self.metric("ferry_bridge_acks_total").await? < messages as f64 {
+            anyhow::ensure!(
+                t0.elapsed() < timeout,
+                "bridge acks lag behind; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then waits (bounded) for the exit.
     pub async fn terminate(mut self) -> anyhow::Result<(ExitStatus, String)> {
         if let Some(pid) = self.child.id() {

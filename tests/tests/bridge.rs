@@ -109,15 +109,7 @@ async fn bridge_stores_each_event_exactly_once_through_duplicates_and_resends() 
     wait_count(&db, "SELECT count(*) FROM ferry_events", 8 * 500, T).await;
     assert_exactly_once(&db, &expected).await?;
     // Every offered event is accounted for as inserted or duplicate once all are acked.
-    let t0 = Instant::now();
-    while bridge.metric("ferry_bridge_acks_total").await? < publisher.acked() as f64 {
-        assert!(
-            t0.elapsed() < T,
-            "bridge acks lag behind; logs:\n{}",
-            bridge.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bridge.wait_acked(publisher.acked(), T).await?;
     assert_eq!(
         bridge.metric("ferry_bridge_events_inserted_total").await?,
         4000.0
@@ -668,15 +660,7 @@ async fn copy_insert_method_is_exactly_once_too() -> anyhow::Result<()> {
     assert_exactly_once(&db, &[("gw-c".into(), "d".into(), 1, 1000)]).await?;
     // The second copy of each batch may still be committing when the rows are all there:
     // count once the bridge has acked (after commit) every message.
-    let t0 = Instant::now();
-    while bridge.metric("ferry_bridge_acks_total").await? < publisher.acked() as f64 {
-        assert!(
-            t0.elapsed() < T,
-            "bridge acks lag behind; logs:\n{}",
-            bridge.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bridge.wait_acked(publisher.acked(), T).await?;
     assert_eq!(
         bridge.metric("ferry_bridge_duplicates_total").await?,
         1000.0

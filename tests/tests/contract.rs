@@ -15,7 +15,7 @@ use rumqttc::v5::{AsyncClient, MqttOptions};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::uplink_tls::{capture, Captured, LoggedAgent};
+use crate::uplink_tls::{capture, start_agent, Captured};
 
 /// Payload schemas of the document, by message key under `components.messages`.
 struct Schemas(HashMap<String, jsonschema::Validator>);
@@ -74,7 +74,7 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let gw = "gw-contract";
-    let mut agent = LoggedAgent::start(
+    let mut agent = start_agent(
         dir.path(),
         gw,
         &format!(
@@ -88,7 +88,7 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
         sensors: 2,
         interval_ms: 20,
         duration: Some(Duration::from_secs(4)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp),
+        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
         ..ferry_sim::SimConfig::default()
     };
     let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));

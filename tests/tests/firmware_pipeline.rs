@@ -25,15 +25,14 @@
 //! SIGTERM; then a bounded wait until PostgreSQL holds everything the agent stored.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ferry_tests::agent::AgentProc;
 use ferry_tests::bridge::{ferry_bridge_bin, BridgeProcess};
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use ferry_tests::postgres::{Postgres, PostgresOptions};
 use ferry_tests::qemu::{lm3s6965_image, report_serial, FirmwareReport, Qemu, ReportLine};
 use ferry_tests::{free_port, require_tool, workspace_bin};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const GATEWAY: &str = "gw-qemu";
 const DEVICE: &str = "qemu-pipeline-1";
@@ -44,18 +43,12 @@ const RUN_SAMPLES: usize = 1400;
 /// A row's `ts` may differ from when the sample was taken by at most this.
 const MAX_TS_ERROR_MS: i64 = 1000;
 
-/// The agent binary with a serial source, killed on drop; its log is kept for diagnostics.
-struct Agent {
-    child: tokio::process::Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    async fn start(dir: &Path, pty: &Path, broker: u16) -> Agent {
-        let config = dir.join("ferry.toml");
-        std::fs::write(
-            &config,
-            format!(
+/// The agent binary with the pty as its serial source (no TCP listener); waits until the agent
+/// has opened the port, so the guest's first bytes have a reader.
+async fn start_agent(dir: &Path, pty: &Path, broker: u16) -> AgentProc {
+    let mut agent = AgentProc::new(
+        dir,
+        &format!(
                 "[gateway]\nid = \"{GATEWAY}\"\n\
                  [store]\npath = {:?}\n\
                  [devices]\ntcp_listen = \"\"\nrescan_interval = \"100ms\"\n\
@@ -64,64 +57,18 @@ impl Agent {
                 dir.join("ferry.db").display().to_string(),
                 pty.display().to_string(),
             ),
-        )
-        .unwrap();
-        let mut child =
-            tokio::process::Command::new(workspace_bin("ferry-agent", "ferry").unwrap())
-                .args(["--log", "info", "run", "--config"])
-                .arg(&config)
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn ferry");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&l);
-                s.push('\n');
-            }
-        });
-        Agent { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until the agent has opened the serial port.
-    async fn wait_link_open(&mut self, timeout: Duration) {
-        let t = Instant::now();
-        while !self.log().contains("Device link open") {
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "agent exited:\n{}",
-                self.log()
-            );
-            assert!(
-                t.elapsed() < timeout,
-                "agent did not open the pty:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn terminate(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("agent stops within 20 s")
-            .unwrap();
-        assert!(
-            status.success(),
-            "agent exit status {status}:\n{}",
-            self.log()
-        );
-    }
+        None,
+    );
+    agent.start().await;
+    let open = agent
+        .wait_log_line(&["Device link open"], Duration::from_secs(15))
+        .await;
+    assert!(
+        open.is_some(),
+        "agent did not open the pty:\n{}",
+        agent.log()
+    );
+    agent
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -250,8 +197,7 @@ async fn lm3s6965_in_qemu_to_postgres_exactly_once_with_timestamps() {
         .await
         .expect("boot QEMU");
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(dir.path(), &vm.pty, broker.port()).await;
-    agent.wait_link_open(Duration::from_secs(15)).await;
+    let mut agent = start_agent(dir.path(), &vm.pty, broker.port()).await;
     let report = FirmwareReport::connect(report_port, Duration::from_secs(10)).expect("report");
     let sampling = Instant::now();
     let setup_done = sampling;

@@ -53,7 +53,7 @@ async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
             dir.join("ferry.db").display().to_string(),
             broker.port()
         ),
-        tcp,
+        Some(tcp),
     );
     agent.start().await;
 

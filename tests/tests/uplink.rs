@@ -377,7 +377,7 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
             db.display().to_string(),
             broker.port()
         ),
-        tcp,
+        Some(tcp),
     );
     agent.start().await;
 

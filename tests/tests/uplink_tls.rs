@@ -12,127 +12,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_cloud_bridge::contract::{self, EventBatch};
+use ferry_tests::agent::AgentProc;
+use ferry_tests::free_port;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions, MosquittoTls, TestPki};
-use ferry_tests::{free_port, workspace_bin};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-/// The `ferry` binary with its log captured (the harness's `AgentProc` lets the log through to the
-/// terminal; these tests read it).
-pub(crate) struct LoggedAgent {
-    child: Option<tokio::process::Child>,
-    log: Arc<Mutex<String>>,
-    /// The device TCP listener.
-    pub(crate) tcp: std::net::SocketAddr,
-}
-
-impl LoggedAgent {
-    /// Writes `dir/ferry.toml` (gateway `gateway`, the store in `dir`, the device listener on a
-    /// free port, then `uplink` as the `[uplink]` table's lines) and runs `ferry run` on it.
-    pub(crate) async fn start(dir: &Path, gateway: &str, uplink: &str) -> LoggedAgent {
-        let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = dir.join("ferry.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"{tcp}\"\n[uplink]\n{uplink}",
-                dir.join("ferry.db").display().to_string()
-            ),
-        )
-        .unwrap();
-        let mut child =
-            tokio::process::Command::new(workspace_bin("ferry-agent", "ferry").unwrap())
-                .args(["--log", "info", "run", "--config"])
-                .arg(&config)
-                .env_remove("RUST_LOG")
-                .env("NO_COLOR", "1")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn ferry");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&l);
-                s.push('\n');
-            }
-        });
-        let mut agent = LoggedAgent {
-            child: Some(child),
-            log,
-            tcp,
-        };
-        let t = Instant::now();
-        while tokio::net::TcpStream::connect(tcp).await.is_err() {
-            let exited = agent.child.as_mut().unwrap().try_wait().unwrap();
-            assert!(
-                exited.is_none() && t.elapsed() < Duration::from_secs(15),
-                "agent did not start ({exited:?}); log:\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        agent
-    }
-
-    /// Everything the agent logged so far.
-    pub(crate) fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until a log line contains every one of `needles`; that line, or `None` at the
-    /// deadline.
-    pub(crate) async fn wait_log_line(
-        &self,
-        needles: &[&str],
-        timeout: Duration,
-    ) -> Option<String> {
-        let t = Instant::now();
-        loop {
-            let found = self
-                .log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_owned);
-            if found.is_some() || t.elapsed() > timeout {
-                return found;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: the broker publishes the last will.
-    pub(crate) async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.start_kill();
-            let _ = c.wait().await;
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    pub(crate) async fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id().unwrap() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let status = tokio::time::timeout(Duration::from_secs(20), c.wait())
-                .await
-                .expect("agent stops within 20 s")
-                .unwrap();
-            assert!(
-                status.success(),
-                "agent exit {status}; log:\n{}",
-                self.log()
-            );
-        }
-    }
+/// Writes `dir/ferry.toml` (gateway `gateway`, the store in `dir`, the device listener on a free
+/// port, then `uplink` as the `[uplink]` table's lines) and starts the `ferry` binary on it.
+pub(crate) async fn start_agent(dir: &Path, gateway: &str, uplink: &str) -> AgentProc {
+    let tcp = free_port();
+    let mut agent = AgentProc::new(
+        dir,
+        &format!(
+            "[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n[uplink]\n{uplink}",
+            dir.join("ferry.db").display().to_string()
+        ),
+        Some(tcp),
+    );
+    agent.start().await;
+    agent
 }
 
 /// One message as a subscriber saw it.
@@ -226,13 +127,13 @@ async fn every_acked_event_arrives(
         stop.clone(),
     )
     .await;
-    let mut agent = LoggedAgent::start(dir.path(), "gw-tls", &uplink).await;
+    let mut agent = start_agent(dir.path(), "gw-tls", &uplink).await;
     let sim = ferry_sim::SimConfig {
         devices: 4,
         sensors: 2,
         interval_ms: 10,
         duration: Some(Duration::from_secs(3)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp),
+        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
         ..ferry_sim::SimConfig::default()
     };
     let report = ferry_sim::run(sim, CancellationToken::new()).await;
@@ -379,13 +280,13 @@ async fn agent_sends_nothing(plain_port: u16, uplink: String) -> String {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let got = capture(plain_port, "tls-neg-sub", None, "ferry/v1/#", stop.clone()).await;
-    let mut agent = LoggedAgent::start(dir.path(), "gw-tls", &uplink).await;
+    let mut agent = start_agent(dir.path(), "gw-tls", &uplink).await;
     let sim = ferry_sim::SimConfig {
         devices: 1,
         sensors: 2,
         interval_ms: 20,
         duration: Some(Duration::from_secs(2)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp),
+        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
         ..ferry_sim::SimConfig::default()
     };
     let report = ferry_sim::run(sim, CancellationToken::new()).await;
