@@ -296,7 +296,20 @@ async fn agent_sends_nothing(plain_port: u16, uplink: String) -> String {
         .await
         .unwrap_or_else(|| panic!("no connection error in the agent's log:\n{}", agent.log()));
     // Retries keep failing: still nothing after several backoff rounds.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    while agent
+        .log()
+        .matches("Uplink cannot reach the broker")
+        .count()
+        < 3
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "fewer than 3 retries logged:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     agent.terminate().await;
     stop.cancel();
     let got = got.lock().unwrap();
