@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use ferry_cloud_bridge::contract::Encoding;
 use ferry_tests::bridge::{test_batch, BridgeProcess, Publisher};
+use ferry_tests::env_u64;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use ferry_tests::postgres::{Postgres, PostgresOptions};
 
@@ -74,13 +75,6 @@ fn cpu_by_process() -> [f64; 3] {
         }
     }
     out
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

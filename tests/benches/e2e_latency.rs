@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_tests::bridge::{ferry_bridge_bin, BridgeProcess};
+use ferry_tests::env_u64;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use ferry_tests::postgres::{Postgres, PostgresOptions};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,7 @@ struct Row {
     label: &'static str,
     flush: &'static str,
     linger: &'static str,
-    bridge_ms: &'static str,
+    bridge_ms: u64,
 }
 
 fn now_ms() -> i64 {
@@ -49,10 +50,7 @@ fn pct(sorted: &[i64], p: f64) -> i64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::var("FERRY_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let secs = env_u64("FERRY_BENCH_SECS", 20);
     let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
         anyhow::bail!("mosquitto is needed (apt-get install mosquitto)");
     };
@@ -84,34 +82,26 @@ async fn main() -> anyhow::Result<()> {
             label: "defaults",
             flush: "20ms",
             linger: "20ms",
-            bridge_ms: "50",
+            bridge_ms: 50,
         },
         Row {
             label: "low-latency",
             flush: "2ms",
             linger: "2ms",
-            bridge_ms: "5",
+            bridge_ms: 5,
         },
     ];
     for (i, row) in rows.iter().enumerate() {
         let gateway = format!("lat-{i}");
-        let mut bridge = BridgeProcess::start(
-            &[
-                "--broker",
-                &broker.addr(),
-                // One client id for every row: a bridge that left the shared subscription for
-                // good would keep its share of messages queued in its session.
-                "--client-id",
-                "bridge-lat",
-                "--database",
-                &pg.conn_str(),
-                "--batch-ms",
-                row.bridge_ms,
-            ]
-            .map(String::from),
+        // One client id for every row: a bridge that left the shared subscription for good
+        // would keep its share of messages queued in its session.
+        let bridge = BridgeProcess::start_healthy(
+            &broker.addr(),
+            "bridge-lat",
+            &pg.conn_str(),
+            row.bridge_ms,
         )
         .await?;
-        bridge.wait_healthy(Duration::from_secs(30)).await?;
         let dir = tempfile::tempdir()?;
         let toml = format!(
             "[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\ndurability = \"full\"\nflush_interval = \"{}\"\n\

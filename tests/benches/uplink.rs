@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_cloud_bridge::contract::EventBatch;
+use ferry_tests::env_u64;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
@@ -116,13 +117,6 @@ struct Row {
     batch: u32,
     read_limit: u32,
     unlimited: bool,
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,29 @@ impl BridgeProcess {
         parse_metric(&body, series).with_context(|| format!("{series} not in /metrics"))
     }
 
+    /// Starts `ferry-bridge` from `broker` into the PostgreSQL at `database`, committing at
+    /// least every `batch_ms`, and waits (≤ 30 s) until it is healthy.
+    pub async fn start_healthy(
+        broker: &str,
+        client_id: &str,
+        database: &str,
+        batch_ms: u64,
+    ) -> anyhow::Result<BridgeProcess> {
+        let mut bridge = Self::start(&[
+            "--broker".into(),
+            broker.into(),
+            "--client-id".into(),
+            client_id.into(),
+            "--database".into(),
+            database.into(),
+            "--batch-ms".into(),
+            batch_ms.to_string(),
+        ])
+        .await?;
+        bridge.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(bridge)
+    }
+
     /// Waits until the bridge has acked (after commit) at least `messages` messages; fails with
     /// its log after `timeout`.
     pub async fn wait_acked(&self, messages: u64, timeout: Duration) -> anyhow::Result<()> {

@@ -14,6 +14,14 @@ pub mod qemu;
 
 use std::path::{Path, PathBuf};
 
+/// A count from the environment (`_` separators allowed, as in `2_000_000`), else `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
 /// Repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

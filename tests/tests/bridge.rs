@@ -689,8 +689,9 @@ async fn bridge_sigterm_and_sigkill_mid_stream_lose_nothing() -> anyhow::Result<
         }
         anyhow::Ok(())
     });
-    // Stop the bridge mid-stream: gracefully, then as a crash, then let it finish.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Stop the bridge mid-stream (once it has committed and acked 200 of the 1,200 messages):
+    // gracefully, then as a crash, then let it finish.
+    bridge.wait_acked(200, T).await?;
     assert!(
         !publishing.is_finished(),
         "publisher done before the SIGTERM"
@@ -700,7 +701,7 @@ async fn bridge_sigterm_and_sigkill_mid_stream_lose_nothing() -> anyhow::Result<
     assert!(logs.contains("Writer drained"), "{logs}");
     bridge = BridgeProcess::start(&a).await?;
     bridge.wait_healthy(T).await?;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    bridge.wait_acked(200, T).await?;
     assert!(
         !publishing.is_finished(),
         "publisher done before the SIGKILL"

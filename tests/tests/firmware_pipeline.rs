@@ -170,26 +170,9 @@ async fn lm3s6965_in_qemu_to_postgres_exactly_once_with_timestamps() {
     let elf = lm3s6965_image().expect("firmware image");
     ferry_bridge_bin().expect("build ferry-bridge");
     workspace_bin("ferry-agent", "ferry").expect("build ferry");
-    let bridge = BridgeProcess::start(
-        &[
-            "--broker",
-            &broker.addr(),
-            "--client-id",
-            "bridge-qemu",
-            "--database",
-            &pg.conn_str(),
-            "--batch-ms",
-            "20",
-        ]
-        .map(String::from),
-    )
-    .await
-    .expect("start ferry-bridge");
-    let mut bridge = bridge;
-    bridge
-        .wait_healthy(Duration::from_secs(30))
+    let bridge = BridgeProcess::start_healthy(&broker.addr(), "bridge-qemu", &pg.conn_str(), 20)
         .await
-        .expect("bridge healthy");
+        .expect("start ferry-bridge");
 
     // QEMU announces UART0's pty, then waits for the report client before running the guest.
     let report_port = free_port();

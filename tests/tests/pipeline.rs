@@ -21,25 +21,9 @@ async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
         return;
     };
     ferry_bridge_bin().expect("build ferry-bridge");
-    let mut bridge = BridgeProcess::start(
-        &[
-            "--broker",
-            &broker.addr(),
-            "--client-id",
-            "bridge-e2e",
-            "--database",
-            &pg.conn_str(),
-            "--batch-ms",
-            "20",
-        ]
-        .map(String::from),
-    )
-    .await
-    .expect("start ferry-bridge");
-    bridge
-        .wait_healthy(Duration::from_secs(30))
+    let bridge = BridgeProcess::start_healthy(&broker.addr(), "bridge-e2e", &pg.conn_str(), 20)
         .await
-        .expect("bridge healthy");
+        .expect("start ferry-bridge");
 
     let dir = std::env::temp_dir().join(format!("ferry-pipeline-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
