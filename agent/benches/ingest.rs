@@ -111,7 +111,7 @@ async fn start_agent(tag: &str, durability: &str) -> AgentProc {
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nid = \"bench\"\n[store]\npath = {:?}\ndurability = \"{durability}\"\nmax_db_size = \"0\"\n[devices]\ntcp_listen = \"{addr}\"\n",
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"bench\"\n[store]\npath = {:?}\ndurability = \"{durability}\"\nmax_db_size = \"0\"\n[devices]\ntcp_listen = \"{addr}\"\n",
             dir.join("ferry.db").display().to_string()
         ),
     )

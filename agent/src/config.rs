@@ -52,6 +52,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("FERRY_TCP_LISTEN", "devices.tcp_listen"),
     ("FERRY_UPLINK_BROKER", "uplink.broker"),
     ("FERRY_UPLINK_PASSWORD", "uplink.password"),
+    ("FERRY_API_LISTEN", "api.listen"),
+    ("FERRY_API_TOKEN", "api.token"),
     (
         "FERRY_SERIAL",
         "devices.serial (comma-separated paths or globs)",
@@ -74,6 +76,42 @@ pub struct FerryConfig {
     /// `[uplink]`
     #[serde(default)]
     pub uplink: UplinkConfig,
+    /// `[api]`
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the local HTTP API, live stream, metrics and dashboard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address; `""` disables the API.
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    /// Bearer token; required when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:7878".into()
+}
+
+/// Validated `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Required bearer token, if any.
+    pub token: Option<String>,
 }
 
 /// `[uplink]`: forwarding to an MQTT broker. Without `broker`, forwarding is off and data stays
@@ -404,6 +442,8 @@ pub struct Settings {
     pub devices: DevicesSettings,
     /// Forwarding; `None` when no broker is configured.
     pub uplink: Option<ferry_cloud_bridge::uplink::UplinkSettings>,
+    /// Local API; `None` when disabled.
+    pub api: Option<ApiSettings>,
 }
 
 impl Settings {
@@ -457,6 +497,12 @@ impl Settings {
         });
         set("FERRY_UPLINK_PASSWORD", "uplink.password", &mut |v| {
             cfg.uplink.password = Some(v)
+        });
+        set("FERRY_API_LISTEN", "api.listen", &mut |v| {
+            cfg.api.listen = v
+        });
+        set("FERRY_API_TOKEN", "api.token", &mut |v| {
+            cfg.api.token = Some(v)
         });
         set("FERRY_SERIAL", "devices.serial", &mut |v| {
             cfg.devices.serial = v
@@ -581,9 +627,11 @@ impl FerryConfig {
             ));
         }
         let uplink = uplink_settings(&self.uplink, &gateway_id, &invalid)?;
+        let api = api_settings(&self.api, &invalid)?;
         Ok(Settings {
             source: file.to_owned(),
             uplink,
+            api,
             gateway_id,
             store: StoreSettings {
                 path: s.path.clone(),
@@ -606,6 +654,47 @@ impl FerryConfig {
             },
         })
     }
+}
+
+/// `[api]`: loopback needs nothing; any other address needs a token (safe by default).
+fn api_settings(
+    a: &ApiConfig,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<ApiSettings>, ConfigError> {
+    if a.listen.trim().is_empty() {
+        return Ok(None);
+    }
+    let listen: SocketAddr = a.listen.trim().parse().map_err(|e| {
+        invalid(
+            "api.listen",
+            format!("{:?} is not an address like 127.0.0.1:7878 ({e})", a.listen),
+        )
+    })?;
+    let token = match a.token.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) if t.len() < 16 => {
+            return Err(invalid(
+                "api.token",
+                "must be at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
+            ))
+        }
+        Some(t) if !t.chars().all(|c| c.is_ascii_graphic()) => {
+            return Err(invalid(
+                "api.token",
+                "must be printable ASCII without spaces (it travels in an HTTP header)".into(),
+            ))
+        }
+        Some(t) => Some(t.to_owned()),
+    };
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(invalid(
+            "api.token",
+            format!(
+                "api.listen = {listen} is reachable from the network: set api.token (or FERRY_API_TOKEN) so requests need `Authorization: Bearer <token>`"
+            ),
+        ));
+    }
+    Ok(Some(ApiSettings { listen, token }))
 }
 
 /// A duration that must be greater than zero (periods and timeouts).
@@ -788,7 +877,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n * 86_400.0,
         u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
 }
 
 /// Parses `"512 MiB"`, `"2GB"`, `"1048576"`; `"0"` means no cap (`None`).
@@ -838,6 +927,36 @@ mod tests {
             Some("127.0.0.1:7879".parse().unwrap())
         );
         assert_eq!(s.store.flush_interval, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn api_is_loopback_by_default_and_needs_a_token_elsewhere() {
+        let s = load("").unwrap();
+        let api = s.api.unwrap();
+        assert_eq!(api.listen, "127.0.0.1:7878".parse().unwrap());
+        assert!(api.token.is_none());
+        assert!(load("[api]\nlisten = \"\"").unwrap().api.is_none());
+        let e = load("[api]\nlisten = \"0.0.0.0:7878\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`api.token`") && e.contains("0.0.0.0:7878"),
+            "{e}"
+        );
+        let ok = load("[api]\nlisten = \"0.0.0.0:7878\"\ntoken = \"0123456789abcdef\"").unwrap();
+        assert_eq!(ok.api.unwrap().token.as_deref(), Some("0123456789abcdef"));
+        let e = load("[api]\ntoken = \"short\"").unwrap_err().to_string();
+        assert!(e.contains("`api.token`"), "{e}");
+        let e = load("[api]\nlisten = \"localhost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`api.listen`"), "{e}");
+        let env = Settings::from_toml("", "t.toml", |k| {
+            (k == "FERRY_API_LISTEN").then(|| "[::]:7878".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(env.contains("api.token"), "{env}");
     }
 
     #[test]

@@ -299,7 +299,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let bridge_task = tokio::spawn(bridge::run(bridge_settings, bridge_stop.clone()));
 
     let toml = format!(
-        "[gateway]\nid = \"{GATEWAY}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n\
+        "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"{GATEWAY}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n\
          [uplink]\nbroker = \"{broker_addr}\"\n",
         db.display().to_string()
     );

@@ -1,12 +1,16 @@
 //! The Ferry gateway agent (`ferry`): device ingest into a durable SQLite buffer.
 //!
 //! Modules by domain: [`config`] (ferry.toml), [`ingest`] (serial/TCP links, sessions), [`store`]
-//! (SQLite writer, retention, reads), [`metrics`], [`shutdown`], [`demo`].
+//! (SQLite writer, retention, reads), [`commands`] (device commands), [`forward`] (the store as the
+//! uplink's source), [`api`] (local HTTP API, live stream, metrics, dashboard), [`cli`] (the command
+//! line's client of that API), [`metrics`], [`shutdown`], [`demo`].
 //!
-//! Lifecycle invariant ([`Agent::stop`]): stop intake (listeners and links) → the writer commits
-//! what it holds → WAL checkpoint → return. Every step is bounded in time.
+//! Lifecycle invariant ([`Agent::stop`]): stop the API and intake (listeners and links) → the
+//! writer commits what it holds → WAL checkpoint → return. Every step is bounded in time.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
@@ -48,6 +52,9 @@ const WRITER_GRACE: Duration = Duration::from_secs(20);
 pub struct Agent {
     /// Where the device TCP listener is bound (useful with port 0).
     pub tcp_addr: Option<SocketAddr>,
+    /// Where the local API is bound.
+    pub api_addr: Option<SocketAddr>,
+    api: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     /// Shared counters.
     pub metrics: Arc<Metrics>,
     /// The store writer.
@@ -68,6 +75,11 @@ pub struct Agent {
 impl Agent {
     /// Opens the store and starts ingest. Fails (with context) on a bad store or an unusable address.
     pub async fn start(settings: &Settings) -> anyhow::Result<Agent> {
+        // Bound first: a busy port fails the start before anything runs.
+        let api_listener = match &settings.api {
+            Some(a) => Some((api::bind(a.listen).await?, a.token.clone())),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let conn = store::open_writer(&settings.store)
             .with_context(|| format!("opening the store {}", settings.store.path.display()))?;
@@ -132,11 +144,16 @@ impl Agent {
             ));
         }
         let uplink_stats = Arc::new(ferry_cloud_bridge::uplink::UplinkStats::default());
+        let mut outcomes_rx = Some(outcomes_rx);
         let uplink = match &settings.uplink {
             None => {
                 tracing::warn!(
                     "Forwarding is off: no [uplink] broker configured. Data stays buffered in the store."
                 );
+                // Outcomes stay in the store (the local API shows them); nobody publishes them.
+                if let Some(mut rx) = outcomes_rx.take() {
+                    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                }
                 None
             }
             Some(u) => {
@@ -153,7 +170,7 @@ impl Agent {
                 .context("reading the forwarding position")?
                 .with_downlink(ferry_cloud_bridge::uplink::Downlink {
                     commands: in_tx,
-                    outcomes: outcomes_rx,
+                    outcomes: outcomes_rx.take().expect("taken once"),
                 });
                 let c = commands.clone();
                 tokio::spawn(async move {
@@ -173,7 +190,36 @@ impl Agent {
                 Some((stop, task))
             }
         };
+        let (api, api_addr) = match api_listener {
+            None => {
+                tracing::info!("The local API is off ([api] listen = \"\").");
+                (None, None)
+            }
+            Some((listener, token)) => {
+                let bound = listener.local_addr()?;
+                let stop = CancellationToken::new();
+                let state = api::ApiState::new(
+                    api::ApiParts {
+                        store: store.clone(),
+                        metrics: metrics.clone(),
+                        uplink: uplink_stats.clone(),
+                        forwarding_on: settings.uplink.is_some(),
+                        commands: commands.clone(),
+                        gateway: settings.gateway_id.clone(),
+                        store_settings: settings.store.clone(),
+                        token: token.clone(),
+                    },
+                    stop.clone(),
+                )
+                .context("opening read connections for the local API")?;
+                tracing::info!(addr = %bound, auth = token.is_some(), "Serving the local API and dashboard on http://{bound}/");
+                let task = tokio::spawn(api::serve(listener, state, stop.clone()));
+                (Some((stop, task)), Some(bound))
+            }
+        };
         Ok(Agent {
+            api,
+            api_addr,
             tcp_addr,
             metrics,
             store,
@@ -206,6 +252,12 @@ impl Agent {
             "Agent totals."
         );
         tracing::info!("Stopping intake.");
+        if let Some((stop, task)) = self.api {
+            stop.cancel();
+            if tokio::time::timeout(INTAKE_GRACE, task).await.is_err() {
+                tracing::warn!("The local API did not stop in time.");
+            }
+        }
         self.intake.cancel();
         self.tracker.close();
         if tokio::time::timeout(INTAKE_GRACE, self.tracker.wait())

@@ -43,7 +43,7 @@ pub fn settings(toml: &str) -> Settings {
 /// is appended to the `[store]` table.
 pub async fn agent(db: &Path, store_extra: &str) -> Agent {
     let toml = format!(
-        "[gateway]\nid = \"test\"\n[store]\npath = {:?}\n{store_extra}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n",
+        "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"test\"\n[store]\npath = {:?}\n{store_extra}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n",
         db.display().to_string()
     );
     Agent::start(&settings(&toml)).await.expect("agent starts")

@@ -24,7 +24,7 @@ async fn sigkill_at_random_moments_loses_no_acked_sample() {
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nid = \"crash\"\n[store]\npath = {:?}\ndurability = \"full\"\n[devices]\ntcp_listen = \"{addr}\"\n",
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"crash\"\n[store]\npath = {:?}\ndurability = \"full\"\n[devices]\ntcp_listen = \"{addr}\"\n",
             db.display().to_string()
         ),
     )

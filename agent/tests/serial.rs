@@ -16,7 +16,7 @@ async fn pty_devices_are_ingested_through_unplug_replug_and_late_arrival() {
     std::fs::create_dir_all(&ports).unwrap();
     let db = dir.path().join("ferry.db");
     let toml = format!(
-        "[store]\npath = {:?}\n[devices]\ntcp_listen = \"\"\nrescan_interval = \"100ms\"\n\
+        "[api]\nlisten = \"127.0.0.1:0\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"\"\nrescan_interval = \"100ms\"\n\
          [[devices.serial]]\npath = {:?}\nbaud = 115200\n",
         db.display().to_string(),
         format!("{}/*", ports.display())

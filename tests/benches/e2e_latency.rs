@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let dir = tempfile::tempdir()?;
         let toml = format!(
-            "[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\ndurability = \"full\"\nflush_interval = \"{}\"\n\
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\ndurability = \"full\"\nflush_interval = \"{}\"\n\
              [devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"{}\"\nclient_id = \"agent-lat-{i}\"\nlinger = \"{}\"\n",
             dir.path().join("ferry.db").display().to_string(),
             row.flush,

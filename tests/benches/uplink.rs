@@ -37,7 +37,7 @@ const SENSORS: u64 = 2;
 /// Fills `db` with `n` events through the agent's own schema (the agent creates the file).
 async fn prefill(db: &Path, n: u64) -> anyhow::Result<()> {
     let toml = format!(
-        "[gateway]\nid = \"bench-gw\"\n[store]\npath = {:?}\n",
+        "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"bench-gw\"\n[store]\npath = {:?}\n",
         db.display().to_string()
     );
     let settings = ferry_agent::config::Settings::from_toml(&toml, "bench.toml", |_| None)?;
@@ -210,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
             ""
         };
         let toml = format!(
-            "[gateway]\nid = \"bench-gw\"\n[store]\npath = {:?}\n[uplink]\nbroker = \"127.0.0.1:{}\"\n\
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"bench-gw\"\n[store]\npath = {:?}\n[uplink]\nbroker = \"127.0.0.1:{}\"\n\
              client_id = \"bench-{i}\"\nencoding = \"{}\"\ncompression = \"{}\"\nmax_batch_events = {}\n\
              max_message_bytes = \"1 MiB\"\nread_limit = {}\n{rate}",
             db.display().to_string(),

@@ -49,7 +49,7 @@ async fn start_agent(dir: &Path, pty: &Path, broker: u16) -> AgentProc {
     let mut agent = AgentProc::new(
         dir,
         &format!(
-                "[gateway]\nid = \"{GATEWAY}\"\n\
+                "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"{GATEWAY}\"\n\
                  [store]\npath = {:?}\n\
                  [devices]\ntcp_listen = \"\"\nrescan_interval = \"100ms\"\n\
                  [[devices.serial]]\npath = {:?}\n\

@@ -32,7 +32,7 @@ async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
     let mut agent = AgentProc::new(
         &dir,
         &format!(
-            "[gateway]\nid = \"gw-e2e\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"gw-e2e\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
              [uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 300\n",
             dir.join("ferry.db").display().to_string(),
             broker.port()

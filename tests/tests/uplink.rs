@@ -62,7 +62,7 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let toml = format!(
-        "[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 200\n",
+        "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 200\n",
         dir.join("ferry.db").display().to_string(),
         broker.port()
     );
@@ -178,7 +178,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let toml = format!(
-        "[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\n",
+        "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\n",
         dir.join("ferry.db").display().to_string(),
         broker.port()
     );
@@ -372,7 +372,7 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
     let mut agent = AgentProc::new(
         dir.path(),
         &format!(
-            "[gateway]\nid = \"crash-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"crash-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
              [uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"300ms\"\n",
             db.display().to_string(),
             broker.port()

@@ -27,7 +27,7 @@ pub(crate) async fn start_agent(dir: &Path, gateway: &str, uplink: &str) -> Agen
     let mut agent = AgentProc::new(
         dir,
         &format!(
-            "[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n[uplink]\n{uplink}",
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n[uplink]\n{uplink}",
             dir.join("ferry.db").display().to_string()
         ),
         Some(tcp),

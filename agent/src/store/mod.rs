@@ -12,6 +12,7 @@
 //!   schema is refused with a clear [`StoreError`]; the agent never runs on it.
 
 pub mod checkpoint;
+pub mod query;
 pub mod read;
 pub mod retention;
 pub mod schema;

@@ -90,6 +90,23 @@ CREATE TABLE commands (
     r#"
 ALTER TABLE commands ADD COLUMN outcome_published INTEGER NOT NULL DEFAULT 0;
 "#,
+    // v4: what the local API reads without scanning events: the last value per sensor, and a
+    // per-device count of events ever stored (both kept by the writer in each transaction)
+    r#"
+CREATE TABLE latest (
+    device   INTEGER NOT NULL,
+    sensor   INTEGER NOT NULL,
+    event_id INTEGER NOT NULL,
+    ts_ms    INTEGER NOT NULL,
+    value    REAL    NOT NULL,
+    PRIMARY KEY (device, sensor)
+) WITHOUT ROWID;
+INSERT INTO latest (device, sensor, event_id, ts_ms, value)
+    SELECT device, sensor, id, ts_ms, value FROM
+        (SELECT device, sensor, id, value, max(ts_ms) AS ts_ms FROM events GROUP BY device, sensor);
+ALTER TABLE devices ADD COLUMN events_total INTEGER NOT NULL DEFAULT 0;
+UPDATE devices SET events_total = (SELECT count(*) FROM events e WHERE e.device = devices.id);
+"#,
 ];
 
 /// Schema version this build writes.

@@ -19,6 +19,11 @@
 //!   `counters` table is one transaction; the metric follows only after it committed.
 //! - **Ids only grow.** Retention never deletes the newest event, so SQLite's rowid (max + 1) never
 //!   hands out an id at or below the forwarding cursor again: a new row is never taken for forwarded.
+//! - **Read models.** The `latest` table (last value per sensor) and `devices.events_total` are
+//!   written in the same transaction as the rows they summarise, once per batch.
+//! - **Commit notifications.** After each commit that stored events, the highest committed
+//!   `events.id` is published on a watch channel ([`StoreHandle::committed`]); live readers (the
+//!   API's SSE stream) read everything above their position from the store, so nothing is skipped.
 //! - **Shutdown.** When every sender is dropped the writer commits what it holds, checkpoints the
 //!   WAL (`TRUNCATE`) and returns.
 
@@ -202,6 +207,7 @@ pub enum Op {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Op>,
+    committed: watch::Receiver<i64>,
 }
 
 impl StoreHandle {
@@ -256,6 +262,16 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// True while the writer thread accepts operations.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// The highest committed `events.id`, updated after every commit that stored events.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+
     /// Moves the forwarding cursor.
     pub async fn mark_forwarded(&self, event_id: i64) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -292,6 +308,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Spawned> {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (committed_tx, committed) = watch::channel(0i64);
     let exited = tokio_util::sync::CancellationToken::new();
     let guard = ExitGuard(exited.clone());
     let (ready_tx, ready) = oneshot::channel();
@@ -306,6 +323,7 @@ pub fn spawn(
             }
         };
         let mut w = Writer::new(conn, settings, metrics);
+        w.committed = committed_tx;
         // Reading the state can meet a full disk (marking devices offline writes): retry a while.
         let mut attempt = 0;
         loop {
@@ -333,7 +351,7 @@ pub fn spawn(
         });
     })?;
     Ok(Spawned {
-        handle: StoreHandle { tx },
+        handle: StoreHandle { tx, committed },
         join,
         exited,
         ready,
@@ -359,6 +377,12 @@ struct Batch {
     quarantined: u64,
     forwarded: Option<i64>,
     live_range: Option<(i64, i64)>,
+    /// Newest row per `(device, sensor)` in this batch: `(ts_ms, value, event id)`.
+    latest: HashMap<(i64, u8), (i64, f32, i64)>,
+    /// Rows stored per device in this batch.
+    stored: HashMap<i64, u64>,
+    /// Highest `events.id` inserted in this batch (0: none).
+    last_event_id: i64,
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     /// `total_changes()` when the transaction began: a commit that changed no row proves nothing
     /// about free space.
@@ -382,6 +406,7 @@ struct Writer {
     last_wal_check: Instant,
     wal_path: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
+    committed: watch::Sender<i64>,
 }
 
 impl Writer {
@@ -408,6 +433,7 @@ impl Writer {
             last_wal_check: Instant::now(),
             wal_path,
             rt,
+            committed: watch::channel(0).0,
         }
     }
 
@@ -425,6 +451,10 @@ impl Writer {
         self.quarantine_rows = self
             .conn
             .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+        let last: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        self.committed.send_replace(last);
         self.conn
             .execute("UPDATE devices SET online = 0 WHERE online != 0", [])
             .map_err(StoreError::from_write)?;
@@ -661,6 +691,7 @@ impl Writer {
             let mut st = self.conn.prepare_cached(
                 "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
+            let b = &mut self.batch;
             for i in accepted.keep.clone() {
                 let r = s.rows[i];
                 st.execute(params![
@@ -671,7 +702,17 @@ impl Writer {
                     r.ts_ms,
                     f64::from(r.value)
                 ])?;
+                let id = self.conn.last_insert_rowid();
+                b.last_event_id = id;
+                let newest = b
+                    .latest
+                    .entry((s.device, r.sensor))
+                    .or_insert((r.ts_ms, r.value, id));
+                if r.ts_ms >= newest.0 {
+                    *newest = (r.ts_ms, r.value, id);
+                }
             }
+            *b.stored.entry(s.device).or_default() += accepted.keep.len() as u64;
             Ok(())
         })();
         if let Err(e) = res {
@@ -829,6 +870,9 @@ impl Writer {
                 if let Some(f) = b.forwarded {
                     self.forward_cursor = f;
                 }
+                if b.last_event_id > 0 {
+                    self.committed.send_replace(b.last_event_id);
+                }
                 for key in b.boots.keys() {
                     if let Some(st) = self.boots.get_mut(key) {
                         st.committed = st.acceptor.next();
@@ -931,6 +975,19 @@ impl Writer {
         for (d, (link, online)) in &self.batch.presence {
             c.prepare_cached("UPDATE devices SET online = ?3 WHERE id = ?1 AND link = ?2")?
                 .execute(params![d, link, online])?;
+        }
+        for ((d, sensor), (ts, value, id)) in &self.batch.latest {
+            c.prepare_cached(
+                "INSERT INTO latest (device, sensor, event_id, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device, sensor) DO UPDATE SET event_id = excluded.event_id,
+                     ts_ms = excluded.ts_ms, value = excluded.value
+                 WHERE excluded.ts_ms >= latest.ts_ms",
+            )?
+            .execute(params![d, sensor, id, ts, f64::from(*value)])?;
+        }
+        for (d, n) in &self.batch.stored {
+            c.prepare_cached("UPDATE devices SET events_total = events_total + ?2 WHERE id = ?1")?
+                .execute(params![d, *n as i64])?;
         }
         if let Some(f) = self.batch.forwarded {
             c.prepare_cached(

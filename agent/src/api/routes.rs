@@ -1,0 +1,340 @@
+//! Request/response routes over the store: devices, latest values, events pages, series, commands.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ferry_cloud_bridge::contract::CommandRequest;
+use ferry_cloud_bridge::uplink::{InboundCommand, Receipt};
+
+use super::error::{ApiError, ErrorDoc};
+use super::model::*;
+use super::params::{Cursor, EventsQuery, Params, SeriesQuery};
+use super::time::format_ms;
+use super::ApiState;
+use crate::store::query::{self, EventFilter, ForwardPosition};
+
+fn now_ms() -> i64 {
+    crate::utc_now_ms()
+}
+
+fn check_device_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 64 || id.contains(['/', '+', '#']) {
+        return Err(ApiError::param(
+            "id",
+            "a device id is 1..=64 bytes without '/', '+' or '#'",
+        ));
+    }
+    Ok(())
+}
+
+async fn device_docs(s: &ApiState, only: Option<String>) -> Result<Vec<DeviceDoc>, ApiError> {
+    let forwarding_on = s.inner.forwarding_on;
+    s.inner
+        .reads
+        .run(move |c| {
+            let pos = if forwarding_on {
+                Some(ForwardPosition::read(c)?)
+            } else {
+                None
+            };
+            let now = now_ms();
+            Ok(query::devices(c, only.as_deref(), pos)?
+                .into_iter()
+                .map(|d| DeviceDoc::new(d, forwarding_on, now))
+                .collect())
+        })
+        .await
+}
+
+/// Every device.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    responses((status = 200, body = DevicesDoc), (status = 400, body = ErrorDoc)))]
+pub async fn devices(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<DevicesDoc>, ApiError> {
+    Params::parse(raw.as_deref(), &[])?;
+    Ok(Json(DevicesDoc {
+        devices: device_docs(&s, None).await?,
+    }))
+}
+
+/// One device.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses((status = 200, body = DeviceDoc), (status = 404, body = ErrorDoc)))]
+pub async fn device(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<DeviceDoc>, ApiError> {
+    check_device_id(&id)?;
+    Params::parse(raw.as_deref(), &[])?;
+    device_docs(&s, Some(id.clone()))
+        .await?
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))
+}
+
+/// The last value of each sensor of a device.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/latest", tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses((status = 200, body = LatestDoc), (status = 404, body = ErrorDoc)))]
+pub async fn device_latest(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<LatestDoc>, ApiError> {
+    check_device_id(&id)?;
+    Params::parse(raw.as_deref(), &[])?;
+    let want = id.clone();
+    let (known, rows) = s
+        .inner
+        .reads
+        .run(move |c| {
+            Ok((
+                query::device_key(c, &want)?.is_some(),
+                query::latest(c, Some(&want))?,
+            ))
+        })
+        .await?;
+    if !known {
+        return Err(ApiError::NotFound(format!("no device {id:?}")));
+    }
+    let values = rows.into_iter().next().map(|(_, v)| v).unwrap_or_default();
+    Ok(Json(LatestDoc::new(id, values)))
+}
+
+/// The last value of each sensor of every device.
+#[utoipa::path(get, path = "/api/v1/latest", tag = "devices",
+    responses((status = 200, body = AllLatestDoc), (status = 400, body = ErrorDoc)))]
+pub async fn all_latest(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<AllLatestDoc>, ApiError> {
+    Params::parse(raw.as_deref(), &[])?;
+    let rows = s.inner.reads.run(|c| Ok(query::latest(c, None)?)).await?;
+    Ok(Json(AllLatestDoc {
+        devices: rows
+            .into_iter()
+            .map(|(d, v)| LatestDoc::new(d, v))
+            .collect(),
+    }))
+}
+
+/// Stored events, a page at a time (keyset pagination).
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(
+        ("device" = Option<String>, Query, description = "Device id; with it rows come in (ts, id) order, without it in store order"),
+        ("sensor" = Option<String>, Query, description = "Sensor name"),
+        ("since" = Option<String>, Query, description = "Inclusive: RFC 3339, Unix ms, now, or relative like -1h"),
+        ("until" = Option<String>, Query, description = "Exclusive; same forms as since"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1..=1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorDoc)))]
+pub async fn events(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EventsPage>, ApiError> {
+    let q = EventsQuery::parse(raw.as_deref(), now_ms())?;
+    let page = s
+        .inner
+        .reads
+        .run(move |c| {
+            let mut f = EventFilter {
+                device: None,
+                sensor: q.sensor.clone(),
+                since_ms: q.since_ms,
+                until_ms: q.until_ms,
+            };
+            match &q.device {
+                Some(name) => {
+                    let Some(key) = query::device_key(c, name)? else {
+                        return Ok(EventsPage {
+                            events: Vec::new(),
+                            next_cursor: None,
+                        });
+                    };
+                    f.device = Some(key);
+                    let after = match q.cursor {
+                        Some(Cursor::Time(ts, id)) => Some((ts, id)),
+                        _ => None,
+                    };
+                    let rows = query::device_events(c, &f, after, q.limit)?;
+                    let next = (rows.len() == q.limit)
+                        .then(|| rows.last().map(|r| Cursor::Time(r.ts_ms, r.id).encode()))
+                        .flatten();
+                    Ok(EventsPage {
+                        events: rows.into_iter().map(EventDoc::from).collect(),
+                        next_cursor: next,
+                    })
+                }
+                None => {
+                    let after = match q.cursor {
+                        Some(Cursor::Store(id)) => id,
+                        _ => 0,
+                    };
+                    let upto = query::max_event_id(c)?;
+                    let (rows, reached) = query::events_by_id(c, &f, after, upto, q.limit)?;
+                    let next = (reached < upto).then(|| Cursor::Store(reached).encode());
+                    Ok(EventsPage {
+                        events: rows.into_iter().map(EventDoc::from).collect(),
+                        next_cursor: next,
+                    })
+                }
+            }
+        })
+        .await?;
+    Ok(Json(page))
+}
+
+/// One sensor downsampled into time buckets, computed in SQL.
+#[utoipa::path(get, path = "/api/v1/series", tag = "events",
+    params(
+        ("device" = String, Query, description = "Device id"),
+        ("sensor" = String, Query, description = "Sensor name"),
+        ("since" = Option<String>, Query, description = "Inclusive (default -1h)"),
+        ("until" = Option<String>, Query, description = "Exclusive (default now)"),
+        ("bucket" = Option<String>, Query, description = "Bucket width, e.g. 10s, 1m, 1h (default 1m, at least 1s, at most 10,000 buckets)"),
+        ("agg" = Option<String>, Query, description = "avg (default), min, max, count or last"),
+    ),
+    responses((status = 200, body = SeriesDoc), (status = 400, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
+pub async fn series(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<SeriesDoc>, ApiError> {
+    let q = SeriesQuery::parse(raw.as_deref(), now_ms())?;
+    let doc = s
+        .inner
+        .reads
+        .run(move |c| {
+            let key = query::device_key(c, &q.device)?
+                .ok_or_else(|| ApiError::NotFound(format!("no device {:?}", q.device)))?;
+            let dev = query::devices(c, Some(&q.device), None)?;
+            let sensor = dev
+                .first()
+                .and_then(|d| d.sensors.iter().find(|s| s.name == q.sensor))
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "device {:?} has no sensor {:?}",
+                        q.device, q.sensor
+                    ))
+                })?;
+            let points = query::series(
+                c,
+                key,
+                sensor.index,
+                q.since_ms,
+                q.until_ms,
+                q.bucket_ms,
+                q.agg,
+            )?;
+            Ok(SeriesDoc {
+                device: q.device.clone(),
+                sensor: q.sensor.clone(),
+                unit: sensor.unit.clone(),
+                agg: q.agg.name().into(),
+                bucket_ms: q.bucket_ms,
+                since: format_ms(q.since_ms),
+                until: format_ms(q.until_ms),
+                points: points
+                    .into_iter()
+                    .map(|(t, value, count)| PointDoc {
+                        ts: format_ms(t),
+                        ts_ms: t,
+                        value,
+                        count,
+                    })
+                    .collect(),
+            })
+        })
+        .await?;
+    Ok(Json(doc))
+}
+
+/// How long a POSTed command may take to be stored before the request gives up.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends a command to a device: the same path as an MQTT downlink command.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/commands", tag = "commands",
+    params(("id" = String, Path, description = "Device id")),
+    request_body(content = Object, description = "The MQTT downlink command JSON: {\"v\":1,\"id\":\"req-1\",\"command\":{...},\"ttl_s\":60}"),
+    responses((status = 202, body = CommandAccepted), (status = 400, body = ErrorDoc)))]
+pub async fn post_command(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<CommandAccepted>), ApiError> {
+    check_device_id(&id)?;
+    Params::parse(raw.as_deref(), &[])?;
+    let request = CommandRequest::decode(&body).map_err(|e| ApiError::param("body", e))?;
+    let request_id = request.id.clone();
+    s.inner
+        .commands
+        .submit(InboundCommand {
+            device: id.clone(),
+            request,
+            receipt: Receipt::none(),
+        })
+        .await;
+    // Answer once it is stored: accepted means it survives a restart.
+    let deadline = tokio::time::Instant::now() + STORE_WAIT;
+    loop {
+        let (d, r) = (id.clone(), request_id.clone());
+        let stored = s
+            .inner
+            .reads
+            .run(move |c| Ok(query::command(c, &d, &r)?.is_some()))
+            .await?;
+        if stored {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Unavailable(
+                "the command was not stored in time (store busy or full); retry with the same id"
+                    .into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let location = format!("/api/v1/devices/{id}/commands/{request_id}");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CommandAccepted {
+            device: id,
+            id: request_id,
+            status: "accepted".into(),
+            location,
+        }),
+    ))
+}
+
+/// A command's state and outcome.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{request_id}", tag = "commands",
+    params(("id" = String, Path, description = "Device id"), ("request_id" = String, Path, description = "The command's id")),
+    responses((status = 200, body = CommandStateDoc), (status = 404, body = ErrorDoc)))]
+pub async fn command_state(
+    State(s): State<ApiState>,
+    Path((id, request_id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<CommandStateDoc>, ApiError> {
+    check_device_id(&id)?;
+    Params::parse(raw.as_deref(), &[])?;
+    let (d, r) = (id.clone(), request_id.clone());
+    let row = s
+        .inner
+        .reads
+        .run(move |c| Ok(query::command(c, &d, &r)?))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no command {request_id:?} for {id:?}")))?;
+    let (done, outcome) = row;
+    Ok(Json(CommandStateDoc {
+        device: id,
+        id: request_id,
+        status: if done { "done" } else { "pending" }.into(),
+        outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+    }))
+}

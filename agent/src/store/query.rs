@@ -1,0 +1,491 @@
+//! The local API's reads: SQL over a read-only connection, returning plain rows.
+//!
+//! Invariants:
+//! - Every query is bounded: pages by `LIMIT`, store-order scans by an id budget per call
+//!   ([`SCAN_BUDGET`]), series by the caller's bucket limit. No query reads the whole table.
+//! - Keyset pagination: a page ends at a row key (`(ts_ms, id)` per device, `id` in store order);
+//!   the next page starts strictly after it, so pages never repeat or skip a row, whatever is
+//!   inserted meanwhile.
+//! - Reads never take the writer's lock (WAL readers); each call is one snapshot.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::StoreError;
+
+/// Most ids one store-order call looks at; a page may come back short (with a cursor) at this bound.
+pub const SCAN_BUDGET: i64 = 200_000;
+/// Per-device forwarding figures are computed only while the backlog is at most this many events.
+pub const FORWARDING_DETAIL_MAX: i64 = 200_000;
+
+/// A device as the API shows it (times in Unix ms; the API adds RFC 3339).
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// `devices.id` (internal).
+    pub key: i64,
+    /// Device id.
+    pub id: String,
+    /// Online now.
+    pub online: bool,
+    /// Last frame.
+    pub last_seen_ms: i64,
+    /// Firmware.
+    pub firmware: String,
+    /// Current boot id.
+    pub boot_id: Option<u32>,
+    /// Boots seen.
+    pub boots: i64,
+    /// Link name.
+    pub link: String,
+    /// Events ever stored.
+    pub events: i64,
+    /// Ring drops reported (current boot).
+    pub dropped_by_device: i64,
+    /// Unacked samples at the device.
+    pub ring_depth: i64,
+    /// Sensor read errors reported.
+    pub read_errors: i64,
+    /// Sensors from the Hello.
+    pub sensors: Vec<SensorInfo>,
+    /// Events not yet forwarded and the oldest one's time; `None` when not computed.
+    pub unforwarded: Option<(i64, Option<i64>)>,
+}
+
+/// A sensor of a device.
+#[derive(Debug, Clone)]
+pub struct SensorInfo {
+    /// Index in the Hello.
+    pub index: u8,
+    /// Name.
+    pub name: String,
+    /// Unit.
+    pub unit: String,
+    /// Sampling interval.
+    pub interval_ms: i64,
+}
+
+/// One stored event, with names resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// `events.id` (store order).
+    pub id: i64,
+    /// Device id.
+    pub device: String,
+    /// Boot id.
+    pub boot_id: u32,
+    /// Sequence number in the boot.
+    pub seq: u32,
+    /// Sensor name.
+    pub sensor: String,
+    /// Unit.
+    pub unit: String,
+    /// Value.
+    pub value: f64,
+    /// UTC ms.
+    pub ts_ms: i64,
+}
+
+/// The newest value of one sensor.
+#[derive(Debug, Clone)]
+pub struct LatestValue {
+    /// Sensor name.
+    pub sensor: String,
+    /// Unit.
+    pub unit: String,
+    /// Value.
+    pub value: f64,
+    /// UTC ms.
+    pub ts_ms: i64,
+    /// Its `events.id`.
+    pub event_id: i64,
+}
+
+/// The uplink's saved position (see `forward.rs`): ids `<= backlog` and in `(live_from, live]` are
+/// forwarded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardPosition {
+    /// Forwarded through.
+    pub backlog: i64,
+    /// Live range start (exclusive).
+    pub live_from: i64,
+    /// Live range end (inclusive).
+    pub live: i64,
+}
+
+impl ForwardPosition {
+    /// Reads the saved position.
+    pub fn read(conn: &Connection) -> Result<ForwardPosition, StoreError> {
+        let get = |name: &str| -> Result<i64, StoreError> {
+            Ok(conn
+                .query_row(
+                    "SELECT event_id FROM forward_cursor WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0))
+        };
+        Ok(ForwardPosition {
+            backlog: get("uplink")?,
+            live_from: get("uplink.live_from")?,
+            live: get("uplink.live")?,
+        })
+    }
+
+    fn live_range(&self) -> Option<(i64, i64)> {
+        (self.live > self.live_from && self.live > self.backlog)
+            .then_some((self.live_from.max(self.backlog), self.live))
+    }
+}
+
+/// The oldest unforwarded event: `(id, ts_ms)`.
+pub fn oldest_unforwarded(
+    conn: &Connection,
+    pos: ForwardPosition,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let first_after = |id: i64| -> Result<Option<(i64, i64)>, StoreError> {
+        Ok(conn
+            .query_row(
+                "SELECT id, ts_ms FROM events WHERE id > ?1 ORDER BY id LIMIT 1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    };
+    let first = first_after(pos.backlog)?;
+    match (first, pos.live_range()) {
+        (Some((id, _)), Some((from, to))) if id > from && id <= to => first_after(to),
+        (f, _) => Ok(f),
+    }
+}
+
+/// Highest stored id (0 when empty).
+pub fn max_event_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+}
+
+/// Devices, by id; one device with `only`. `forwarding`: the uplink position, when forwarding is on.
+pub fn devices(
+    conn: &Connection,
+    only: Option<&str>,
+    forwarding: Option<ForwardPosition>,
+) -> Result<Vec<DeviceInfo>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT d.id, d.device_id, d.online, d.last_seen_ms, d.firmware, b.boot_id,
+                (SELECT count(*) FROM boots c WHERE c.device = d.id),
+                d.link, d.events_total, d.dropped, d.ring_depth, d.read_errors
+           FROM devices d LEFT JOIN boots b ON b.device = d.id AND b.boot_no = d.boot_no
+          WHERE ?1 IS NULL OR d.device_id = ?1
+          ORDER BY d.device_id",
+    )?;
+    let mut out: Vec<DeviceInfo> = st
+        .query_map([only], |r| {
+            Ok(DeviceInfo {
+                key: r.get(0)?,
+                id: r.get(1)?,
+                online: r.get(2)?,
+                last_seen_ms: r.get(3)?,
+                firmware: r.get(4)?,
+                boot_id: r.get::<_, Option<i64>>(5)?.map(|b| b as u32),
+                boots: r.get(6)?,
+                link: r.get(7)?,
+                events: r.get(8)?,
+                dropped_by_device: r.get(9)?,
+                ring_depth: r.get(10)?,
+                read_errors: r.get(11)?,
+                sensors: Vec::new(),
+                unforwarded: None,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let index: HashMap<i64, usize> = out.iter().enumerate().map(|(i, d)| (d.key, i)).collect();
+    let mut st = conn.prepare_cached(
+        "SELECT device, idx, name, unit, interval_ms FROM sensors ORDER BY device, idx",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        if let Some(&i) = index.get(&r.get::<_, i64>(0)?) {
+            out[i].sensors.push(SensorInfo {
+                index: r.get::<_, i64>(1)? as u8,
+                name: r.get(2)?,
+                unit: r.get(3)?,
+                interval_ms: r.get(4)?,
+            });
+        }
+    }
+    if let Some(pos) = forwarding {
+        if max_event_id(conn)? - pos.backlog <= FORWARDING_DETAIL_MAX {
+            for d in &mut out {
+                d.unforwarded = Some((0, None));
+            }
+            let (lf, l) = pos.live_range().unwrap_or((0, 0));
+            let mut st = conn.prepare_cached(
+                "SELECT device, count(*), min(ts_ms) FROM events
+                  WHERE id > ?1 AND NOT (id > ?2 AND id <= ?3) GROUP BY device",
+            )?;
+            let mut rows = st.query(params![pos.backlog, lf, l])?;
+            while let Some(r) = rows.next()? {
+                if let Some(&i) = index.get(&r.get::<_, i64>(0)?) {
+                    out[i].unforwarded = Some((r.get(1)?, r.get(2)?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Latest value per sensor, per device (`only`: one device).
+pub fn latest(
+    conn: &Connection,
+    only: Option<&str>,
+) -> Result<Vec<(String, Vec<LatestValue>)>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT d.device_id, coalesce(s.name, 'sensor' || l.sensor), coalesce(s.unit, ''),
+                l.value, l.ts_ms, l.event_id
+           FROM latest l JOIN devices d ON d.id = l.device
+           LEFT JOIN sensors s ON s.device = l.device AND s.idx = l.sensor
+          WHERE ?1 IS NULL OR d.device_id = ?1
+          ORDER BY d.device_id, l.sensor",
+    )?;
+    let mut out: Vec<(String, Vec<LatestValue>)> = Vec::new();
+    let mut rows = st.query([only])?;
+    while let Some(r) = rows.next()? {
+        let device: String = r.get(0)?;
+        let v = LatestValue {
+            sensor: r.get(1)?,
+            unit: r.get(2)?,
+            value: r.get(3)?,
+            ts_ms: r.get(4)?,
+            event_id: r.get(5)?,
+        };
+        match out.last_mut() {
+            Some((d, vs)) if *d == device => vs.push(v),
+            _ => out.push((device, vec![v])),
+        }
+    }
+    Ok(out)
+}
+
+/// `devices.id` of a device id.
+pub fn device_key(conn: &Connection, device: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM devices WHERE device_id = ?1",
+            [device],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Sensor index of a name on a device.
+pub fn sensor_index(conn: &Connection, device: i64, name: &str) -> Result<Option<u8>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT idx FROM sensors WHERE device = ?1 AND name = ?2",
+            params![device, name],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|i| i as u8))
+}
+
+/// What to select.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// `devices.id`.
+    pub device: Option<i64>,
+    /// Sensor name.
+    pub sensor: Option<String>,
+    /// Inclusive lower time bound.
+    pub since_ms: Option<i64>,
+    /// Exclusive upper time bound.
+    pub until_ms: Option<i64>,
+}
+
+const SELECT_EVENT: &str = "SELECT e.id, d.device_id, b.boot_id, e.seq,
+        coalesce(s.name, 'sensor' || e.sensor), coalesce(s.unit, ''), e.value, e.ts_ms
+   FROM events e
+   JOIN devices d ON d.id = e.device
+   JOIN boots b ON b.device = e.device AND b.boot_no = e.boot_no
+   LEFT JOIN sensors s ON s.device = e.device AND s.idx = e.sensor";
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: r.get(0)?,
+        device: r.get(1)?,
+        boot_id: r.get::<_, i64>(2)? as u32,
+        seq: r.get::<_, i64>(3)? as u32,
+        sensor: r.get(4)?,
+        unit: r.get(5)?,
+        value: r.get(6)?,
+        ts_ms: r.get(7)?,
+    })
+}
+
+/// One device's events in `(ts_ms, id)` order, strictly after `after` (a previous page's last
+/// key), at most `limit`.
+pub fn device_events(
+    conn: &Connection,
+    f: &EventFilter,
+    after: Option<(i64, i64)>,
+    limit: usize,
+) -> Result<Vec<EventRow>, StoreError> {
+    let device = f.device.unwrap_or(-1);
+    let since = f.since_ms.unwrap_or(i64::MIN);
+    let (after_ts, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+    let sql = format!(
+        "{SELECT_EVENT}
+          WHERE e.device = ?1 AND e.ts_ms >= ?2 AND e.ts_ms < ?3
+            AND e.ts_ms >= ?4 AND (e.ts_ms > ?4 OR e.id > ?5)
+            AND (?6 IS NULL OR s.name = ?6)
+          ORDER BY e.ts_ms, e.id LIMIT ?7"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map(
+        params![
+            device,
+            since,
+            f.until_ms.unwrap_or(i64::MAX),
+            after_ts,
+            after_id,
+            f.sensor,
+            limit as i64
+        ],
+        event_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Events in store (id) order with ids in `(after, upto]`, matching `f`, at most `limit`, looking
+/// at no more than [`SCAN_BUDGET`] ids. Returns the rows and the id the scan reached: the next
+/// call continues after it (rows may be fewer than `limit` before `upto` is reached).
+pub fn events_by_id(
+    conn: &Connection,
+    f: &EventFilter,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<(Vec<EventRow>, i64), StoreError> {
+    let sql = format!(
+        "{SELECT_EVENT}
+          WHERE e.id > ?1 AND e.id <= ?2
+            AND (?3 IS NULL OR e.device = ?3)
+            AND e.ts_ms >= ?4 AND e.ts_ms < ?5
+            AND (?6 IS NULL OR s.name = ?6)
+          ORDER BY e.id LIMIT ?7"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let end = upto.min(after.saturating_add(SCAN_BUDGET));
+    let rows: Vec<EventRow> = st
+        .query_map(
+            params![
+                after,
+                end,
+                f.device,
+                f.since_ms.unwrap_or(i64::MIN),
+                f.until_ms.unwrap_or(i64::MAX),
+                f.sensor,
+                limit as i64
+            ],
+            event_row,
+        )?
+        .collect::<Result<_, _>>()?;
+    let reached = if rows.len() == limit {
+        rows.last().map_or(end, |r| r.id)
+    } else {
+        end
+    };
+    Ok((rows, reached))
+}
+
+/// How a series bucket is summarised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    /// Mean.
+    Avg,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// Number of events.
+    Count,
+    /// Value of the newest event.
+    Last,
+}
+
+impl Agg {
+    /// Parses `avg|min|max|count|last`.
+    pub fn parse(s: &str) -> Option<Agg> {
+        Some(match s {
+            "avg" => Agg::Avg,
+            "min" => Agg::Min,
+            "max" => Agg::Max,
+            "count" => Agg::Count,
+            "last" => Agg::Last,
+            _ => return None,
+        })
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Agg::Avg => "avg",
+            Agg::Min => "min",
+            Agg::Max => "max",
+            Agg::Count => "count",
+            Agg::Last => "last",
+        }
+    }
+}
+
+/// One series point: bucket start (UTC ms), value, events in the bucket.
+pub type Point = (i64, f64, i64);
+
+/// Buckets of `bucket_ms` (aligned to the epoch) over `[since, until)` of one sensor, computed in
+/// SQL; empty buckets are absent.
+pub fn series(
+    conn: &Connection,
+    device: i64,
+    sensor: u8,
+    since_ms: i64,
+    until_ms: i64,
+    bucket_ms: i64,
+    agg: Agg,
+) -> Result<Vec<Point>, StoreError> {
+    let value = match agg {
+        Agg::Avg => "avg(value)",
+        Agg::Min => "min(value)",
+        Agg::Max => "max(value)",
+        Agg::Count => "count(*)",
+        // SQLite: with exactly one max(), bare columns come from the row holding the maximum.
+        Agg::Last => "value, max(ts_ms)",
+    };
+    let sql = format!(
+        "SELECT (ts_ms / ?5) * ?5 AS t, {value}, count(*) FROM events
+          WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND sensor = ?4
+          GROUP BY t ORDER BY t"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let count_col = if agg == Agg::Last { 3 } else { 2 };
+    let rows = st.query_map(
+        params![device, since_ms, until_ms, sensor, bucket_ms],
+        |r| Ok((r.get(0)?, r.get::<_, f64>(1)?, r.get(count_col)?)),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A stored command: `(done, outcome JSON)`.
+pub fn command(
+    conn: &Connection,
+    device: &str,
+    request_id: &str,
+) -> Result<Option<(bool, Option<String>)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT done, outcome FROM commands WHERE device_id = ?1 AND request_id = ?2",
+            params![device, request_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
