@@ -87,7 +87,7 @@ function every(ms, source, fn) {
     } catch (e) {
       report(source, e);
     }
-    // BROKEN: no repeat
+    setTimeout(tick, ms);
   };
   tick();
 }
