@@ -40,6 +40,8 @@ use crate::Agent;
 
 /// The demo's gateway id.
 const GATEWAY: &str = "demo";
+/// Where the demo serves the API and dashboard when the port is free.
+const DEMO_API: &str = "127.0.0.1:7878";
 /// Longest wait for the uplink and the bridge to catch up after the devices stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -298,8 +300,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let bridge_stop = CancellationToken::new();
     let bridge_task = tokio::spawn(bridge::run(bridge_settings, bridge_stop.clone()));
 
+    // The dashboard on the usual port when it is free (another agent may hold it).
+    let api_listen = if std::net::TcpListener::bind(DEMO_API).is_ok() {
+        DEMO_API
+    } else {
+        "127.0.0.1:0"
+    };
     let toml = format!(
-        "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"{GATEWAY}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n\
+        "[api]\nlisten = \"{api_listen}\"\n[gateway]\nid = \"{GATEWAY}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n\
          [uplink]\nbroker = \"{broker_addr}\"\n",
         db.display().to_string()
     );
@@ -326,6 +334,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         sink.display(),
         (opts.devices as f64 * 3.0 * 1000.0 / f64::from(sim_cfg.interval_ms)).round()
     );
+    if let Some(api) = agent.api_addr {
+        println!(
+            "dashboard: http://{api}/   (try: ferry status --api http://{api}, ferry tail --api http://{api})"
+        );
+    }
     println!(
         "{:>5} {:>6} {:>10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>8}",
         "t(s)", "links", "received", "stored", "per s", "acks", "forwarded", "bridged", "per s"
