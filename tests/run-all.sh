@@ -18,6 +18,9 @@ command -v mosquitto >/dev/null || need+=(mosquitto)
 # ferry-bridge tests: a private PostgreSQL cluster (initdb lives in /usr/lib/postgresql/NN/bin).
 # TLS tests make their certificates in-process (rcgen), so no openssl CLI is needed.
 command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# Dashboard test: a real headless Chromium driven over WebDriver (tests/src/browser.rs).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bridge;
+pub mod browser;
 pub mod link;
 pub mod mosquitto;
 pub mod postgres;

@@ -1,6 +1,7 @@
 //! End-to-end tests across Ferry components (one binary, one module per scenario).
 mod bridge;
 mod contract;
+mod dashboard;
 mod firmware_pipeline;
 mod firmware_qemu;
 mod pipeline;

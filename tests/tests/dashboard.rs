@@ -1,0 +1,213 @@
+//! The dashboard in a real headless Chromium, against the real `ferry` binary with a token on its
+//! local API and simulated devices on its TCP listener. The page must ask for the token, list the
+//! devices online, show latest values that change, grow a live chart from the SSE stream when a
+//! device is clicked, and show the ingest counter rising, all without an error banner or a script
+//! error. Every check waits for a condition with a deadline; a timeout fails with the page's
+//! state, its console and a screenshot. The final screenshot is
+//! `<target>/test-output/dashboard/dashboard.png`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry_tests::agent::AgentProc;
+use ferry_tests::browser::Browser;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const FAILED_PNG: &str = "dashboard-failed.png";
+const TOKEN: &str = "dashboard-test-token-0123";
+/// Deadline of each check (the page polls every 2 to 3 s; other tests may share the 2 cores).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `<target>/test-output/dashboard/`, next to the profile folder this test binary runs from.
+fn output_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // <target>/<profile>/deps/e2e-…
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("test binary is in <target>/<profile>/deps");
+    target.join("test-output").join("dashboard")
+}
+
+/// The `addr=` of the agent's log line that contains `message`.
+async fn logged_addr(agent: &mut AgentProc, message: &str) -> SocketAddr {
+    let line = agent.wait_log_line(&[message, "addr="], WAIT).await;
+    let line = line.unwrap_or_else(|| panic!("no {message:?} line; log:\n{}", agent.log()));
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("addr="))
+        .and_then(|a| a.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+}
+
+/// Evaluates `script` in the page every 100 ms until `check` accepts the result (a script error,
+/// e.g. while the page reloads, counts as not yet). At the deadline: panics naming `what`, with the
+/// last result, the banner, the console and a screenshot.
+async fn wait_until<T>(
+    browser: &Browser,
+    what: &str,
+    script: &str,
+    mut check: impl FnMut(&Value) -> Option<T>,
+) -> T {
+    let t = Instant::now();
+    loop {
+        let value = browser
+            .eval(script)
+            .unwrap_or_else(|e| Value::String(format!("script error: {e:#}")));
+        if let Some(found) = check(&value) {
+            return found;
+        }
+        if t.elapsed() > WAIT {
+            let shot = output_dir().join(FAILED_PNG);
+            let saved = browser
+                .screenshot(&shot)
+                .map(|()| shot.display().to_string());
+            let banner = browser.eval("return document.querySelector('#error-banner').textContent");
+            panic!(
+                "dashboard: {what} not seen within {WAIT:?}; last {value}; banner {banner:?}; \
+                 screenshot {saved:?}; console:\n{}",
+                browser.console().unwrap_or_default().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Clicks `css`, retrying while it is missing or replaced (the device table is redrawn every 3 s).
+async fn click(browser: &Browser, css: &str) {
+    let t = Instant::now();
+    while let Err(e) = browser.click(css) {
+        assert!(t.elapsed() < WAIT, "cannot click {css}: {e:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A number shown by the page (`1,234.5` → 1234.5).
+fn number(v: &Value) -> Option<f64> {
+    v.as_str()?.replace(',', "").parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_devices_values_and_live_charts() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let _ = std::fs::remove_file(output_dir().join(FAILED_PNG));
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-dashboard-")
+        .tempdir()
+        .unwrap();
+    let mut agent = AgentProc::new(
+        dir.path(),
+        &format!(
+            "[gateway]\nid = \"gw-dashboard\"\n[store]\npath = {:?}\n\
+             [devices]\ntcp_listen = \"127.0.0.1:0\"\n\
+             [api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+            dir.path().join("ferry.db").display().to_string(),
+        ),
+        None,
+    );
+    agent.start().await;
+    let devices_addr = logged_addr(&mut agent, "Listening for devices over TCP").await;
+    let api = logged_addr(&mut agent, "Serving the local API").await;
+
+    // Three devices, three channels each (temperature, humidity, counter) at 20 Hz.
+    let stop = CancellationToken::new();
+    let sim = tokio::spawn(ferry_sim::run(
+        ferry_sim::SimConfig {
+            devices: 3,
+            sensors: 3,
+            interval_ms: 50,
+            transport: ferry_sim::Transport::Tcp(devices_addr),
+            ..ferry_sim::SimConfig::default()
+        },
+        stop.clone(),
+    ));
+
+    // No token yet: the page asks for one; the token is kept and the page starts over with it.
+    browser.goto(&format!("http://{api}/")).unwrap();
+    wait_until(
+        &browser,
+        "the token prompt",
+        "return !document.querySelector('#token-form').hidden",
+        |v| v.as_bool().filter(|shown| *shown),
+    )
+    .await;
+    browser.type_into("#token-input", TOKEN).unwrap();
+    click(&browser, "#token-form button").await;
+
+    let online = wait_until(
+        &browser,
+        "three simulated devices online",
+        "return [...document.querySelectorAll('#devices tr[data-device][data-online=true]')]
+             .map(row => row.dataset.device)",
+        |v| {
+            let ids: Vec<&str> = v.as_array()?.iter().filter_map(Value::as_str).collect();
+            (ids == ["sim-0000", "sim-0001", "sim-0002"]).then(|| ids.join(", "))
+        },
+    )
+    .await;
+    eprintln!("devices online: {online}");
+
+    let counter = "return document.querySelector(
+        '#devices tr[data-device=\"sim-0002\"] [data-sensor=\"counter\"]')?.textContent ?? null";
+    let first = wait_until(&browser, "a latest counter value", counter, number).await;
+    let later = wait_until(&browser, "the latest counter value change", counter, |v| {
+        number(v).filter(|n| *n != first)
+    })
+    .await;
+    eprintln!("latest counter of sim-0002: {first} then {later}");
+
+    // Clicking a row selects that device: one chart per sensor, fed by the live stream.
+    click(&browser, "#devices tr[data-device=\"sim-0001\"] td").await;
+    let charts = "return document.querySelector('#selected-device').textContent === 'sim-0001'
+        ? [...document.querySelectorAll('#charts .chart')]
+            .map(c => [c.dataset.sensor, Number(c.dataset.points)])
+        : null";
+    let points = |v: &Value| -> Option<u64> {
+        let charts = v.as_array()?;
+        let names: Vec<&str> = charts.iter().filter_map(|c| c[0].as_str()).collect();
+        (names == ["temperature", "humidity", "counter"]).then_some(())?;
+        charts[0][1].as_u64().filter(|n| *n > 0)
+    };
+    let p0 = wait_until(&browser, "sim-0001's three charts", charts, points).await;
+    let p1 = wait_until(&browser, "the temperature chart grow", charts, |v| {
+        points(v).filter(|n| *n >= p0 + 3)
+    })
+    .await;
+    eprintln!("temperature chart of sim-0001: {p0} then {p1} points");
+
+    let committed = "return document.querySelector('#samples-committed').textContent";
+    let c0 = wait_until(&browser, "samples committed", committed, number).await;
+    let c1 = wait_until(&browser, "samples committed rise", committed, |v| {
+        number(v).filter(|n| *n > c0)
+    })
+    .await;
+    eprintln!("samples committed: {c0} then {c1}");
+
+    let state = browser
+        .eval(
+            "return [document.querySelector('#uplink-state').textContent,
+                     document.querySelector('#error-banner').hidden]",
+        )
+        .unwrap();
+    assert_eq!(
+        state,
+        serde_json::json!(["off", true]),
+        "uplink state, banner hidden"
+    );
+    let console = browser.console().unwrap();
+    assert!(
+        !console.iter().any(|l| l.contains("Uncaught")),
+        "script errors:\n{}",
+        console.join("\n")
+    );
+
+    let shot = output_dir().join("dashboard.png");
+    browser.screenshot(&shot).unwrap();
+    eprintln!("screenshot: {}", shot.display());
+
+    stop.cancel();
+    sim.await.unwrap();
+    agent.terminate().await;
+}
