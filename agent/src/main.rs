@@ -3,16 +3,28 @@
 //! ```text
 //! ferry run --config ferry.toml      run the agent
 //! ferry config check ferry.toml      validate a config file and print the effective settings
-//! ferry devices --config ferry.toml  list devices from the store
+//! ferry devices                      list devices (over the local API; --db FILE reads a store)
+//! ferry latest [DEVICE]              latest value of every sensor
+//! ferry query events|series          stored events, page by page; aggregated series
+//! ferry tail                         follow samples as they are stored
+//! ferry status                       ingest, uplink, backlog, disk and drops at a glance
 //! ferry demo                         the whole pipeline on one machine
 //! ```
+//! The API commands take `--api URL` (else `FERRY_API_URL`, else `http://127.0.0.1:7878`),
+//! `--token` (else `FERRY_API_TOKEN`) and `--format table|json|csv`; exit 0 ok, 1 agent
+//! unreachable or failing, 2 refused request or bad command line.
+use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_agent::cli::commands::{self, finish};
+use ferry_agent::cli::{
+    ApiClient, CliError, Endpoint, EventsQuery, Format, SeriesQuery, TailOptions,
+};
 use ferry_agent::config::{ConfigError, Settings};
-use ferry_agent::{demo, shutdown, store, Agent};
+use ferry_agent::{demo, shutdown, Agent};
 
 #[derive(Parser)]
 #[command(
@@ -41,17 +53,48 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// List the devices in the store.
+    /// List the devices: state, last seen, firmware, boot, events, forwarding backlog, link.
     Devices {
-        /// Configuration file (for the store path).
-        #[arg(long, short, default_value = "ferry.toml")]
-        config: PathBuf,
-        /// Read this database instead of the configured one.
-        #[arg(long)]
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Read this store file directly instead of asking the agent (works while it is stopped;
+        /// no forwarding figures).
+        #[arg(long, value_name = "FILE")]
         db: Option<PathBuf>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+    },
+    /// The latest value of each sensor of DEVICE (of every device without one).
+    Latest {
+        /// Device id.
+        device: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Query stored events or aggregated series.
+    Query {
+        #[command(subcommand)]
+        cmd: QueryCmd,
+    },
+    /// Follow samples as the agent stores them (reconnects without skipping or repeating any).
+    Tail {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only this sensor (by name).
+        #[arg(long)]
+        sensor: Option<String>,
+        /// Stop after this many samples.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// First replay the stored events after this event id, then follow.
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Ingest rate and totals, devices online, uplink and backlog, disk headroom, drops.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Simulated devices -> agent -> in-process MQTT broker -> ferry-bridge, with live figures
     /// and a final exactly-once check.
@@ -80,10 +123,86 @@ enum ConfigCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum QueryCmd {
+    /// Stored events, oldest first, printed page by page as they arrive (`--format json` writes
+    /// JSON Lines: one event object per line).
+    Events {
+        /// Only this device (then ordered by time).
+        #[arg(long)]
+        device: Option<String>,
+        /// Only this sensor (by name).
+        #[arg(long)]
+        sensor: Option<String>,
+        #[command(flatten)]
+        range: Range,
+        /// Print at most N rows [default: all].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One sensor aggregated into time buckets (empty buckets left out).
+    Series {
+        /// Device id.
+        #[arg(long)]
+        device: String,
+        /// Sensor name.
+        #[arg(long)]
+        sensor: String,
+        #[command(flatten)]
+        range: Range,
+        /// Bucket width: 10s, 1m, 1h, ... [agent default: 1m]
+        #[arg(long, value_name = "DURATION")]
+        bucket: Option<String>,
+        /// Aggregate per bucket [agent default: avg]
+        #[arg(long, value_enum)]
+        agg: Option<Agg>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+// Where the agent's API is, and the output format (shared by the API commands).
+#[derive(Args)]
+struct ApiArgs {
+    /// The agent's local API [default: $FERRY_API_URL, else http://127.0.0.1:7878]
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// Bearer token for the API [default: $FERRY_API_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+// A time range; relative times start with `-`, so hyphen values are allowed.
+#[derive(Args)]
+struct Range {
+    /// Start, inclusive: RFC 3339, Unix ms, `now`, or relative (-90s, -15m, -1h, -7d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    since: Option<String>,
+    /// End, exclusive (same forms).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    until: Option<String>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Table,
-    Json,
+enum Agg {
+    Avg,
+    Min,
+    Max,
+    Count,
+    Last,
+}
+
+impl Agg {
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
 }
 
 fn init_logs(filter: &str) {
@@ -141,55 +260,86 @@ async fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Cmd::Devices { config, db, format } => {
-            let path = match db {
-                Some(p) => p,
-                None => match load(&config) {
-                    Ok(s) => s.store.path,
-                    Err(code) => return code,
+        Cmd::Devices { api, db: Some(db) } => {
+            done(commands::devices_offline(&db, api.format, &mut stdout()))
+        }
+        Cmd::Devices { api, db: None } => {
+            let r = async { commands::devices(&client(&api)?, api.format, &mut stdout()).await };
+            done(r.await)
+        }
+        Cmd::Latest { device, api } => {
+            let r = async {
+                let c = client(&api)?;
+                commands::latest(&c, device.as_deref(), api.format, &mut stdout()).await
+            };
+            done(r.await)
+        }
+        Cmd::Query {
+            cmd:
+                QueryCmd::Events {
+                    device,
+                    sensor,
+                    range,
+                    limit,
+                    api,
                 },
+        } => {
+            let q = EventsQuery {
+                device,
+                sensor,
+                since: range.since,
+                until: range.until,
+                limit,
             };
-            let rows = match store::open_reader(&path).and_then(|c| store::read::devices(&c)) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("ferry: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let r = async {
+                commands::query_events(&client(&api)?, &q, api.format, &mut stdout()).await
             };
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).unwrap_or_default()
-                ),
-                Format::Table => {
-                    println!(
-                        "{:<20} {:<7} {:<24} {:<10} {:>9} {:>6} {:>10} {:>8}  link",
-                        "device",
-                        "state",
-                        "last seen (UTC)",
-                        "boot",
-                        "boots",
-                        "ring",
-                        "events",
-                        "dropped"
-                    );
-                    for r in rows {
-                        println!(
-                            "{:<20} {:<7} {:<24} {:<10} {:>9} {:>6} {:>10} {:>8}  {}",
-                            r.device_id,
-                            if r.online { "online" } else { "offline" },
-                            fmt_utc(r.last_seen_ms),
-                            r.boot_id.map(|b| format!("{b:08x}")).unwrap_or_default(),
-                            r.boots,
-                            r.ring_depth,
-                            r.events,
-                            r.dropped,
-                            r.link
-                        );
-                    }
-                }
-            }
-            ExitCode::SUCCESS
+            done(r.await)
+        }
+        Cmd::Query {
+            cmd:
+                QueryCmd::Series {
+                    device,
+                    sensor,
+                    range,
+                    bucket,
+                    agg,
+                    api,
+                },
+        } => {
+            let q = SeriesQuery {
+                device,
+                sensor,
+                since: range.since,
+                until: range.until,
+                bucket,
+                agg: agg.map(Agg::name),
+            };
+            let r = async {
+                commands::query_series(&client(&api)?, &q, api.format, &mut stdout()).await
+            };
+            done(r.await)
+        }
+        Cmd::Tail {
+            device,
+            sensor,
+            count,
+            after,
+            api,
+        } => {
+            let opts = TailOptions {
+                device,
+                sensor,
+                count,
+                after,
+            };
+            let r =
+                async { commands::tail(&client(&api)?, &opts, api.format, &mut stdout()).await };
+            done(r.await)
+        }
+        Cmd::Status { api } => {
+            let r = async { commands::status(&client(&api)?, api.format, &mut stdout()).await };
+            done(r.await)
         }
         Cmd::Demo {
             devices,
@@ -221,23 +371,20 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS` for UTC milliseconds (civil-from-days, no date library).
-fn fmt_utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// The client for `--api` / `--token` (else the environment).
+fn client(api: &ApiArgs) -> Result<ApiClient, CliError> {
+    let endpoint = Endpoint::resolve(api.api.as_deref(), api.token.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    ApiClient::new(endpoint)
+}
+
+/// Buffered stdout: commands flush after each page or sample.
+fn stdout() -> BufWriter<std::io::Stdout> {
+    BufWriter::new(std::io::stdout())
+}
+
+/// Prints a failure (nothing for a closed stdout) and gives its exit code.
+fn done(r: Result<(), CliError>) -> ExitCode {
+    ExitCode::from(finish(r))
 }
