@@ -342,6 +342,21 @@ async fn stream_follows_commits_and_resumes_after_last_event_id() {
     let sim = tokio::spawn(ferry_sim::run(cfg, stop.clone()));
     let client = reqwest::Client::new();
 
+    // A stream opens with an id-only block: the resume point of a client that has seen nothing yet.
+    let r = client
+        .get(format!("{base}/api/v1/stream"))
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let head = String::from_utf8(body.next().await.unwrap().unwrap().to_vec()).unwrap();
+    let block = head.split("\n\n").next().unwrap();
+    assert!(
+        block.starts_with("id:") && !block.contains("data:"),
+        "{head:?}"
+    );
+    drop(body);
+
     // Live: 300 samples of one device, then the connection drops.
     let r = client
         .get(format!("{base}/api/v1/stream?device=sim-0001"))

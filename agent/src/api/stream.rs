@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::error::{ApiError, ErrorDoc};
@@ -134,6 +134,11 @@ pub async fn stream(
         committed,
         _permit: permit,
     };
+    // An id-only block first: it dispatches nothing, but a client (EventSource, `ferry tail`) that
+    // reconnects before its first sample resumes from here instead of from "now".
+    let start = futures_util::stream::once(async move {
+        Ok::<Event, Infallible>(Event::default().id(pos.to_string()))
+    });
     let events = futures_util::stream::unfold(follow, |mut f| async move {
         let e = f.next().await?;
         let id = e.id;
@@ -144,7 +149,7 @@ pub async fn stream(
             .unwrap_or_else(|_| Event::default().comment("unencodable event"));
         Some((Ok(msg), f))
     });
-    Ok(Sse::new(events).keep_alive(
+    Ok(Sse::new(start.chain(events)).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
             .text("keep-alive"),

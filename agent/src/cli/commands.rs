@@ -396,7 +396,13 @@ pub async fn tail(
                 Ok(Ok(Some(c))) => c,
             };
             backoff = BACKOFF_START;
-            for msg in parser.feed(&chunk) {
+            let msgs = parser.feed(&chunk);
+            if st.resume.is_none() {
+                // The agent opens each stream with an id-only block (its position): a reconnect
+                // before the first sample resumes from there, not from "now".
+                st.resume = parser.last_event_id().map(str::to_owned);
+            }
+            for msg in msgs {
                 match st.admit(msg) {
                     Admit::Skip => {}
                     Admit::Bad(e) => note(format_args!("skipping a sample that is not JSON: {e}")),
