@@ -47,6 +47,27 @@ async fn ok(url: &str) -> Value {
     v
 }
 
+/// Follows `next_cursor` from `url` to the end: the event ids in page order, and the page count.
+async fn all_pages(url: &str) -> (Vec<i64>, usize) {
+    let (mut ids, mut pages) = (Vec::new(), 0);
+    let mut next = url.to_owned();
+    loop {
+        let page = ok(&next).await;
+        pages += 1;
+        ids.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => next = format!("{url}&cursor={c}"),
+            None => return (ids, pages),
+        }
+    }
+}
+
 /// All stored events of a device as `(id, sensor name, ts_ms, value)` in `(ts, id)` order, read
 /// straight from SQLite.
 fn stored(db: &std::path::Path, device: &str) -> Vec<(i64, String, i64, f64)> {
@@ -104,52 +125,17 @@ async fn devices_latest_and_pages_across_boundaries_without_gap_or_repeat() {
     assert_eq!(all["devices"].as_array().unwrap().len(), 3);
 
     // Per device, (ts, id) order, pages of 7: exactly the stored rows.
-    let mut got = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let mut url = format!("{base}/api/v1/events?device=sim-0001&limit=7");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page = ok(&url).await;
-        pages += 1;
-        for e in page["events"].as_array().unwrap() {
-            got.push(e["id"].as_i64().unwrap());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let (got, pages) = all_pages(&format!("{base}/api/v1/events?device=sim-0001&limit=7")).await;
     let want: Vec<i64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(got, want, "device pages = stored rows in (ts, id) order");
     assert!(pages > 280, "{pages} pages");
 
     // A time window and a sensor, pages of 50.
     let (t0, t1) = (rows[100].2, rows[1500].2);
-    let mut got = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!(
-            "{base}/api/v1/events?device=sim-0001&sensor=humidity&since={t0}&until={t1}&limit=50"
-        );
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page = ok(&url).await;
-        got.extend(
-            page["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_i64().unwrap()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let (got, _) = all_pages(&format!(
+        "{base}/api/v1/events?device=sim-0001&sensor=humidity&since={t0}&until={t1}&limit=50"
+    ))
+    .await;
     let want: Vec<i64> = rows
         .iter()
         .filter(|r| r.1 == "humidity" && r.2 >= t0 && r.2 < t1)
@@ -159,26 +145,7 @@ async fn devices_latest_and_pages_across_boundaries_without_gap_or_repeat() {
     assert_eq!(got, want, "window + sensor pages");
 
     // Store order across all devices, pages of 333.
-    let mut got = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/api/v1/events?limit=333");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page = ok(&url).await;
-        got.extend(
-            page["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_i64().unwrap()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let (got, _) = all_pages(&format!("{base}/api/v1/events?limit=333")).await;
     let total: i64 = ferry_agent::store::open_reader(&db)
         .unwrap()
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
