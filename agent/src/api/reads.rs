@@ -2,6 +2,8 @@
 //!
 //! Invariant: at most [`READERS`] queries run at once (a semaphore), so a burst of requests queues
 //! here instead of spawning a blocking thread per request and competing with ingest for the CPU.
+//! (Measured with `--bench api`: one reader on two cores did not protect ingest from a
+//! series-heavy load any better than four; what costs is the rows a query reads.)
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -212,29 +212,17 @@ pub async fn series(
         .run(move |c| {
             let key = query::device_key(c, &q.device)?
                 .ok_or_else(|| ApiError::NotFound(format!("no device {:?}", q.device)))?;
-            let dev = query::devices(c, Some(&q.device), None)?;
-            let sensor = dev
-                .first()
-                .and_then(|d| d.sensors.iter().find(|s| s.name == q.sensor))
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!(
-                        "device {:?} has no sensor {:?}",
-                        q.device, q.sensor
-                    ))
-                })?;
-            let points = query::series(
-                c,
-                key,
-                sensor.index,
-                q.since_ms,
-                q.until_ms,
-                q.bucket_ms,
-                q.agg,
-            )?;
+            let (index, unit) = query::sensor(c, key, &q.sensor)?.ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "device {:?} has no sensor {:?}",
+                    q.device, q.sensor
+                ))
+            })?;
+            let points = query::series(c, key, index, q.since_ms, q.until_ms, q.bucket_ms, q.agg)?;
             Ok(SeriesDoc {
                 device: q.device.clone(),
                 sensor: q.sensor.clone(),
-                unit: sensor.unit.clone(),
+                unit,
                 agg: q.agg.name().into(),
                 bucket_ms: q.bucket_ms,
                 since: format_ms(q.since_ms),

@@ -171,14 +171,20 @@ pub fn devices(
     only: Option<&str>,
     forwarding: Option<ForwardPosition>,
 ) -> Result<Vec<DeviceInfo>, StoreError> {
-    let mut st = conn.prepare_cached(
+    // One statement per shape: `?1 IS NULL OR ...` would keep SQLite off the unique index.
+    let filter = if only.is_some() {
+        "WHERE d.device_id = ?1"
+    } else {
+        "WHERE ?1 IS NULL"
+    };
+    let mut st = conn.prepare_cached(&format!(
         "SELECT d.id, d.device_id, d.online, d.last_seen_ms, d.firmware, b.boot_id,
                 (SELECT count(*) FROM boots c WHERE c.device = d.id),
                 d.link, d.events_total, d.dropped, d.ring_depth, d.read_errors
            FROM devices d LEFT JOIN boots b ON b.device = d.id AND b.boot_no = d.boot_no
-          WHERE ?1 IS NULL OR d.device_id = ?1
-          ORDER BY d.device_id",
-    )?;
+          {filter}
+          ORDER BY d.device_id"
+    ))?;
     let mut out: Vec<DeviceInfo> = st
         .query_map([only], |r| {
             Ok(DeviceInfo {
@@ -200,10 +206,17 @@ pub fn devices(
         })?
         .collect::<Result<_, _>>()?;
     let index: HashMap<i64, usize> = out.iter().enumerate().map(|(i, d)| (d.key, i)).collect();
-    let mut st = conn.prepare_cached(
-        "SELECT device, idx, name, unit, interval_ms FROM sensors ORDER BY device, idx",
-    )?;
-    let mut rows = st.query([])?;
+    let one = match (only, out.first()) {
+        (Some(_), Some(d)) => Some(d.key),
+        (Some(_), None) => return Ok(out),
+        _ => None,
+    };
+    let mut st = conn.prepare_cached(if one.is_some() {
+        "SELECT device, idx, name, unit, interval_ms FROM sensors WHERE device = ?1 ORDER BY idx"
+    } else {
+        "SELECT device, idx, name, unit, interval_ms FROM sensors WHERE ?1 IS NULL ORDER BY device, idx"
+    })?;
+    let mut rows = st.query([one])?;
     while let Some(r) = rows.next()? {
         if let Some(&i) = index.get(&r.get::<_, i64>(0)?) {
             out[i].sensors.push(SensorInfo {
@@ -240,14 +253,19 @@ pub fn latest(
     conn: &Connection,
     only: Option<&str>,
 ) -> Result<Vec<(String, Vec<LatestValue>)>, StoreError> {
-    let mut st = conn.prepare_cached(
+    let filter = if only.is_some() {
+        "WHERE d.device_id = ?1"
+    } else {
+        "WHERE ?1 IS NULL"
+    };
+    let mut st = conn.prepare_cached(&format!(
         "SELECT d.device_id, coalesce(s.name, 'sensor' || l.sensor), coalesce(s.unit, ''),
                 l.value, l.ts_ms, l.event_id
            FROM latest l JOIN devices d ON d.id = l.device
            LEFT JOIN sensors s ON s.device = l.device AND s.idx = l.sensor
-          WHERE ?1 IS NULL OR d.device_id = ?1
-          ORDER BY d.device_id, l.sensor",
-    )?;
+          {filter}
+          ORDER BY d.device_id, l.sensor"
+    ))?;
     let mut out: Vec<(String, Vec<LatestValue>)> = Vec::new();
     let mut rows = st.query([only])?;
     while let Some(r) = rows.next()? {
@@ -278,16 +296,18 @@ pub fn device_key(conn: &Connection, device: &str) -> Result<Option<i64>, StoreE
         .optional()?)
 }
 
-/// Sensor index of a name on a device.
-pub fn sensor_index(conn: &Connection, device: i64, name: &str) -> Result<Option<u8>, StoreError> {
+/// Index and unit of a sensor name on a device.
+pub fn sensor(
+    conn: &Connection,
+    device: i64,
+    name: &str,
+) -> Result<Option<(u8, String)>, StoreError> {
     Ok(conn
-        .query_row(
-            "SELECT idx FROM sensors WHERE device = ?1 AND name = ?2",
-            params![device, name],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?
-        .map(|i| i as u8))
+        .prepare_cached("SELECT idx, unit FROM sensors WHERE device = ?1 AND name = ?2")?
+        .query_row(params![device, name], |r| {
+            Ok((r.get::<_, i64>(0)? as u8, r.get(1)?))
+        })
+        .optional()?)
 }
 
 /// What to select.
