@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{cpu_seconds, proc_field};
 use ferry_sim::{SimConfig, Transport};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -72,23 +74,6 @@ fn disk_floor(dir: &Path, secs: u64) -> (f64, f64) {
         100.0 * stalled.as_secs_f64() / total.as_secs_f64(),
         max.as_secs_f64() * 1e3,
     )
-}
-
-fn proc_field(pid: u32, key: &str) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after = stat.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 struct AgentProc {

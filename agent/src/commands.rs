@@ -20,7 +20,7 @@ use ferry_cloud_bridge::contract::{
 use ferry_cloud_bridge::uplink::{InboundCommand, OutgoingOutcome};
 use ferry_wire::CommandStatus;
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::writer::StoreHandle;
@@ -35,7 +35,8 @@ pub struct DeviceCommand {
 }
 
 enum Req {
-    Submit(InboundCommand),
+    /// A command; `stored` is told whether it is stored (or already known) once that is settled.
+    Submit(InboundCommand, Option<oneshot::Sender<bool>>),
     Attach {
         device: String,
         link: mpsc::Sender<DeviceCommand>,
@@ -57,7 +58,17 @@ pub struct CommandsHandle {
 impl CommandsHandle {
     /// A new command (already validated).
     pub async fn submit(&self, c: InboundCommand) {
-        let _ = self.tx.send(Req::Submit(c)).await;
+        let _ = self.tx.send(Req::Submit(c, None)).await;
+    }
+
+    /// A new command (already validated); true once it is stored (or was already known), false
+    /// if storing failed or the actor is gone.
+    pub async fn submit_stored(&self, c: InboundCommand) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Req::Submit(c, Some(tx))).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// A device's link after its Hello: pending commands for it are sent there.
@@ -172,7 +183,12 @@ impl Actor {
                 _ = shutdown.cancelled() => break,
                 r = rx.recv() => match r {
                     None => break,
-                    Some(Req::Submit(c)) => self.submit(c).await,
+                    Some(Req::Submit(c, reply)) => {
+                        let stored = self.submit(c).await;
+                        if let Some(r) = reply {
+                            let _ = r.send(stored);
+                        }
+                    }
                     Some(Req::Attach { device, link }) => {
                         for (id, p) in &self.pending {
                             if p.device == device {
@@ -197,7 +213,8 @@ impl Actor {
         }
     }
 
-    async fn submit(&mut self, c: InboundCommand) {
+    /// Stores a new command (acking its MQTT message only then); true once it is safe.
+    async fn submit(&mut self, c: InboundCommand) -> bool {
         let InboundCommand {
             device,
             request,
@@ -219,11 +236,11 @@ impl Actor {
                     self.send_outcome(o, None);
                 }
                 receipt.done();
-                return;
+                return true;
             }
             Some(None) => {
                 receipt.done(); // stored and pending
-                return;
+                return true;
             }
             None => {}
         }
@@ -233,7 +250,7 @@ impl Actor {
             .any(|p| p.device == device && p.request_id == request.id)
         {
             receipt.done();
-            return;
+            return true;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -255,7 +272,7 @@ impl Actor {
             // Not acked: the broker delivers it again (after a reconnect) and storing is retried.
             tracing::warn!(%device, request = %request.id, error = %e, "Command not stored; leaving it unacked at the broker.");
             drop(receipt);
-            return;
+            return false;
         }
         receipt.done();
         tracing::info!(%device, request = %request.id, wire_id = id, "Command queued for the device.");
@@ -272,6 +289,7 @@ impl Actor {
             });
         }
         self.pending.insert(id as u32, p);
+        true
     }
 
     async fn finish(

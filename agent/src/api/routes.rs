@@ -260,33 +260,21 @@ pub async fn post_command(
     Params::parse(raw.as_deref(), &[])?;
     let request = CommandRequest::decode(&body).map_err(|e| ApiError::param("body", e))?;
     let request_id = request.id.clone();
-    s.inner
-        .commands
-        .submit(InboundCommand {
+    // Answer once it is stored: accepted means it survives a restart.
+    let stored = tokio::time::timeout(
+        STORE_WAIT,
+        s.inner.commands.submit_stored(InboundCommand {
             device: id.clone(),
             request,
             receipt: Receipt::none(),
-        })
-        .await;
-    // Answer once it is stored: accepted means it survives a restart.
-    let deadline = tokio::time::Instant::now() + STORE_WAIT;
-    loop {
-        let (d, r) = (id.clone(), request_id.clone());
-        let stored = s
-            .inner
-            .reads
-            .run(move |c| Ok(query::command(c, &d, &r)?.is_some()))
-            .await?;
-        if stored {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::Unavailable(
-                "the command was not stored in time (store busy or full); retry with the same id"
-                    .into(),
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }),
+    )
+    .await;
+    if stored != Ok(true) {
+        return Err(ApiError::Unavailable(
+            "the command was not stored (store busy, full or stopping); retry with the same id"
+                .into(),
+        ));
     }
     let location = format!("/api/v1/devices/{id}/commands/{request_id}");
     Ok((
