@@ -62,6 +62,67 @@ async fn wait_count(db: &tokio_postgres::Client, sql: &str, want: i64, timeout: 
     }
 }
 
+/// A publishing stream that runs until the test has done its disruptions, so every disruption
+/// falls inside the stream however fast or slow the machine is. Batch `i` of device `d` carries
+/// seqs `i * per .. (i + 1) * per` of boot 1.
+struct Stream {
+    task: tokio::task::JoinHandle<anyhow::Result<u32>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stream {
+    /// At least 50 batches; at most 5,000, which ends a stream nobody stops.
+    const MIN_BATCHES: u32 = 50;
+    const MAX_BATCHES: u32 = 5_000;
+
+    fn start(
+        publisher: &std::sync::Arc<Publisher>,
+        gateway: &'static str,
+        devices: &'static [&'static str],
+        per: u32,
+        pause: Duration,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, done) = (publisher.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut i = 0;
+            while i < Self::MIN_BATCHES
+                || (!done.load(std::sync::atomic::Ordering::Acquire) && i < Self::MAX_BATCHES)
+            {
+                for d in devices {
+                    let b = test_batch(gateway, d, 1, i * per..(i + 1) * per);
+                    p.publish_batch(&b, Encoding::Binary).await?;
+                }
+                i += 1;
+                tokio::time::sleep(pause).await;
+            }
+            anyhow::Ok(i)
+        });
+        Stream { task, stop }
+    }
+
+    /// Fails if the stream has already ended (an error, or the cap).
+    async fn still_running(&mut self, what: &str) -> anyhow::Result<()> {
+        if self.task.is_finished() {
+            let ended = (&mut self.task).await?;
+            anyhow::bail!("publishing ended before {what}: {ended:?}");
+        }
+        Ok(())
+    }
+
+    /// Stops the stream and returns how many batches per device it published.
+    async fn finish(self) -> anyhow::Result<u32> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let batches = self.task.await??;
+        anyhow::ensure!(
+            batches < Self::MAX_BATCHES,
+            "publishing hit its cap of {} batches before the test stopped it",
+            Self::MAX_BATCHES
+        );
+        Ok(batches)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_stores_each_event_exactly_once_through_duplicates_and_resends() -> anyhow::Result<()>
 {
@@ -143,36 +204,24 @@ async fn bridge_loses_nothing_while_the_broker_restarts_repeatedly() -> anyhow::
     let mut bridge = BridgeProcess::start(&args(&rig, "bridge-r1")).await?;
     bridge.wait_healthy(T).await?;
     let publisher = std::sync::Arc::new(Publisher::connect(rig.broker.port(), "pub-r1"));
-    const DEVICES: u32 = 4;
-    const BATCHES: u32 = 150;
+    const DEVICES: [&str; 4] = ["dev-0", "dev-1", "dev-2", "dev-3"];
     const PER: u32 = 40;
-    let p = publisher.clone();
-    let publishing = tokio::spawn(async move {
-        for i in 0..BATCHES {
-            for d in 0..DEVICES {
-                let b = test_batch("gw-r", &format!("dev-{d}"), 1, i * PER..(i + 1) * PER);
-                p.publish_batch(&b, Encoding::Binary).await?;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        anyhow::Ok(())
-    });
-    let mut restarts = 0;
-    while !publishing.is_finished() && restarts < 4 {
+    const RESTARTS: u32 = 4;
+    let mut stream = Stream::start(&publisher, "gw-r", &DEVICES, PER, Duration::from_millis(10));
+    for r in 0..RESTARTS {
         tokio::time::sleep(Duration::from_millis(400)).await;
+        stream
+            .still_running(&format!("broker restart {}", r + 1))
+            .await?;
         rig.broker.stop();
         tokio::time::sleep(Duration::from_millis(300)).await;
         rig.broker.start_again();
-        restarts += 1;
     }
-    publishing.await??;
-    assert!(
-        restarts >= 3,
-        "publishing finished after {restarts} restarts"
-    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let batches = stream.finish().await?;
     publisher.wait_all_acked(T).await?;
     let db = rig.pg.client().await;
-    let want = i64::from(DEVICES * BATCHES * PER);
+    let want = i64::from(DEVICES.len() as u32 * batches * PER);
     let t0 = Instant::now();
     while count(&db, "SELECT count(*) FROM ferry_events").await < want {
         assert!(
@@ -184,8 +233,9 @@ async fn bridge_loses_nothing_while_the_broker_restarts_repeatedly() -> anyhow::
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let expected: Vec<_> = (0..DEVICES)
-        .map(|d| ("gw-r".to_owned(), format!("dev-{d}"), 1, BATCHES * PER))
+    let expected: Vec<_> = DEVICES
+        .iter()
+        .map(|d| ("gw-r".to_owned(), d.to_string(), 1, batches * PER))
         .collect();
     assert_exactly_once(&db, &expected).await?;
     assert!(
@@ -195,7 +245,7 @@ async fn bridge_loses_nothing_while_the_broker_restarts_repeatedly() -> anyhow::
             >= 3.0
     );
     eprintln!(
-        "broker restarts: {restarts}; republished after 'no matching subscribers': {}",
+        "broker restarts: {RESTARTS} over {batches} batches; republished after 'no matching subscribers': {}",
         publisher.republished()
     );
     let (status, logs) = bridge.terminate().await?;
@@ -677,50 +727,37 @@ async fn bridge_sigterm_and_sigkill_mid_stream_lose_nothing() -> anyhow::Result<
     let mut bridge = BridgeProcess::start(&a).await?;
     bridge.wait_healthy(T).await?;
     let publisher = std::sync::Arc::new(Publisher::connect(rig.broker.port(), "pub-k1"));
-    const BATCHES: u32 = 300;
-    let p = publisher.clone();
-    let publishing = tokio::spawn(async move {
-        for i in 0..BATCHES {
-            for d in 0..4 {
-                let b = test_batch("gw-k", &format!("d{d}"), 1, i * 50..(i + 1) * 50);
-                p.publish_batch(&b, Encoding::Binary).await?;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        anyhow::Ok(())
-    });
-    // Stop the bridge mid-stream (once it has committed and acked 200 of the 1,200 messages):
-    // gracefully, then as a crash, then let it finish.
+    const DEVICES: [&str; 4] = ["d0", "d1", "d2", "d3"];
+    const PER: u32 = 50;
+    let mut stream = Stream::start(&publisher, "gw-k", &DEVICES, PER, Duration::from_millis(5));
+    // Stop the bridge mid-stream, each time once it has committed and acked 200 messages:
+    // gracefully, then as a crash, then let the last one take the rest of the stream.
     bridge.wait_acked(200, T).await?;
-    assert!(
-        !publishing.is_finished(),
-        "publisher done before the SIGTERM"
-    );
+    stream.still_running("the SIGTERM").await?;
     let (status, logs) = bridge.terminate().await?;
     assert!(status.success(), "SIGTERM exit {status}; logs:\n{logs}");
     assert!(logs.contains("Writer drained"), "{logs}");
     bridge = BridgeProcess::start(&a).await?;
     bridge.wait_healthy(T).await?;
     bridge.wait_acked(200, T).await?;
-    assert!(
-        !publishing.is_finished(),
-        "publisher done before the SIGKILL"
-    );
+    stream.still_running("the SIGKILL").await?;
     bridge.kill().await;
     bridge = BridgeProcess::start(&a).await?;
     bridge.wait_healthy(T).await?;
-    publishing.await??;
+    bridge.wait_acked(200, T).await?;
+    let batches = stream.finish().await?;
     publisher.wait_all_acked(T).await?;
     let db = rig.pg.client().await;
     wait_count(
         &db,
         "SELECT count(*) FROM ferry_events",
-        i64::from(4 * BATCHES * 50),
+        i64::from(DEVICES.len() as u32 * batches * PER),
         T,
     )
     .await;
-    let expected: Vec<_> = (0..4)
-        .map(|d| ("gw-k".to_owned(), format!("d{d}"), 1, BATCHES * 50))
+    let expected: Vec<_> = DEVICES
+        .iter()
+        .map(|d| ("gw-k".to_owned(), d.to_string(), 1, batches * PER))
         .collect();
     assert_exactly_once(&db, &expected).await?;
     let (status, logs) = bridge.terminate().await?;
