@@ -214,7 +214,12 @@ async fn series_buckets_match_values_computed_from_the_rows() {
     let rows = stored(&dir.path().join("ferry.db"), "sim-0002");
     let since = rows.first().unwrap().2 - 5_000;
     let until = rows.last().unwrap().2 + 5_000;
-    for (width, bucket) in [(1_000, "1s"), (2_000, "2s"), (60_000, "1m")] {
+    for (width, bucket) in [
+        (1_000, "1s"),
+        (2_000, "2s"),
+        (10_000, "10s"),
+        (60_000, "1m"),
+    ] {
         let want = buckets(&rows, "temperature", since, until, width);
         assert!(!want.is_empty());
         for agg in ["avg", "min", "max", "count", "last"] {

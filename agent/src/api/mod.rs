@@ -19,6 +19,7 @@ pub mod ops;
 pub mod params;
 pub mod reads;
 pub mod routes;
+pub mod snapshot;
 pub mod stream;
 pub mod time;
 
@@ -64,6 +65,7 @@ struct Inner {
     max_db_size: Option<u64>,
     started: Instant,
     rates: ops::Rates,
+    latest: snapshot::Snapshot,
     streams: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
 }
@@ -105,6 +107,7 @@ impl ApiState {
                 max_db_size: p.store_settings.max_db_size,
                 started: Instant::now(),
                 rates: ops::Rates::default(),
+                latest: snapshot::Snapshot::default(),
                 streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
                 stop,
             }),

@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod query;
 pub mod read;
 pub mod retention;
+pub mod rollup;
 pub mod schema;
 pub mod writer;
 

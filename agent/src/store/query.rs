@@ -463,7 +463,8 @@ impl Agg {
 pub type Point = (i64, f64, i64);
 
 /// Buckets of `bucket_ms` (aligned to the epoch) over `[since, until)` of one sensor, computed in
-/// SQL; empty buckets are absent.
+/// SQL; empty buckets are absent. Fast sensors are read from their ten-second summaries where
+/// those are complete ([`super::rollup`]); the result is the same as from the events.
 pub fn series(
     conn: &Connection,
     device: i64,
@@ -473,26 +474,12 @@ pub fn series(
     bucket_ms: i64,
     agg: Agg,
 ) -> Result<Vec<Point>, StoreError> {
-    let value = match agg {
-        Agg::Avg => "avg(value)",
-        Agg::Min => "min(value)",
-        Agg::Max => "max(value)",
-        Agg::Count => "count(*)",
-        // SQLite: with exactly one max(), bare columns come from the row holding the maximum.
-        Agg::Last => "value, max(ts_ms)",
-    };
-    let sql = format!(
-        "SELECT (ts_ms / ?5) * ?5 AS t, {value}, count(*) FROM events
-          WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND sensor = ?4
-          GROUP BY t ORDER BY t"
-    );
-    let mut st = conn.prepare_cached(&sql)?;
-    let count_col = if agg == Agg::Last { 3 } else { 2 };
-    let rows = st.query_map(
-        params![device, since_ms, until_ms, sensor, bucket_ms],
-        |r| Ok((r.get(0)?, r.get::<_, f64>(1)?, r.get(count_col)?)),
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    // Summaries and events from one snapshot.
+    let tx = conn.unchecked_transaction()?;
+    let points =
+        super::rollup::series(&tx, (device, sensor), (since_ms, until_ms), bucket_ms, agg)?;
+    tx.finish()?;
+    Ok(points)
 }
 
 /// A stored command: `(done, outcome JSON)`.

@@ -107,6 +107,29 @@ INSERT INTO latest (device, sensor, event_id, ts_ms, value)
 ALTER TABLE devices ADD COLUMN events_total INTEGER NOT NULL DEFAULT 0;
 UPDATE devices SET events_total = (SELECT count(*) FROM events e WHERE e.device = devices.id);
 "#,
+    // v5: ten-second summaries of fast sensors for `series` (see store::rollup). Sensors are
+    // enabled at their next Hello, from the slot after the newest stored event: nothing to backfill.
+    r#"
+CREATE TABLE rollup_from (
+    device INTEGER NOT NULL,
+    sensor INTEGER NOT NULL,
+    slot   INTEGER NOT NULL,                    -- slots at or above are complete in rollup_10s
+    PRIMARY KEY (device, sensor)
+) WITHOUT ROWID;
+CREATE TABLE rollup_10s (
+    device     INTEGER NOT NULL,
+    sensor     INTEGER NOT NULL,
+    slot       INTEGER NOT NULL,                -- ts_ms / 10000
+    n          INTEGER NOT NULL,
+    total      REAL    NOT NULL,
+    vmin       REAL    NOT NULL,
+    vmax       REAL    NOT NULL,
+    first_ts   INTEGER NOT NULL,
+    last_ts    INTEGER NOT NULL,
+    last_value REAL    NOT NULL,                -- of the newest event (first stored among equals)
+    PRIMARY KEY (device, sensor, slot)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Schema version this build writes.

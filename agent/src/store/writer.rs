@@ -19,8 +19,10 @@
 //!   `counters` table is one transaction; the metric follows only after it committed.
 //! - **Ids only grow.** Retention never deletes the newest event, so SQLite's rowid (max + 1) never
 //!   hands out an id at or below the forwarding cursor again: a new row is never taken for forwarded.
-//! - **Read models.** The `latest` table (last value per sensor) and `devices.events_total` are
-//!   written in the same transaction as the rows they summarise, once per batch.
+//! - **Read models.** The `latest` table (last value per sensor), `devices.events_total` and the
+//!   ten-second summaries of fast sensors ([`super::rollup`]) are written in the same transaction
+//!   as the rows they summarise, once per batch; retention updates the summaries in the deleting
+//!   transaction.
 //! - **Commit notifications.** After each commit that stored events, the highest committed
 //!   `events.id` is published on a watch channel ([`StoreHandle::committed`]); live readers (the
 //!   API's SSE stream) read everything above their position from the store, so nothing is skipped.
@@ -37,6 +39,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::retention::{self, Step};
+use super::rollup;
 use super::StoreError;
 use crate::config::StoreSettings;
 use crate::metrics::Metrics;
@@ -381,6 +384,10 @@ struct Batch {
     latest: HashMap<(i64, u8), (i64, f32, i64)>,
     /// Rows stored per device in this batch.
     stored: HashMap<i64, u64>,
+    /// Summaries of this batch's rows of summarised sensors.
+    rollup: rollup::Pending,
+    /// Sensors this batch started summarising (forgotten again if it rolls back).
+    rollup_enabled: Vec<(i64, u8)>,
     /// Highest `events.id` inserted in this batch (0: none).
     last_event_id: i64,
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
@@ -407,6 +414,8 @@ struct Writer {
     wal_path: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
     committed: watch::Sender<i64>,
+    /// Summarised sensors per device (committed, plus the open batch's `rollup_enabled`).
+    rollup_sensors: HashMap<i64, Vec<u8>>,
 }
 
 impl Writer {
@@ -434,6 +443,7 @@ impl Writer {
             wal_path,
             rt,
             committed: watch::channel(0).0,
+            rollup_sensors: HashMap::new(),
         }
     }
 
@@ -455,6 +465,7 @@ impl Writer {
             self.conn
                 .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
         self.committed.send_replace(last);
+        self.rollup_sensors = rollup::load_enabled(&self.conn)?;
         self.conn
             .execute("UPDATE devices SET online = 0 WHERE online != 0", [])
             .map_err(StoreError::from_write)?;
@@ -692,6 +703,10 @@ impl Writer {
                 "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let b = &mut self.batch;
+            let summarised = self
+                .rollup_sensors
+                .get(&s.device)
+                .map_or(&[][..], Vec::as_slice);
             for i in accepted.keep.clone() {
                 let r = s.rows[i];
                 st.execute(params![
@@ -710,6 +725,10 @@ impl Writer {
                     .or_insert((r.ts_ms, r.value, id));
                 if r.ts_ms >= newest.0 {
                     *newest = (r.ts_ms, r.value, id);
+                }
+                if summarised.contains(&r.sensor) {
+                    b.rollup
+                        .add(s.device, r.sensor, r.ts_ms, f64::from(r.value));
                 }
             }
             *b.stored.entry(s.device).or_default() += accepted.keep.len() as u64;
@@ -793,6 +812,12 @@ impl Writer {
                 "INSERT INTO sensors (device, idx, name, unit, interval_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![device, idx, name, unit, interval],
             )?;
+            let summarised = self.rollup_sensors.entry(device).or_default();
+            if rollup::wanted(*interval) && !summarised.contains(idx) {
+                rollup::enable(c, device, *idx)?;
+                summarised.push(*idx);
+                self.batch.rollup_enabled.push((device, *idx));
+            }
         }
         // Older boots of this device are done; their state reloads from the table if a late frame
         // needs it. A boot with samples in the open batch stays until that batch is committed.
@@ -921,6 +946,11 @@ impl Writer {
                 st.gap_pending = 0;
             }
         }
+        for (d, sensor) in &b.rollup_enabled {
+            if let Some(v) = self.rollup_sensors.get_mut(d) {
+                v.retain(|x| x != sensor);
+            }
+        }
         if b.quarantined > 0 {
             // The rollback took this batch's quarantine inserts (and trims) with it.
             self.recount_quarantine();
@@ -985,6 +1015,7 @@ impl Writer {
             )?
             .execute(params![d, sensor, id, ts, f64::from(*value)])?;
         }
+        self.batch.rollup.write(c)?;
         for (d, n) in &self.batch.stored {
             c.prepare_cached("UPDATE devices SET events_total = events_total + ?2 WHERE id = ?1")?
                 .execute(params![d, *n as i64])?;
@@ -1107,13 +1138,14 @@ impl Writer {
             .conn
             .unchecked_transaction()
             .map_err(StoreError::from_write)?;
-        let n = tx
-            .execute(
-                "DELETE FROM events WHERE id <= min(?1, (SELECT min(id) FROM events) + ?2 - 1,
-                                                    (SELECT max(id) FROM events) - 1)",
-                params![limit, chunk],
-            )
-            .map_err(StoreError::from_write)?;
+        let n = delete_events(
+            &tx,
+            &self.rollup_sensors,
+            "DELETE FROM events WHERE id <= min(?1, (SELECT min(id) FROM events) + ?2 - 1,
+                                                (SELECT max(id) FROM events) - 1)",
+            params![limit, chunk],
+        )
+        .map_err(StoreError::from_write)?;
         if upto.is_none() && n > 0 {
             tx.execute(
                 "INSERT INTO counters (name, value) VALUES ('events_dropped_oldest', ?1)
@@ -1145,13 +1177,20 @@ impl Writer {
         if self.forward_cursor > 0 {
             let cutoff = crate::utc_now_ms() - self.settings.keep_forwarded_for.as_millis() as i64;
             for _ in 0..10 {
-                match self.conn.execute(
-                    "DELETE FROM events WHERE id IN
-                       (SELECT id FROM events
-                         WHERE id <= min(?1, (SELECT max(id) FROM events) - 1) AND ts_ms < ?2
-                         ORDER BY id LIMIT ?3)",
-                    params![self.forward_cursor, cutoff, CHUNK],
-                ) {
+                let chunk = self.conn.unchecked_transaction().and_then(|tx| {
+                    let n = delete_events(
+                        &tx,
+                        &self.rollup_sensors,
+                        "DELETE FROM events WHERE id IN
+                           (SELECT id FROM events
+                             WHERE id <= min(?1, (SELECT max(id) FROM events) - 1) AND ts_ms < ?2
+                             ORDER BY id LIMIT ?3)",
+                        params![self.forward_cursor, cutoff, CHUNK],
+                    )?;
+                    tx.commit()?;
+                    Ok(n)
+                });
+                match chunk {
                     Ok(n) => {
                         Metrics::add(&self.metrics.events_pruned_forwarded, n as u64);
                         if (n as i64) < CHUNK {
@@ -1169,10 +1208,34 @@ impl Writer {
     }
 }
 
+/// Runs a `DELETE FROM events ...` (inside the caller's transaction) and keeps the summaries of
+/// what it deleted true ([`rollup::Deleted`]); returns the rows deleted.
+fn delete_events(
+    c: &Connection,
+    summarised: &HashMap<i64, Vec<u8>>,
+    delete: &str,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    let mut st = c.prepare_cached(&format!("{delete} RETURNING device, sensor, ts_ms"))?;
+    let mut rows = st.query(args)?;
+    let (mut n, mut deleted) = (0, rollup::Deleted::default());
+    while let Some(r) = rows.next()? {
+        let (device, sensor) = (r.get(0)?, r.get(1)?);
+        if summarised.get(&device).is_some_and(|v| v.contains(&sensor)) {
+            deleted.note(device, sensor, r.get(2)?);
+        }
+        n += 1;
+    }
+    drop(rows);
+    deleted.apply(c)?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Durability, WhenFull};
+    use crate::store::query::Agg;
 
     fn writer(tag: &str, keep_forwarded_for: Duration) -> (Writer, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("ferry-writer-{tag}-{}", std::process::id()));
@@ -1423,6 +1486,165 @@ mod tests {
         });
         w.commit().unwrap();
         assert!(!w.metrics.disk_full.load(Relaxed) && !w.refusing());
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Series read through the summaries equal series computed here from the stored events, also
+    /// after retention deleted some and for sensors enabled after they had events.
+    #[test]
+    fn summarised_series_equal_series_of_the_events_through_retention() {
+        use rand::{Rng, SeedableRng};
+        let (mut w, dir) = writer("rollup", Duration::from_secs(60));
+        let ack: AckSlot = Arc::new(watch::channel(AckState::default()).0);
+        let welcome = |w: &mut Writer, sensors: Vec<(u8, String, String, u32)>| {
+            let (reply, mut rx) = oneshot::channel();
+            w.apply(Op::Hello(HelloOp {
+                device_id: "dev".into(),
+                firmware: "fw".into(),
+                boot_id: 7,
+                tick_hz: 1000,
+                sensors,
+                link: "test".into(),
+                reply,
+            }));
+            rx.try_recv().unwrap().unwrap()
+        };
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        let t0 = 1_700_000_003_000i64;
+        let mut seq = 0u32;
+        let mut feed = |w: &mut Writer, frames: usize, ts_at: &mut dyn FnMut(u32) -> i64| {
+            for f in 0..frames {
+                let rows: Vec<Row> = (0..100)
+                    .map(|k| Row {
+                        sensor: rng.gen_range(0..3),
+                        ts_ms: ts_at(seq + k),
+                        value: rng.gen_range(-50.0f32..50.0),
+                    })
+                    .collect();
+                w.apply(Op::Samples(SamplesOp {
+                    device: 1,
+                    boot_no: 1,
+                    boot_id: 7,
+                    oldest: 0,
+                    first_seq: seq,
+                    rows,
+                    ack: ack.clone(),
+                }));
+                seq += 100;
+                if f % 7 == 6 {
+                    w.commit().unwrap();
+                }
+            }
+            w.commit().unwrap();
+        };
+        let mut jitter = rand::rngs::SmallRng::seed_from_u64(6);
+        let mut ts_at = |i: u32| t0 + i64::from(i) * 20 + jitter.gen_range(-40..40);
+        // Events before the sensors are declared fast: not summarised.
+        let d = welcome(&mut w, vec![]);
+        assert_eq!(d.device, 1);
+        feed(&mut w, 30, &mut ts_at);
+        let fast = |i: u8, ms: u32| (i, format!("s{i}"), String::new(), ms);
+        welcome(&mut w, vec![fast(0, 10), fast(1, 5_000), fast(2, 1_000)]);
+        w.commit().unwrap();
+        let from: Vec<(u8, i64)> = w
+            .conn
+            .prepare("SELECT sensor, slot FROM rollup_from ORDER BY sensor")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let newest: i64 = w
+            .conn
+            .query_row("SELECT max(ts_ms) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let first_from = newest / rollup::SLOT_MS + 1;
+        assert_eq!(
+            from,
+            [(0, first_from), (2, first_from)],
+            "slow sensor 1 is not summarised"
+        );
+        feed(&mut w, 300, &mut ts_at);
+        // Late events, stamped before the summaries began.
+        feed(&mut w, 3, &mut |i| t0 + i64::from(i % 500) * 11);
+        feed(&mut w, 20, &mut ts_at);
+        let rows: i64 = w
+            .conn
+            .query_row("SELECT count(*) FROM rollup_10s", [], |r| r.get(0))
+            .unwrap();
+        assert!(rows > 100, "{rows} summary rows");
+
+        let check = |w: &Writer, rng: &mut rand::rngs::SmallRng, rounds: usize| {
+            let (lo, hi): (i64, i64) = w
+                .conn
+                .query_row("SELECT min(ts_ms), max(ts_ms) FROM events", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap();
+            for round in 0..rounds {
+                let sensor = rng.gen_range(0..3u8);
+                let bucket = [1_000, 7_000, 10_000, 20_000, 30_000, 60_000][round % 6];
+                let mut since = rng.gen_range(lo - 20_000..hi);
+                let mut until = rng.gen_range(since + 1..hi + 20_000);
+                if round % 5 == 0 {
+                    // Slot-aligned ends.
+                    since -= since % rollup::SLOT_MS;
+                    until -= until % rollup::SLOT_MS;
+                    until = until.max(since + rollup::SLOT_MS);
+                }
+                let events: Vec<(i64, f64)> = w
+                    .conn
+                    .prepare(
+                        "SELECT ts_ms, value FROM events WHERE device = 1 AND sensor = ?1
+                          AND ts_ms >= ?2 AND ts_ms < ?3 ORDER BY id",
+                    )
+                    .unwrap()
+                    .query_map(params![sensor, since, until], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let mut want: std::collections::BTreeMap<i64, Vec<(i64, f64)>> = Default::default();
+                for (ts, v) in events {
+                    want.entry(ts - ts % bucket).or_default().push((ts, v));
+                }
+                for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::Count, Agg::Last] {
+                    let got =
+                        crate::store::query::series(&w.conn, 1, sensor, since, until, bucket, agg)
+                            .unwrap();
+                    let ctx = format!("sensor {sensor} [{since}, {until}) /{bucket} {agg:?}");
+                    assert_eq!(got.len(), want.len(), "{ctx}: buckets");
+                    for ((t, v, n), (wt, vs)) in got.iter().zip(&want) {
+                        let newest = vs.iter().map(|x| x.0).max().unwrap();
+                        let expect = match agg {
+                            Agg::Avg => vs.iter().map(|x| x.1).sum::<f64>() / vs.len() as f64,
+                            Agg::Min => vs.iter().map(|x| x.1).fold(f64::INFINITY, f64::min),
+                            Agg::Max => vs.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max),
+                            Agg::Count => vs.len() as f64,
+                            Agg::Last => vs.iter().find(|x| x.0 == newest).unwrap().1,
+                        };
+                        assert_eq!((t, *n), (wt, vs.len() as i64), "{ctx}");
+                        assert!(
+                            (v - expect).abs() <= 1e-9 * expect.abs().max(1.0),
+                            "{ctx} at {t}: {v} != {expect}"
+                        );
+                    }
+                }
+            }
+        };
+        check(&w, &mut rng, 120);
+        // Retention: drop the oldest events in chunks; summaries stay true.
+        for _ in 0..4 {
+            assert!(w.delete_oldest(None, 4_000).unwrap() > 0);
+            check(&w, &mut rng, 30);
+        }
+        let raised: i64 = w
+            .conn
+            .query_row("SELECT min(slot) FROM rollup_from", [], |r| r.get(0))
+            .unwrap();
+        assert!(raised > first_from, "retention raised the summaries' start");
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
     }
