@@ -1,29 +1,34 @@
 //! Ten-second summaries of fast sensors, so a `series` over a long window reads one row per ten
 //! seconds instead of every event.
 //!
-//! Invariants:
+//! Each summarised `(device, sensor)` has a row in `rollup_from` with two bounds: `slot` (slots
+//! below it may be partial and are never read) and `complete_ts` (W). Invariants:
+//! - **Exactly the events below W.** For slots at or above `slot`, the `rollup_10s` rows count
+//!   exactly the stored events with `ts_ms < W`: no event at or above W, none missing below it.
+//! - **Cheap under load.** Events at or above W are summarised in the writer's memory and written
+//!   every `FLUSH` (in a commit), raising W past them in the same transaction; an event stamped
+//!   below W (late data) is added to its row in its own commit. So a busy writer writes each slot row
+//!   a few times a second, not once per commit. Readers read events from W on (the last `FLUSH` or
+//!   so of data) and summaries below it.
+//! - **Restart.** The unwritten summaries are lost with the process, but their events are stored at
+//!   or above W: on start the writer sums them again from the events.
 //! - **Which sensors.** A sensor declared (in a Hello) with `interval_ms <= MAX_INTERVAL_MS` is
-//!   summarised from then on: `rollup_from` holds a row for it. Slower sensors have no summaries
-//!   (a summary row would cost as much as the events it sums); their series read the events.
-//!   Enablement is never undone: summaries stay correct whatever a later boot declares.
-//! - **Complete above `from`.** For a summarised `(device, sensor)`, every stored event whose slot
-//!   (`ts_ms / SLOT_MS`) is at or above `rollup_from.slot` is counted in that slot's `rollup_10s`
-//!   row, written by the writer in the same transaction as the event. Slot rows below `from` may be
-//!   partial and are never read.
-//! - **Enabling.** `from` starts past the slot of every event of the device already stored, so no
-//!   earlier event is missing from a slot at or above it.
-//! - **Retention.** Deleting events of a summarised sensor raises its `from` past the slot of each
-//!   deleted event and drops the rows below, in the deleting transaction: a summary read never
-//!   counts a deleted event.
+//!   summarised from then on (a slower one would cost a row per few events). It starts at the slot
+//!   after the newest stored event of its device, so no earlier event is missing from a slot at or
+//!   above `slot`. Enablement is never undone; summaries stay correct whatever a later boot declares.
+//! - **Retention.** Deleting events of a summarised sensor raises its `slot` past the slot of each
+//!   deleted event and drops the rows below, in the deleting transaction: a summary that is read
+//!   never counts a deleted event.
 //! - **Negative timestamps** are never summarised; reads use summaries only when `since >= 0`.
 //! - **`last`** of a slot is the value of its newest event; among equal timestamps the first one
 //!   stored (lowest id), which is what SQLite's `max()` bare column gives over the events index.
-//! - **Exact merge.** A series combines summary rows for the slots that lie wholly inside the
-//!   window (or whose events do: a slot row carries its first and last timestamp) with aggregates
-//!   of the raw events for the rest, per bucket; the parts cover disjoint time ranges, so the
-//!   result equals the aggregate over the raw events (up to floating-point summation order).
+//! - **Exact merge.** A series combines summary rows for slots whose events lie wholly inside the
+//!   window with aggregates of the raw events for the rest, per bucket; the parts cover disjoint
+//!   time ranges, so the result equals the aggregate over the raw events (up to floating-point
+//!   summation order).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -34,13 +39,15 @@ pub const SLOT_MS: i64 = 10_000;
 /// Sensors sampling at least this often (declared interval) are summarised: at least 10 events per
 /// slot row.
 pub const MAX_INTERVAL_MS: u32 = 1_000;
+/// How often summaries held in memory are written.
+pub const FLUSH: Duration = Duration::from_millis(500);
 
 /// Whether a sensor with this declared interval is summarised.
 pub fn wanted(interval_ms: u32) -> bool {
     interval_ms > 0 && interval_ms <= MAX_INTERVAL_MS
 }
 
-/// The summary of one slot (or of the part of a batch that falls in it).
+/// The summary of one slot (or of some of its events).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Slot {
     n: i64,
@@ -67,38 +74,51 @@ impl Slot {
 
     /// Counts an event stored after every event already counted.
     fn add(&mut self, ts_ms: i64, value: f64) {
-        self.n += 1;
-        self.sum += value;
-        self.min = self.min.min(value);
-        self.max = self.max.max(value);
-        self.first_ts = self.first_ts.min(ts_ms);
-        if ts_ms > self.last_ts {
-            self.last_ts = ts_ms;
-            self.last = value;
+        self.merge(&Slot::new(ts_ms, value));
+    }
+
+    /// Counts events stored after every event already counted.
+    fn merge(&mut self, o: &Slot) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.first_ts = self.first_ts.min(o.first_ts);
+        if o.last_ts > self.last_ts {
+            self.last_ts = o.last_ts;
+            self.last = o.last;
         }
     }
 }
 
-/// Summaries of the open transaction's events, written with it.
+/// Summaries not yet written, by `(device, sensor, slot)`.
 #[derive(Debug, Default)]
 pub struct Pending {
     slots: HashMap<(i64, u8, i64), Slot>,
 }
 
 impl Pending {
-    /// Counts one stored event of a summarised sensor (in store order).
-    pub fn add(&mut self, device: i64, sensor: u8, ts_ms: i64, value: f64) {
-        if ts_ms < 0 {
-            return;
-        }
+    /// Counts one event (in store order).
+    fn add(&mut self, device: i64, sensor: u8, ts_ms: i64, value: f64) {
         self.slots
             .entry((device, sensor, ts_ms / SLOT_MS))
             .and_modify(|s| s.add(ts_ms, value))
             .or_insert_with(|| Slot::new(ts_ms, value));
     }
 
-    /// Adds the pending summaries to the stored ones (inside the open transaction).
-    pub fn write(&self, c: &Connection) -> rusqlite::Result<()> {
+    /// Takes in `later`'s events (stored after this one's).
+    fn absorb(&mut self, later: Pending) {
+        for (k, s) in later.slots {
+            self.slots
+                .entry(k)
+                .and_modify(|mine| mine.merge(&s))
+                .or_insert(s);
+        }
+    }
+
+    /// Adds these summaries to the stored ones (inside the open transaction); notes the newest
+    /// timestamp written per `(device, sensor)` into `newest`.
+    fn write(&self, c: &Connection, newest: &mut HashMap<(i64, u8), i64>) -> rusqlite::Result<()> {
         if self.slots.is_empty() {
             return Ok(());
         }
@@ -118,37 +138,233 @@ impl Pending {
             st.execute(params![
                 d, sensor, slot, s.n, s.sum, s.min, s.max, s.first_ts, s.last_ts, s.last
             ])?;
+            let t = newest.entry((*d, *sensor)).or_insert(s.last_ts);
+            *t = (*t).max(s.last_ts);
         }
         Ok(())
     }
 }
 
-/// Summarised sensors per device (`devices.id` -> sensor indexes), as committed.
-pub fn load_enabled(c: &Connection) -> rusqlite::Result<HashMap<i64, Vec<u8>>> {
-    let mut out: HashMap<i64, Vec<u8>> = HashMap::new();
-    let mut st = c.prepare("SELECT device, sensor FROM rollup_from")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        out.entry(r.get(0)?).or_default().push(r.get(1)?);
-    }
-    Ok(out)
+/// The writer's side: which sensors are summarised (with their W) and what is not written yet.
+#[derive(Debug)]
+pub struct Summaries {
+    /// `devices.id` -> `(sensor, W)`, as committed (plus the open batch's enablements).
+    sensors: HashMap<i64, Vec<(u8, i64)>>,
+    /// Committed events at or above their W, not yet written.
+    carried: Pending,
+    flushed_at: Instant,
 }
 
-/// Starts summarising `(device, sensor)` (inside the open transaction): from the slot after the
-/// newest event of the device stored so far.
-pub fn enable(c: &Connection, device: i64, sensor: u8) -> rusqlite::Result<()> {
-    let newest: Option<i64> = c.query_row(
-        "SELECT max(ts_ms) FROM events WHERE device = ?1",
-        [device],
-        |r| r.get(0),
-    )?;
-    let from = newest.map_or(0, |t| t.max(0) / SLOT_MS + 1);
-    c.prepare_cached(
-        "INSERT INTO rollup_from (device, sensor, slot) VALUES (?1, ?2, ?3)
-         ON CONFLICT (device, sensor) DO NOTHING",
-    )?
-    .execute(params![device, sensor, from])?;
-    Ok(())
+/// The open transaction's part of the summaries.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Events below their W: written with this commit.
+    late: Pending,
+    /// Events at or above their W.
+    new: Pending,
+    /// Sensors enabled in this transaction.
+    enabled: Vec<(i64, u8)>,
+    /// New W per `(device, sensor)` if this commit flushes.
+    flushed: Option<HashMap<(i64, u8), i64>>,
+}
+
+impl Batch {
+    /// Counts a frame's stored events (in store order) of the summarised sensors among
+    /// `sensors` (its device's, from [`Summaries::of`]).
+    pub fn add_rows(
+        &mut self,
+        sensors: &[(u8, i64)],
+        device: i64,
+        rows: impl Iterator<Item = (u8, i64, f64)>,
+    ) {
+        if sensors.is_empty() {
+            return;
+        }
+        // One open run per summarised sensor: consecutive events of a sensor share a slot, so a
+        // frame touches the maps once per sensor and slot, not once per event.
+        let mut open: Vec<Option<(i64, bool, Slot)>> = vec![None; sensors.len()];
+        for (sensor, ts, value) in rows {
+            let Some(p) = sensors.iter().position(|s| s.0 == sensor) else {
+                continue;
+            };
+            if ts < 0 {
+                continue;
+            }
+            let (slot, late) = (ts / SLOT_MS, ts < sensors[p].1);
+            match &mut open[p] {
+                Some((s0, l0, run)) if *s0 == slot && *l0 == late => run.add(ts, value),
+                cur => {
+                    if let Some((s0, l0, run)) = cur.take() {
+                        self.put(device, sensor, s0, l0, run);
+                    }
+                    *cur = Some((slot, late, Slot::new(ts, value)));
+                }
+            }
+        }
+        for (p, cur) in open.into_iter().enumerate() {
+            if let Some((slot, late, run)) = cur {
+                self.put(device, sensors[p].0, slot, late, run);
+            }
+        }
+    }
+
+    fn put(&mut self, device: i64, sensor: u8, slot: i64, late: bool, run: Slot) {
+        let to = if late { &mut self.late } else { &mut self.new };
+        to.slots
+            .entry((device, sensor, slot))
+            .and_modify(|s| s.merge(&run))
+            .or_insert(run);
+    }
+}
+
+impl Default for Summaries {
+    fn default() -> Self {
+        Summaries {
+            sensors: HashMap::new(),
+            carried: Pending::default(),
+            flushed_at: Instant::now(),
+        }
+    }
+}
+
+impl Summaries {
+    /// Reads the summarised sensors and sums their unwritten events again (see the header).
+    pub fn load(c: &Connection) -> rusqlite::Result<Summaries> {
+        let mut sensors: HashMap<i64, Vec<(u8, i64)>> = HashMap::new();
+        let mut carried = Pending::default();
+        let mut st = c.prepare("SELECT device, sensor, complete_ts FROM rollup_from")?;
+        let mut rows = st.query([])?;
+        let mut ev = c.prepare(
+            "SELECT ts_ms, value FROM events WHERE device = ?1 AND ts_ms >= ?2 AND sensor = ?3
+              ORDER BY ts_ms, id",
+        )?;
+        while let Some(r) = rows.next()? {
+            let (device, sensor, w): (i64, u8, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            sensors.entry(device).or_default().push((sensor, w));
+            // In (ts, id) order: among equal timestamps the lowest id is added first and stays
+            // `last`, as in store order.
+            let mut evs = ev.query(params![device, w.max(0), sensor])?;
+            while let Some(e) = evs.next()? {
+                carried.add(device, sensor, e.get(0)?, e.get(1)?);
+            }
+        }
+        Ok(Summaries {
+            sensors,
+            carried,
+            flushed_at: Instant::now(),
+        })
+    }
+
+    /// Tests: no flush until `flush_next`.
+    #[cfg(test)]
+    pub fn hold(&mut self) {
+        self.flushed_at = Instant::now() + Duration::from_secs(3600);
+    }
+
+    /// Tests: the next commit flushes.
+    #[cfg(test)]
+    pub fn flush_next(&mut self) {
+        self.flushed_at = Instant::now().checked_sub(FLUSH).unwrap_or(self.flushed_at);
+    }
+
+    /// Tests: slot summaries held in memory.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.carried.slots.len()
+    }
+
+    /// The summarised sensors of a device, with their W.
+    pub fn of(&self, device: i64) -> &[(u8, i64)] {
+        self.sensors.get(&device).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `(device, sensor)` is summarised.
+    pub fn has(&self, device: i64, sensor: u8) -> bool {
+        self.of(device).iter().any(|s| s.0 == sensor)
+    }
+
+    /// Starts summarising `(device, sensor)` (inside the open transaction) unless it already is:
+    /// from the slot after the newest event of the device stored so far.
+    pub fn enable(
+        &mut self,
+        c: &Connection,
+        batch: &mut Batch,
+        device: i64,
+        sensor: u8,
+    ) -> rusqlite::Result<()> {
+        if self.has(device, sensor) {
+            return Ok(());
+        }
+        let newest: Option<i64> = c.query_row(
+            "SELECT max(ts_ms) FROM events WHERE device = ?1",
+            [device],
+            |r| r.get(0),
+        )?;
+        let from = newest.map_or(0, |t| t.max(0) / SLOT_MS + 1);
+        c.prepare_cached(
+            "INSERT INTO rollup_from (device, sensor, slot, complete_ts) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, sensor) DO NOTHING",
+        )?
+        .execute(params![device, sensor, from, from * SLOT_MS])?;
+        self.sensors
+            .entry(device)
+            .or_default()
+            .push((sensor, from * SLOT_MS));
+        batch.enabled.push((device, sensor));
+        Ok(())
+    }
+
+    /// Writes the batch's late summaries and, every `FLUSH`, everything held in memory with the
+    /// new W (inside the open transaction, before `COMMIT`).
+    pub fn write(&self, c: &Connection, batch: &mut Batch) -> rusqlite::Result<()> {
+        let mut ignored = HashMap::new();
+        batch.late.write(c, &mut ignored)?;
+        let held = !self.carried.slots.is_empty() || !batch.new.slots.is_empty();
+        if !held || self.flushed_at.elapsed() < FLUSH {
+            return Ok(());
+        }
+        let mut newest = HashMap::new();
+        self.carried.write(c, &mut newest)?;
+        batch.new.write(c, &mut newest)?;
+        let mut st = c.prepare_cached(
+            "UPDATE rollup_from SET complete_ts = max(complete_ts, ?3) WHERE device = ?1 AND sensor = ?2",
+        )?;
+        for ((d, sensor), ts) in &mut newest {
+            *ts += 1;
+            st.execute(params![d, sensor, *ts])?;
+        }
+        batch.flushed = Some(newest);
+        Ok(())
+    }
+
+    /// The batch committed.
+    pub fn committed(&mut self, batch: Batch) {
+        match batch.flushed {
+            Some(w) => {
+                for ((d, sensor), ts) in w {
+                    if let Some(s) = self
+                        .sensors
+                        .get_mut(&d)
+                        .and_then(|v| v.iter_mut().find(|s| s.0 == sensor))
+                    {
+                        s.1 = s.1.max(ts);
+                    }
+                }
+                self.carried = Pending::default();
+                self.flushed_at = Instant::now();
+            }
+            None => self.carried.absorb(batch.new),
+        }
+    }
+
+    /// The batch rolled back: forget what it enabled; what is held stays.
+    pub fn rolled_back(&mut self, batch: Batch) {
+        for (d, sensor) in batch.enabled {
+            if let Some(v) = self.sensors.get_mut(&d) {
+                v.retain(|s| s.0 != sensor);
+            }
+        }
+    }
 }
 
 /// Deleted events of summarised sensors: the newest deleted timestamp per `(device, sensor)`.
@@ -162,8 +378,8 @@ impl Deleted {
         *t = (*t).max(ts_ms);
     }
 
-    /// Raises `from` past every deleted event and drops the slot rows below it (inside the
-    /// deleting transaction). Note only summarised sensors; others are skipped by the `UPDATE`.
+    /// Raises `slot` past every deleted event and drops the rows below it (inside the deleting
+    /// transaction). Note only summarised sensors; others are skipped by the `UPDATE`.
     pub fn apply(&self, c: &Connection) -> rusqlite::Result<()> {
         for ((d, sensor), ts) in &self.0 {
             if *ts < 0 {
@@ -359,20 +575,25 @@ pub fn series(
     agg: Agg,
 ) -> rusqlite::Result<Vec<Point>> {
     let mut parts = BTreeMap::new();
-    let from: Option<i64> = if bucket_ms % SLOT_MS == 0 && since >= 0 {
-        c.prepare_cached("SELECT slot FROM rollup_from WHERE device = ?1 AND sensor = ?2")?
-            .query_row(params![key.0, key.1], |r| r.get(0))
-            .optional()?
+    let bounds: Option<(i64, i64)> = if bucket_ms % SLOT_MS == 0 && since >= 0 {
+        c.prepare_cached(
+            "SELECT slot, complete_ts FROM rollup_from WHERE device = ?1 AND sensor = ?2",
+        )?
+        .query_row(params![key.0, key.1], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
     } else {
         None
     };
-    let Some(from) = from else {
+    let Some((from, w)) = bounds else {
         raw_part(c, key, (since, until), bucket_ms, agg, &mut parts)?;
         return Ok(finish(agg, parts));
     };
-    // Events before `from`'s first slot, and anything outside whole slots, come from events.
+    // Summaries serve [lo, hi): from their first slot to W. The rest comes from events.
     let lo = since.max(from.saturating_mul(SLOT_MS)).min(until);
+    let hi = until.min(w.max(lo));
     raw_part(c, key, (since, lo), bucket_ms, agg, &mut parts)?;
+    raw_part(c, key, (hi, until), bucket_ms, agg, &mut parts)?;
+    let until = hi;
     if lo < until {
         // Slots wholly inside [lo, until).
         let inner = ((lo + SLOT_MS - 1) / SLOT_MS, until / SLOT_MS);

@@ -111,9 +111,10 @@ UPDATE devices SET events_total = (SELECT count(*) FROM events e WHERE e.device 
     // enabled at their next Hello, from the slot after the newest stored event: nothing to backfill.
     r#"
 CREATE TABLE rollup_from (
-    device INTEGER NOT NULL,
-    sensor INTEGER NOT NULL,
-    slot   INTEGER NOT NULL,                    -- slots at or above are complete in rollup_10s
+    device      INTEGER NOT NULL,
+    sensor      INTEGER NOT NULL,
+    slot        INTEGER NOT NULL,               -- rows of lower slots are never read
+    complete_ts INTEGER NOT NULL,               -- W: rows count exactly the events below it
     PRIMARY KEY (device, sensor)
 ) WITHOUT ROWID;
 CREATE TABLE rollup_10s (

@@ -385,9 +385,7 @@ struct Batch {
     /// Rows stored per device in this batch.
     stored: HashMap<i64, u64>,
     /// Summaries of this batch's rows of summarised sensors.
-    rollup: rollup::Pending,
-    /// Sensors this batch started summarising (forgotten again if it rolls back).
-    rollup_enabled: Vec<(i64, u8)>,
+    rollup: rollup::Batch,
     /// Highest `events.id` inserted in this batch (0: none).
     last_event_id: i64,
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
@@ -414,8 +412,8 @@ struct Writer {
     wal_path: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
     committed: watch::Sender<i64>,
-    /// Summarised sensors per device (committed, plus the open batch's `rollup_enabled`).
-    rollup_sensors: HashMap<i64, Vec<u8>>,
+    /// Summarised sensors and the summaries held in memory.
+    summaries: rollup::Summaries,
 }
 
 impl Writer {
@@ -443,7 +441,7 @@ impl Writer {
             wal_path,
             rt,
             committed: watch::channel(0).0,
-            rollup_sensors: HashMap::new(),
+            summaries: rollup::Summaries::default(),
         }
     }
 
@@ -465,7 +463,7 @@ impl Writer {
             self.conn
                 .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
         self.committed.send_replace(last);
-        self.rollup_sensors = rollup::load_enabled(&self.conn)?;
+        self.summaries = rollup::Summaries::load(&self.conn)?;
         self.conn
             .execute("UPDATE devices SET online = 0 WHERE online != 0", [])
             .map_err(StoreError::from_write)?;
@@ -703,10 +701,9 @@ impl Writer {
                 "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let b = &mut self.batch;
-            let summarised = self
-                .rollup_sensors
-                .get(&s.device)
-                .map_or(&[][..], Vec::as_slice);
+            // Newest row per sensor of this frame (a frame carries few sensors: a short list
+            // beats hashing every row), folded into the batch's map after the loop.
+            let mut newest: Vec<(u8, i64, f32, i64)> = Vec::new();
             for i in accepted.keep.clone() {
                 let r = s.rows[i];
                 st.execute(params![
@@ -718,19 +715,28 @@ impl Writer {
                     f64::from(r.value)
                 ])?;
                 let id = self.conn.last_insert_rowid();
-                b.last_event_id = id;
-                let newest = b
-                    .latest
-                    .entry((s.device, r.sensor))
-                    .or_insert((r.ts_ms, r.value, id));
-                if r.ts_ms >= newest.0 {
-                    *newest = (r.ts_ms, r.value, id);
-                }
-                if summarised.contains(&r.sensor) {
-                    b.rollup
-                        .add(s.device, r.sensor, r.ts_ms, f64::from(r.value));
+                match newest.iter_mut().find(|n| n.0 == r.sensor) {
+                    Some(n) if r.ts_ms >= n.1 => *n = (r.sensor, r.ts_ms, r.value, id),
+                    Some(_) => {}
+                    None => newest.push((r.sensor, r.ts_ms, r.value, id)),
                 }
             }
+            b.last_event_id = self.conn.last_insert_rowid();
+            for (sensor, ts, value, id) in newest {
+                let n = b
+                    .latest
+                    .entry((s.device, sensor))
+                    .or_insert((ts, value, id));
+                if ts >= n.0 {
+                    *n = (ts, value, id);
+                }
+            }
+            let rows = &s.rows[accepted.keep.clone()];
+            b.rollup.add_rows(
+                self.summaries.of(s.device),
+                s.device,
+                rows.iter().map(|r| (r.sensor, r.ts_ms, f64::from(r.value))),
+            );
             *b.stored.entry(s.device).or_default() += accepted.keep.len() as u64;
             Ok(())
         })();
@@ -812,11 +818,9 @@ impl Writer {
                 "INSERT INTO sensors (device, idx, name, unit, interval_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![device, idx, name, unit, interval],
             )?;
-            let summarised = self.rollup_sensors.entry(device).or_default();
-            if rollup::wanted(*interval) && !summarised.contains(idx) {
-                rollup::enable(c, device, *idx)?;
-                summarised.push(*idx);
-                self.batch.rollup_enabled.push((device, *idx));
+            if rollup::wanted(*interval) {
+                self.summaries
+                    .enable(c, &mut self.batch.rollup, device, *idx)?;
             }
         }
         // Older boots of this device are done; their state reloads from the table if a late frame
@@ -888,7 +892,8 @@ impl Writer {
         match res {
             Ok(()) => {
                 let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
-                let b = std::mem::take(&mut self.batch);
+                let mut b = std::mem::take(&mut self.batch);
+                self.summaries.committed(std::mem::take(&mut b.rollup));
                 Metrics::add(&self.metrics.commits, 1);
                 Metrics::add(&self.metrics.samples_committed, b.samples as u64);
                 Metrics::add(&self.metrics.quarantined, b.quarantined);
@@ -946,11 +951,7 @@ impl Writer {
                 st.gap_pending = 0;
             }
         }
-        for (d, sensor) in &b.rollup_enabled {
-            if let Some(v) = self.rollup_sensors.get_mut(d) {
-                v.retain(|x| x != sensor);
-            }
-        }
+        self.summaries.rolled_back(b.rollup);
         if b.quarantined > 0 {
             // The rollback took this batch's quarantine inserts (and trims) with it.
             self.recount_quarantine();
@@ -1015,7 +1016,7 @@ impl Writer {
             )?
             .execute(params![d, sensor, id, ts, f64::from(*value)])?;
         }
-        self.batch.rollup.write(c)?;
+        self.summaries.write(c, &mut self.batch.rollup)?;
         for (d, n) in &self.batch.stored {
             c.prepare_cached("UPDATE devices SET events_total = events_total + ?2 WHERE id = ?1")?
                 .execute(params![d, *n as i64])?;
@@ -1140,7 +1141,7 @@ impl Writer {
             .map_err(StoreError::from_write)?;
         let n = delete_events(
             &tx,
-            &self.rollup_sensors,
+            &self.summaries,
             "DELETE FROM events WHERE id <= min(?1, (SELECT min(id) FROM events) + ?2 - 1,
                                                 (SELECT max(id) FROM events) - 1)",
             params![limit, chunk],
@@ -1180,7 +1181,7 @@ impl Writer {
                 let chunk = self.conn.unchecked_transaction().and_then(|tx| {
                     let n = delete_events(
                         &tx,
-                        &self.rollup_sensors,
+                        &self.summaries,
                         "DELETE FROM events WHERE id IN
                            (SELECT id FROM events
                              WHERE id <= min(?1, (SELECT max(id) FROM events) - 1) AND ts_ms < ?2
@@ -1212,7 +1213,7 @@ impl Writer {
 /// what it deleted true ([`rollup::Deleted`]); returns the rows deleted.
 fn delete_events(
     c: &Connection,
-    summarised: &HashMap<i64, Vec<u8>>,
+    summaries: &rollup::Summaries,
     delete: &str,
     args: impl rusqlite::Params,
 ) -> rusqlite::Result<usize> {
@@ -1221,7 +1222,7 @@ fn delete_events(
     let (mut n, mut deleted) = (0, rollup::Deleted::default());
     while let Some(r) = rows.next()? {
         let (device, sensor) = (r.get(0)?, r.get(1)?);
-        if summarised.get(&device).is_some_and(|v| v.contains(&sensor)) {
+        if summaries.has(device, sensor) {
             deleted.note(device, sensor, r.get(2)?);
         }
         n += 1;
@@ -1533,10 +1534,16 @@ mod tests {
                 }));
                 seq += 100;
                 if f % 7 == 6 {
+                    // Every third commit writes what the summaries hold in memory.
+                    if f % 21 == 20 {
+                        w.summaries.flush_next();
+                    }
                     w.commit().unwrap();
+                    w.summaries.hold();
                 }
             }
             w.commit().unwrap();
+            w.summaries.hold();
         };
         let mut jitter = rand::rngs::SmallRng::seed_from_u64(6);
         let mut ts_at = |i: u32| t0 + i64::from(i) * 20 + jitter.gen_range(-40..40);
@@ -1547,6 +1554,7 @@ mod tests {
         let fast = |i: u8, ms: u32| (i, format!("s{i}"), String::new(), ms);
         welcome(&mut w, vec![fast(0, 10), fast(1, 5_000), fast(2, 1_000)]);
         w.commit().unwrap();
+        w.summaries.hold();
         let from: Vec<(u8, i64)> = w
             .conn
             .prepare("SELECT sensor, slot FROM rollup_from ORDER BY sensor")
@@ -1566,8 +1574,9 @@ mod tests {
             "slow sensor 1 is not summarised"
         );
         feed(&mut w, 300, &mut ts_at);
-        // Late events, stamped before the summaries began.
+        // Late events: stamped before the summaries began, and below W.
         feed(&mut w, 3, &mut |i| t0 + i64::from(i % 500) * 11);
+        feed(&mut w, 3, &mut |i| t0 + 400_000 + i64::from(i % 300) * 13);
         feed(&mut w, 20, &mut ts_at);
         let rows: i64 = w
             .conn
@@ -1634,11 +1643,24 @@ mod tests {
                 }
             }
         };
-        check(&w, &mut rng, 120);
+        let mut qrng = rand::rngs::SmallRng::seed_from_u64(8);
+        check(&w, &mut qrng, 120);
+        // A restart loses what was held in memory; the writer sums it again from the events.
+        assert!(w.summaries.held() > 0, "some summaries only in memory");
+        let settings = w.settings.clone();
+        drop(w);
+        let conn = super::super::open_writer(&settings).unwrap();
+        let mut w = Writer::new(conn, settings, Arc::new(Metrics::default()));
+        w.recover().unwrap();
+        assert!(w.summaries.held() > 0, "summed again from the events");
+        w.summaries.hold();
+        check(&w, &mut qrng, 30);
+        feed(&mut w, 42, &mut ts_at);
+        check(&w, &mut qrng, 60);
         // Retention: drop the oldest events in chunks; summaries stay true.
         for _ in 0..4 {
             assert!(w.delete_oldest(None, 4_000).unwrap() > 0);
-            check(&w, &mut rng, 30);
+            check(&w, &mut qrng, 30);
         }
         let raised: i64 = w
             .conn
