@@ -213,7 +213,8 @@ impl Agent {
                 )
                 .context("opening read connections for the local API")?;
                 tracing::info!(addr = %bound, auth = token.is_some(), "Serving the local API and dashboard on http://{bound}/");
-                let task = tokio::spawn(api::serve(listener, state, stop.clone()));
+                let task =
+                    api::spawn(listener, state, stop.clone()).context("starting the local API")?;
                 (Some((stop, task)), Some(bound))
             }
         };

@@ -5,6 +5,9 @@
 //! Invariants:
 //! - Reads never slow ingest: they run on a small pool of read-only WAL connections
 //!   ([`reads::ReadPool`]) on blocking threads; the store writer is only reached by commands.
+//! - Ingest comes first for the CPU: the API runs on its own runtime whose threads (HTTP and
+//!   reads) have a lower scheduling priority (`nice` +10, [`API_NICE`]). An idle gateway answers at
+//!   full speed; a busy one gives the API what ingest leaves.
 //! - Every client mistake is a 4xx with `{"error", "detail"}`: handlers return [`ApiError`], and a
 //!   last layer rewrites axum's own plain-text rejections (bad path, wrong method, no route).
 //! - With a token configured, everything but `/healthz`, `/readyz` and the dashboard's static files
@@ -220,6 +223,51 @@ async fn json_errors(r: Response) -> Response {
         out.headers_mut().insert(header::ALLOW, a);
     }
     out
+}
+
+/// Scheduling priority (`nice`) of the API's threads, relative to ingest's 0.
+pub const API_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`API_NICE`] (on Linux, `nice` is per thread: this
+/// sets the thread by its id).
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), API_NICE) {
+        tracing::debug!(error = %e, "API thread priority unchanged.");
+    }
+}
+
+/// Serves on a runtime of its own (two workers and the read threads, all at [`API_NICE`]) until
+/// `stop`. The returned task ends when the API has stopped.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = listener.into_std()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ferry-api")
+        .on_thread_start(lower_priority)
+        .enable_all()
+        .build()?;
+    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ferry-api".into())
+        .spawn(move || {
+            lower_priority();
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, state, stop).await,
+                    Err(e) => tracing::error!(error = %e, "The local API could not start."),
+                }
+            });
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            let _ = done.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = stopped.await;
+    }))
 }
 
 /// Serves until `stop`, then lets open requests finish (streams end at `stop`).
