@@ -1287,17 +1287,23 @@ async fn reads(cfg: &Cfg) -> ReadResults {
         ),
     ));
 
-    let urls = vec![format!("{base}/api/v1/latest"); few];
+    // The agent builds this body once per change (nothing commits here, so once per second, its
+    // idle bound) and serves it to the requests in between; the first request pays the build.
+    let urls = vec![format!("{base}/api/v1/latest"); n];
     let (ms, bodies) = timed_all(&c, &urls).await;
     let devices = json(&bodies[0])["devices"]
         .as_array()
         .map_or(0, |a| a.len());
+    let first = ms[0];
     rows.push(row(
         "GET /latest (every device in one response)",
         ms,
         Some(Stats::of(sql_all_latest)),
         Some(2.0),
-        format!("{devices} devices, {:.0} KB", bodies[0].len() as f64 / 1e3),
+        format!(
+            "{devices} devices, {:.0} KB; first request (builds the body) {first:.2} ms",
+            bodies[0].len() as f64 / 1e3
+        ),
     ));
 
     let urls: Vec<String> = pages
