@@ -1591,7 +1591,8 @@ fn ingest_summary(rows: &[IngestRow]) -> Vec<String> {
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
     let mut out = Vec::new();
-    let figures: [(&str, fn(&IngestRow) -> f64); 2] = [
+    type Figure = fn(&IngestRow) -> f64;
+    let figures: [(&str, Figure); 2] = [
         ("acked", |r| r.acked_per_s),
         ("stored (committed)", |r| r.stored_per_s),
     ];
