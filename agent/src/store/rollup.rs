@@ -6,10 +6,10 @@
 //! - **Exactly the events below W.** For slots at or above `slot`, the `rollup_10s` rows count
 //!   exactly the stored events with `ts_ms < W`: no event at or above W, none missing below it.
 //! - **Cheap under load.** Events at or above W are summarised in the writer's memory and written
-//!   every `FLUSH` (in a commit), raising W past them in the same transaction; an event stamped
-//!   below W (late data) is added to its row in its own commit. So a busy writer writes each slot row
-//!   a few times a second, not once per commit. Readers read events from W on (the last `FLUSH` or
-//!   so of data) and summaries below it.
+//!   every `FLUSH` (with a commit that stores new ones), raising W past them in the same
+//!   transaction; an event stamped below W (late data) is added to its row in its own commit. So a
+//!   busy writer writes each slot row a few times a second, not once per commit. Readers read
+//!   events from W on (the last `FLUSH` or so of data) and summaries below it.
 //! - **Restart.** The unwritten summaries are lost with the process, but their events are stored at
 //!   or above W: on start the writer sums them again from the events.
 //! - **Which sensors.** A sensor declared (in a Hello) with `interval_ms <= MAX_INTERVAL_MS` is
@@ -314,13 +314,14 @@ impl Summaries {
         Ok(())
     }
 
-    /// Writes the batch's late summaries and, every `FLUSH`, everything held in memory with the
-    /// new W (inside the open transaction, before `COMMIT`).
+    /// Writes the batch's late summaries and, every `FLUSH` with a batch that holds new ones,
+    /// everything held in memory with the new W (inside the open transaction, before `COMMIT`).
     pub fn write(&self, c: &Connection, batch: &mut Batch) -> rusqlite::Result<()> {
         let mut ignored = HashMap::new();
         batch.late.write(c, &mut ignored)?;
-        let held = !self.carried.slots.is_empty() || !batch.new.slots.is_empty();
-        if !held || self.flushed_at.elapsed() < FLUSH {
+        // Only a commit that stores summarised events flushes: a commit that writes nothing else
+        // (a sync while the disk is full) must stay one that writes nothing.
+        if batch.new.slots.is_empty() || self.flushed_at.elapsed() < FLUSH {
             return Ok(());
         }
         let mut newest = HashMap::new();
