@@ -453,6 +453,27 @@ fn add_part(agg: Agg, parts: &mut BTreeMap<i64, Acc>, t: i64, b: Acc) {
     }
 }
 
+/// Runs a per-bucket query returning `(t, n, x, ts)` rows and folds them into `parts`.
+fn add_parts(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    agg: Agg,
+    parts: &mut BTreeMap<i64, Acc>,
+) -> rusqlite::Result<()> {
+    let mut st = c.prepare_cached(sql)?;
+    let mut rows = st.query(args)?;
+    while let Some(r) = rows.next()? {
+        let acc = Acc {
+            n: r.get(1)?,
+            x: r.get(2)?,
+            ts: r.get(3)?,
+        };
+        add_part(agg, parts, r.get(0)?, acc);
+    }
+    Ok(())
+}
+
 /// Per-bucket aggregates of the raw events in `[since, until)`.
 fn raw_part(
     c: &Connection,
@@ -479,18 +500,8 @@ fn raw_part(
           WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND sensor = ?4
           GROUP BY t ORDER BY t"
     );
-    let mut st = c.prepare_cached(&sql)?;
-    let mut rows = st.query(params![key.0, range.0, range.1, key.1, bucket_ms])?;
-    while let Some(r) = rows.next()? {
-        let t = r.get(0)?;
-        let acc = Acc {
-            n: r.get(1)?,
-            x: r.get(2)?,
-            ts: r.get(3)?,
-        };
-        add_part(agg, parts, t, acc);
-    }
-    Ok(())
+    let args = params![key.0, range.0, range.1, key.1, bucket_ms];
+    add_parts(c, &sql, args, agg, parts)
 }
 
 /// Per-bucket aggregates of the summary rows of slots `[first, end)`.
@@ -517,18 +528,8 @@ fn slot_part(
           WHERE device = ?1 AND sensor = ?2 AND slot >= ?3 AND slot < ?4
           GROUP BY t ORDER BY t"
     );
-    let mut st = c.prepare_cached(&sql)?;
-    let mut rows = st.query(params![key.0, key.1, slots.0, slots.1, bucket_ms])?;
-    while let Some(r) = rows.next()? {
-        let t = r.get(0)?;
-        let acc = Acc {
-            n: r.get(1)?,
-            x: r.get(2)?,
-            ts: r.get(3)?,
-        };
-        add_part(agg, parts, t, acc);
-    }
-    Ok(())
+    let args = params![key.0, key.1, slots.0, slots.1, bucket_ms];
+    add_parts(c, &sql, args, agg, parts)
 }
 
 /// One slot's stored summary.
