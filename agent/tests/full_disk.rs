@@ -544,21 +544,25 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
         || get(&m.commit_failures) > failures,
     )
     .await;
-    // The writer and the listener still answer; an empty commit is no proof that space returned.
+    // The writer and the listener still answer. (That an empty commit is no proof of space is
+    // `store::writer`'s unit test: here a sync may carry a heartbeat or a few samples that fit in
+    // WAL space a checkpoint freed, and a commit that wrote does clear the mark until the next
+    // refused write sets it again.)
     for _ in 0..5 {
         let r = tokio::time::timeout(Duration::from_secs(5), agent.store.sync()).await;
         assert!(r.is_ok(), "the writer answers while the disk is full");
-        assert!(
-            m.disk_full.load(Relaxed),
-            "still full after a sync that wrote nothing"
-        );
     }
+    eventually(
+        Duration::from_secs(10),
+        "disk_full while the disk stays full",
+        || m.disk_full.load(Relaxed),
+    )
+    .await;
     tokio::net::TcpStream::connect(agent.tcp_addr.unwrap())
         .await
         .expect("the device listener still accepts");
     let committed_full = get(&m.samples_committed);
     let refused_full = get(&m.samples_refused);
-    assert!(m.disk_full.load(Relaxed), "still full");
 
     // Space returns.
     std::fs::remove_file(&filler).unwrap();
