@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_seconds, proc_field};
+use common::{cpu_seconds, stop_and_measure};
 use ferry_agent::config::Settings;
 use ferry_agent::store::{self, query, schema};
 use ferry_sim::{SimConfig, Transport};
@@ -396,17 +396,8 @@ fn ensure_dataset(cfg: &Cfg) -> (Dataset, String) {
 }
 
 fn fmt_ms(ms: i64) -> String {
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
     let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = ferry_agent::api::time::civil_from_days(days);
     let s = rem / 1000;
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
@@ -892,20 +883,9 @@ async fn start_agent(tag: &str, store: Option<&Path>) -> AgentProc {
 
 /// SIGTERM, wait; returns (peak RSS MB, CPU s, events stored).
 async fn stop_agent(mut a: AgentProc) -> (f64, f64, i64) {
-    let pid = a.child.id().unwrap();
-    let rss_mb = proc_field(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
-    let cpu = cpu_seconds(pid);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(60), a.child.wait()).await;
-    let stored = store::open_reader(&a.store)
-        .and_then(|c| store::read::event_count(&c))
-        .unwrap_or(-1);
+    let out = stop_and_measure(&mut a.child, &a.store, Duration::from_secs(60)).await;
     let _ = std::fs::remove_dir_all(&a.dir);
-    (rss_mb, cpu, stored)
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_seconds, proc_field};
 use ferry_sim::{SimConfig, Transport};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -124,20 +123,10 @@ async fn start_agent(tag: &str, durability: &str) -> AgentProc {
 }
 
 async fn stop_agent(mut a: AgentProc) -> (f64, f64, i64) {
-    let pid = a.child.id().unwrap();
-    let rss_mb = proc_field(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
-    let cpu = cpu_seconds(pid);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(30), a.child.wait()).await;
-    let stored = ferry_agent::store::open_reader(&a._dir.join("ferry.db"))
-        .and_then(|c| ferry_agent::store::read::event_count(&c))
-        .unwrap_or(-1);
+    let db = a._dir.join("ferry.db");
+    let out = common::stop_and_measure(&mut a.child, &db, Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(&a._dir);
-    (rss_mb, cpu, stored)
+    out
 }
 
 async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {

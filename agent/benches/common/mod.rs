@@ -1,4 +1,5 @@
-//! What the agent benchmarks share: reading a process's CPU time and memory from `/proc`.
+//! What the agent benchmarks share: reading a process's CPU time and memory from `/proc`, and
+//! stopping an agent process with what it used and stored.
 #![allow(dead_code)]
 
 /// A `key:` field of `/proc/{pid}/status` (in kB for the memory fields), e.g. `VmHWM:`.
@@ -18,4 +19,26 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// SIGTERM to the agent `child` (store at `db`), waits up to `wait`; returns (peak RSS MB, CPU s,
+/// events stored; -1 if the store is unreadable).
+pub async fn stop_and_measure(
+    child: &mut tokio::process::Child,
+    db: &std::path::Path,
+    wait: std::time::Duration,
+) -> (f64, f64, i64) {
+    let pid = child.id().expect("agent running");
+    let rss_mb = proc_field(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
+    let cpu = cpu_seconds(pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM the agent");
+    let _ = tokio::time::timeout(wait, child.wait()).await;
+    let stored = ferry_agent::store::open_reader(db)
+        .and_then(|c| ferry_agent::store::read::event_count(&c))
+        .unwrap_or(-1);
+    (rss_mb, cpu, stored)
 }

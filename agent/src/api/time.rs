@@ -156,8 +156,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `(year, month, day)` of days since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// `(year, month, day)` of days since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
