@@ -28,22 +28,26 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
 }
 
 async fn device_docs(s: &ApiState, only: Option<String>) -> Result<Vec<DeviceDoc>, ApiError> {
+    let one = only.is_some();
     let forwarding_on = s.inner.forwarding_on;
-    s.inner
-        .reads
-        .run(move |c| {
-            let pos = if forwarding_on {
-                Some(ForwardPosition::read(c)?)
-            } else {
-                None
-            };
-            let now = now_ms();
-            Ok(query::devices(c, only.as_deref(), pos)?
-                .into_iter()
-                .map(|d| DeviceDoc::new(d, forwarding_on, now))
-                .collect())
-        })
-        .await
+    let read = move |c: &rusqlite::Connection| {
+        let pos = if forwarding_on {
+            Some(ForwardPosition::read(c)?)
+        } else {
+            None
+        };
+        let now = now_ms();
+        Ok(query::devices(c, only.as_deref(), pos)?
+            .into_iter()
+            .map(|d| DeviceDoc::new(d, forwarding_on, now))
+            .collect())
+    };
+    // One device is a point lookup; the list reads every device.
+    if one {
+        s.inner.reads.lookup(read).await
+    } else {
+        s.inner.reads.run(read).await
+    }
 }
 
 /// Every device.
@@ -92,7 +96,7 @@ pub async fn device_latest(
     let (known, rows) = s
         .inner
         .reads
-        .run(move |c| {
+        .lookup(move |c| {
             Ok((
                 query::device_key(c, &want)?.is_some(),
                 query::latest(c, Some(&want))?,
@@ -323,7 +327,7 @@ pub async fn command_state(
     let row = s
         .inner
         .reads
-        .run(move |c| Ok(query::command(c, &d, &r)?))
+        .lookup(move |c| Ok(query::command(c, &d, &r)?))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no command {request_id:?} for {id:?}")))?;
     let (done, outcome) = row;

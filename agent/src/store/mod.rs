@@ -130,6 +130,8 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(|e| corrupt(path, e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every query the API runs, with each `series` and `events` variant, stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| corrupt(path, e))?;
@@ -141,6 +143,28 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         });
     }
     Ok(conn)
+}
+
+/// Runs `f` in one read transaction on `conn` (one snapshot for all its statements), or inside the
+/// transaction already open on it. The statements are cached: a reader runs them per request.
+pub fn read_snapshot<T, E: From<StoreError>>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    if !conn.is_autocommit() {
+        return f(conn);
+    }
+    let run = |sql: &str| -> Result<(), StoreError> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    run("BEGIN")?;
+    let out = f(conn);
+    // A read transaction has nothing to keep: end it whatever `f` returned.
+    let end = run("COMMIT");
+    let out = out?;
+    end?;
+    Ok(out)
 }
 
 /// Refuses foreign, corrupt and too-new files. Runs `PRAGMA quick_check` (linear in the file size).

@@ -117,10 +117,7 @@ impl ForwardPosition {
     /// Reads the saved position.
     pub fn read(conn: &Connection) -> Result<ForwardPosition, StoreError> {
         let get = |name: &str| -> Result<i64, StoreError> {
-            Ok(conn
-                .query_row(
-                    "SELECT event_id FROM forward_cursor WHERE name = ?1",
-                    [name],
+            Ok(conn.prepare_cached("SELECT event_id FROM forward_cursor WHERE name = ?1")?.query_row([name],
                     |r| r.get(0),
                 )
                 .optional()?
@@ -145,10 +142,7 @@ pub fn oldest_unforwarded(
     pos: ForwardPosition,
 ) -> Result<Option<(i64, i64)>, StoreError> {
     let first_after = |id: i64| -> Result<Option<(i64, i64)>, StoreError> {
-        Ok(conn
-            .query_row(
-                "SELECT id, ts_ms FROM events WHERE id > ?1 ORDER BY id LIMIT 1",
-                [id],
+        Ok(conn.prepare_cached("SELECT id, ts_ms FROM events WHERE id > ?1 ORDER BY id LIMIT 1")?.query_row([id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
@@ -162,7 +156,7 @@ pub fn oldest_unforwarded(
 
 /// Highest stored id (0 when empty).
 pub fn max_event_id(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+    Ok(conn.prepare_cached("SELECT coalesce(max(id), 0) FROM events")?.query_row([], |r| r.get(0))?)
 }
 
 /// Devices, by id; one device with `only`. `forwarding`: the uplink position, when forwarding is on.
@@ -287,10 +281,7 @@ pub fn latest(
 
 /// `devices.id` of a device id.
 pub fn device_key(conn: &Connection, device: &str) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT id FROM devices WHERE device_id = ?1",
-            [device],
+    Ok(conn.prepare_cached("SELECT id FROM devices WHERE device_id = ?1")?.query_row([device],
             |r| r.get(0),
         )
         .optional()?)
@@ -475,11 +466,9 @@ pub fn series(
     agg: Agg,
 ) -> Result<Vec<Point>, StoreError> {
     // Summaries and events from one snapshot.
-    let tx = conn.unchecked_transaction()?;
-    let points =
-        super::rollup::series(&tx, (device, sensor), (since_ms, until_ms), bucket_ms, agg)?;
-    tx.finish()?;
-    Ok(points)
+    super::read_snapshot(conn, |c| {
+        Ok(super::rollup::series(c, (device, sensor), (since_ms, until_ms), bucket_ms, agg)?)
+    })
 }
 
 /// A stored command: `(done, outcome JSON)`.
@@ -488,10 +477,7 @@ pub fn command(
     device: &str,
     request_id: &str,
 ) -> Result<Option<(bool, Option<String>)>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT done, outcome FROM commands WHERE device_id = ?1 AND request_id = ?2",
-            params![device, request_id],
+    Ok(conn.prepare_cached("SELECT done, outcome FROM commands WHERE device_id = ?1 AND request_id = ?2")?.query_row(params![device, request_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)

@@ -34,7 +34,7 @@ pub struct DeviceRow {
 
 /// Every device, by id.
 pub fn devices(conn: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
-    let mut st = conn.prepare(
+    let mut st = conn.prepare_cached(
         "SELECT d.device_id, d.online, d.last_seen_ms, d.firmware,
                 (SELECT boot_id FROM boots b WHERE b.device = d.id AND b.boot_no = d.boot_no),
                 (SELECT count(*) FROM boots b WHERE b.device = d.id),
@@ -62,7 +62,7 @@ pub fn devices(conn: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
 /// Committed position per `(device_id, boot_id)`: every seq below it is stored or was dropped by
 /// the device (`boots.next_seq`).
 pub fn boot_positions(conn: &Connection) -> Result<HashMap<(String, u32), u32>, StoreError> {
-    let mut st = conn.prepare(
+    let mut st = conn.prepare_cached(
         "SELECT d.device_id, b.boot_id, b.next_seq FROM boots b JOIN devices d ON d.id = b.device",
     )?;
     let rows = st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
@@ -71,7 +71,7 @@ pub fn boot_positions(conn: &Connection) -> Result<HashMap<(String, u32), u32>, 
 
 /// Every stored `(boot_id, seq)` of a device, in store order.
 pub fn event_keys(conn: &Connection, device_id: &str) -> Result<Vec<(u32, u32)>, StoreError> {
-    let mut st = conn.prepare(
+    let mut st = conn.prepare_cached(
         "SELECT b.boot_id, e.seq FROM events e
            JOIN devices d ON d.id = e.device
            JOIN boots b ON b.device = e.device AND b.boot_no = e.boot_no
@@ -83,12 +83,12 @@ pub fn event_keys(conn: &Connection, device_id: &str) -> Result<Vec<(u32, u32)>,
 
 /// Quarantined frames by reason.
 pub fn quarantine_counts(conn: &Connection) -> Result<HashMap<String, i64>, StoreError> {
-    let mut st = conn.prepare("SELECT reason, count(*) FROM quarantine GROUP BY reason")?;
+    let mut st = conn.prepare_cached("SELECT reason, count(*) FROM quarantine GROUP BY reason")?;
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Total events stored.
 pub fn event_count(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)
+    Ok(conn.prepare_cached("SELECT count(*) FROM events")?.query_row([], |r| r.get(0))?)
 }
