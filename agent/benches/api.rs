@@ -1590,7 +1590,8 @@ fn ingest_summary(rows: &[IngestRow]) -> Vec<String> {
         ("acked", |r| r.acked_per_s),
         ("stored (committed)", |r| r.stored_per_s),
     ];
-    let stats: [(&str, fn(&[f64]) -> f64); 2] = [("mean", mean), ("median", median)];
+    type Stat = fn(&[f64]) -> f64;
+    let stats: [(&str, Stat); 2] = [("mean", mean), ("median", median)];
     for (what, of) in figures {
         for (stat, f) in stats {
             let base = values(Load::None, of);

@@ -5,6 +5,7 @@
 //! cargo bench -p ferry-agent --bench ingest            # full run (~1.5 min)
 //! FERRY_BENCH_QUICK=1 cargo bench -p ferry-agent --bench ingest
 //! FERRY_BENCH_LATENCY_RUNS=6 cargo bench -p ferry-agent --bench ingest   # more latency windows
+//!                                          # (each run: devices in unrelated phases, then in lockstep)
 //! FERRY_BENCH_ONLY=latency cargo bench -p ferry-agent --bench ingest     # or `throughput`
 //! ```
 //!
@@ -42,6 +43,38 @@ struct Row {
     /// exceeds 1 % the disk alone puts p99 over 5 ms.
     disk_stall_pct: Option<f64>,
     disk_max_ms: Option<f64>,
+    /// The agent's own share of ack latency (`ferry_ack_delay_seconds` from its `/metrics`: frame
+    /// read off the socket to its ack written): percent of frames acked within 5 ms, and the
+    /// smallest histogram bound that holds 99 % of them.
+    agent_ack_within_5ms_pct: Option<f64>,
+    agent_ack_p99_le_ms: Option<f64>,
+}
+
+/// `(percent within 5 ms, p99 bucket bound in ms)` from the agent's ack-delay histogram.
+async fn agent_ack_delay(api: SocketAddr) -> Option<(f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(api).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("ferry_ack_delay_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let (le, count) = rest.split_once("\"} ")?;
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+        buckets.push((le, count.trim().parse().ok()?));
+    }
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let within5 = buckets.iter().find(|(le, _)| *le >= 0.005)?.1;
+    let p99 = buckets.iter().find(|(_, c)| *c >= 0.99 * total)?.0;
+    Some((100.0 * within5 / total, p99 * 1e3))
 }
 
 /// Time a plain write + `fdatasync` loop on the filesystem the agent's store lives on: the floor
@@ -79,6 +112,7 @@ fn disk_floor(dir: &Path, secs: u64) -> (f64, f64) {
 struct AgentProc {
     child: tokio::process::Child,
     addr: SocketAddr,
+    api: SocketAddr,
     _dir: PathBuf,
 }
 
@@ -92,11 +126,17 @@ async fn start_agent(tag: &str, durability: &str) -> AgentProc {
         .unwrap()
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api: SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
     let cfg = dir.join("ferry.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"bench\"\n[store]\npath = {:?}\ndurability = \"{durability}\"\nmax_db_size = \"0\"\n[devices]\ntcp_listen = \"{addr}\"\n",
+            "[api]\nlisten = \"{api}\"\n[gateway]\nid = \"bench\"\n[store]\npath = {:?}\ndurability = \"{durability}\"\nmax_db_size = \"0\"\n[devices]\ntcp_listen = \"{addr}\"\n",
             dir.join("ferry.db").display().to_string()
         ),
     )
@@ -119,6 +159,7 @@ async fn start_agent(tag: &str, durability: &str) -> AgentProc {
     AgentProc {
         child,
         addr,
+        api,
         _dir: dir,
     }
 }
@@ -151,6 +192,7 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
     let offered = sim.devices as f64 * sim.sensors as f64 * 1000.0 / f64::from(sim.interval_ms);
     let devices = sim.devices;
     let report = ferry_sim::run(sim, CancellationToken::new()).await;
+    let agent_ack = agent_ack_delay(agent.api).await;
     let (rss, cpu, stored) = stop_agent(agent).await;
     let lat = report.ack_latency();
     let retransmits = report
@@ -175,12 +217,14 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
         dropped_by_rings: report.totals.dropped,
         disk_stall_pct: floor.map(|f| f.0),
         disk_max_ms: floor.map(|f| f.1),
+        agent_ack_within_5ms_pct: agent_ack.map(|a| a.0),
+        agent_ack_p99_le_ms: agent_ack.map(|a| a.1),
     }
 }
 
 fn print(rows: &[Row]) {
     println!(
-        "\n{:<26} {:>7} {:>10} {:>10} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>10} {:>9}",
+        "\n{:<26} {:>7} {:>10} {:>10} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>10} {:>9} {:>11} {:>11}",
         "scenario",
         "devices",
         "offered/s",
@@ -195,11 +239,13 @@ fn print(rows: &[Row]) {
         "retx",
         "dropped",
         "disk>5ms%",
-        "disk max"
+        "disk max",
+        "agent<=5ms%",
+        "agent p99<="
     );
     for r in rows {
         println!(
-            "{:<26} {:>7} {:>10.0} {:>10} {:>11.0} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7.1} {:>7} {:>8} {:>10} {:>9}",
+            "{:<26} {:>7} {:>10.0} {:>10} {:>11.0} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7.1} {:>7} {:>8} {:>10} {:>9} {:>11} {:>11}",
             r.scenario,
             r.devices,
             r.offered_per_s,
@@ -214,7 +260,9 @@ fn print(rows: &[Row]) {
             r.device_retransmits,
             r.dropped_by_rings,
             r.disk_stall_pct.map_or("-".into(), |p| format!("{p:.2}")),
-            r.disk_max_ms.map_or("-".into(), |m| format!("{m:.1}"))
+            r.disk_max_ms.map_or("-".into(), |m| format!("{m:.1}")),
+            r.agent_ack_within_5ms_pct.map_or("-".into(), |p| format!("{p:.2}")),
+            r.agent_ack_p99_le_ms.map_or("-".into(), |m| format!("{m} ms"))
         );
     }
 }
@@ -249,17 +297,27 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 1 } else { 3 });
+    // Devices in unrelated phases (as independent microcontrollers tick), then all in lockstep
+    // (every device transmits in the same millisecond: the worst case), alternating.
     for i in (0..runs).filter(|_| only != "throughput") {
-        let sim = SimConfig {
-            devices: 50,
-            sensors: 2,
-            interval_ms: 10,
-            duration: Some(Duration::from_secs(if quick { 5 } else { 10 })),
-            measure_latency: true,
-            ..SimConfig::default()
-        };
-        rows.push(scenario(&format!("latency 10k/s full #{}", i + 1), "full", sim).await);
-        print(&rows[rows.len() - 1..]);
+        for lockstep in [false, true] {
+            let sim = SimConfig {
+                devices: 50,
+                sensors: 2,
+                interval_ms: 10,
+                duration: Some(Duration::from_secs(if quick { 5 } else { 10 })),
+                measure_latency: true,
+                lockstep,
+                ..SimConfig::default()
+            };
+            let name = format!(
+                "latency 10k/s{} #{}",
+                if lockstep { " lockstep" } else { "" },
+                i + 1
+            );
+            rows.push(scenario(&name, "full", sim).await);
+            print(&rows[rows.len() - 1..]);
+        }
     }
     println!(
         "\n== ferry ingest benchmark ({} cores) ==",

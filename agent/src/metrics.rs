@@ -52,6 +52,9 @@ pub struct Metrics {
     pub backpressure: AtomicBool,
     /// Time from the first statement of a transaction's flush to `COMMIT` returning.
     pub commit_time: Histogram,
+    /// Time from reading a Samples frame off its link to writing the ack that covers it (store
+    /// queue, group commit and fsync, ack hand-back): the agent's share of a device's ack latency.
+    pub ack_delay: Histogram,
 }
 
 /// Upper bounds (seconds) of [`Histogram`] buckets; the last bucket is unbounded.

@@ -521,6 +521,17 @@ async fn commands_status_metrics_and_readiness() {
     );
     assert!(text.contains("ferry_samples_dropped_total{reason=\"drop_oldest\"} 0"));
     assert!(text.contains("ferry_commit_duration_seconds_bucket{le=\"+Inf\"}"));
+    // Every device was acked, so frames were timed from read to ack.
+    let acked_frames: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_ack_delay_seconds_count "))
+        .expect("ack delay histogram")
+        .parse()
+        .unwrap();
+    assert!(acked_frames > 0, "{text}");
+    assert!(text.contains(&format!(
+        "ferry_ack_delay_seconds_bucket{{le=\"+Inf\"}} {acked_frames}\n"
+    )));
     // Every sample line is `name{labels} number` with a declared TYPE.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();

@@ -493,23 +493,32 @@ fn render(s: &ApiState, snap: &Snapshot) -> String {
         u.events_quarantined.load(Relaxed)
     );
 
-    let h = &m.commit_time;
-    let _ = writeln!(o, "# HELP ferry_commit_duration_seconds Time from a batch's first statement to COMMIT returning.\n# TYPE ferry_commit_duration_seconds histogram");
+    histogram(
+        &mut o,
+        "ferry_commit_duration_seconds",
+        "Time from a batch's first statement to COMMIT returning.",
+        &m.commit_time,
+    );
+    histogram(
+        &mut o,
+        "ferry_ack_delay_seconds",
+        "Time from reading a Samples frame off its link to writing the ack that covers it.",
+        &m.ack_delay,
+    );
+    o
+}
+
+/// One histogram in Prometheus text format (cumulative buckets, `+Inf`, sum and count).
+fn histogram(o: &mut String, name: &str, help: &str, h: &crate::metrics::Histogram) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
     let counts = h.counts();
     let mut acc = 0;
     for (b, c) in BUCKETS_S.iter().zip(&counts) {
         acc += c;
-        let _ = writeln!(
-            o,
-            "ferry_commit_duration_seconds_bucket{{le=\"{b}\"}} {acc}"
-        );
+        let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {acc}");
     }
     acc += counts.last().copied().unwrap_or(0);
-    let _ = writeln!(
-        o,
-        "ferry_commit_duration_seconds_bucket{{le=\"+Inf\"}} {acc}"
-    );
-    let _ = writeln!(o, "ferry_commit_duration_seconds_sum {}", h.sum_s());
-    let _ = writeln!(o, "ferry_commit_duration_seconds_count {acc}");
-    o
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {acc}");
+    let _ = writeln!(o, "{name}_sum {}", h.sum_s());
+    let _ = writeln!(o, "{name}_count {acc}");
 }

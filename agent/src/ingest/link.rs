@@ -36,7 +36,13 @@ struct Link {
     online: bool,
     last_hello_request: Option<Instant>,
     cmd_tx: Option<tokio::sync::mpsc::Sender<DeviceCommand>>,
+    /// Samples frames waiting for their ack: `(boot id, seq after the frame, read at)`, oldest
+    /// first, for the ack-delay histogram (bounded: a metric never holds memory for a stuck link).
+    unacked: std::collections::VecDeque<(u32, u32, Instant)>,
 }
+
+/// Frames tracked for the ack-delay histogram per link.
+const UNACKED_TRACKED: usize = 1024;
 
 enum Item {
     Msg(Option<Uplink>),
@@ -65,6 +71,7 @@ where
         online: false,
         last_hello_request: None,
         cmd_tx: None,
+        unacked: Default::default(),
     };
     tracing::info!(link = %link.name, "Device link open.");
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -111,6 +118,7 @@ where
                 if link.session.as_ref().is_some_and(|s| s.device == a.device && s.boot_id == a.boot_id) {
                     push(&mut link.out, &Message::Ack(Ack { boot_id: a.boot_id, next_seq: a.next_seq }));
                     Metrics::add(&link.ctx.metrics.acks_sent, 1);
+                    link.acked(a.boot_id, a.next_seq);
                 }
             }
             Some(c) = cmd_rx.recv() => push_command(&mut link.out, &c),
@@ -202,6 +210,20 @@ impl Link {
         {
             self.last_hello_request = Some(Instant::now());
             push(&mut self.out, &Message::HelloRequest);
+        }
+    }
+
+    /// Observes the ack delay of every tracked frame this ack covers (and forgets frames of other
+    /// boots: their acks will not come on this session).
+    fn acked(&mut self, boot_id: u32, next_seq: u32) {
+        while let Some(&(boot, end, at)) = self.unacked.front() {
+            if boot == boot_id && end > next_seq {
+                break;
+            }
+            if boot == boot_id {
+                self.ctx.metrics.ack_delay.observe(at.elapsed());
+            }
+            self.unacked.pop_front();
         }
     }
 
@@ -302,6 +324,11 @@ impl Link {
                         value: x.value,
                     })
                     .collect();
+                if self.unacked.len() == UNACKED_TRACKED {
+                    self.unacked.pop_front();
+                }
+                let end = first_seq.wrapping_add(samples.len() as u32);
+                self.unacked.push_back((s.boot_id, end, Instant::now()));
                 let op = SamplesOp {
                     device: s.device,
                     boot_no: s.boot_no,

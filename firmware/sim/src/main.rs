@@ -73,6 +73,10 @@ struct Args {
     /// Measure ack latency (time from sending new samples until their ack) and report percentiles.
     #[arg(long)]
     latency: bool,
+    /// Tick every device in the same instant (the worst case: all transmit at once) instead of in
+    /// unrelated phases like independent microcontrollers.
+    #[arg(long)]
+    lockstep: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -122,6 +126,7 @@ fn config(a: &Args) -> Result<SimConfig, String> {
         id_prefix: a.id_prefix.clone(),
         seed: a.seed,
         measure_latency: a.latency,
+        lockstep: a.lockstep,
         ..SimConfig::default()
     })
 }

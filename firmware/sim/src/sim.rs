@@ -77,6 +77,10 @@ pub struct SimConfig {
     pub retransmit_timeout_ms: u32,
     /// Record the ack latency of every frame of new samples (`DeviceReport::ack_latencies_us`).
     pub measure_latency: bool,
+    /// All devices tick in the same instant (the worst case for the gateway: every device
+    /// transmits at once). Off by default: independent microcontrollers tick in unrelated phases,
+    /// so each device's ticks are offset by a fixed fraction of the tick.
+    pub lockstep: bool,
 }
 
 impl Default for SimConfig {
@@ -99,6 +103,7 @@ impl Default for SimConfig {
             tick: Duration::from_millis(5),
             retransmit_timeout_ms: 500,
             measure_latency: false,
+            lockstep: false,
         }
     }
 }
@@ -251,7 +256,13 @@ async fn run_device(
     let mut next_reboot = cfg
         .reboot_every
         .map(|m| Instant::now() + jittered(&mut rng, m));
-    let mut ticker = tokio::time::interval(cfg.tick);
+    // Phases spread evenly (golden-ratio steps), independent of the seed's random sequence.
+    let phase = if cfg.lockstep {
+        Duration::ZERO
+    } else {
+        cfg.tick.mul_f64((index as f64 * 0.618_034).fract())
+    };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, cfg.tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut rbuf = vec![0u8; 16 * 1024];
     let mut frame = vec![0u8; MAX_ENCODED_LEN];
