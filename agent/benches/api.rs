@@ -84,6 +84,8 @@ struct Cfg {
     load_secs: u64,
     ingest_secs: u64,
     ingest_runs: usize,
+    /// Offered rates (devices x 10 kHz) for the capacity ladder; empty: fixed-rate runs.
+    ladder: Vec<usize>,
     skip: Vec<String>,
 }
 
@@ -99,6 +101,11 @@ impl Cfg {
             load_secs: env_u64("FERRY_BENCH_LOAD_SECS", q(10, 3)),
             ingest_secs: env_u64("FERRY_BENCH_INGEST_SECS", q(10, 3)),
             ingest_runs: env_u64("FERRY_BENCH_INGEST_RUNS", 2) as usize,
+            ladder: std::env::var("FERRY_BENCH_LADDER")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|d| d.trim().parse().ok())
+                .collect(),
             skip: std::env::var("FERRY_BENCH_SKIP")
                 .unwrap_or_default()
                 .split(',')
@@ -655,11 +662,17 @@ struct IngestRow {
     acked_per_s: f64,
     stored: i64,
     stored_per_s: f64,
+    /// Samples committed per second between 3 s after the start and the end of generation (the
+    /// agent's own counter): the writer's rate in the steady part of the run, without the ramp-up
+    /// and the drain. With more offered than the machine sustains this is the ingest capacity.
+    window_per_s: f64,
     agent_cpu_s: f64,
     /// This process: the simulated devices plus the HTTP client.
     bench_cpu_s: f64,
     agent_peak_rss_mb: f64,
     dropped_by_rings: u64,
+    /// Every sample offered was generated, committed and acked (none evicted from a ring).
+    sustained: bool,
     api: Option<PacedStats>,
 }
 
@@ -743,11 +756,12 @@ fn print_ingest(title: &str, rows: &[IngestRow]) {
         }
     }
     println!(
-        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
         "run",
         "acked",
         "acked/s",
         "stored/s",
+        "window/s",
         "dropped",
         "agentCPU",
         "simCPU",
@@ -779,11 +793,12 @@ fn print_ingest(title: &str, rows: &[IngestRow]) {
             None => std::array::from_fn(|_| "-".to_owned()),
         };
         println!(
-            "{:<17} {:>9} {:>8.0} {:>8.0} {:>8} {:>8.1} {:>6.1} {:>6.1} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            "{:<17} {:>9} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>8.1} {:>6.1} {:>6.1} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
             r.run,
             r.acked,
             r.acked_per_s,
             r.stored_per_s,
+            r.window_per_s,
             r.dropped_by_rings,
             r.agent_cpu_s,
             r.bench_cpu_s,
@@ -799,7 +814,7 @@ fn print_ingest(title: &str, rows: &[IngestRow]) {
     }
     println!(
         "  (latest/events/series: p99 ms per route; acked/s and stored/s over the sim's wall time incl. the drain; \
-         dropped: samples evicted from device rings while waiting for acks)"
+         window/s: committed from 3 s after the start to the end of generation, the agent's counter; dropped: samples evicted from device rings while waiting for acks)"
     );
 }
 
@@ -1493,9 +1508,9 @@ impl Load {
         }
     }
 
-    fn picker(self) -> Picker {
+    fn picker(self, devices: usize) -> Picker {
         Arc::new(move |rng: &mut SmallRng| {
-            let d = format!("sim-{:04}", rng.gen_range(0..ingest_devices()));
+            let d = format!("sim-{:04}", rng.gen_range(0..devices));
             match (self, rng.gen_range(0..100)) {
                 (Load::Mix | Load::NoSeries, 70..90) => {
                     format!("/api/v1/events?device={d}&since=-1m&limit=100")
@@ -1514,13 +1529,13 @@ fn own_cpu_seconds() -> f64 {
     cpu_seconds(std::process::id())
 }
 
-async fn ingest_run(label: String, load: Load, secs: u64) -> IngestRow {
+async fn ingest_run(label: String, load: Load, secs: u64, devices: usize) -> IngestRow {
     // Let the previous run's writes reach the disk first (as the ingest benchmark does).
     nix::unistd::sync();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let agent = start_agent(&format!("ingest-{load:?}"), None).await;
     let sim = SimConfig {
-        devices: ingest_devices(),
+        devices,
         sensors: INGEST_SENSORS,
         interval_ms: 1,
         duration: Some(Duration::from_secs(secs)),
@@ -1529,7 +1544,29 @@ async fn ingest_run(label: String, load: Load, secs: u64) -> IngestRow {
         ..SimConfig::default()
     };
     let cpu0 = own_cpu_seconds();
+    let started = Instant::now();
     let sim = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
+    let window = {
+        let base = agent.base();
+        tokio::spawn(async move {
+            let c = http_client();
+            let committed = |c: reqwest::Client, base: String| async move {
+                let r = get(&c, &format!("{base}/metrics")).await;
+                let text = String::from_utf8_lossy(&r.body).into_owned();
+                let n = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ferry_samples_committed_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                (Instant::now(), n)
+            };
+            tokio::time::sleep_until((started + Duration::from_secs(3)).into()).await;
+            let (t1, n1) = committed(c.clone(), base.clone()).await;
+            tokio::time::sleep_until((started + Duration::from_secs(secs)).into()).await;
+            let (t2, n2) = committed(c, base).await;
+            (n2 - n1) / (t2 - t1).as_secs_f64()
+        })
+    };
     let api = if load == Load::None {
         None
     } else {
@@ -1538,15 +1575,16 @@ async fn ingest_run(label: String, load: Load, secs: u64) -> IngestRow {
         loop {
             let r = get(&c, &format!("{}/api/v1/devices", agent.base())).await;
             let n = json(&r.body)["devices"].as_array().map_or(0, |a| a.len());
-            if n == ingest_devices() || t.elapsed() > Duration::from_secs(secs) {
+            if n == devices || t.elapsed() > Duration::from_secs(secs) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let left = Duration::from_secs(secs).saturating_sub(t.elapsed());
-        Some(paced(agent.base(), API_RATE, left, 64, load.picker()).await)
+        Some(paced(agent.base(), API_RATE, left, 64, load.picker(devices)).await)
     };
     let report = sim.await.unwrap();
+    let window_per_s = window.await.unwrap();
     let own_cpu = own_cpu_seconds() - cpu0;
     let (rss, cpu, stored) = stop_agent(agent).await;
     IngestRow {
@@ -1557,12 +1595,84 @@ async fn ingest_run(label: String, load: Load, secs: u64) -> IngestRow {
         acked_per_s: report.totals.acked as f64 / report.elapsed_s,
         stored,
         stored_per_s: stored as f64 / report.elapsed_s,
+        window_per_s,
         agent_cpu_s: cpu,
         bench_cpu_s: own_cpu,
         agent_peak_rss_mb: rss,
         dropped_by_rings: report.totals.dropped,
+        sustained: {
+            let offered = (devices * INGEST_SENSORS * 1000) as f64 * secs as f64;
+            let t = &report.totals;
+            t.dropped == 0 && t.acked == t.generated && t.generated as f64 >= 0.99 * offered
+        },
         api,
     }
+}
+
+/// The highest offered rate each variant sustains (every sample committed and acked, none evicted
+/// from a device ring), climbing `cfg.ladder` (device counts; 10 sensors at 1 kHz each) in
+/// `cfg.ingest_runs` rounds. At each step the variants still climbing run in turn, so a noisy
+/// stretch of the machine hits all of them; a variant stops at its first unsustained step.
+/// Returns the summary lines: per round, then the median over rounds against no API load.
+async fn capacity_ladder(cfg: &Cfg) -> Vec<String> {
+    let variants = [Load::None, Load::Mix, Load::NoSeries, Load::LatestOnly];
+    let mut best: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut out = vec![format!(
+        "\n== capacity ladder: highest offered samples/s sustained (steps {:?} x 10,000/s, {} s each) ==",
+        cfg.ladder, cfg.ingest_secs
+    )];
+    for round in 1..=cfg.ingest_runs {
+        let mut climbing: Vec<Load> = variants.to_vec();
+        let mut reached: BTreeMap<&str, usize> = BTreeMap::new();
+        for &devices in &cfg.ladder {
+            for load in climbing.clone() {
+                let label = format!("{} {}k #{round}", load.label(), devices * 10);
+                println!("ladder run: {label} ...");
+                let row = ingest_run(label, load, cfg.ingest_secs, devices).await;
+                print_ingest("ladder run", std::slice::from_ref(&row));
+                if row.sustained {
+                    reached.insert(load.label(), devices * INGEST_SENSORS * 1000);
+                } else {
+                    climbing.retain(|l| *l != load);
+                }
+            }
+            if climbing.is_empty() {
+                break;
+            }
+        }
+        let line: Vec<String> = variants
+            .iter()
+            .map(|l| format!("{} {}", l.label(), reached.get(l.label()).copied().unwrap_or(0)))
+            .collect();
+        out.push(format!("round {round}: {}", line.join(", ")));
+        for l in variants {
+            best.entry(l.label())
+                .or_default()
+                .push(reached.get(l.label()).copied().unwrap_or(0));
+        }
+    }
+    let median = |v: &Vec<usize>| {
+        let mut v = v.clone();
+        v.sort_unstable();
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2] as f64
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
+        }
+    };
+    let base = median(&best[Load::None.label()]);
+    out.push(format!("ingest capacity, no API load: median {base:.0} samples/s sustained"));
+    for l in [Load::Mix, Load::NoSeries, Load::LatestOnly] {
+        let m = median(&best[l.label()]);
+        let drop = 100.0 * (base - m) / base.max(1.0);
+        out.push(format!(
+            "ingest capacity, {}: median {m:.0} samples/s sustained, {drop:.1} % below (target <= 10 %: {})",
+            l.describe(),
+            if drop <= 10.0 { "met" } else { "NOT met" }
+        ));
+    }
+    out
 }
 
 fn ingest_summary(rows: &[IngestRow]) -> Vec<String> {
@@ -1586,9 +1696,10 @@ fn ingest_summary(rows: &[IngestRow]) -> Vec<String> {
     }
     let mut out = Vec::new();
     type Figure = fn(&IngestRow) -> f64;
-    let figures: [(&str, Figure); 2] = [
+    let figures: [(&str, Figure); 3] = [
         ("acked", |r| r.acked_per_s),
         ("stored (committed)", |r| r.stored_per_s),
+        ("committed in the steady window", |r| r.window_per_s),
     ];
     type Stat = fn(&[f64]) -> f64;
     let stats: [(&str, Stat); 2] = [("mean", mean), ("median", median)];
@@ -1640,15 +1751,21 @@ async fn main() {
             cfg.ingest_secs
         );
         // Variants alternate, so a noisy stretch of the machine hits all of them.
-        for i in 1..=cfg.ingest_runs {
+        for i in (1..=cfg.ingest_runs).filter(|_| cfg.ladder.is_empty()) {
             for load in [Load::None, Load::Mix, Load::NoSeries, Load::LatestOnly] {
                 let label = format!("{} #{i}", load.label());
                 println!("ingest run: {label} ...");
-                ingest.push(ingest_run(label, load, cfg.ingest_secs).await);
+                ingest.push(ingest_run(label, load, cfg.ingest_secs, devices).await);
                 print_ingest("ingest run", &ingest[ingest.len() - 1..]);
             }
         }
     }
+
+    let ladder = if cfg.runs("ingest") && !cfg.ladder.is_empty() {
+        Some(capacity_ladder(&cfg).await)
+    } else {
+        None
+    };
 
     println!(
         "\n\n======== ferry local API benchmark ({} cores, {:.0} s) ========",
@@ -1676,6 +1793,11 @@ async fn main() {
             &ingest,
         );
         for line in ingest_summary(&ingest) {
+            println!("{line}");
+        }
+    }
+    if let Some(l) = &ladder {
+        for line in l {
             println!("{line}");
         }
     }
