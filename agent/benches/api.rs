@@ -11,7 +11,16 @@
 //! (rounds over every device, 5), `FERRY_BENCH_LOAD_SECS` (per throughput row, 10),
 //! `FERRY_BENCH_INGEST_SECS` (10), `FERRY_BENCH_INGEST_RUNS` (runs of each ingest variant, 2),
 //! `FERRY_BENCH_INGEST_DEVICES` (52: 520,000 samples/s; more offers more than the writer takes),
-//! `FERRY_BENCH_SKIP` (comma list of `reads`, `load`, `ingest`).
+//! `FERRY_BENCH_LADDER` (device counts, e.g. `56,59,62,65,68,71,74,77,80`: instead of fixed-rate
+//! ingest runs, climb these offered rates and report the highest each API load sustains),
+//! `FERRY_BENCH_SKIP` (comma list of `reads`, `load`, `cost`, `ingest`).
+//!
+//! ```text
+//! cargo bench -p ferry-agent --bench api                       # reads, throughput, costs, ingest
+//! FERRY_BENCH_SKIP=reads,ingest cargo bench -p ferry-agent --bench api   # API CPU per request
+//! FERRY_BENCH_SKIP=reads,cost FERRY_BENCH_INGEST_RUNS=3 FERRY_BENCH_INGEST_SECS=6 \
+//!   FERRY_BENCH_LADDER=56,59,62,65,68,71,74,77,80 cargo bench -p ferry-agent --bench api
+//! ```
 //!
 //! How it measures:
 //! - **The store** is generated directly with rusqlite, not through ingest (a day of timestamps would
@@ -43,7 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_seconds, stop_and_measure};
+use common::{cpu_seconds, stop_and_measure, threads_cpu_seconds};
 use ferry_agent::config::Settings;
 use ferry_agent::store::{self, query, schema};
 use ferry_sim::{SimConfig, Transport};
@@ -1609,6 +1618,76 @@ async fn ingest_run(label: String, load: Load, secs: u64, devices: usize) -> Ing
     }
 }
 
+/// Devices feeding the agent while request costs are measured (10 sensors at 1 kHz each).
+const COST_DEVICES: usize = 30;
+
+/// The agent's CPU per request, by kind: 1,000 requests/s of one kind for `secs` while 30 devices
+/// ingest 300,000 samples/s, timed as the CPU of the agent's `ferry-api` threads (its HTTP
+/// workers and read threads). Returns the table's lines.
+async fn request_costs(secs: u64) -> Vec<String> {
+    let agent = start_agent("cost", None).await;
+    let pid = agent.child.id().expect("agent running");
+    let kinds: Vec<(&str, Picker)> = vec![
+        ("/healthz (HTTP alone)", Arc::new(|_: &mut SmallRng| "/healthz".to_owned())),
+        ("devices/{id}/latest", Load::LatestOnly.picker(COST_DEVICES)),
+        (
+            "events?device=&since=-1m&limit=100",
+            Arc::new(|rng: &mut SmallRng| {
+                let d = rng.gen_range(0..COST_DEVICES);
+                format!("/api/v1/events?device=sim-{d:04}&since=-1m&limit=100")
+            }),
+        ),
+        (
+            "series?since=-1h&bucket=1m&agg=avg",
+            Arc::new(|rng: &mut SmallRng| {
+                let d = rng.gen_range(0..COST_DEVICES);
+                format!("/api/v1/series?device=sim-{d:04}&sensor=temperature&since=-1h&bucket=1m&agg=avg")
+            }),
+        ),
+        ("the mix (70/20/10)", Load::Mix.picker(COST_DEVICES)),
+    ];
+    let sim = SimConfig {
+        devices: COST_DEVICES,
+        sensors: INGEST_SENSORS,
+        interval_ms: 1,
+        duration: Some(Duration::from_secs((secs + 1) * kinds.len() as u64 + 10)),
+        drain_timeout: Duration::from_secs(30),
+        transport: Transport::Tcp(agent.tcp),
+        ..SimConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let sim = tokio::spawn(ferry_sim::run(sim, stop.clone()));
+    let (c, t) = (http_client(), Instant::now());
+    while json(&get(&c, &format!("{}/api/v1/devices", agent.base())).await.body)["devices"]
+        .as_array()
+        .map_or(0, |a| a.len())
+        < COST_DEVICES
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "devices did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut out = vec![
+        format!("\n== API CPU per request ({API_RATE} requests/s of one kind for {secs} s, {} samples/s ingest) ==", COST_DEVICES * INGEST_SENSORS * 1000),
+        format!("{:<40} {:>8} {:>8} {:>12} {:>8}", "request", "sent", "!2xx", "API CPU s", "us/req"),
+    ];
+    for (name, pick) in kinds {
+        let c0 = threads_cpu_seconds(pid, "ferry-api");
+        let stats = paced(agent.base(), API_RATE, Duration::from_secs(secs), 64, pick).await;
+        let cpu = threads_cpu_seconds(pid, "ferry-api") - c0;
+        let bad = stats.not_ok.values().sum::<u64>() + stats.failed;
+        out.push(format!(
+            "{name:<40} {:>8} {bad:>8} {cpu:>12.2} {:>8.0}",
+            stats.sent,
+            1e6 * cpu / stats.sent.max(1) as f64
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.cancel();
+    let _ = sim.await;
+    let _ = stop_agent(agent).await;
+    out
+}
+
 /// The highest offered rate each variant sustains (every sample committed and acked, none evicted
 /// from a device ring), climbing `cfg.ladder` (device counts; 10 sensors at 1 kHz each) in
 /// `cfg.ingest_runs` rounds. At each step the variants still climbing run in turn, so a noisy
@@ -1761,6 +1840,15 @@ async fn main() {
         }
     }
 
+    let costs = if cfg.runs("cost") {
+        let lines = request_costs(cfg.ingest_secs).await;
+        for l in &lines {
+            println!("{l}");
+        }
+        Some(lines)
+    } else {
+        None
+    };
     let ladder = if cfg.runs("ingest") && !cfg.ladder.is_empty() {
         Some(capacity_ladder(&cfg).await)
     } else {
@@ -1796,7 +1884,7 @@ async fn main() {
             println!("{line}");
         }
     }
-    if let Some(l) = &ladder {
+    for l in [&costs, &ladder].into_iter().flatten() {
         for line in l {
             println!("{line}");
         }

@@ -11,7 +11,11 @@ pub fn proc_field(pid: u32, key: &str) -> Option<f64> {
 
 /// User + system CPU seconds of a process (0 when it is gone).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_of(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     let after = stat.rsplit_once(')').map_or("", |x| x.1);
@@ -19,6 +23,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// CPU seconds (user + system) of the threads of process `pid` named `comm`, alive now.
+pub fn threads_cpu_seconds(pid: u32, comm: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .filter_map(|t| {
+            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+            Some(cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat")))
+        })
+        .sum()
 }
 
 /// SIGTERM to the agent `child` (store at `db`), waits up to `wait`; returns (peak RSS MB, CPU s,
