@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_seconds, stop_and_measure, threads_cpu_seconds};
+use common::{cpu_seconds, free_port, stop_and_measure, threads_cpu_seconds};
 use ferry_agent::config::Settings;
 use ferry_agent::store::{self, query, schema};
 use ferry_sim::{SimConfig, Transport};
@@ -830,14 +830,6 @@ fn print_ingest(title: &str, rows: &[IngestRow]) {
 // ---------------------------------------------------------------------------------------------
 // The agent process
 // ---------------------------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct AgentProc {
     child: tokio::process::Child,
@@ -1628,7 +1620,10 @@ async fn request_costs(secs: u64) -> Vec<String> {
     let agent = start_agent("cost", None).await;
     let pid = agent.child.id().expect("agent running");
     let kinds: Vec<(&str, Picker)> = vec![
-        ("/healthz (HTTP alone)", Arc::new(|_: &mut SmallRng| "/healthz".to_owned())),
+        (
+            "/healthz (HTTP alone)",
+            Arc::new(|_: &mut SmallRng| "/healthz".to_owned()),
+        ),
         ("devices/{id}/latest", Load::LatestOnly.picker(COST_DEVICES)),
         (
             "events?device=&since=-1m&limit=100",
@@ -1658,12 +1653,19 @@ async fn request_costs(secs: u64) -> Vec<String> {
     let stop = CancellationToken::new();
     let sim = tokio::spawn(ferry_sim::run(sim, stop.clone()));
     let (c, t) = (http_client(), Instant::now());
-    while json(&get(&c, &format!("{}/api/v1/devices", agent.base())).await.body)["devices"]
+    while json(
+        &get(&c, &format!("{}/api/v1/devices", agent.base()))
+            .await
+            .body,
+    )["devices"]
         .as_array()
         .map_or(0, |a| a.len())
         < COST_DEVICES
     {
-        assert!(t.elapsed() < Duration::from_secs(30), "devices did not connect");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "devices did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut out = vec![
@@ -1721,7 +1723,13 @@ async fn capacity_ladder(cfg: &Cfg) -> Vec<String> {
         }
         let line: Vec<String> = variants
             .iter()
-            .map(|l| format!("{} {}", l.label(), reached.get(l.label()).copied().unwrap_or(0)))
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l.label(),
+                    reached.get(l.label()).copied().unwrap_or(0)
+                )
+            })
             .collect();
         out.push(format!("round {round}: {}", line.join(", ")));
         for l in variants {
@@ -1741,7 +1749,9 @@ async fn capacity_ladder(cfg: &Cfg) -> Vec<String> {
         }
     };
     let base = median(&best[Load::None.label()]);
-    out.push(format!("ingest capacity, no API load: median {base:.0} samples/s sustained"));
+    out.push(format!(
+        "ingest capacity, no API load: median {base:.0} samples/s sustained"
+    ));
     for l in [Load::Mix, Load::NoSeries, Load::LatestOnly] {
         let m = median(&best[l.label()]);
         let drop = 100.0 * (base - m) / base.max(1.0);

@@ -65,7 +65,11 @@ async fn agent_ack_delay(api: SocketAddr) -> Option<(f64, f64)> {
             continue;
         };
         let (le, count) = rest.split_once("\"} ")?;
-        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
         buckets.push((le, count.trim().parse().ok()?));
     }
     let total = buckets.last()?.1;
@@ -120,18 +124,12 @@ async fn start_agent(tag: &str, durability: &str) -> AgentProc {
     let dir = std::env::temp_dir().join(format!("ferry-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let api: SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let cfg = dir.join("ferry.toml");
     std::fs::write(
         &cfg,

@@ -25,6 +25,15 @@ fn cpu_seconds_of(path: &str) -> f64 {
     ticks / 100.0
 }
 
+/// A loopback port free right now (for an agent's listeners).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// CPU seconds (user + system) of the threads of process `pid` named `comm`, alive now.
 pub fn threads_cpu_seconds(pid: u32, comm: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -117,9 +117,9 @@ impl ForwardPosition {
     /// Reads the saved position.
     pub fn read(conn: &Connection) -> Result<ForwardPosition, StoreError> {
         let get = |name: &str| -> Result<i64, StoreError> {
-            Ok(conn.prepare_cached("SELECT event_id FROM forward_cursor WHERE name = ?1")?.query_row([name],
-                    |r| r.get(0),
-                )
+            Ok(conn
+                .prepare_cached("SELECT event_id FROM forward_cursor WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0))
         };
@@ -142,9 +142,9 @@ pub fn oldest_unforwarded(
     pos: ForwardPosition,
 ) -> Result<Option<(i64, i64)>, StoreError> {
     let first_after = |id: i64| -> Result<Option<(i64, i64)>, StoreError> {
-        Ok(conn.prepare_cached("SELECT id, ts_ms FROM events WHERE id > ?1 ORDER BY id LIMIT 1")?.query_row([id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        Ok(conn
+            .prepare_cached("SELECT id, ts_ms FROM events WHERE id > ?1 ORDER BY id LIMIT 1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     };
     let first = first_after(pos.backlog)?;
@@ -156,7 +156,9 @@ pub fn oldest_unforwarded(
 
 /// Highest stored id (0 when empty).
 pub fn max_event_id(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.prepare_cached("SELECT coalesce(max(id), 0) FROM events")?.query_row([], |r| r.get(0))?)
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM events")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Devices, by id; one device with `only`. `forwarding`: the uplink position, when forwarding is on.
@@ -281,9 +283,9 @@ pub fn latest(
 
 /// `devices.id` of a device id.
 pub fn device_key(conn: &Connection, device: &str) -> Result<Option<i64>, StoreError> {
-    Ok(conn.prepare_cached("SELECT id FROM devices WHERE device_id = ?1")?.query_row([device],
-            |r| r.get(0),
-        )
+    Ok(conn
+        .prepare_cached("SELECT id FROM devices WHERE device_id = ?1")?
+        .query_row([device], |r| r.get(0))
         .optional()?)
 }
 
@@ -467,7 +469,13 @@ pub fn series(
 ) -> Result<Vec<Point>, StoreError> {
     // Summaries and events from one snapshot.
     super::read_snapshot(conn, |c| {
-        Ok(super::rollup::series(c, (device, sensor), (since_ms, until_ms), bucket_ms, agg)?)
+        Ok(super::rollup::series(
+            c,
+            (device, sensor),
+            (since_ms, until_ms),
+            bucket_ms,
+            agg,
+        )?)
     })
 }
 
@@ -477,8 +485,10 @@ pub fn command(
     device: &str,
     request_id: &str,
 ) -> Result<Option<(bool, Option<String>)>, StoreError> {
-    Ok(conn.prepare_cached("SELECT done, outcome FROM commands WHERE device_id = ?1 AND request_id = ?2")?.query_row(params![device, request_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+    Ok(conn
+        .prepare_cached(
+            "SELECT done, outcome FROM commands WHERE device_id = ?1 AND request_id = ?2",
+        )?
+        .query_row(params![device, request_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }

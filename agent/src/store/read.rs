@@ -90,5 +90,7 @@ pub fn quarantine_counts(conn: &Connection) -> Result<HashMap<String, i64>, Stor
 
 /// Total events stored.
 pub fn event_count(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.prepare_cached("SELECT count(*) FROM events")?.query_row([], |r| r.get(0))?)
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM events")?
+        .query_row([], |r| r.get(0))?)
 }
