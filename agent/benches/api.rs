@@ -1682,7 +1682,6 @@ async fn request_costs(secs: u64) -> Vec<String> {
             stats.sent,
             1e6 * cpu / stats.sent.max(1) as f64
         ));
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stop.cancel();
     let _ = sim.await;
