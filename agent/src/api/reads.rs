@@ -9,8 +9,8 @@
 //! - Range queries ([`ReadPool::run`]: pages of events, series, lists of every device) run on a
 //!   blocking thread. Point lookups ([`ReadPool::lookup`]: a few index probes, tens of
 //!   microseconds) run on the HTTP worker itself: handing them to another thread and back cost
-//!   more than the query (measured under ingest: 148 µs of API CPU per `devices/{id}/latest`
-//!   with the hand-off, see README Figures).
+//!   more than the query (the api bench's cost part, under ingest: 119 µs of API CPU per
+//!   `devices/{id}/latest` with the hand-off, 91 µs without; see README Figures).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -50,7 +50,7 @@ impl ReadPool {
         let _permit = self.permit().await?;
         let conn = self.take()?;
         let (conn, out) = tokio::task::spawn_blocking(move || {
-            let out = in_snapshot(&conn, f);
+            let out = store::read_snapshot(&conn, f);
             (conn, out)
         })
         .await
@@ -67,7 +67,7 @@ impl ReadPool {
     ) -> Result<T, ApiError> {
         let _permit = self.permit().await?;
         let conn = self.take()?;
-        let out = in_snapshot(&conn, f);
+        let out = store::read_snapshot(&conn, f);
         self.give_back(conn);
         out
     }
@@ -92,12 +92,4 @@ impl ReadPool {
             v.push(conn);
         }
     }
-}
-
-/// Runs `f` inside one read transaction.
-fn in_snapshot<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    store::read_snapshot(conn, f)
 }
