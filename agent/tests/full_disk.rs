@@ -581,12 +581,14 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
     let committed = get(&m.samples_committed);
     println!(
         "disk full after {:.1} s; committed when full {committed_full}, refused {refused_full} (total {}), \
-         commit failures {}, committed {committed}, stored {stored}, acked {}, ring drops {}, {:.1} s",
+         commit failures {}, committed {committed}, stored {stored}, acked {}, ring drops {}, \
+         WAL file {} bytes, {:.1} s",
         full_at.as_secs_f64(),
         get(&m.samples_refused),
         get(&m.commit_failures),
         report.totals.acked,
         report.totals.dropped,
+        std::fs::metadata(fs.path().join("ferry.db-wal")).map_or(0, |m| m.len()),
         t0.elapsed().as_secs_f64()
     );
     assert!(!m.disk_full.load(Relaxed));

@@ -117,7 +117,7 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
     let disk_full = m.disk_full.load(Relaxed);
     let backpressure = m.backpressure.load(Relaxed);
     let used = Metrics::get(&m.db_used_bytes);
-    let fs_free = fs_free_bytes(&i.db_path);
+    let fs_free = crate::store::fs_free_bytes(&i.db_path);
     let cap_left = i.max_db_size.map(|c| c.saturating_sub(used));
     let headroom = match (cap_left, fs_free) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -155,16 +155,6 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
         devices,
         devices_online: online,
     })
-}
-
-/// Free bytes for unprivileged writers on the filesystem holding `db`.
-fn fs_free_bytes(db: &std::path::Path) -> Option<u64> {
-    let dir = match db.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 /// Readiness: 200 while the store accepts samples, 503 otherwise; the body says why.

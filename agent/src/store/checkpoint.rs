@@ -10,6 +10,13 @@
 //! itself between transactions ([`restart_if_large`]); with no write in progress it reaches the end,
 //! and the next transaction starts the WAL over. Almost every page is already copied by then, so it
 //! costs the writer little. (`RESTART` or `FULL` would make the writer wait for the whole copy.)
+//!
+//! On a tight disk the WAL must not grow into the last free bytes: a restart happens only now and
+//! then on its own, and between restarts the WAL grows to a few MB at 1,600 samples/s (measured:
+//! 3.7 MB). So once the WAL file is over [`TIGHT_WAL`] and the filesystem has less than
+//! [`TIGHT_FACTOR`] times its size free, the writer catches up at every check (every 200 ms), which
+//! keeps the WAL cycling inside the file it has. That costs one extra fsync per check, paid only
+//! when the disk is nearly full anyway ([`should_restart`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +28,10 @@ use rusqlite::Connection;
 const PERIOD: Duration = Duration::from_millis(100);
 /// WAL size above which the writer catches up itself (a stall of a few tens of ms: kept rare).
 pub const RESTART_ABOVE: u64 = 256 * 1024 * 1024;
+/// On a tight disk, the WAL size above which the writer catches up at every check.
+pub const TIGHT_WAL: u64 = 256 * 1024;
+/// The disk is tight when it has less than this many times the WAL's size free.
+pub const TIGHT_FACTOR: u64 = 4;
 
 /// The running checkpointer; stop it before the writer's final checkpoint.
 pub struct Checkpointer {
@@ -70,16 +81,44 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Called by the writer between transactions: restarts the WAL when it has grown large.
-pub fn restart_if_large(conn: &Connection, wal: &Path) {
-    if std::fs::metadata(wal)
-        .map(|m| m.len() > RESTART_ABOVE)
-        .unwrap_or(false)
-    {
+/// Whether the writer should catch up so the WAL starts over: it is over [`RESTART_ABOVE`], or over
+/// [`TIGHT_WAL`] with less than [`TIGHT_FACTOR`] times its size free on the filesystem.
+pub fn should_restart(wal_len: u64, fs_free: Option<u64>) -> bool {
+    wal_len > RESTART_ABOVE
+        || (wal_len > TIGHT_WAL
+            && fs_free.is_some_and(|f| f < wal_len.saturating_mul(TIGHT_FACTOR)))
+}
+
+/// Called by the writer between transactions: restarts the WAL when [`should_restart`] says so.
+pub fn restart_if_large(conn: &Connection, db: &Path, wal: &Path) {
+    let Ok(wal_len) = std::fs::metadata(wal).map(|m| m.len()) else {
+        return;
+    };
+    if should_restart(wal_len, super::fs_free_bytes(db)) {
         // PASSIVE never waits for the checkpoint lock; run by the only writer between
         // transactions it reaches the end of the WAL, so the next transaction starts it over.
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "WAL catch-up checkpoint skipped; will retry.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_restarts_when_large_or_when_the_disk_is_tight() {
+        const MB: u64 = 1024 * 1024;
+        // Roomy disk (or unknown free space): only past RESTART_ABOVE.
+        assert!(!should_restart(100 * MB, Some(100_000 * MB)));
+        assert!(!should_restart(100 * MB, None));
+        assert!(should_restart(RESTART_ABOVE + 1, None));
+        // Tight disk: free space under 4x the WAL.
+        assert!(should_restart(MB, Some(3 * MB)));
+        assert!(!should_restart(MB, Some(4 * MB)));
+        // A small WAL is left alone even on a full disk.
+        assert!(!should_restart(TIGHT_WAL, Some(0)));
+        assert!(should_restart(TIGHT_WAL + 1, Some(0)));
     }
 }

@@ -86,6 +86,16 @@ impl StoreError {
     }
 }
 
+/// Free bytes for unprivileged writers on the filesystem holding the database `db`.
+pub fn fs_free_bytes(db: &Path) -> Option<u64> {
+    let dir = match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         path: path.display().to_string(),

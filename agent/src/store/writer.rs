@@ -1043,7 +1043,7 @@ impl Writer {
     fn after_commit(&mut self) {
         if self.last_wal_check.elapsed() >= Duration::from_millis(200) {
             self.last_wal_check = Instant::now();
-            super::checkpoint::restart_if_large(&self.conn, &self.wal_path);
+            super::checkpoint::restart_if_large(&self.conn, &self.settings.path, &self.wal_path);
         }
         self.last_retention = Instant::now();
         for _ in 0..20 {
