@@ -10,3 +10,4 @@ mod full_disk;
 mod garbage;
 mod reboots;
 mod serial;
+mod sync;
