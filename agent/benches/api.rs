@@ -1606,11 +1606,20 @@ async fn ingest_run(label: String, load: Load, secs: u64, devices: usize) -> Ing
         sustained: {
             let offered = (devices * INGEST_SENSORS * 1000) as f64 * secs as f64;
             let t = &report.totals;
-            t.dropped == 0 && t.acked == t.generated && t.generated as f64 >= 0.99 * offered
+            let api_served = api.as_ref().is_none_or(|a| {
+                a.failed == 0 && a.not_ok.is_empty() && a.req_per_s >= 0.99 * API_RATE as f64
+            });
+            t.dropped == 0
+                && t.acked == t.generated
+                && t.generated as f64 >= 0.99 * offered
+                && api_served
         },
         api,
     }
 }
+
+/// Attempts per ladder step and variant; the step is sustained if any attempt is.
+const LADDER_ATTEMPTS: usize = 2;
 
 /// Devices feeding the agent while request costs are measured (10 sensors at 1 kHz each).
 const COST_DEVICES: usize = 30;
@@ -1708,11 +1717,21 @@ async fn capacity_ladder(cfg: &Cfg) -> Vec<String> {
         let mut reached: BTreeMap<&str, usize> = BTreeMap::new();
         for &devices in &cfg.ladder {
             for load in climbing.clone() {
-                let label = format!("{} {}k #{round}", load.label(), devices * 10);
-                println!("ladder run: {label} ...");
-                let row = ingest_run(label, load, cfg.ingest_secs, devices).await;
-                print_ingest("ladder run", std::slice::from_ref(&row));
-                if row.sustained {
+                // A step counts when either of two attempts sustains it: one disk stall of a
+                // few hundred ms (this VM has them, minutes apart) fails a run by itself.
+                let mut sustained = false;
+                for attempt in 1..=LADDER_ATTEMPTS {
+                    let retry = if attempt > 1 { " retry" } else { "" };
+                    let label = format!("{} {}k #{round}{retry}", load.label(), devices * 10);
+                    println!("ladder run: {label} ...");
+                    let row = ingest_run(label, load, cfg.ingest_secs, devices).await;
+                    print_ingest("ladder run", std::slice::from_ref(&row));
+                    if row.sustained {
+                        sustained = true;
+                        break;
+                    }
+                }
+                if sustained {
                     reached.insert(load.label(), devices * INGEST_SENSORS * 1000);
                 } else {
                     climbing.retain(|l| *l != load);
@@ -1753,7 +1772,7 @@ async fn capacity_ladder(cfg: &Cfg) -> Vec<String> {
     out.push(format!(
         "ingest capacity, no API load: median {base:.0} samples/s sustained"
     ));
-    for l in [Load::Mix, Load::NoSeries, Load::LatestOnly] {
+    for l in variants.into_iter().filter(|l| *l != Load::None) {
         let m = median(&best[l.label()]);
         let drop = 100.0 * (base - m) / base.max(1.0);
         out.push(format!(

@@ -327,6 +327,7 @@ pub fn spawn(
         };
         let mut w = Writer::new(conn, settings, metrics);
         w.committed = committed_tx;
+        w.wal_frames = checkpointer.as_ref().map(|c| c.frames());
         // Reading the state can meet a full disk (marking devices offline writes): retry a while.
         let mut attempt = 0;
         loop {
@@ -409,7 +410,11 @@ struct Writer {
     last_loss_log: Option<Instant>,
     last_retention: Instant,
     last_wal_check: Instant,
-    wal_path: std::path::PathBuf,
+    /// Frames in the WAL, from the checkpoint thread (`None` without one: SQLite's automatic
+    /// checkpoints keep the WAL short then).
+    wal_frames: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Bytes per WAL frame (page size + frame header).
+    frame_bytes: u64,
     rt: tokio::runtime::Runtime,
     committed: watch::Sender<i64>,
     /// Summarised sensors and the summaries held in memory.
@@ -418,7 +423,10 @@ struct Writer {
 
 impl Writer {
     fn new(conn: Connection, settings: StoreSettings, metrics: Arc<Metrics>) -> Self {
-        let wal_path = std::path::PathBuf::from(format!("{}-wal", settings.path.display()));
+        let frame_bytes = conn
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .map_or(4096, |p| p.max(512) as u64)
+            + 24;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -438,7 +446,8 @@ impl Writer {
             last_loss_log: None,
             last_retention: Instant::now(),
             last_wal_check: Instant::now(),
-            wal_path,
+            wal_frames: None,
+            frame_bytes,
             rt,
             committed: watch::channel(0).0,
             summaries: rollup::Summaries::default(),
@@ -1043,7 +1052,10 @@ impl Writer {
     fn after_commit(&mut self) {
         if self.last_wal_check.elapsed() >= Duration::from_millis(200) {
             self.last_wal_check = Instant::now();
-            super::checkpoint::restart_if_large(&self.conn, &self.settings.path, &self.wal_path);
+            if let Some(f) = &self.wal_frames {
+                let wal_bytes = f.load(Relaxed).saturating_mul(self.frame_bytes);
+                super::checkpoint::restart_if_large(&self.conn, &self.settings.path, wal_bytes);
+            }
         }
         self.last_retention = Instant::now();
         for _ in 0..20 {
