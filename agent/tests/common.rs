@@ -58,6 +58,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `dir/ferry.toml` for a `ferry` process: store `dir/ferry.db` with `durability = "full"`,
+/// the API on an ephemeral port, the device listener on a free port. Returns (config, db, device
+/// listener).
+pub fn process_config(dir: &Path, gateway: &str) -> (PathBuf, PathBuf, std::net::SocketAddr) {
+    let db = dir.join("ferry.db");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"{gateway}\"\n[store]\npath = {:?}\ndurability = \"full\"\n[devices]\ntcp_listen = \"{addr}\"\n",
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    (config, db, addr)
+}
+
 /// Starts the real `ferry` binary with this config file.
 pub fn spawn_ferry(config: &Path) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))

@@ -1,7 +1,6 @@
 //! Crash safety: the real `ferry` process is SIGKILLed at random moments while simulated devices
 //! stream, and restarted each time. Afterwards every sample a device saw acked is in the store
 //! exactly once, in seq order per device boot.
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_sim::{SimConfig, Transport};
@@ -9,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    assert_acked_stored_once_in_order, free_port, spawn_ferry, wait_listening, TempDir,
+    assert_acked_stored_once_in_order, process_config, spawn_ferry, wait_listening, TempDir,
 };
 
 const KILLS: usize = 22;
@@ -17,18 +16,7 @@ const KILLS: usize = 22;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_acked_sample() {
     let dir = TempDir::new("crash");
-    let db = dir.path().join("ferry.db");
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"crash\"\n[store]\npath = {:?}\ndurability = \"full\"\n[devices]\ntcp_listen = \"{addr}\"\n",
-            db.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (config, db, addr) = process_config(dir.path(), "crash");
     let mut agent = spawn_ferry(&config);
     wait_listening(addr, Duration::from_secs(10)).await;
 

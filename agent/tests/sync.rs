@@ -1,13 +1,12 @@
 //! The `ferry` binary syncs with `fdatasync(2)`, never `fsync(2)` (`.cargo/config.toml` builds the
 //! bundled SQLite with `HAVE_FDATASYNC`): a build that lost the flag would still be correct, only
 //! slower at the tail of ack latency, so nothing else would notice. Traced with strace.
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_sim::{SimConfig, Transport};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{free_port, wait_listening, TempDir};
+use crate::common::{process_config, wait_listening, TempDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_sync_with_fdatasync() {
@@ -23,17 +22,7 @@ async fn commits_sync_with_fdatasync() {
         return;
     }
     let dir = TempDir::new("sync");
-    let db = dir.path().join("ferry.db");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[api]\nlisten = \"\"\n[gateway]\nid = \"sync\"\n[store]\npath = {:?}\ndurability = \"full\"\n[devices]\ntcp_listen = \"{addr}\"\n",
-            db.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (config, _db, addr) = process_config(dir.path(), "sync");
     let trace = dir.path().join("strace.out");
     let mut strace = tokio::process::Command::new("strace")
         .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])

@@ -111,7 +111,11 @@ pub fn should_restart(wal_bytes: u64, fs_free: Option<u64>) -> bool {
 /// Called by the writer between transactions with the WAL's content in bytes: restarts the WAL
 /// when [`should_restart`] says so.
 pub fn restart_if_large(conn: &Connection, db: &Path, wal_bytes: u64) {
-    if should_restart(wal_bytes, super::fs_free_bytes(db)) {
+    // Free space matters only past TIGHT_WAL: no statvfs for a small WAL.
+    let fs_free = (wal_bytes > TIGHT_WAL)
+        .then(|| super::fs_free_bytes(db))
+        .flatten();
+    if should_restart(wal_bytes, fs_free) {
         // PASSIVE never waits for the checkpoint lock; run by the only writer between
         // transactions it reaches the end of the WAL, so the next transaction starts it over.
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
