@@ -1525,6 +1525,16 @@ impl Load {
     }
 }
 
+/// The agent's `ferry_samples_committed_total` (0 when unreadable).
+async fn committed_total(c: &reqwest::Client, base: &str) -> f64 {
+    let r = get(c, &format!("{base}/metrics")).await;
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_samples_committed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// CPU seconds of this process (the simulated devices and the HTTP client).
 fn own_cpu_seconds() -> f64 {
     cpu_seconds(std::process::id())
@@ -1552,13 +1562,7 @@ async fn ingest_run(label: String, load: Load, secs: u64, devices: usize) -> Ing
         tokio::spawn(async move {
             let c = http_client();
             let committed = |c: reqwest::Client, base: String| async move {
-                let r = get(&c, &format!("{base}/metrics")).await;
-                let text = String::from_utf8_lossy(&r.body).into_owned();
-                let n = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("ferry_samples_committed_total "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0);
+                let n = committed_total(&c, &base).await;
                 (Instant::now(), n)
             };
             // Past the ramp-up: 3 s, or less in short runs.
@@ -1681,17 +1685,26 @@ async fn request_costs(secs: u64) -> Vec<String> {
     }
     let mut out = vec![
         format!("\n== API CPU per request ({API_RATE} requests/s of one kind for {secs} s, {} samples/s ingest) ==", COST_DEVICES * INGEST_SENSORS * 1000),
-        format!("{:<40} {:>8} {:>8} {:>12} {:>8}", "request", "sent", "!2xx", "API CPU s", "us/req"),
+        format!("{:<40} {:>8} {:>8} {:>12} {:>8} {:>14}", "request", "sent", "!2xx", "API CPU s", "us/req", "writer us/1k"),
     ];
     for (name, pick) in kinds {
         let c0 = threads_cpu_seconds(pid, "ferry-api");
+        let (w0, n0) = (
+            threads_cpu_seconds(pid, "ferry-store"),
+            committed_total(&c, &agent.base()).await,
+        );
         let stats = paced(agent.base(), API_RATE, Duration::from_secs(secs), 64, pick).await;
         let cpu = threads_cpu_seconds(pid, "ferry-api") - c0;
+        let (w1, n1) = (
+            threads_cpu_seconds(pid, "ferry-store"),
+            committed_total(&c, &agent.base()).await,
+        );
         let bad = stats.not_ok.values().sum::<u64>() + stats.failed;
         out.push(format!(
-            "{name:<40} {:>8} {bad:>8} {cpu:>12.2} {:>8.0}",
+            "{name:<40} {:>8} {bad:>8} {cpu:>12.2} {:>8.0} {:>14.0}",
             stats.sent,
-            1e6 * cpu / stats.sent.max(1) as f64
+            1e6 * cpu / stats.sent.max(1) as f64,
+            1e9 * (w1 - w0) / (n1 - n0).max(1.0)
         ));
     }
     stop.cancel();

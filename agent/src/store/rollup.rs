@@ -39,8 +39,12 @@ pub const SLOT_MS: i64 = 10_000;
 /// Sensors sampling at least this often (declared interval) are summarised: at least 10 events per
 /// slot row.
 pub const MAX_INTERVAL_MS: u32 = 1_000;
-/// How often summaries held in memory are written.
-pub const FLUSH: Duration = Duration::from_millis(500);
+/// How often summaries held in memory are written. It bounds the raw tail every `series` reads
+/// (at 10 sensors x 1 kHz a device stores 1,000 events per 100 ms, all scanned through the
+/// `(device, ts_ms)` index) against the writer's upserts (one per summarised sensor with new events
+/// per flush, never more than one per event). 500 ms made a series request cost ~570 us of API CPU
+/// under 300k samples/s of ingest, 100 ms ~225 us, 50 ms ~180 us, with no visible writer cost.
+pub const FLUSH: Duration = Duration::from_millis(100);
 
 /// Whether a sensor with this declared interval is summarised.
 pub fn wanted(interval_ms: u32) -> bool {
