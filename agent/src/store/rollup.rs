@@ -131,7 +131,7 @@ impl Pending {
         let mut st = c.prepare_cached(
             "INSERT INTO rollup_10s (device, sensor, slot, n, total, vmin, vmax, first_ts, last_ts, last_value)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (device, sensor, slot) DO UPDATE SET
+             ON CONFLICT (slot, device, sensor) DO UPDATE SET
                  n = n + excluded.n, total = total + excluded.total,
                  vmin = min(vmin, excluded.vmin), vmax = max(vmax, excluded.vmax),
                  first_ts = min(first_ts, excluded.first_ts),
@@ -397,10 +397,8 @@ impl Deleted {
                 )?
                 .execute(params![d, sensor, from])?;
             if raised > 0 {
-                c.prepare_cached(
-                    "DELETE FROM rollup_10s WHERE device = ?1 AND sensor = ?2 AND slot < ?3",
-                )?
-                .execute(params![d, sensor, from])?;
+                c.prepare_cached(DELETE_BELOW_SQL)?
+                    .execute(params![d, sensor, from])?;
             }
         }
         Ok(())
@@ -520,6 +518,12 @@ fn slot_part(
     if slots.0 >= slots.1 {
         return Ok(());
     }
+    let args = params![key.0, key.1, slots.0, slots.1, bucket_ms];
+    add_parts(c, &slot_part_sql(agg), args, agg, parts)
+}
+
+/// The query of [`slot_part`].
+fn slot_part_sql(agg: Agg) -> String {
     let (x, ts) = match agg {
         Agg::Avg => ("sum(total)", "0"),
         Agg::Min => ("min(vmin)", "0"),
@@ -527,33 +531,35 @@ fn slot_part(
         Agg::Count => ("0.0", "0"),
         Agg::Last => ("last_value", "max(last_ts)"),
     };
-    let sql = format!(
+    format!(
         "SELECT (slot * {SLOT_MS} / ?5) * ?5 AS t, sum(n), {x}, {ts} FROM rollup_10s
           WHERE device = ?1 AND sensor = ?2 AND slot >= ?3 AND slot < ?4
           GROUP BY t ORDER BY t"
-    );
-    let args = params![key.0, key.1, slots.0, slots.1, bucket_ms];
-    add_parts(c, &sql, args, agg, parts)
+    )
 }
+
+const SLOT_ROW_SQL: &str =
+    "SELECT n, total, vmin, vmax, first_ts, last_ts, last_value FROM rollup_10s
+  WHERE device = ?1 AND sensor = ?2 AND slot = ?3";
+
+const DELETE_BELOW_SQL: &str =
+    "DELETE FROM rollup_10s WHERE device = ?1 AND sensor = ?2 AND slot < ?3";
 
 /// One slot's stored summary.
 fn slot_row(c: &Connection, key: (i64, u8), slot: i64) -> rusqlite::Result<Option<Slot>> {
-    c.prepare_cached(
-        "SELECT n, total, vmin, vmax, first_ts, last_ts, last_value FROM rollup_10s
-          WHERE device = ?1 AND sensor = ?2 AND slot = ?3",
-    )?
-    .query_row(params![key.0, key.1, slot], |r| {
-        Ok(Slot {
-            n: r.get(0)?,
-            sum: r.get(1)?,
-            min: r.get(2)?,
-            max: r.get(3)?,
-            first_ts: r.get(4)?,
-            last_ts: r.get(5)?,
-            last: r.get(6)?,
+    c.prepare_cached(SLOT_ROW_SQL)?
+        .query_row(params![key.0, key.1, slot], |r| {
+            Ok(Slot {
+                n: r.get(0)?,
+                sum: r.get(1)?,
+                min: r.get(2)?,
+                max: r.get(3)?,
+                first_ts: r.get(4)?,
+                last_ts: r.get(5)?,
+                last: r.get(6)?,
+            })
         })
-    })
-    .optional()
+        .optional()
 }
 
 fn slot_acc(agg: Agg, s: &Slot) -> Acc {
@@ -654,6 +660,92 @@ mod tests {
                 last: 2.0
             }
         );
+    }
+
+    /// A v5 store (rows keyed by sensor) migrated to v6 (keyed by slot) keeps every row, and the
+    /// per-sensor reads and deletes go through the `(device, sensor, slot)` index, not a scan of
+    /// every sensor's rows of a slot range.
+    #[test]
+    fn v6_keeps_the_rows_and_reads_by_sensor_through_the_index() {
+        use crate::store::schema::MIGRATIONS;
+        let c = Connection::open_in_memory().unwrap();
+        for m in &MIGRATIONS[..5] {
+            c.execute_batch(m).unwrap();
+        }
+        let mut rows = Vec::new();
+        for (d, sensor, slot) in [(1, 0, 7), (1, 0, 8), (1, 2, 7), (2, 0, 3)] {
+            let row = (d, sensor, slot, slot * 10, slot as f64 / 2.0);
+            c.execute(
+                "INSERT INTO rollup_10s VALUES (?1, ?2, ?3, ?4, ?5, -1.0, 9.0, ?6, ?7, 0.5)",
+                params![
+                    row.0,
+                    row.1,
+                    row.2,
+                    row.3,
+                    row.4,
+                    slot * SLOT_MS,
+                    slot * SLOT_MS + 9
+                ],
+            )
+            .unwrap();
+            rows.push(row);
+        }
+        c.execute_batch(MIGRATIONS[5]).unwrap();
+        let read = |c: &Connection| -> Vec<(i64, i64, i64, i64, f64)> {
+            c.prepare("SELECT device, sensor, slot, n, total FROM rollup_10s ORDER BY device, sensor, slot")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(read(&c), rows);
+
+        let plan = |sql: &str| -> String {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let args = [1, 0, 7, 9, 60_000];
+            st.query_map(
+                rusqlite::params_from_iter(&args[..st.parameter_count()]),
+                |r| r.get::<_, String>(3),
+            )
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("; ")
+        };
+        let mut sqls: Vec<String> = [Agg::Avg, Agg::Min, Agg::Max, Agg::Count, Agg::Last]
+            .into_iter()
+            .map(slot_part_sql)
+            .collect();
+        sqls.push(DELETE_BELOW_SQL.into());
+        for sql in &sqls {
+            let p = plan(sql);
+            assert!(
+                p.contains("USING INDEX rollup_10s_key (device=? AND sensor=?")
+                    || p.contains("USING COVERING INDEX rollup_10s_key (device=? AND sensor=?"),
+                "{sql}: {p}"
+            );
+        }
+        // One slot: the whole primary key.
+        let p = plan(SLOT_ROW_SQL);
+        assert!(
+            p.contains("USING PRIMARY KEY (slot=? AND device=? AND sensor=?)"),
+            "{p}"
+        );
+
+        // The writer's upsert names the primary key of v6.
+        let mut pending = Pending::default();
+        pending.add(1, 0, 7 * SLOT_MS + 5, 3.0);
+        pending.add(1, 1, 7 * SLOT_MS + 5, 3.0);
+        pending.write(&c, &mut HashMap::new()).unwrap();
+        let n: Vec<i64> = c
+            .prepare("SELECT n FROM rollup_10s WHERE device = 1 AND slot = 7 ORDER BY sensor")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(n, [71, 1, 70]);
     }
 
     #[test]

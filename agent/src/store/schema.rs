@@ -131,6 +131,30 @@ CREATE TABLE rollup_10s (
     PRIMARY KEY (device, sensor, slot)
 ) WITHOUT ROWID;
 "#,
+    // v6: summary rows clustered by slot. Keyed by (device, sensor, slot), every flush rewrote the
+    // current slot's row of each summarised sensor, each on a page of its own once a sensor had
+    // some history: one page per sensor per flush. By slot first, the rows a flush rewrites share
+    // a few pages; the index (device, sensor, slot) for reads gains one entry per sensor per slot.
+    r#"
+CREATE TABLE rollup_10s_v6 (
+    device     INTEGER NOT NULL,
+    sensor     INTEGER NOT NULL,
+    slot       INTEGER NOT NULL,                -- ts_ms / 10000
+    n          INTEGER NOT NULL,
+    total      REAL    NOT NULL,
+    vmin       REAL    NOT NULL,
+    vmax       REAL    NOT NULL,
+    first_ts   INTEGER NOT NULL,
+    last_ts    INTEGER NOT NULL,
+    last_value REAL    NOT NULL,                -- of the newest event (first stored among equals)
+    PRIMARY KEY (slot, device, sensor)
+) WITHOUT ROWID;
+INSERT INTO rollup_10s_v6 SELECT device, sensor, slot, n, total, vmin, vmax, first_ts, last_ts, last_value
+    FROM rollup_10s;
+DROP TABLE rollup_10s;
+ALTER TABLE rollup_10s_v6 RENAME TO rollup_10s;
+CREATE INDEX rollup_10s_key ON rollup_10s (device, sensor, slot);
+"#,
 ];
 
 /// Schema version this build writes.
