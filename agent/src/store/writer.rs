@@ -52,6 +52,11 @@ const CHUNK: i64 = 5000;
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(1);
 /// How often time-based retention and housekeeping run.
 const MAINTENANCE: Duration = Duration::from_secs(5);
+/// A writer step (a commit, the work after it, maintenance) taking longer than this is logged: every
+/// device waiting for an ack waits for it.
+const STALL: Duration = Duration::from_millis(200);
+/// At most one stall log line per this long (the next one counts the stalls in between).
+const STALL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a link learns from the writer: the committed position of its current boot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -408,6 +413,9 @@ struct Writer {
     quarantine_rows: u64,
     last_maintenance: Instant,
     last_loss_log: Option<Instant>,
+    /// When a stall was last logged, and the stalls since.
+    last_stall_log: Option<Instant>,
+    stalls_unlogged: u64,
     last_retention: Instant,
     last_wal_check: Instant,
     /// Frames in the WAL, from the checkpoint thread (`None` without one: SQLite's automatic
@@ -444,6 +452,8 @@ impl Writer {
             quarantine_rows: 0,
             last_maintenance: Instant::now(),
             last_loss_log: None,
+            last_stall_log: None,
+            stalls_unlogged: 0,
             last_retention: Instant::now(),
             last_wal_check: Instant::now(),
             wal_frames: None,
@@ -484,7 +494,9 @@ impl Writer {
         'outer: loop {
             // Also under sustained load, when `recv` below is always ready and never times out.
             if self.last_maintenance.elapsed() >= MAINTENANCE {
+                let t = Instant::now();
                 self.maintenance();
+                self.note_stall("maintenance", t.elapsed(), None);
             }
             let commits = Metrics::get(&self.metrics.commits);
             let wait = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
@@ -522,7 +534,9 @@ impl Writer {
             // Hello and Sync commit inside `apply`: count commits, not the batch left open.
             let committed = Metrics::get(&self.metrics.commits) > commits;
             if committed || self.last_retention.elapsed() >= Duration::from_millis(200) {
+                let t = Instant::now();
                 self.after_commit();
+                self.note_stall("retention and WAL checks after a commit", t.elapsed(), None);
             }
         }
         let _ = self.commit();
@@ -894,10 +908,14 @@ impl Writer {
             return Ok(());
         }
         let t = Instant::now();
-        let res = self
-            .write_pending()
-            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        let mut written = Duration::ZERO;
+        let res = self.write_pending().and_then(|()| {
+            written = t.elapsed();
+            self.conn.execute_batch("COMMIT")
+        });
         self.metrics.commit_time.observe(t.elapsed());
+        let samples = self.batch.samples;
+        self.note_stall("commit", t.elapsed(), Some((written, samples)));
         match res {
             Ok(()) => {
                 let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
@@ -1049,6 +1067,34 @@ impl Writer {
     }
 
     /// Measures usage and applies the retention policy (in separate small transactions).
+    /// Logs a step that held the writer longer than [`STALL`] (rate-limited). `commit`: the time
+    /// its statements took before `COMMIT` (the rest is `COMMIT`, mostly the fsync), and its samples.
+    fn note_stall(&mut self, step: &str, took: Duration, commit: Option<(Duration, usize)>) {
+        if took < STALL {
+            return;
+        }
+        self.stalls_unlogged += 1;
+        if self
+            .last_stall_log
+            .is_some_and(|t| t.elapsed() < STALL_LOG_EVERY)
+        {
+            return;
+        }
+        let (statements_ms, samples) = commit.map_or((None, None), |(w, n)| {
+            (Some(w.as_secs_f64() * 1e3), Some(n))
+        });
+        tracing::warn!(
+            step,
+            took_ms = took.as_secs_f64() * 1e3,
+            statements_ms,
+            samples,
+            stalls_since_last_report = self.stalls_unlogged,
+            "The store writer stalled: acks waited. A commit's time beyond its statements is the disk's sync."
+        );
+        self.last_stall_log = Some(Instant::now());
+        self.stalls_unlogged = 0;
+    }
+
     fn after_commit(&mut self) {
         if self.last_wal_check.elapsed() >= Duration::from_millis(200) {
             self.last_wal_check = Instant::now();
