@@ -9,7 +9,9 @@
 //!   every `FLUSH` (with a commit that stores new ones), raising W past them in the same
 //!   transaction; an event stamped below W (late data) is added to its row in its own commit. So a
 //!   busy writer writes each slot row a few times a second, not once per commit. Readers read
-//!   events from W on (the last `FLUSH` or so of data) and summaries below it.
+//!   events from W on (the last `FLUSH` or so of data) and summaries below it. Rows are stored by
+//!   `(slot, device, sensor)` (schema v6): the current slot's rows, the ones a flush rewrites, share
+//!   a few pages; reads by sensor go through the `(device, sensor, slot)` index.
 //! - **Restart.** The unwritten summaries are lost with the process, but their events are stored at
 //!   or above W: on start the writer sums them again from the events.
 //! - **Which sensors.** A sensor declared (in a Hello) with `interval_ms <= MAX_INTERVAL_MS` is
