@@ -4,8 +4,10 @@
 //! Invariants:
 //! - **Group commit.** A transaction closes when the queue runs dry, when it holds `flush_samples`
 //!   samples, or `flush_interval` after its first operation, whichever comes first: light load is
-//!   committed at once, heavy load in large batches. A `Hello` closes it at once (the device must
-//!   not be welcomed on uncommitted rows).
+//!   committed at once, heavy load in large batches. A `Hello` is answered only after the commit
+//!   that holds its rows (the device must not be welcomed on uncommitted rows); Hellos queued
+//!   together share that commit, so a gateway's devices reconnecting at once cost one sync, not one
+//!   each.
 //! - **Ack after commit.** Each link owns an [`AckSlot`]; only after `COMMIT` returns does the writer
 //!   publish the boot's new committed `next_seq` into the slots of the links that sent samples.
 //! - **Per-boot authority.** The writer keeps one `ferry_wire::Acceptor` per `(device, boot)`, so
@@ -395,6 +397,8 @@ struct Batch {
     /// Highest `events.id` inserted in this batch (0: none).
     last_event_id: i64,
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// Hellos of this batch, answered when it commits.
+    welcomes: Vec<(oneshot::Sender<Result<Welcomed, StoreError>>, Welcomed)>,
     /// `total_changes()` when the transaction began: a commit that changed no row proves nothing
     /// about free space.
     changes_at_begin: u64,
@@ -573,19 +577,15 @@ impl Writer {
         match op {
             Op::Samples(s) => self.samples(s),
             Op::Hello(h) => {
-                // The Welcome must only carry committed state.
-                let r = match self.hello(&h) {
-                    Ok(w) => self.commit().map(|()| w),
+                // The Welcome must only carry committed state: it is sent after the commit.
+                match self.hello(&h) {
+                    Ok(w) => self.batch.welcomes.push((h.reply, w)),
                     Err(e) => {
                         let shared = e.shared();
                         self.fail(e);
-                        Err(shared)
+                        let _ = h.reply.send(Err(shared));
                     }
-                };
-                if r.is_ok() {
-                    Metrics::add(&self.metrics.hellos, 1);
                 }
-                let _ = h.reply.send(r);
             }
             Op::Heartbeat { device, hb } => {
                 self.batch.heartbeats.insert(device, hb);
@@ -956,6 +956,10 @@ impl Writer {
                 for r in b.replies {
                     let _ = r.send(Ok(()));
                 }
+                for (r, w) in b.welcomes {
+                    Metrics::add(&self.metrics.hellos, 1);
+                    let _ = r.send(Ok(w));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -993,6 +997,9 @@ impl Writer {
             tracing::error!(error = %e, "Commit failed; nothing of it was acked (devices will resend).");
         }
         for r in b.replies {
+            let _ = r.send(Err(e.shared()));
+        }
+        for (r, _) in b.welcomes {
             let _ = r.send(Err(e.shared()));
         }
     }
@@ -1421,9 +1428,44 @@ mod tests {
             link: "test".into(),
             reply,
         }));
+        // The run loop commits once the queue is empty.
+        w.commit().expect("commit");
         rx.try_recv()
-            .expect("answered at once")
+            .expect("answered after the commit")
             .expect("hello registered")
+    }
+
+    #[test]
+    fn hellos_queued_together_share_one_commit_and_are_answered_after_it() {
+        let (mut w, dir) = writer("hellos", Duration::from_secs(60));
+        let commits = Metrics::get(&w.metrics.commits);
+        let mut answers = Vec::new();
+        for d in 0..3 {
+            let (reply, rx) = oneshot::channel();
+            w.apply(Op::Hello(HelloOp {
+                device_id: format!("dev-{d}"),
+                firmware: "fw".into(),
+                boot_id: 1,
+                tick_hz: 1000,
+                sensors: vec![],
+                link: "test".into(),
+                reply,
+            }));
+            answers.push(rx);
+        }
+        for rx in &mut answers {
+            assert!(rx.try_recv().is_err(), "welcomed before its rows committed");
+        }
+        w.commit().unwrap();
+        assert_eq!(Metrics::get(&w.metrics.commits), commits + 1);
+        let devices: Vec<i64> = answers
+            .iter_mut()
+            .map(|rx| rx.try_recv().unwrap().unwrap().device)
+            .collect();
+        assert_eq!(devices, [1, 2, 3]);
+        assert_eq!(Metrics::get(&w.metrics.hellos), 3);
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -1567,6 +1609,7 @@ mod tests {
                 link: "test".into(),
                 reply,
             }));
+            w.commit().unwrap();
             rx.try_recv().unwrap().unwrap()
         };
         let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
