@@ -271,6 +271,9 @@ async fn run_device(
     let mut out_pos;
     // (one past the newest sample handed to the link, when), for ack latency.
     let mut inflight: std::collections::VecDeque<(u32, Instant)> = Default::default();
+    // The newest sample already timed: a frame without newer samples (a heartbeat) is not timed,
+    // also when everything timed so far is acked and `inflight` is empty.
+    let mut timed_to: u32 = 0;
 
     'link: loop {
         let Some(link) = connect(&cfg, index, &id, &shutdown).await else {
@@ -290,7 +293,8 @@ async fn run_device(
                 out.extend_from_slice(&frame[..n]);
                 // Time the newest sample handed out, once (for ack latency).
                 let newest = sim.dev.next_seq();
-                if cfg.measure_latency && inflight.back().is_none_or(|(s, _)| *s < newest) {
+                if cfg.measure_latency && newest > timed_to {
+                    timed_to = newest;
                     inflight.push_back((newest, Instant::now()));
                 }
             }
@@ -364,6 +368,7 @@ async fn run_device(
                         report.boots.push(b);
                         sim = Sim::boot(&cfg, &id, rng.gen());
                         inflight.clear();
+                        timed_to = 0;
                         next_reboot = cfg.reboot_every.map(|m| now_i + jittered(&mut rng, m));
                         tracing::debug!(device = %id, boot = sim.dev.boot_id(), "Injected reboot.");
                     }
