@@ -140,3 +140,31 @@ async fn noise_disconnects_and_reboots_never_lose_an_acked_sample() {
         }
     }
 }
+
+/// Ack latency times frames of new samples only: each timed entry has at least one sample of its
+/// own, so there are never more entries than samples. (A heartbeat sent while nothing was in
+/// flight used to be timed too, until the ack of the next samples frame.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_latency_times_no_frame_without_new_samples() {
+    let rx = Receiver::bind(loopback(), true).await.unwrap();
+    let cfg = SimConfig {
+        devices: 1,
+        transport: Transport::Tcp(rx.addr),
+        sensors: 1,
+        interval_ms: 200, // one sample per frame; a heartbeat every second in between
+        duration: Some(Duration::from_millis(3_500)),
+        measure_latency: true,
+        ..SimConfig::default()
+    };
+    let report = run(cfg, CancellationToken::new()).await;
+    rx.stop().await;
+    let timed = report.ack_latency().count as u64;
+    let generated = report.totals.generated;
+    println!("timed {timed} frames, generated {generated} samples");
+    assert!(generated >= 10, "{generated} samples");
+    assert!(timed >= 1);
+    assert!(
+        timed <= generated,
+        "{timed} timed frames for {generated} samples: a frame without new samples was timed"
+    );
+}
