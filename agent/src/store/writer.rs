@@ -535,7 +535,7 @@ impl Writer {
                 }
             }
             let _ = self.commit();
-            // Hello and Sync commit inside `apply`: count commits, not the batch left open.
+            // A Sync commits inside `apply`: count commits, not the batch left open.
             let committed = Metrics::get(&self.metrics.commits) > commits;
             if committed || self.last_retention.elapsed() >= Duration::from_millis(200) {
                 let t = Instant::now();
@@ -1073,7 +1073,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Measures usage and applies the retention policy (in separate small transactions).
     /// Logs a step that held the writer longer than [`STALL`] (rate-limited). `commit`: the time
     /// its statements took before `COMMIT` (the rest is `COMMIT`, mostly the fsync), and its samples.
     fn note_stall(&mut self, step: &str, took: Duration, commit: Option<(Duration, usize)>) {
@@ -1102,6 +1101,7 @@ impl Writer {
         self.stalls_unlogged = 0;
     }
 
+    /// Measures usage and applies the retention policy (in separate small transactions).
     fn after_commit(&mut self) {
         if self.last_wal_check.elapsed() >= Duration::from_millis(200) {
             self.last_wal_check = Instant::now();
