@@ -111,7 +111,7 @@ impl EventSource for StoreSource {
                         r.get(3)?,
                         r.get(4)?,
                         r.get(5)?,
-                        r.get(6)?,
+                        crate::store::rollup::reading(r, 6)?,
                     ))
                 })?
                 .collect::<Result<_, _>>()

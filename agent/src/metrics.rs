@@ -24,6 +24,9 @@ pub struct Metrics {
     pub samples_out_of_order: AtomicU64,
     /// Samples a device dropped from its full ring (learned from `oldest`).
     pub samples_dropped_by_device: AtomicU64,
+    /// Samples not stored because their time is out of range (PROTOCOL.md section 5); their seqs
+    /// were consumed and acked, their frames quarantined.
+    pub samples_out_of_range: AtomicU64,
     /// Samples not accepted because the store is full (backpressure) or the disk is full.
     pub samples_refused: AtomicU64,
     /// Unforwarded events deleted to make room (`when_full = "drop_oldest"`).

@@ -8,6 +8,7 @@ mod crash;
 mod demo;
 mod full_disk;
 mod garbage;
+mod odd_device;
 mod reboots;
 mod serial;
 mod sync;

@@ -281,6 +281,12 @@ fn render(s: &ApiState, snap: &Snapshot) -> String {
         g(&m.samples_out_of_order) as f64,
     );
     one(
+        "ferry_samples_out_of_range_total",
+        "counter",
+        "Samples not stored because their time is out of range (acked, frame quarantined).",
+        g(&m.samples_out_of_range) as f64,
+    );
+    one(
         "ferry_events_pruned_forwarded_total",
         "counter",
         "Forwarded events deleted by retention.",

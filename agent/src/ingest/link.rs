@@ -316,14 +316,36 @@ impl Link {
                 },
                 Some(s),
             ) => {
+                // A sample whose time is out of range is not stored; its seq is still consumed
+                // (and acked), so it cannot block the device. The frame goes to quarantine.
+                let mut out_of_range = Vec::new();
                 let rows = samples
                     .iter()
-                    .map(|x| Row {
-                        sensor: x.sensor,
-                        ts_ms: s.utc_ms(x.ticks),
-                        value: x.value,
+                    .enumerate()
+                    .map(|(i, x)| {
+                        let ts_ms = s.utc_ms(x.ticks).unwrap_or_else(|| {
+                            out_of_range.push(i);
+                            0
+                        });
+                        Row {
+                            sensor: x.sensor,
+                            ts_ms,
+                            value: x.value,
+                        }
                     })
                     .collect();
+                let quarantine = (!out_of_range.is_empty()).then(|| {
+                    let mut v = Vec::new();
+                    push(
+                        &mut v,
+                        &Message::Samples(ferry_wire::Samples {
+                            oldest,
+                            first_seq,
+                            samples: samples.iter().copied().collect(),
+                        }),
+                    );
+                    (self.name.clone(), v)
+                });
                 if self.unacked.len() == UNACKED_TRACKED {
                     self.unacked.pop_front();
                 }
@@ -336,6 +358,8 @@ impl Link {
                     oldest,
                     first_seq,
                     rows,
+                    out_of_range,
+                    quarantine,
                     ack: self.ack.clone(),
                 };
                 return self.ctx.store.send(Op::Samples(op)).await;

@@ -269,7 +269,7 @@ pub fn latest(
         let v = LatestValue {
             sensor: r.get(1)?,
             unit: r.get(2)?,
-            value: r.get(3)?,
+            value: super::rollup::reading(r, 3)?,
             ts_ms: r.get(4)?,
             event_id: r.get(5)?,
         };
@@ -331,7 +331,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         seq: r.get::<_, i64>(3)? as u32,
         sensor: r.get(4)?,
         unit: r.get(5)?,
-        value: r.get(6)?,
+        value: super::rollup::reading(r, 6)?,
         ts_ms: r.get(7)?,
     })
 }

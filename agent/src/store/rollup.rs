@@ -22,6 +22,10 @@
 //!   deleted event and drops the rows below, in the deleting transaction: a summary that is read
 //!   never counts a deleted event.
 //! - **Negative timestamps** are never summarised; reads use summaries only when `since >= 0`.
+//! - **NaN readings** (stored as NULL) count in `n` and in `nans`; `sum`, `min` and `max` skip them,
+//!   as SQL's `total()`, `min()` and `max()` skip NULL, so `avg` is the mean of the readings that are
+//!   numbers (NaN when there is none) whichever part a bucket comes from. Infinities take part:
+//!   +Inf and -Inf in one sum make it NaN, stored as NULL and read back as NaN (it stays NaN).
 //! - **`last`** of a slot is the value of its newest event; among equal timestamps the first one
 //!   stored (lowest id), which is what SQLite's `max()` bare column gives over the events index.
 //! - **Exact merge.** A series combines summary rows for slots whose events lie wholly inside the
@@ -57,6 +61,8 @@ pub fn wanted(interval_ms: u32) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Slot {
     n: i64,
+    /// Events whose value is NaN (not in `sum`, `min`, `max`).
+    nans: i64,
     sum: f64,
     min: f64,
     max: f64,
@@ -67,9 +73,11 @@ pub struct Slot {
 
 impl Slot {
     fn new(ts_ms: i64, value: f64) -> Slot {
+        let nan = value.is_nan();
         Slot {
             n: 1,
-            sum: value,
+            nans: i64::from(nan),
+            sum: if nan { 0.0 } else { value },
             min: value,
             max: value,
             first_ts: ts_ms,
@@ -86,7 +94,9 @@ impl Slot {
     /// Counts events stored after every event already counted.
     fn merge(&mut self, o: &Slot) {
         self.n += o.n;
+        self.nans += o.nans;
         self.sum += o.sum;
+        // f64::min/max skip a NaN operand: a slot's min is NaN only while it has no number.
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
         self.first_ts = self.first_ts.min(o.first_ts);
@@ -131,18 +141,19 @@ impl Pending {
         // The SET expressions see the row as it was (SQL semantics), so `last_ts` in the CASE is
         // the stored one. Strictly newer wins: among equal timestamps the first stored stays.
         let mut st = c.prepare_cached(
-            "INSERT INTO rollup_10s (device, sensor, slot, n, total, vmin, vmax, first_ts, last_ts, last_value)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO rollup_10s (device, sensor, slot, n, total, vmin, vmax, first_ts, last_ts, last_value, nans)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (slot, device, sensor) DO UPDATE SET
-                 n = n + excluded.n, total = total + excluded.total,
-                 vmin = min(vmin, excluded.vmin), vmax = max(vmax, excluded.vmax),
+                 n = n + excluded.n, nans = nans + excluded.nans, total = total + excluded.total,
+                 vmin = min(coalesce(vmin, excluded.vmin), coalesce(excluded.vmin, vmin)),
+                 vmax = max(coalesce(vmax, excluded.vmax), coalesce(excluded.vmax, vmax)),
                  first_ts = min(first_ts, excluded.first_ts),
                  last_value = CASE WHEN excluded.last_ts > last_ts THEN excluded.last_value ELSE last_value END,
                  last_ts = max(last_ts, excluded.last_ts)",
         )?;
         for ((d, sensor, slot), s) in &self.slots {
             st.execute(params![
-                d, sensor, slot, s.n, s.sum, s.min, s.max, s.first_ts, s.last_ts, s.last
+                d, sensor, slot, s.n, s.sum, s.min, s.max, s.first_ts, s.last_ts, s.last, s.nans
             ])?;
             let t = newest.entry((*d, *sensor)).or_insert(s.last_ts);
             *t = (*t).max(s.last_ts);
@@ -251,7 +262,7 @@ impl Summaries {
             // `last`, as in store order.
             let mut evs = ev.query(params![device, w.max(0), sensor])?;
             while let Some(e) = evs.next()? {
-                carried.add(device, sensor, e.get(0)?, e.get(1)?);
+                carried.add(device, sensor, e.get(0)?, reading(e, 1)?);
             }
         }
         Ok(Summaries {
@@ -407,10 +418,17 @@ impl Deleted {
     }
 }
 
+/// A stored reading: NULL is a NaN reading (SQLite has no NaN).
+pub fn reading(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<f64> {
+    Ok(r.get::<_, Option<f64>>(i)?.unwrap_or(f64::NAN))
+}
+
 /// A bucket being assembled from parts: events, and the value so far (a sum for `avg`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Acc {
     n: i64,
+    /// Events whose value is a number (for `avg`).
+    m: i64,
     x: f64,
     /// Timestamp of `x` (for `last`).
     ts: i64,
@@ -419,6 +437,7 @@ struct Acc {
 /// Folds part `b` into `a`; the parts cover disjoint time ranges.
 fn merge(agg: Agg, a: &mut Acc, b: Acc) {
     a.n += b.n;
+    a.m += b.m;
     match agg {
         Agg::Avg => a.x += b.x,
         Agg::Min => a.x = a.x.min(b.x),
@@ -439,7 +458,8 @@ fn finish(agg: Agg, parts: BTreeMap<i64, Acc>) -> Vec<Point> {
         .filter(|(_, a)| a.n > 0)
         .map(|(t, a)| {
             let v = match agg {
-                Agg::Avg => a.x / a.n as f64,
+                Agg::Avg if a.m == 0 => f64::NAN,
+                Agg::Avg => a.x / a.m as f64,
                 Agg::Count => a.n as f64,
                 _ => a.x,
             };
@@ -457,7 +477,7 @@ fn add_part(agg: Agg, parts: &mut BTreeMap<i64, Acc>, t: i64, b: Acc) {
     }
 }
 
-/// Runs a per-bucket query returning `(t, n, x, ts)` rows and folds them into `parts`.
+/// Runs a per-bucket query returning `(t, n, m, x, ts)` rows and folds them into `parts`.
 fn add_parts(
     c: &Connection,
     sql: &str,
@@ -470,8 +490,9 @@ fn add_parts(
     while let Some(r) = rows.next()? {
         let acc = Acc {
             n: r.get(1)?,
-            x: r.get(2)?,
-            ts: r.get(3)?,
+            m: r.get(2)?,
+            x: reading(r, 3)?,
+            ts: r.get(4)?,
         };
         add_part(agg, parts, r.get(0)?, acc);
     }
@@ -492,15 +513,16 @@ fn raw_part(
     }
     // SQLite: with exactly one max(), bare columns come from the row holding the maximum (the
     // first such row in index order, that is the lowest id).
-    let (x, ts) = match agg {
-        Agg::Avg => ("sum(value)", "0"),
-        Agg::Min => ("min(value)", "0"),
-        Agg::Max => ("max(value)", "0"),
-        Agg::Count => ("0.0", "0"),
-        Agg::Last => ("value", "max(ts_ms)"),
+    // `total()` skips NULL (NaN readings) and is 0.0 without any number, like a slot's sum.
+    let (m, x, ts) = match agg {
+        Agg::Avg => ("count(value)", "total(value)", "0"),
+        Agg::Min => ("0", "min(value)", "0"),
+        Agg::Max => ("0", "max(value)", "0"),
+        Agg::Count => ("0", "0.0", "0"),
+        Agg::Last => ("0", "value", "max(ts_ms)"),
     };
     let sql = format!(
-        "SELECT (ts_ms / ?5) * ?5 AS t, count(*), {x}, {ts} FROM events
+        "SELECT (ts_ms / ?5) * ?5 AS t, count(*), {m}, {x}, {ts} FROM events
           WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND sensor = ?4
           GROUP BY t ORDER BY t"
     );
@@ -526,22 +548,27 @@ fn slot_part(
 
 /// The query of [`slot_part`].
 fn slot_part_sql(agg: Agg) -> String {
-    let (x, ts) = match agg {
-        Agg::Avg => ("sum(total)", "0"),
-        Agg::Min => ("min(vmin)", "0"),
-        Agg::Max => ("max(vmax)", "0"),
-        Agg::Count => ("0.0", "0"),
-        Agg::Last => ("last_value", "max(last_ts)"),
+    // A NULL total is a NaN sum (+Inf and -Inf met): it keeps the bucket's sum NaN.
+    let (m, x, ts) = match agg {
+        Agg::Avg => (
+            "sum(n - nans)",
+            "CASE WHEN count(total) < count(*) THEN NULL ELSE total(total) END",
+            "0",
+        ),
+        Agg::Min => ("0", "min(vmin)", "0"),
+        Agg::Max => ("0", "max(vmax)", "0"),
+        Agg::Count => ("0", "0.0", "0"),
+        Agg::Last => ("0", "last_value", "max(last_ts)"),
     };
     format!(
-        "SELECT (slot * {SLOT_MS} / ?5) * ?5 AS t, sum(n), {x}, {ts} FROM rollup_10s
+        "SELECT (slot * {SLOT_MS} / ?5) * ?5 AS t, sum(n), {m}, {x}, {ts} FROM rollup_10s
           WHERE device = ?1 AND sensor = ?2 AND slot >= ?3 AND slot < ?4
           GROUP BY t ORDER BY t"
     )
 }
 
 const SLOT_ROW_SQL: &str =
-    "SELECT n, total, vmin, vmax, first_ts, last_ts, last_value FROM rollup_10s
+    "SELECT n, total, vmin, vmax, first_ts, last_ts, last_value, nans FROM rollup_10s
   WHERE device = ?1 AND sensor = ?2 AND slot = ?3";
 
 const DELETE_BELOW_SQL: &str =
@@ -553,12 +580,13 @@ fn slot_row(c: &Connection, key: (i64, u8), slot: i64) -> rusqlite::Result<Optio
         .query_row(params![key.0, key.1, slot], |r| {
             Ok(Slot {
                 n: r.get(0)?,
-                sum: r.get(1)?,
-                min: r.get(2)?,
-                max: r.get(3)?,
+                nans: r.get(7)?,
+                sum: reading(r, 1)?,
+                min: reading(r, 2)?,
+                max: reading(r, 3)?,
                 first_ts: r.get(4)?,
                 last_ts: r.get(5)?,
-                last: r.get(6)?,
+                last: reading(r, 6)?,
             })
         })
         .optional()
@@ -574,6 +602,7 @@ fn slot_acc(agg: Agg, s: &Slot) -> Acc {
     };
     Acc {
         n: s.n,
+        m: s.n - s.nans,
         x,
         ts: s.last_ts,
     }
@@ -654,6 +683,7 @@ mod tests {
             s,
             Slot {
                 n: 4,
+                nans: 0,
                 sum: 2.0,
                 min: -4.0,
                 max: 3.0,
@@ -702,6 +732,9 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(read(&c), rows);
+        // v7 (NaN readings) keeps them too.
+        c.execute_batch(MIGRATIONS[6]).unwrap();
+        assert_eq!(read(&c), rows);
 
         let plan = |sql: &str| -> String {
             let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -735,7 +768,7 @@ mod tests {
             "{p}"
         );
 
-        // The writer's upsert names the primary key of v6.
+        // The writer's upsert names the primary key of v6 (and the NaN count of v7).
         let mut pending = Pending::default();
         pending.add(1, 0, 7 * SLOT_MS + 5, 3.0);
         pending.add(1, 1, 7 * SLOT_MS + 5, 3.0);
@@ -754,11 +787,13 @@ mod tests {
     fn merging_parts_gives_the_aggregate_of_the_whole() {
         let a = Acc {
             n: 2,
+            m: 2,
             x: 3.0,
             ts: 10,
         };
         let b = Acc {
             n: 3,
+            m: 3,
             x: 9.0,
             ts: 20,
         };

@@ -155,7 +155,83 @@ DROP TABLE rollup_10s;
 ALTER TABLE rollup_10s_v6 RENAME TO rollup_10s;
 CREATE INDEX rollup_10s_key ON rollup_10s (device, sensor, slot);
 "#,
+    // v7: readings may be NaN. SQLite has no NaN (it binds one as NULL), so a value column holds
+    // NULL for a NaN reading: the NOT NULL constraints go. A summary counts its NaN readings
+    // (`nans`): `avg` divides by the readings that are numbers. Dropping NOT NULL changes no stored
+    // record, so it edits the schema text instead of copying tables (SQLite's "other kinds of table
+    // schema changes"); the column is added first, because ADD COLUMN edits the stored text at
+    // offsets of the parsed schema. Every REAL column of these tables is a reading.
+    r#"
+ALTER TABLE rollup_10s ADD COLUMN nans INTEGER NOT NULL DEFAULT 0;
+PRAGMA writable_schema = ON;
+UPDATE sqlite_schema SET sql = replace(sql, 'REAL    NOT NULL', 'REAL')
+ WHERE type = 'table' AND name IN ('events', 'latest', 'rollup_10s');
+PRAGMA writable_schema = RESET;
+"#,
 ];
 
 /// Schema version this build writes.
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    /// v7 lets every reading column hold NULL (a NaN reading) and keeps the rows and the other
+    /// constraints of a v6 store; the migrating connection sees the new schema at once.
+    #[test]
+    fn v7_lets_readings_be_nan_and_keeps_the_rest() {
+        let c = Connection::open_in_memory().unwrap();
+        for m in &MIGRATIONS[..6] {
+            c.execute_batch(m).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (1, 1, 0, 0, 5, 2.5);
+             INSERT INTO latest VALUES (1, 0, 1, 5, 2.5);
+             INSERT INTO rollup_10s VALUES (1, 0, 0, 1, 2.5, 2.5, 2.5, 5, 5, 2.5);",
+        )
+        .unwrap();
+        let nan_insert = "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (1, 1, 1, 0, 6, ?1)";
+        assert!(c.execute(nan_insert, [f64::NAN]).is_err(), "v6 refuses NaN");
+        c.execute_batch(MIGRATIONS[6]).unwrap();
+        c.execute(nan_insert, [f64::NAN]).unwrap();
+        c.execute("UPDATE latest SET value = ?1 WHERE device = 1", [f64::NAN])
+            .unwrap();
+        c.execute(
+            "INSERT INTO rollup_10s (device, sensor, slot, n, total, vmin, vmax, first_ts, last_ts, last_value, nans)
+             VALUES (1, 0, 1, 1, ?1, ?1, ?1, 10000, 10000, ?1, 1)",
+            [f64::NAN],
+        )
+        .unwrap();
+        let kept: (f64, i64) = c
+            .query_row(
+                "SELECT total, nans FROM rollup_10s WHERE slot = 0",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            kept,
+            (2.5, 0),
+            "old rows keep their values and count no NaN"
+        );
+        // Other NOT NULL constraints stand.
+        assert!(c
+            .execute("INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (1, 1, 2, 0, NULL, 1.0)", [])
+            .is_err());
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        // The stored schema text (what other connections load) has no NOT NULL reading left.
+        let sql: String = c
+            .query_row(
+                "SELECT group_concat(sql, ' ') FROM sqlite_schema WHERE name IN ('events', 'latest', 'rollup_10s')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!sql.contains("REAL    NOT NULL"), "{sql}");
+    }
+}

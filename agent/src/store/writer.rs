@@ -132,6 +132,11 @@ pub struct SamplesOp {
     pub first_seq: u32,
     /// Rows in seq order.
     pub rows: Vec<Row>,
+    /// Indexes of rows whose time is out of range (PROTOCOL.md section 5), ascending: their seqs
+    /// are consumed (acked) but they are not stored; counted, and the frame quarantined, if new.
+    pub out_of_range: Vec<usize>,
+    /// `(link, encoded frame)` for the quarantine, when `out_of_range` is not empty.
+    pub quarantine: Option<(String, Vec<u8>)>,
     /// Where to publish the committed position.
     pub ack: AckSlot,
 }
@@ -728,6 +733,9 @@ impl Writer {
             // beats hashing every row), folded into the batch's map after the loop.
             let mut newest: Vec<(u8, i64, f32, i64)> = Vec::new();
             for i in accepted.keep.clone() {
+                if s.out_of_range.contains(&i) {
+                    continue;
+                }
                 let r = s.rows[i];
                 st.execute(params![
                     s.device,
@@ -754,13 +762,13 @@ impl Writer {
                     *n = (ts, value, id);
                 }
             }
-            let rows = &s.rows[accepted.keep.clone()];
             b.rollup.add_rows(
                 self.summaries.of(s.device),
                 s.device,
-                rows.iter().map(|r| (r.sensor, r.ts_ms, f64::from(r.value))),
+                stored(&s, accepted.keep.clone()).map(|r| (r.sensor, r.ts_ms, f64::from(r.value))),
             );
-            *b.stored.entry(s.device).or_default() += accepted.keep.len() as u64;
+            *b.stored.entry(s.device).or_default() +=
+                stored(&s, accepted.keep.clone()).count() as u64;
             Ok(())
         })();
         if let Err(e) = res {
@@ -772,11 +780,23 @@ impl Writer {
             self.fail(StoreError::from_write(e));
             return;
         }
-        let n = accepted.keep.len();
-        let last_ts = s.rows[accepted.keep.end - 1].ts_ms;
+        let n = stored(&s, accepted.keep.clone()).count();
+        let rejected = accepted.keep.len() - n;
+        if rejected > 0 {
+            Metrics::add(&self.metrics.samples_out_of_range, rejected as u64);
+            let (link, raw) = s.quarantine.as_ref().map_or(("", &[][..]), |(l, r)| (l, r));
+            tracing::warn!(link, device = s.device, rejected, "Samples with a time out of range not stored (PROTOCOL.md section 5); frame quarantined.");
+            if let Err(e) = self.quarantine(link, "time_out_of_range", raw.len(), raw) {
+                self.batch.boots.insert(key, ());
+                self.fail(e);
+                return;
+            }
+        }
+        if let Some(last_ts) = stored(&s, accepted.keep.clone()).last().map(|r| r.ts_ms) {
+            self.batch.seen.insert(s.device, last_ts);
+        }
         self.batch.samples += n;
         self.batch.boots.insert(key, ());
-        self.batch.seen.insert(s.device, last_ts);
         let id = Arc::as_ptr(&s.ack) as usize;
         self.batch.links.insert(id, (s.ack, s.boot_id, key));
     }
@@ -1276,6 +1296,12 @@ impl Writer {
 
 /// Runs a `DELETE FROM events ...` (inside the caller's transaction) and keeps the summaries of
 /// what it deleted true ([`rollup::Deleted`]); returns the rows deleted.
+/// The rows of `keep` that are stored (their time is in range).
+fn stored(s: &SamplesOp, keep: std::ops::Range<usize>) -> impl Iterator<Item = &Row> {
+    keep.filter(move |i| !s.out_of_range.contains(i))
+        .map(move |i| &s.rows[i])
+}
+
 fn delete_events(
     c: &Connection,
     summaries: &rollup::Summaries,
@@ -1485,6 +1511,8 @@ mod tests {
             oldest: 0,
             first_seq: 0,
             rows: vec![row; 10],
+            out_of_range: Vec::new(),
+            quarantine: None,
             ack: ack.clone(),
         }));
         // The device reboots: its Hello arrives while boot 7's samples are still uncommitted.
@@ -1530,6 +1558,8 @@ mod tests {
             oldest: 0,
             first_seq: 0,
             rows: vec![row; n],
+            out_of_range: Vec::new(),
+            quarantine: None,
             ack: ack.clone(),
         }));
         let _ = w.commit();
@@ -1621,7 +1651,13 @@ mod tests {
                     .map(|k| Row {
                         sensor: rng.gen_range(0..3),
                         ts_ms: ts_at(seq + k),
-                        value: rng.gen_range(-50.0f32..50.0),
+                        // Now and then a NaN or an infinity (a legal f32 each, issue 13).
+                        value: match rng.gen_range(0..4000) {
+                            0..=7 => f32::NAN,
+                            8 => f32::INFINITY,
+                            9 => f32::NEG_INFINITY,
+                            _ => rng.gen_range(-50.0f32..50.0),
+                        },
                     })
                     .collect();
                 w.apply(Op::Samples(SamplesOp {
@@ -1631,6 +1667,8 @@ mod tests {
                     oldest: 0,
                     first_seq: seq,
                     rows,
+                    out_of_range: Vec::new(),
+                    quarantine: None,
                     ack: ack.clone(),
                 }));
                 seq += 100;
@@ -1685,7 +1723,8 @@ mod tests {
             .unwrap();
         assert!(rows > 100, "{rows} summary rows");
 
-        let check = |w: &Writer, rng: &mut rand::rngs::SmallRng, rounds: usize| {
+        let mut non_finite = 0;
+        let mut check = |w: &Writer, rng: &mut rand::rngs::SmallRng, rounds: usize| {
             let (lo, hi): (i64, i64) = w
                 .conn
                 .query_row("SELECT min(ts_ms), max(ts_ms) FROM events", [], |r| {
@@ -1711,7 +1750,7 @@ mod tests {
                     )
                     .unwrap()
                     .query_map(params![sensor, since, until], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+                        Ok((r.get(0)?, rollup::reading(r, 1)?))
                     })
                     .unwrap()
                     .collect::<Result<_, _>>()
@@ -1728,14 +1767,30 @@ mod tests {
                     assert_eq!(got.len(), want.len(), "{ctx}: buckets");
                     for ((t, v, n), (wt, vs)) in got.iter().zip(&want) {
                         let newest = vs.iter().map(|x| x.0).max().unwrap();
+                        // NaN readings are skipped by avg, min and max (NaN if nothing else).
+                        let nums: Vec<f64> =
+                            vs.iter().map(|x| x.1).filter(|v| !v.is_nan()).collect();
                         let expect = match agg {
-                            Agg::Avg => vs.iter().map(|x| x.1).sum::<f64>() / vs.len() as f64,
-                            Agg::Min => vs.iter().map(|x| x.1).fold(f64::INFINITY, f64::min),
-                            Agg::Max => vs.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max),
+                            _ if nums.is_empty()
+                                && matches!(agg, Agg::Avg | Agg::Min | Agg::Max) =>
+                            {
+                                f64::NAN
+                            }
+                            Agg::Avg => nums.iter().sum::<f64>() / nums.len() as f64,
+                            Agg::Min => nums.iter().copied().fold(f64::INFINITY, f64::min),
+                            Agg::Max => nums.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                             Agg::Count => vs.len() as f64,
                             Agg::Last => vs.iter().find(|x| x.0 == newest).unwrap().1,
                         };
                         assert_eq!((t, *n), (wt, vs.len() as i64), "{ctx}");
+                        if !expect.is_finite() {
+                            non_finite += 1;
+                            assert!(
+                                v.to_bits() == expect.to_bits() || v.is_nan() && expect.is_nan(),
+                                "{ctx} at {t}: {v} != {expect}"
+                            );
+                            continue;
+                        }
                         assert!(
                             (v - expect).abs() <= 1e-9 * expect.abs().max(1.0),
                             "{ctx} at {t}: {v} != {expect}"
@@ -1768,6 +1823,7 @@ mod tests {
             .query_row("SELECT min(slot) FROM rollup_from", [], |r| r.get(0))
             .unwrap();
         assert!(raised > first_from, "retention raised the summaries' start");
+        assert!(non_finite > 50, "{non_finite} non-finite points checked");
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
     }
