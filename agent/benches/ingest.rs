@@ -6,8 +6,15 @@
 //! FERRY_BENCH_QUICK=1 cargo bench -p ferry-agent --bench ingest
 //! FERRY_BENCH_LATENCY_RUNS=6 cargo bench -p ferry-agent --bench ingest   # more latency windows
 //!                                          # (each run: devices in unrelated phases, then in lockstep)
-//! FERRY_BENCH_ONLY=latency cargo bench -p ferry-agent --bench ingest     # or `throughput`
+//! FERRY_BENCH_ONLY=latency cargo bench -p ferry-agent --bench ingest     # or `throughput`, `overload`
 //! ```
+//!
+//! The overload ladder offers 0.5x to 2x of the throughput scenario's load by device count (26 to
+//! 104 devices of 10 channels at 1 kHz, 10 s each) and prints, per step, the acked rate, what was
+//! stored, what the devices' rings dropped, how many stored samples the devices had counted as
+//! dropped (`stored_but_dropped`: stored + dropped - generated, 0 when no sample is both), the ack
+//! p99 against the devices' ring time, and the acked rate as a share of the best step at or below 1x
+//! (the capacity). Past capacity the acked rate should stay near it.
 //!
 //! Prints a table and one JSON line per scenario. Rates count samples that were committed *and*
 //! acked to the device (the device saw the ack), divided by wall time from the first sample to the
@@ -37,6 +44,11 @@ struct Row {
     agent_cpu_s: f64,
     device_retransmits: u64,
     dropped_by_rings: u64,
+    /// Samples the devices generated (overload ladder).
+    generated: u64,
+    /// Stored samples that their device had counted as dropped (stored + dropped - generated,
+    /// clamped at 0): a late ack for a sample the ring had already evicted.
+    stored_but_dropped: u64,
     /// The bare disk in the 10 s before this scenario (latency scenarios only): percent of the
     /// time spent inside `fdatasync` calls longer than 5 ms. A sample arriving during such a
     /// stall cannot be acked within 5 ms by any store that fsyncs before acking, so when this
@@ -213,6 +225,9 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
         agent_cpu_s: cpu,
         device_retransmits: retransmits,
         dropped_by_rings: report.totals.dropped,
+        generated: report.totals.generated,
+        stored_but_dropped: (stored.max(0) as u64 + report.totals.dropped)
+            .saturating_sub(report.totals.generated),
         disk_stall_pct: floor.map(|f| f.0),
         disk_max_ms: floor.map(|f| f.1),
         agent_ack_within_5ms_pct: agent_ack.map(|a| a.0),
@@ -265,6 +280,47 @@ fn print(rows: &[Row]) {
     }
 }
 
+/// The ladder's own table: each step against the capacity (the best acked rate at or below 1x).
+fn print_ladder(rows: &[Row]) {
+    let ring_ms = ferry_sim::SIM_RING as f64 / 10.0; // 10 channels x 1 kHz per device
+    let capacity = rows
+        .iter()
+        .filter(|r| r.devices <= 52)
+        .map(|r| r.acked_per_s)
+        .fold(0.0, f64::max);
+    println!(
+        "\n== overload ladder (capacity {capacity:.0}/s = best acked/s at or below 1x; ring time {ring_ms:.0} ms) =="
+    );
+    println!(
+        "{:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "load",
+        "devices",
+        "offered/s",
+        "acked/s",
+        "of cap",
+        "stored",
+        "dropped",
+        "both",
+        "p99 ms",
+        "retx"
+    );
+    for r in rows {
+        println!(
+            "{:>5.2}x {:>7} {:>10.0} {:>10.0} {:>6.1}% {:>10} {:>10} {:>10} {:>9.1} {:>9}",
+            r.devices as f64 / 52.0,
+            r.devices,
+            r.offered_per_s,
+            r.acked_per_s,
+            100.0 * r.acked_per_s / capacity,
+            r.stored,
+            r.dropped_by_rings,
+            r.stored_but_dropped,
+            r.ack_p99_ms,
+            r.device_retransmits
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -278,7 +334,10 @@ async fn main() {
     let total = if quick { 1_560_000 } else { 5_200_000 };
     let only = std::env::var("FERRY_BENCH_ONLY").unwrap_or_default();
     let throughput = [("throughput full", "full"), ("throughput normal", "normal")];
-    for (name, durability) in throughput.into_iter().filter(|_| only != "latency") {
+    for (name, durability) in throughput
+        .into_iter()
+        .filter(|_| only.is_empty() || only == "throughput")
+    {
         let sim = SimConfig {
             devices: 52,
             sensors: 10,
@@ -297,7 +356,7 @@ async fn main() {
         .unwrap_or(if quick { 1 } else { 3 });
     // Devices in unrelated phases (as independent microcontrollers tick), then all in lockstep
     // (every device transmits in the same millisecond: the worst case), alternating.
-    for i in (0..runs).filter(|_| only != "throughput") {
+    for i in (0..runs).filter(|_| only.is_empty() || only == "latency") {
         for lockstep in [false, true] {
             let sim = SimConfig {
                 devices: 50,
@@ -316,6 +375,26 @@ async fn main() {
             rows.push(scenario(&name, "full", sim).await);
             print(&rows[rows.len() - 1..]);
         }
+    }
+    // Overload ladder: 0.5x .. 2x of the throughput load, by device count.
+    if only == "overload" || (only.is_empty() && !quick) {
+        let mut ladder = Vec::new();
+        for devices in [26, 39, 52, 65, 78, 104] {
+            let sim = SimConfig {
+                devices,
+                sensors: 10,
+                interval_ms: 1,
+                duration: Some(Duration::from_secs(if quick { 5 } else { 10 })),
+                drain_timeout: Duration::from_secs(10),
+                measure_latency: true,
+                ..SimConfig::default()
+            };
+            let name = format!("overload {:.2}x", devices as f64 / 52.0);
+            ladder.push(scenario(&name, "full", sim).await);
+            print(&ladder[ladder.len() - 1..]);
+        }
+        print_ladder(&ladder);
+        rows.extend(ladder);
     }
     println!(
         "\n== ferry ingest benchmark ({} cores) ==",

@@ -5,6 +5,9 @@
 //! - Samples are only forwarded to the store for the session's `(device, boot)`; without a session
 //!   the link answers HelloRequest (at most every 200 ms) and ignores the data.
 //! - Acks are sent only from the writer's committed position (the link's `AckSlot`).
+//! - At most `LINK_BUDGET` (plus one frame) of the link's samples wait for a commit: beyond it the
+//!   link stops decoding and reading until a commit frees some, so under overload the device's
+//!   ring, not the agent's queue, absorbs the excess and acks stay prompt.
 //! - Writes to the device time out after 2 s (a device that does not read is dropped).
 //! - On close or shutdown the device is marked offline for this link.
 
@@ -21,7 +24,7 @@ use super::session::Session;
 use super::LinkCtx;
 use crate::commands::DeviceCommand;
 use crate::metrics::{reason_index, Metrics};
-use crate::store::writer::{AckState, Op, Row, SamplesOp};
+use crate::store::writer::{AckState, LinkBudget, Op, Row, SamplesOp};
 
 const HELLO_REQUEST_EVERY: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +34,7 @@ struct Link {
     ctx: LinkCtx,
     session: Option<Session>,
     ack: Arc<watch::Sender<AckState>>,
+    budget: Arc<LinkBudget>,
     out: Vec<u8>,
     last_frame: Instant,
     online: bool,
@@ -66,6 +70,7 @@ where
         ctx,
         session: None,
         ack: Arc::new(ack_tx),
+        budget: Arc::default(),
         out: Vec::with_capacity(256),
         last_frame: Instant::now(),
         online: false,
@@ -77,6 +82,9 @@ where
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut dec: Box<Decoder> = Box::new(Decoder::new());
     let mut buf = vec![0u8; 16 * 1024];
+    // Bytes read but not decoded yet (the budget ran out), and when they arrived.
+    let mut held = 0..0;
+    let mut arrived = 0;
     let mut idle =
         tokio::time::interval((link.ctx.offline_after / 2).max(Duration::from_millis(100)));
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<DeviceCommand>(32);
@@ -84,7 +92,7 @@ where
     let why = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break "shutdown",
-            r = rd.read(&mut buf) => {
+            r = rd.read(&mut buf), if held.is_empty() => {
                 let n = match r {
                     Ok(0) => break "closed by peer",
                     Err(_) => break "read error",
@@ -92,21 +100,14 @@ where
                 };
                 // Anchors for tick->UTC use the arrival time, not the time a frame is processed
                 // (which can be later when the store queue is full).
-                let arrived = crate::utc_now_ms();
-                let mut input = &buf[..n];
-                let mut store_gone = false;
-                loop {
-                    let item = match dec.feed(&mut input) {
-                        None => break,
-                        Some(Ok(m)) => Item::Msg(Uplink::from_message(&m)),
-                        Some(Err(r)) => Item::Rejected { reason: r.reason, raw: r.raw.to_vec(), len: r.len },
-                    };
-                    if link.handle(item, arrived).await.is_err() {
-                        store_gone = true;
-                        break;
-                    }
+                arrived = crate::utc_now_ms();
+                held = 0..n;
+                if link.feed(&mut dec, &buf, &mut held, arrived).await.is_err() {
+                    break "store stopped";
                 }
-                if store_gone {
+            }
+            _ = link.budget.freed(), if !held.is_empty() => {
+                if link.feed(&mut dec, &buf, &mut held, arrived).await.is_err() {
                     break "store stopped";
                 }
             }
@@ -191,6 +192,32 @@ fn push(out: &mut Vec<u8>, m: &Message<'_>) {
 }
 
 impl Link {
+    /// Decodes and handles the bytes `buf[held]` while the link's budget has room; leaves the rest
+    /// in `held`. `Err` only when the store is gone.
+    async fn feed(
+        &mut self,
+        dec: &mut Decoder,
+        buf: &[u8],
+        held: &mut std::ops::Range<usize>,
+        arrived: i64,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut input = &buf[held.clone()];
+        while self.budget.has_room() {
+            let item = match dec.feed(&mut input) {
+                None => break,
+                Some(Ok(m)) => Item::Msg(Uplink::from_message(&m)),
+                Some(Err(r)) => Item::Rejected {
+                    reason: r.reason,
+                    raw: r.raw.to_vec(),
+                    len: r.len,
+                },
+            };
+            self.handle(item, arrived).await?;
+        }
+        *held = held.end - input.len()..held.end;
+        Ok(())
+    }
+
     async fn presence(&mut self, online: bool) {
         self.online = online;
         if let Some(s) = &self.session {
@@ -360,6 +387,7 @@ impl Link {
                     rows,
                     out_of_range,
                     quarantine,
+                    held: Some(self.budget.hold(samples.len())),
                     ack: self.ack.clone(),
                 };
                 return self.ctx.store.send(Op::Samples(op)).await;

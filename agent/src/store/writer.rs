@@ -17,6 +17,11 @@
 //! - **Full disk.** `SQLITE_FULL` rolls the transaction back (its samples count as refused), marks
 //!   the disk full, and refuses samples for a second before trying again; the agent keeps running
 //!   and keeps its data. Only a commit that wrote something clears the mark.
+//! - **Bounded per link.** A `SamplesOp` carries a [`Held`] token from its link's [`LinkBudget`];
+//!   the writer keeps it until the batch holding the samples commits (or fails), then the link may
+//!   read more. A link therefore never has more than its budget waiting for a commit: under
+//!   overload the devices' rings absorb the excess instead of the agent's queue, and an ack never
+//!   waits behind more than every link's budget.
 //! - **Counted drops.** Deleting unforwarded events (`drop_oldest`) and adding them to the
 //!   `counters` table is one transaction; the metric follows only after it committed.
 //! - **Ids only grow.** Retention never deletes the newest event, so SQLite's rowid (max + 1) never
@@ -75,6 +80,57 @@ pub struct AckState {
 
 /// The writer's end of a link's ack channel.
 pub type AckSlot = Arc<watch::Sender<AckState>>;
+
+/// Samples one link may have waiting for a commit before it stops reading from its device (eight
+/// full frames). Measured with the ingest bench's overload ladder: see `docs/decisions/`.
+pub const LINK_BUDGET: usize = 256;
+
+/// A link's samples handed to the writer and not yet committed (see the module header).
+#[derive(Debug, Default)]
+pub struct LinkBudget {
+    waiting: std::sync::atomic::AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+impl LinkBudget {
+    /// Whether the link may hand over more samples.
+    pub fn has_room(&self) -> bool {
+        self.waiting.load(Relaxed) < LINK_BUDGET
+    }
+
+    /// Samples waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Relaxed)
+    }
+
+    /// Resolves after some samples were committed (or refused) since the last call.
+    pub async fn freed(&self) {
+        self.freed.notified().await
+    }
+
+    /// Counts `n` samples as waiting until the returned token is dropped.
+    pub fn hold(self: &Arc<Self>, n: usize) -> Held {
+        self.waiting.fetch_add(n, Relaxed);
+        Held {
+            budget: self.clone(),
+            n,
+        }
+    }
+}
+
+/// Samples counted in a [`LinkBudget`] until this is dropped.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<LinkBudget>,
+    n: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.waiting.fetch_sub(self.n, Relaxed);
+        self.budget.freed.notify_one();
+    }
+}
 
 /// Reply to a Hello.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +193,8 @@ pub struct SamplesOp {
     pub out_of_range: Vec<usize>,
     /// `(link, encoded frame)` for the quarantine, when `out_of_range` is not empty.
     pub quarantine: Option<(String, Vec<u8>)>,
+    /// The link's budget token, released when these samples are committed or refused.
+    pub held: Option<Held>,
     /// Where to publish the committed position.
     pub ack: AckSlot,
 }
@@ -407,6 +465,8 @@ struct Batch {
     /// `total_changes()` when the transaction began: a commit that changed no row proves nothing
     /// about free space.
     changes_at_begin: u64,
+    /// Budget tokens of the links whose samples this batch holds (released with the batch).
+    held: Vec<Held>,
 }
 
 struct Writer {
@@ -797,6 +857,7 @@ impl Writer {
         }
         self.batch.samples += n;
         self.batch.boots.insert(key, ());
+        self.batch.held.extend(s.held);
         let id = Arc::as_ptr(&s.ack) as usize;
         self.batch.links.insert(id, (s.ack, s.boot_id, key));
     }
@@ -1513,6 +1574,7 @@ mod tests {
             rows: vec![row; 10],
             out_of_range: Vec::new(),
             quarantine: None,
+            held: None,
             ack: ack.clone(),
         }));
         // The device reboots: its Hello arrives while boot 7's samples are still uncommitted.
@@ -1560,6 +1622,7 @@ mod tests {
             rows: vec![row; n],
             out_of_range: Vec::new(),
             quarantine: None,
+            held: None,
             ack: ack.clone(),
         }));
         let _ = w.commit();
@@ -1669,6 +1732,7 @@ mod tests {
                     rows,
                     out_of_range: Vec::new(),
                     quarantine: None,
+                    held: None,
                     ack: ack.clone(),
                 }));
                 seq += 100;

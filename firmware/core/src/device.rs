@@ -510,6 +510,55 @@ impl<const RING: usize> Device<RING> {
         n
     }
 
+    /// Overload (PROTOCOL.md section 4, "Ring overflow"): whether new samples may be sent now.
+    ///
+    /// A full ring evicts its oldest samples, and the oldest are the ones in flight: a gateway that
+    /// acks later than the ring takes to turn over would see every sample it stores evicted first
+    /// (stored, yet counted as dropped, never acked). So:
+    /// - at most `RING / 8` samples (at least one full frame) are in flight, so the queue in front
+    ///   of a slow gateway stays short against the ring's turnover;
+    /// - before sending new samples, the device estimates how many it will sample before an ack
+    ///   can come back (two expected round trips, `2 srtt + 4 rttvar`, or twice the current wait
+    ///   if longer) and how many held samples that pushes out of the front (`doomed`). If the next
+    ///   new sample is among them, it waits while earlier frames are unacked, and else drops the
+    ///   doomed front now (oldest first, counted, never sent), so what it sends outlives its ack.
+    ///
+    /// Below overload `doomed` is 0 and the window is never reached at the round trips of a
+    /// healthy gateway; retransmissions are not gated.
+    fn overload_gate(&mut self, now_ms: u64) -> bool {
+        if self.send_seq < self.high_sent {
+            return true;
+        }
+        let Some(mut ack_ms) = self.rtt.expected_ack_ms() else {
+            return true;
+        };
+        // Acks slower than measured so far (a queue building up) count at once.
+        if let Some(since) = self.inflight_since {
+            let waiting = now_ms.saturating_sub(since).min(u64::from(u32::MAX / 2)) as u32;
+            ack_ms = ack_ms.max(2 * waiting);
+        }
+        // A bounded window in flight, so a queue in front of a slow gateway cannot grow past what
+        // the ring outlives.
+        let in_flight = self.high_sent.saturating_sub(self.ring.oldest()) as usize;
+        if in_flight >= (RING / 8).max(MAX_SAMPLES_PER_FRAME) {
+            return false;
+        }
+        let coming = self.schedule.produced_within(ack_ms);
+        let doomed = (self.ring.len() + coming).saturating_sub(RING);
+        let pos = (self.send_seq - self.ring.oldest()) as usize;
+        if pos >= doomed {
+            return true;
+        }
+        if in_flight > 0 {
+            return false; // sent samples still held: their ack (or the timeout) comes first
+        }
+        let drop = doomed.min(self.ring.len().saturating_sub(MAX_SAMPLES_PER_FRAME));
+        let dropped = self.ring.release_below(self.ring.oldest() + drop as u32);
+        self.stats.dropped += dropped as u32;
+        self.send_seq = self.send_seq.max(self.ring.oldest());
+        true
+    }
+
     fn encode_hello(&self, now_ms: u64, sensors: &impl Sensors, out: &mut [u8]) -> Option<usize> {
         let table = sensors
             .specs()
@@ -544,6 +593,9 @@ impl<const RING: usize> Device<RING> {
         }
         let end = self.ring.next_seq();
         if self.send_seq >= end {
+            return None;
+        }
+        if !self.overload_gate(now_ms) {
             return None;
         }
         let first = self.send_seq;

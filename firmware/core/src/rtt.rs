@@ -63,6 +63,16 @@ impl RttEstimator {
     }
 
     /// Samples are being sent again: the running measurement would be ambiguous.
+    /// How long an ack may take, with margin: `2 srtt + max(10 ms, 4 rttvar)` (a frame sent now
+    /// may queue behind frames in flight, so one round trip is not enough); `None` before the
+    /// first measurement.
+    pub(crate) fn expected_ack_ms(&self) -> Option<u32> {
+        self.srtt_ms.map(|s| {
+            s.saturating_mul(2)
+                .saturating_add((4 * self.rttvar_ms).max(10))
+        })
+    }
+
     pub(crate) fn on_rewind(&mut self) {
         self.timed = None;
     }

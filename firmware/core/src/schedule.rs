@@ -39,6 +39,16 @@ impl Schedule {
         self.interval_ms[sensor]
     }
 
+    /// Samples due within the next `ms` milliseconds, at most (one per enabled sensor per interval,
+    /// rounded up).
+    pub(crate) fn produced_within(&self, ms: u32) -> usize {
+        self.interval_ms[..self.count]
+            .iter()
+            .filter(|&&iv| iv > 0)
+            .map(|&iv| (ms as usize).div_ceil(iv as usize))
+            .sum()
+    }
+
     /// Changes an interval; the sensor is next due one new interval from now.
     pub(crate) fn set_interval(&mut self, sensor: usize, interval_ms: u32, now_ms: u64) {
         self.interval_ms[sensor] = interval_ms;

@@ -424,3 +424,111 @@ fn non_advancing_ack_triggers_fast_retransmit_once_per_guard() {
     b.ack(2); // within the guard: ignored
     assert_eq!(b.dev.stats().retransmits, before + 1);
 }
+
+/// A gateway that stores at most `per_ms` samples each millisecond, in frame order, and acks a
+/// frame `ack_after_ms` after it stored it. Returns `(generated, acked, dropped, stored, stored
+/// samples the device had counted as dropped)` after `ms` milliseconds.
+fn overloaded(per_ms: usize, ack_after_ms: u64, ms: u64) -> (u64, u64, u64, u64, u64) {
+    let sensors_at_1khz = Synthetic::with_interval(1); // 3 samples per ms
+    let mut sensors = sensors_at_1khz;
+    let mut dev: Device<512> = Device::new(DeviceConfig::new("dev-1", "test", 77), &sensors, 0);
+    let mut acceptor = Acceptor::new(0);
+    let mut link: std::collections::VecDeque<(u32, u32, usize)> = Default::default();
+    let mut acks: std::collections::VecDeque<(u64, u32)> = Default::default();
+    let mut evicted_stored = 0u64;
+    let mut stored = 0u64;
+    let mut budget = 0usize;
+    let mut out = [0u8; MAX_ENCODED_LEN];
+    for now in 0..ms {
+        dev.step(now, &mut sensors);
+        while let Some(n) = dev.poll_transmit(now, &sensors, &mut out) {
+            let mut dec: Decoder = Decoder::new();
+            let mut input = &out[..n];
+            let frame = match dec.feed(&mut input).unwrap().unwrap() {
+                Message::Hello(_) => None,
+                Message::Samples(s) => Some((s.oldest, s.first_seq, s.samples.len())),
+                _ => continue,
+            };
+            match frame {
+                None => {
+                    let w = Message::Welcome(Welcome {
+                        boot_id: 77,
+                        utc_ms: 1,
+                        next_seq: acceptor.next(),
+                    });
+                    let n = encode(&w, &mut out).unwrap();
+                    dev.receive(now, &out[..n]);
+                }
+                Some(f) => link.push_back(f),
+            }
+        }
+        // The gateway reads frames in order while it has capacity this millisecond.
+        budget += per_ms;
+        while let Some(&(oldest, first, len)) = link.front() {
+            if len > budget {
+                break;
+            }
+            budget -= len;
+            link.pop_front();
+            let a = acceptor.accept(oldest, first, len);
+            for i in a.keep.clone() {
+                // Stored: did the device already evict this sample from its ring (and count it)?
+                let seq = first + i as u32;
+                if dev.held(seq).is_none() && dev.acked_next() <= seq {
+                    evicted_stored += 1;
+                }
+            }
+            stored += a.keep.len() as u64;
+            acks.push_back((now + ack_after_ms, acceptor.next()));
+        }
+        budget = budget.min(64);
+        while acks.front().is_some_and(|&(t, _)| t <= now) {
+            let (_, next) = acks.pop_front().unwrap();
+            let n = encode(
+                &Message::Ack(Ack {
+                    boot_id: 77,
+                    next_seq: next,
+                }),
+                &mut out,
+            )
+            .unwrap();
+            dev.receive(now, &out[..n]);
+        }
+    }
+    let st = dev.stats();
+    (
+        st.generated,
+        st.acked,
+        u64::from(st.dropped),
+        stored,
+        evicted_stored,
+    )
+}
+
+/// Overload (PROTOCOL.md section 4, "Ring overflow"): a device sampling 3 kHz behind a gateway
+/// that stores 2 kHz. Its ring absorbs the excess and drops oldest-first, but what it sends is
+/// acked before the ring would evict it: the acked rate stays near the gateway's capacity, and no
+/// stored sample is counted as dropped. (Before the device estimated its ack window, every frame
+/// it sent from a full ring was evicted within a millisecond, before its ack: almost nothing was
+/// acked and every stored sample was also counted as dropped.)
+#[test]
+fn overload_fills_the_ring_yet_sent_samples_are_acked_not_evicted() {
+    let secs = 20;
+    let (generated, acked, dropped, stored, both) = overloaded(2, 15, secs * 1000);
+    let capacity = 2 * 1000 * secs;
+    assert!(generated >= 3 * 1000 * (secs - 1), "{generated}");
+    assert_eq!(both, 0, "stored samples the device counted as dropped");
+    assert!(
+        acked * 10 >= capacity * 9,
+        "acked {acked} of a capacity of {capacity} (stored {stored}, dropped {dropped})"
+    );
+    assert!(dropped > 0, "the ring absorbed the excess");
+    // Three times the capacity.
+    let (_, acked, _, _, both) = overloaded(1, 15, secs * 1000);
+    assert_eq!(both, 0, "at 3x");
+    assert!(acked * 10 >= 1000 * secs * 9, "acked {acked} at 3x");
+    // Below capacity nothing is dropped.
+    let (generated, acked, dropped, _, both) = overloaded(4, 15, 5_000);
+    assert_eq!((dropped, both), (0, 0));
+    assert!(acked + 600 >= generated, "{acked} of {generated}");
+}
