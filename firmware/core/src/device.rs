@@ -455,12 +455,18 @@ impl<const RING: usize> Device<RING> {
         let _ = self.results.push_back(PendingResult { id, status, data });
     }
 
-    /// The next board-level action to carry out. `Reboot` comes only after its result was sent.
+    /// The next board-level action to carry out. `Reboot` comes only after its result was handed
+    /// to the transmitter, and only once: an owner that drains this in a loop before resetting
+    /// (or replacing) the device must see the loop end.
     pub fn take_action(&mut self) -> Option<Action> {
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
         }
-        (self.reboot_pending && self.results.is_empty()).then_some(Action::Reboot)
+        if self.reboot_pending && self.results.is_empty() {
+            self.reboot_pending = false;
+            return Some(Action::Reboot);
+        }
+        None
     }
 
     /// Writes the next frame to send into `out` (at least `ferry_wire::MAX_ENCODED_LEN` bytes) and

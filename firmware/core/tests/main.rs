@@ -373,6 +373,29 @@ fn board_actions_identify_reboot_opaque() {
     assert_eq!(b.dev.take_action(), Some(Action::Reboot));
 }
 
+/// An owner that carries out `Reboot` by replacing the device (as `ferry-sim` does) drains
+/// `take_action` in a loop first: `Reboot` must come out once, after its result, or that loop never
+/// ends (finding 9: `ferry-sim` spun at 100 % CPU on a reboot command).
+#[test]
+fn reboot_is_handed_out_once_after_its_result() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    b.send(Message::Command(Command {
+        id: 9,
+        kind: CommandKind::Reboot,
+    }));
+    assert_eq!(b.dev.take_action(), None, "not before the result is sent");
+    let seen = b.run_until(1);
+    assert!(seen.contains(&result(9, CommandStatus::Ok)), "{seen:?}");
+    let mut actions = Vec::new();
+    while let Some(a) = b.dev.take_action() {
+        actions.push(a);
+        assert!(actions.len() < 10, "take_action never ends: {actions:?}");
+    }
+    assert_eq!(actions, [Action::Reboot]);
+}
+
 #[test]
 fn silence_falls_back_to_hello_and_hello_request_forces_one() {
     let mut b = Bench::new();

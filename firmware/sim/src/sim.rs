@@ -300,6 +300,8 @@ async fn run_device(
             }
             while let Some(action) = sim.dev.take_action() {
                 match action {
+                    // The command's result is already in `out`, ahead of the new boot's Hello;
+                    // the reset itself happens on the next tick, like an injected reboot.
                     Action::Reboot => next_reboot = Some(Instant::now()),
                     Action::Opaque { id, data } => {
                         reply[..data.len()].copy_from_slice(&data);
