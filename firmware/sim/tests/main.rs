@@ -258,3 +258,82 @@ fn reboot_command_is_answered_then_the_device_reboots_and_the_others_keep_going(
     }
     assert_eq!(v.missing_acked, 0);
 }
+
+/// Every command status a simulated device can give, as `ferry-sim --help` documents them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_every_status() {
+    use ferry_wire::{CommandKind, CommandStatus};
+    let rx = Receiver::bind(loopback(), false).await.unwrap();
+    let cfg = SimConfig {
+        devices: 1,
+        transport: Transport::Tcp(rx.addr),
+        sensors: 2,
+        interval_ms: 50,
+        duration: Some(Duration::from_secs(2)),
+        ..SimConfig::default()
+    };
+    let sim = tokio::spawn(run(cfg, CancellationToken::new()));
+    let commands = [
+        (
+            1,
+            CommandKind::SetInterval {
+                sensor: 1,
+                interval_ms: 100,
+            },
+        ),
+        (
+            2,
+            CommandKind::SetInterval {
+                sensor: 2,
+                interval_ms: 100,
+            },
+        ),
+        (
+            3,
+            CommandKind::SetInterval {
+                sensor: 0,
+                interval_ms: 86_400_001,
+            },
+        ),
+        (4, CommandKind::Identify { duration_ms: 100 }),
+        (5, CommandKind::Opaque(b"fail:disk full")),
+        (6, CommandKind::Opaque(&[0x0a, 0x0b])),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rx.command("sim-0000", 0, CommandKind::Opaque(b"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device never said Hello"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (id, kind) in commands {
+        assert!(rx.command("sim-0000", id, kind));
+    }
+    let answered = loop {
+        let results = rx.state.lock().unwrap().results.clone();
+        if results.len() == 7 {
+            break results;
+        }
+        assert!(std::time::Instant::now() < deadline, "answers: {results:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let got: Vec<(u32, CommandStatus, &[u8])> = answered
+        .iter()
+        .map(|r| (r.id, r.status, &r.data[..]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, CommandStatus::Ok, &b""[..]),
+            (1, CommandStatus::Ok, &b""[..]),
+            (2, CommandStatus::UnknownSensor, &b""[..]),
+            (3, CommandStatus::InvalidArgument, &b""[..]),
+            (4, CommandStatus::Unsupported, &b""[..]),
+            (5, CommandStatus::Failed, &b":disk full"[..]),
+            (6, CommandStatus::Ok, &[0x0a, 0x0b][..]),
+        ]
+    );
+    sim.await.unwrap();
+    rx.stop().await;
+}
