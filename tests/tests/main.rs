@@ -1,5 +1,6 @@
 //! End-to-end tests across Ferry components (one binary, one module per scenario).
 mod bridge;
+mod command_statuses;
 mod contract;
 mod dashboard;
 mod firmware_pipeline;

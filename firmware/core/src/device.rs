@@ -6,17 +6,31 @@
 //! (board-level effects of commands). Time is passed in as milliseconds since boot.
 //!
 //! Transmission priority: Hello (while connecting) > command results > heartbeat > samples.
+//!
+//! Commands (PROTOCOL.md section 6): `SetInterval` answers `UnknownSensor` for a sensor the table
+//! lacks and `InvalidArgument` for an interval outside the channel's `min_interval_ms ..=`
+//! [`MAX_INTERVAL_MS`] (0 always disables); `Identify` is `Unsupported` unless
+//! [`DeviceConfig::identify`]; `Reboot` is answered `Ok` and handed to the owner as
+//! [`Action::Reboot`] once its result has been handed to the transmitter; `Opaque` goes to the
+//! owner, who answers with [`Device::complete_command`].
+//!
+//! The end of a boot's sequence space: after [`LAST_SEQ`] the device takes no new sample (each due
+//! reading is counted in [`DeviceStats::skipped`]) and hands out [`Action::Reboot`] as soon as the
+//! gateway has acknowledged everything held, or once a ring's capacity of readings was skipped
+//! waiting for that (then what is still held is lost with the reset, as it would have been dropped
+//! from a full ring). `Action::Reboot` is handed out at most once per `Device`.
 
 use ferry_wire::{
     encode, Command, CommandKind, CommandResult, CommandStatus, Decoder, Heartbeat, Hello, Message,
-    Sample, SensorInfo, MAX_DEVICE_ID_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME, MAX_SENSORS,
+    Sample, SensorInfo, LAST_SEQ, MAX_DEVICE_ID_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME,
+    MAX_SENSORS,
 };
 use heapless::{Deque, String, Vec};
 
 use crate::ring::SampleRing;
 use crate::rtt::RttEstimator;
 use crate::schedule::Schedule;
-use crate::sensors::Sensors;
+use crate::sensors::{Sensors, MAX_INTERVAL_MS};
 use crate::TICK_HZ;
 
 /// Gateway → device frames are small; this bounds the device's receive buffers.
@@ -45,12 +59,16 @@ pub struct DeviceConfig {
     pub max_retransmit_timeout_ms: u32,
     /// Silence from the gateway (with samples held) after which the device reconnects.
     pub link_timeout_ms: u32,
+    /// The board can make itself visible (an LED to blink, a console to print to): `Identify` is
+    /// answered `Ok` and handed over as [`Action::Identify`]. When false it is answered
+    /// `Unsupported`.
+    pub identify: bool,
 }
 
 impl DeviceConfig {
     /// Defaults from PROTOCOL.md: Hello every 1 s, heartbeat every 1 s, retransmission timeout
     /// starting at 1 s and adapting to measured ack round trips within 200 ms..10 s, reconnect after
-    /// 5 s of silence. An over-long id is truncated to 32 bytes.
+    /// 5 s of silence, `Identify` supported. An over-long id is truncated to 32 bytes.
     pub fn new(device_id: &str, firmware: &'static str, boot_id: u32) -> Self {
         let mut id = String::new();
         for c in device_id.chars() {
@@ -68,6 +86,7 @@ impl DeviceConfig {
             min_retransmit_timeout_ms: 200,
             max_retransmit_timeout_ms: 10_000,
             link_timeout_ms: 5000,
+            identify: true,
         }
     }
 }
@@ -89,7 +108,8 @@ pub enum Action {
         /// Duration in milliseconds.
         duration_ms: u32,
     },
-    /// Reset now: the command's result has been handed to the transmitter already.
+    /// Reset now, into a new boot: a `Reboot` command's result has been handed to the transmitter
+    /// already, or this boot has used its last sequence number. Handed out once.
     Reboot,
     /// Application bytes; answer with [`Device::complete_command`].
     Opaque {
@@ -125,6 +145,9 @@ pub struct DeviceStats {
     pub frames_rejected: u32,
     /// Valid frames that a device should never receive (uplink messages: an echoing link).
     pub unexpected: u32,
+    /// Due readings not taken because this boot has used its last sequence number
+    /// ([`ferry_wire::LAST_SEQ`]) and waits to reset.
+    pub skipped: u32,
 }
 
 struct PendingResult {
@@ -189,6 +212,7 @@ impl Downlink {
 pub struct Device<const RING: usize = { crate::DEFAULT_RING }> {
     cfg: DeviceConfig,
     schedule: Schedule,
+    min_interval_ms: [u32; MAX_SENSORS],
     ring: SampleRing<RING>,
     send_seq: u32,
     inflight_since: Option<u64>,
@@ -205,6 +229,7 @@ pub struct Device<const RING: usize = { crate::DEFAULT_RING }> {
     recent_at: usize,
     actions: Deque<Action, 4>,
     reboot_pending: bool,
+    reboot_handed_out: bool,
     decoder: Decoder<RX_FRAME_MAX>,
     stats: DeviceStats,
 }
@@ -220,8 +245,13 @@ impl<const RING: usize> Device<RING> {
                 .map(|s| s.default_interval_ms),
             now_ms,
         );
+        let mut min_interval_ms = [1; MAX_SENSORS];
+        for (m, s) in min_interval_ms.iter_mut().zip(sensors.specs()) {
+            *m = s.min_interval_ms.max(1);
+        }
         Device {
             schedule,
+            min_interval_ms,
             ring: SampleRing::new(0),
             send_seq: 0,
             inflight_since: None,
@@ -242,6 +272,7 @@ impl<const RING: usize> Device<RING> {
             recent_at: 0,
             actions: Deque::new(),
             reboot_pending: false,
+            reboot_handed_out: false,
             decoder: Decoder::new(),
             stats: DeviceStats::default(),
             cfg,
@@ -301,6 +332,11 @@ impl<const RING: usize> Device<RING> {
     pub fn step(&mut self, now_ms: u64, sensors: &mut impl Sensors) {
         sensors.poll(now_ms);
         while let Some((index, due_ms)) = self.schedule.next_due(now_ms) {
+            if self.ring.next_seq() > LAST_SEQ {
+                // No sequence number left in this boot; take_action asks for the reset.
+                self.stats.skipped = self.stats.skipped.saturating_add(1);
+                continue;
+            }
             match sensors.read(index, due_ms) {
                 Ok(value) => {
                     let (_, evicted) = self.ring.push(Sample {
@@ -408,15 +444,22 @@ impl<const RING: usize> Device<RING> {
                 sensor,
                 interval_ms,
             } => {
-                if usize::from(sensor) < self.schedule.len() {
-                    self.schedule
-                        .set_interval(usize::from(sensor), interval_ms, now_ms);
-                    CommandStatus::Ok
-                } else {
+                let index = usize::from(sensor);
+                if index >= self.schedule.len() {
                     CommandStatus::UnknownSensor
+                } else if interval_ms != 0
+                    && !(self.min_interval_ms[index]..=MAX_INTERVAL_MS).contains(&interval_ms)
+                {
+                    CommandStatus::InvalidArgument
+                } else {
+                    self.schedule.set_interval(index, interval_ms, now_ms);
+                    CommandStatus::Ok
                 }
             }
-            OwnedKind::Identify { duration_ms } => self.act(Action::Identify { duration_ms }),
+            OwnedKind::Identify { duration_ms } if self.cfg.identify => {
+                self.act(Action::Identify { duration_ms })
+            }
+            OwnedKind::Identify { .. } => CommandStatus::Unsupported,
             OwnedKind::Reboot => {
                 self.reboot_pending = true;
                 CommandStatus::Ok
@@ -455,12 +498,23 @@ impl<const RING: usize> Device<RING> {
         let _ = self.results.push_back(PendingResult { id, status, data });
     }
 
-    /// The next board-level action to carry out. `Reboot` comes only after its result was sent.
+    /// The next board-level action to carry out. `Reboot` comes only after every command result
+    /// was handed to the transmitter, and only once: an owner that drains this in a loop before
+    /// resetting (or replacing) the device must see the loop end.
     pub fn take_action(&mut self) -> Option<Action> {
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
         }
-        (self.reboot_pending && self.results.is_empty()).then_some(Action::Reboot)
+        if self.reboot_handed_out || !self.results.is_empty() {
+            return None;
+        }
+        let used_up = self.ring.next_seq() > LAST_SEQ
+            && (self.ring.is_empty() || self.stats.skipped as usize >= RING);
+        if self.reboot_pending || used_up {
+            self.reboot_handed_out = true;
+            return Some(Action::Reboot);
+        }
+        None
     }
 
     /// Writes the next frame to send into `out` (at least `ferry_wire::MAX_ENCODED_LEN` bytes) and
@@ -618,5 +672,108 @@ impl<const RING: usize> Device<RING> {
         self.send_seq = end_seq;
         self.inflight_since.get_or_insert(now_ms);
         Some(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensors::synthetic::Synthetic;
+    use ferry_wire::{Ack, Welcome, MAX_ENCODED_LEN};
+
+    /// `(first_seq, count)` of every Samples frame the device sends at `now`.
+    fn sent(dev: &mut Device<8>, sensors: &Synthetic, now: u64) -> std::vec::Vec<(u32, usize)> {
+        let mut out = [0u8; MAX_ENCODED_LEN];
+        let mut frames = std::vec::Vec::new();
+        while let Some(n) = dev.poll_transmit(now, sensors, &mut out) {
+            let mut dec: Decoder = Decoder::new();
+            let mut input = &out[..n];
+            match dec.feed(&mut input) {
+                Some(Ok(Message::Samples(s))) => frames.push((s.first_seq, s.samples.len())),
+                Some(Ok(_)) => {}
+                other => panic!("the device sent an invalid frame: {other:?}"),
+            };
+        }
+        frames
+    }
+
+    fn gateway(dev: &mut Device<8>, now: u64, m: Message<'_>) {
+        let mut out = [0u8; MAX_ENCODED_LEN];
+        let n = encode(&m, &mut out).unwrap();
+        dev.receive(now, &out[..n]);
+    }
+
+    /// A device near the end of its boot's sequence space (as if it had taken 2^32 - 6 samples).
+    fn near_the_end() -> (Device<8>, Synthetic) {
+        let sensors = Synthetic::with_interval(10);
+        let mut dev: Device<8> = Device::new(DeviceConfig::new("d", "t", 5), &sensors, 0);
+        dev.ring = SampleRing::new(LAST_SEQ - 5);
+        dev.send_seq = LAST_SEQ - 5;
+        dev.high_sent = LAST_SEQ - 5;
+        dev.acked_next = LAST_SEQ - 5;
+        gateway(
+            &mut dev,
+            0,
+            Message::Welcome(Welcome {
+                boot_id: 5,
+                utc_ms: 0,
+                next_seq: LAST_SEQ - 5,
+            }),
+        );
+        (dev, sensors)
+    }
+
+    #[test]
+    fn the_last_usable_seq_ends_the_boot_once_everything_is_acked() {
+        let (mut dev, mut sensors) = near_the_end();
+        let mut frames = std::vec::Vec::new();
+        for now in (0..=30).step_by(10) {
+            dev.step(now, &mut sensors); // 3 channels every 10 ms
+            frames.extend(sent(&mut dev, &sensors, now));
+        }
+        let last = frames.iter().map(|(f, n)| f + (*n as u32 - 1)).max();
+        assert_eq!(last, Some(LAST_SEQ), "seqs up to LAST_SEQ sent: {frames:?}");
+        assert_eq!(dev.next_seq(), u32::MAX);
+        assert_eq!(dev.stats().generated, 6);
+        assert_eq!(
+            dev.stats().skipped,
+            6,
+            "readings due after LAST_SEQ are not taken"
+        );
+        assert_eq!(dev.take_action(), None, "samples still held");
+        gateway(
+            &mut dev,
+            30,
+            Message::Ack(Ack {
+                boot_id: 5,
+                next_seq: u32::MAX,
+            }),
+        );
+        assert_eq!(dev.ring_depth(), 0);
+        assert_eq!(dev.acked_next(), u32::MAX);
+        assert_eq!(dev.take_action(), Some(Action::Reboot));
+        assert_eq!(dev.take_action(), None, "handed out once");
+    }
+
+    #[test]
+    fn without_acks_the_boot_ends_after_a_ring_of_skipped_readings() {
+        let (mut dev, mut sensors) = near_the_end();
+        let mut now = 0;
+        let action = loop {
+            dev.step(now, &mut sensors);
+            sent(&mut dev, &sensors, now);
+            if let Some(a) = dev.take_action() {
+                break a;
+            }
+            assert!(dev.stats().skipped < 8, "at {now} ms");
+            now += 10;
+        };
+        assert_eq!(action, Action::Reboot);
+        assert!(
+            dev.stats().skipped >= 8,
+            "a ring (8) of readings skipped first"
+        );
+        assert_eq!(dev.ring_depth(), 6, "held, never acked");
+        assert_eq!(dev.take_action(), None);
     }
 }

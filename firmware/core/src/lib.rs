@@ -9,7 +9,9 @@
 //! - A sample leaves RAM only when the gateway acks it or when the ring overflows; each overflow drop
 //!   increments [`DeviceStats::dropped`], reported in every Heartbeat.
 //! - Samples are numbered consecutively per boot and transmitted in that order; retransmission is
-//!   go-back-N from the oldest held sample.
+//!   go-back-N from the oldest held sample. No sample gets a sequence number above
+//!   `ferry_wire::LAST_SEQ`: a boot that has used it asks its owner for a reset
+//!   ([`Action::Reboot`]) instead of wrapping.
 //! - Sensor drivers are generic over `embedded-hal` traits; no chip is named outside `firmware/boards`.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -23,7 +25,7 @@ pub mod sensors;
 
 pub use device::{Action, Device, DeviceConfig, DeviceStats, LinkState};
 pub use ring::SampleRing;
-pub use sensors::{ReadError, SensorSpec, Sensors};
+pub use sensors::{ReadError, SensorSpec, Sensors, MAX_INTERVAL_MS};
 
 /// Default capacity of the unacked-sample ring.
 pub const DEFAULT_RING: usize = 128;

@@ -373,6 +373,29 @@ fn board_actions_identify_reboot_opaque() {
     assert_eq!(b.dev.take_action(), Some(Action::Reboot));
 }
 
+/// An owner that carries out `Reboot` by replacing the device (as `ferry-sim` does) drains
+/// `take_action` in a loop first: `Reboot` must come out once, after its result, or that loop never
+/// ends (finding 9: `ferry-sim` spun at 100 % CPU on a reboot command).
+#[test]
+fn reboot_is_handed_out_once_after_its_result() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    b.send(Message::Command(Command {
+        id: 9,
+        kind: CommandKind::Reboot,
+    }));
+    assert_eq!(b.dev.take_action(), None, "not before the result is sent");
+    let seen = b.run_until(1);
+    assert!(seen.contains(&result(9, CommandStatus::Ok)), "{seen:?}");
+    let mut actions = Vec::new();
+    while let Some(a) = b.dev.take_action() {
+        actions.push(a);
+        assert!(actions.len() < 10, "take_action never ends: {actions:?}");
+    }
+    assert_eq!(actions, [Action::Reboot]);
+}
+
 #[test]
 fn silence_falls_back_to_hello_and_hello_request_forces_one() {
     let mut b = Bench::new();
@@ -423,6 +446,113 @@ fn non_advancing_ack_triggers_fast_retransmit_once_per_guard() {
     assert_eq!(resent[0], 2, "resends from the oldest held sample at once");
     b.ack(2); // within the guard: ignored
     assert_eq!(b.dev.stats().retransmits, before + 1);
+}
+
+/// PROTOCOL.md section 6: an interval the channel cannot be sampled at is `InvalidArgument` and
+/// changes nothing; 0 (disable) and the bounds themselves are fine; `Identify` on a device
+/// without anything to blink is `Unsupported`.
+#[test]
+fn out_of_range_intervals_are_invalid_and_identify_can_be_unsupported() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    b.set_interval(1, 0, ferry_firmware::MAX_INTERVAL_MS + 1);
+    b.set_interval(2, 1, u32::MAX);
+    let seen = b.run_until(1);
+    assert!(
+        seen.contains(&result(1, CommandStatus::InvalidArgument)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&result(2, CommandStatus::InvalidArgument)),
+        "{seen:?}"
+    );
+    assert_eq!(b.dev.interval_ms(0), Some(10), "unchanged");
+    b.set_interval(3, 0, ferry_firmware::MAX_INTERVAL_MS);
+    b.set_interval(4, 1, 0);
+    b.set_interval(5, 2, 1);
+    let seen = b.run_until(2);
+    for id in 3..=5 {
+        assert!(
+            seen.contains(&result(id, CommandStatus::Ok)),
+            "{id}: {seen:?}"
+        );
+    }
+    assert_eq!(b.dev.interval_ms(1), Some(0));
+
+    // A channel that cannot go below 16 ms (an SHT3x measurement).
+    struct Slow(Synthetic, [ferry_firmware::SensorSpec; 1]);
+    impl ferry_firmware::Sensors for Slow {
+        fn specs(&self) -> &[ferry_firmware::SensorSpec] {
+            &self.1
+        }
+        fn read(&mut self, i: usize, t: u64) -> Result<f32, ferry_firmware::ReadError> {
+            self.0.read(i, t)
+        }
+    }
+    let slow = Slow(
+        Synthetic::with_interval(100),
+        [ferry_firmware::SensorSpec {
+            name: "t",
+            unit: "C",
+            default_interval_ms: 100,
+            min_interval_ms: 16,
+        }],
+    );
+    let mut cfg = DeviceConfig::new("dev-2", "test", 78);
+    cfg.identify = false;
+    let mut dev: Device<16> = Device::new(cfg, &slow, 0);
+    let mut out = [0u8; MAX_ENCODED_LEN];
+    let welcome = Message::Welcome(Welcome {
+        boot_id: 78,
+        utc_ms: 1,
+        next_seq: 0,
+    });
+    let mut answers = Vec::new();
+    for (id, kind) in [
+        (
+            1,
+            CommandKind::SetInterval {
+                sensor: 0,
+                interval_ms: 15,
+            },
+        ),
+        (
+            2,
+            CommandKind::SetInterval {
+                sensor: 0,
+                interval_ms: 16,
+            },
+        ),
+        (3, CommandKind::Identify { duration_ms: 100 }),
+    ] {
+        for m in [&welcome, &Message::Command(Command { id, kind })] {
+            let n = encode(m, &mut out).unwrap();
+            let frame = out[..n].to_vec();
+            dev.receive(0, &frame);
+        }
+        while let Some(n) = dev.poll_transmit(0, &slow, &mut out) {
+            let mut dec: Decoder = Decoder::new();
+            let mut input = &out[..n];
+            if let Some(Ok(Message::CommandResult(r))) = dec.feed(&mut input) {
+                answers.push((r.id, r.status));
+            };
+        }
+    }
+    assert_eq!(
+        answers,
+        [
+            (1, CommandStatus::InvalidArgument),
+            (2, CommandStatus::Ok),
+            (3, CommandStatus::Unsupported)
+        ]
+    );
+    assert_eq!(dev.interval_ms(0), Some(16));
+    assert_eq!(
+        dev.take_action(),
+        None,
+        "no Identify action without support"
+    );
 }
 
 /// A gateway that stores at most `per_ms` samples each millisecond, in frame order, and acks a

@@ -5,6 +5,8 @@
 //! ferry-sim --devices 4 --pty --pty-dir /tmp/ferry-ports         # ptys, symlinked for globbing
 //! ferry-sim --devices 50 --rate 333 --samples 1000000 --loopback # against the built-in receiver
 //! ```
+//!
+//! `--help` ends with how the devices answer commands ([`ferry_sim::COMMANDS_HELP`]).
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "ferry-sim",
     version,
-    about = "Simulated Ferry devices (the real firmware core on the host)"
+    about = "Simulated Ferry devices (the real firmware core on the host)",
+    after_help = ferry_sim::COMMANDS_HELP
 )]
 struct Args {
     /// Number of devices.

@@ -2,8 +2,11 @@
 //! simulator's own tests and benchmarks, and a readable model of what the agent does per link.
 //!
 //! It follows PROTOCOL.md exactly: Welcome on every Hello, `ferry_wire::Acceptor` for ordering and
-//! dedup, HelloRequest for data on a link without a session, and one cumulative Ack per read chunk.
+//! dedup, HelloRequest for data on a link without a session, and one cumulative Ack per read chunk
+//! (also for a chunk whose samples were all duplicates, so the device releases them).
 //! "Durable" here means "recorded in memory", so it acks at once (unless told to withhold acks).
+//! [`Receiver::command`] sends a command to a connected device; every `CommandResult` is recorded
+//! with the boot of the session it arrived in.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,10 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_wire::{
-    encode, Acceptor, Ack, Decoder, Heartbeat, Message, Sample, Welcome, MAX_ENCODED_LEN,
+    encode, Acceptor, Ack, Command, CommandKind, CommandStatus, Decoder, Heartbeat, Message,
+    Sample, Welcome, MAX_ENCODED_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +42,24 @@ pub struct BootLog {
     pub heartbeat: Option<Heartbeat>,
 }
 
+/// A `CommandResult` as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultLog {
+    /// Device of the link's session.
+    pub device: String,
+    /// Boot of the link's session when the result arrived (the last Hello before it).
+    pub boot_id: u32,
+    /// Command id.
+    pub id: u32,
+    /// Outcome.
+    pub status: CommandStatus,
+    /// Result payload.
+    pub data: Vec<u8>,
+}
+
+/// A command queued for one link.
+type LinkCommand = (u32, CommandKind<'static>);
+
 /// Everything the receiver saw.
 #[derive(Debug, Default)]
 pub struct ReceiverState {
@@ -54,6 +77,10 @@ pub struct ReceiverState {
     pub withhold_acks: bool,
     /// Keep every stored sample in `BootLog::samples`.
     pub keep_samples: bool,
+    /// Every command result, in arrival order.
+    pub results: Vec<ResultLog>,
+    /// The link of each device with a session, for [`Receiver::command`].
+    links_by_device: HashMap<String, mpsc::UnboundedSender<LinkCommand>>,
 }
 
 impl ReceiverState {
@@ -111,6 +138,15 @@ impl Receiver {
             .spawn(serve_link(link, self.state.clone(), self.shutdown.clone()));
     }
 
+    /// Sends `Command { id, kind }` on the link of `device`'s latest session; false if the device
+    /// has no open link.
+    pub fn command(&self, device: &str, id: u32, kind: CommandKind<'static>) -> bool {
+        let st = self.state.lock().unwrap();
+        st.links_by_device
+            .get(device)
+            .is_some_and(|link| link.send((id, kind)).is_ok())
+    }
+
     /// Stops every link and waits for them.
     pub async fn stop(self) -> Arc<Mutex<ReceiverState>> {
         self.shutdown.cancel();
@@ -140,6 +176,7 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: CancellationToken,
 ) {
     state.lock().unwrap().links += 1;
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<LinkCommand>();
     let mut dec: Box<Decoder> = Box::new(Decoder::new());
     let mut session: Option<(String, u32)> = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -152,6 +189,14 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             },
+            Some((id, kind)) = cmd_rx.recv() => {
+                push(&mut out, &Message::Command(Command { id, kind }));
+                if link.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                continue;
+            }
         };
         let mut input = &buf[..n];
         let mut ack: Option<Ack> = None;
@@ -187,6 +232,7 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                                 next_seq,
                             }),
                         );
+                        st.links_by_device.insert(key.0.clone(), cmd_tx.clone());
                         session = Some(key);
                     }
                     (Message::Samples(s), Some(key)) => {
@@ -215,7 +261,15 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                             log.heartbeat = Some(*h);
                         }
                     }
-                    (Message::CommandResult(_), Some(_)) => {}
+                    (Message::CommandResult(r), Some((device, boot_id))) => {
+                        st.results.push(ResultLog {
+                            device: device.clone(),
+                            boot_id: *boot_id,
+                            id: r.id,
+                            status: r.status,
+                            data: r.data.to_vec(),
+                        });
+                    }
                     // Data on a link without a session: at most one HelloRequest per 200 ms.
                     (
                         Message::Samples(_) | Message::Heartbeat(_) | Message::CommandResult(_),

@@ -42,6 +42,7 @@ impl SimSensors {
                 name: NAMES[i],
                 unit: UNITS[i.min(2)],
                 default_interval_ms: interval_ms,
+                min_interval_ms: 1,
             })
             .collect();
         SimSensors {

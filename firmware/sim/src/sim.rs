@@ -4,6 +4,12 @@
 //! sampling tick are arms of one `select!`. When the outgoing buffer is above its high-water mark the
 //! device simply stops handing out frames, so an unread link fills the device's ring (and then its
 //! drop counter), as on real hardware, instead of growing memory.
+//!
+//! Commands get deterministic answers, so a test can reach every status (see [`COMMANDS_HELP`]):
+//! the firmware core answers `SetInterval` (`unknown_sensor`, `invalid_argument` above one day)
+//! and `Reboot`; `Identify` is `unsupported` (nothing to blink); `Opaque` is echoed (`ok`) unless
+//! its payload starts with [`OPAQUE_FAIL_PREFIX`] (`failed`, the rest of the payload as result
+//! data). A reboot, commanded or injected, keeps the link and starts a new boot with a new id.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +33,30 @@ use crate::SIM_RING;
 
 /// Outgoing bytes buffered per device before it stops handing out frames.
 const HIGH_WATER: usize = 64 * 1024;
+
+/// An `Opaque` command whose payload starts with these bytes (ASCII `fail`, hex `6661696c`) is
+/// answered `Failed`, with the rest of the payload as the result data.
+pub const OPAQUE_FAIL_PREFIX: &[u8] = b"fail";
+
+/// How simulated devices answer commands (for `ferry-sim --help`).
+pub const COMMANDS_HELP: &str = "\
+Commands (from the agent's local API or MQTT) are answered deterministically:
+  set_interval   ok for a sensor below --sensors and an interval of 0 (disable) or
+                 1..=86400000 ms; unknown_sensor for another sensor; invalid_argument for
+                 an interval above 86400000 ms (one day)
+  identify       unsupported (a simulated device has nothing to blink)
+  reboot         ok, then the device resets into a new boot (new boot id) on the same link;
+                 samples it held unacked are lost and reported as \"lost on reboot\"
+  opaque         failed if the payload starts with the ASCII bytes \"fail\" (hex 6661696c),
+                 with the rest of the payload as result data; otherwise ok, payload echoed";
+
+/// The simulated application's answer to an `Opaque` payload.
+fn opaque(data: &[u8]) -> (CommandStatus, &[u8]) {
+    match data.strip_prefix(OPAQUE_FAIL_PREFIX) {
+        Some(rest) => (CommandStatus::Failed, rest),
+        None => (CommandStatus::Ok, data),
+    }
+}
 
 /// How devices reach the gateway.
 #[derive(Debug, Clone)]
@@ -206,6 +236,7 @@ impl Sim {
             boot_id,
         );
         dc.retransmit_timeout_ms = cfg.retransmit_timeout_ms;
+        dc.identify = false;
         Sim {
             dev: Device::new(dc, &sensors, 0),
             sensors,
@@ -300,15 +331,16 @@ async fn run_device(
             }
             while let Some(action) = sim.dev.take_action() {
                 match action {
+                    // The command's result is already in `out`, ahead of the new boot's Hello;
+                    // the reset itself happens on the next tick, like an injected reboot.
                     Action::Reboot => next_reboot = Some(Instant::now()),
                     Action::Opaque { id, data } => {
-                        reply[..data.len()].copy_from_slice(&data);
-                        sim.dev
-                            .complete_command(id, CommandStatus::Ok, &reply[..data.len()]);
+                        let (status, answer) = opaque(&data);
+                        reply[..answer.len()].copy_from_slice(answer);
+                        sim.dev.complete_command(id, status, &reply[..answer.len()]);
                     }
-                    Action::Identify { duration_ms } => {
-                        tracing::info!(device = %id, duration_ms, "Identify requested.")
-                    }
+                    // Not handed out: the device is configured without identify (Unsupported).
+                    Action::Identify { .. } => {}
                 }
             }
             let generating = gen_end.is_none();

@@ -168,3 +168,174 @@ async fn ack_latency_times_no_frame_without_new_samples() {
         "{timed} timed frames for {generated} samples: a frame without new samples was timed"
     );
 }
+
+/// Finding 9: a `Reboot` command made `ferry-sim` spin at 100 % CPU (the device handed out
+/// `Action::Reboot` forever), silencing every device of the process and never reporting. Now the
+/// device answers `Ok` in its old boot (PROTOCOL.md section 6: answered before the reset), comes
+/// back with a new boot id, and the other devices keep streaming until the run reports.
+///
+/// The scenario runs on its own runtime in its own thread, so a hang fails the test at a deadline
+/// instead of hanging it.
+#[test]
+fn reboot_command_is_answered_then_the_device_reboots_and_the_others_keep_going() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = done_tx.send(rt.block_on(async {
+            let rx = Receiver::bind(loopback(), false).await.unwrap();
+            let cfg = SimConfig {
+                devices: 3,
+                transport: Transport::Tcp(rx.addr),
+                sensors: 2,
+                interval_ms: 10,
+                duration: Some(Duration::from_secs(3)),
+                seed: 3,
+                ..SimConfig::default()
+            };
+            let sim = tokio::spawn(run(cfg, CancellationToken::new()));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            // Once sim-0001 streams, command its reboot.
+            loop {
+                let streaming = rx
+                    .state
+                    .lock()
+                    .unwrap()
+                    .boots
+                    .iter()
+                    .any(|((d, _), log)| d == "sim-0001" && log.stored > 0);
+                if streaming && rx.command("sim-0001", 41, ferry_wire::CommandKind::Reboot) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sim-0001 never streamed"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let report = sim.await.unwrap();
+            let state = rx.stop().await;
+            let st = state.lock().unwrap();
+            let v = verify(&report, &st);
+            (report, st.results.clone(), v)
+        }));
+    });
+    let (report, results, v) = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("ferry-sim finished and reported within 60 s of a reboot command (it hung)");
+    println!("{}\n{v:?}\n{results:?}", report.table());
+    let dev = &report.devices[1];
+    assert_eq!(dev.device_id, "sim-0001");
+    assert_eq!(dev.boots.len(), 2, "one reboot: {:?}", dev.boots);
+    let (old, new) = (&dev.boots[0], &dev.boots[1]);
+    assert_ne!(old.boot_id, new.boot_id, "a new boot id after the reset");
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| (r.device.as_str(), r.boot_id, r.id, r.status))
+            .collect::<Vec<_>>(),
+        [("sim-0001", old.boot_id, 41, ferry_wire::CommandStatus::Ok)],
+        "answered once, Ok, in the old boot's session (before the reset)"
+    );
+    assert!(
+        new.generated > 0 && new.acked > 0,
+        "the new boot streams: {new:?}"
+    );
+    for d in [&report.devices[0], &report.devices[2]] {
+        assert_eq!(d.boots.len(), 1, "{}", d.device_id);
+        let b = &d.boots[0];
+        // 2 channels at 100 Hz for 3 s: 600 samples; the others never stalled.
+        assert!(
+            b.generated >= 540,
+            "{} generated {}",
+            d.device_id,
+            b.generated
+        );
+        assert_eq!(b.acked, b.generated, "{}: everything acked", d.device_id);
+    }
+    assert_eq!(v.missing_acked, 0);
+}
+
+/// Every command status a simulated device can give, as `ferry-sim --help` documents them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_every_status() {
+    use ferry_wire::{CommandKind, CommandStatus};
+    let rx = Receiver::bind(loopback(), false).await.unwrap();
+    let cfg = SimConfig {
+        devices: 1,
+        transport: Transport::Tcp(rx.addr),
+        sensors: 2,
+        interval_ms: 50,
+        duration: Some(Duration::from_secs(2)),
+        ..SimConfig::default()
+    };
+    let sim = tokio::spawn(run(cfg, CancellationToken::new()));
+    let commands = [
+        (
+            1,
+            CommandKind::SetInterval {
+                sensor: 1,
+                interval_ms: 100,
+            },
+        ),
+        (
+            2,
+            CommandKind::SetInterval {
+                sensor: 2,
+                interval_ms: 100,
+            },
+        ),
+        (
+            3,
+            CommandKind::SetInterval {
+                sensor: 0,
+                interval_ms: 86_400_001,
+            },
+        ),
+        (4, CommandKind::Identify { duration_ms: 100 }),
+        (5, CommandKind::Opaque(b"fail:disk full")),
+        (6, CommandKind::Opaque(&[0x0a, 0x0b])),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rx.command("sim-0000", 0, CommandKind::Opaque(b"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device never said Hello"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (id, kind) in commands {
+        assert!(rx.command("sim-0000", id, kind));
+    }
+    let answered = loop {
+        let results = rx.state.lock().unwrap().results.clone();
+        if results.len() == 7 {
+            break results;
+        }
+        assert!(std::time::Instant::now() < deadline, "answers: {results:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // By id: an opaque command is answered by the board loop, so it may come after later ones.
+    let mut got: Vec<(u32, CommandStatus, &[u8])> = answered
+        .iter()
+        .map(|r| (r.id, r.status, &r.data[..]))
+        .collect();
+    got.sort_by_key(|r| r.0);
+    assert_eq!(
+        got,
+        [
+            (0, CommandStatus::Ok, &b""[..]),
+            (1, CommandStatus::Ok, &b""[..]),
+            (2, CommandStatus::UnknownSensor, &b""[..]),
+            (3, CommandStatus::InvalidArgument, &b""[..]),
+            (4, CommandStatus::Unsupported, &b""[..]),
+            (5, CommandStatus::Failed, &b":disk full"[..]),
+            (6, CommandStatus::Ok, &[0x0a, 0x0b][..]),
+        ]
+    );
+    sim.await.unwrap();
+    rx.stop().await;
+}

@@ -3,6 +3,12 @@
 //! Invariant: the accepted samples of one `(device, boot)` form the gap-free sequence
 //! `0..next()`, except for ranges the device itself reported as dropped (its `oldest` moved past
 //! them), which are counted in [`Accepted::dropped_by_device`]. Every sample is accepted at most once.
+//! `next()` never exceeds `2^32 - 1` = [`crate::LAST_SEQ`] + 1, which an `Ack` can carry: no sequence
+//! number above `LAST_SEQ` is ever accepted, whatever the caller passes, and nothing wraps.
+//!
+//! Every message whose samples were all accepted before (`keep` empty, `duplicates > 0`) must be
+//! answered with an `Ack` of the durable `next`, like a message with new samples: its sender lost
+//! the earlier ack and holds those samples until it hears one.
 
 use core::ops::Range;
 
@@ -38,6 +44,10 @@ impl Acceptor {
     }
 
     /// Applies the rules to a message with fields `oldest`, `first_seq` and `len` samples.
+    ///
+    /// A decoded `Samples` always has `oldest <= first_seq` and no seq above [`crate::LAST_SEQ`]
+    /// ([`crate::Message::is_valid`]); should a caller pass more, the samples above `LAST_SEQ` are
+    /// left out of `keep`.
     pub fn accept(&mut self, oldest: u32, first_seq: u32, len: usize) -> Accepted {
         let mut out = Accepted {
             dropped_by_device: 0,
@@ -49,7 +59,9 @@ impl Acceptor {
             out.dropped_by_device = oldest - self.next;
             self.next = oldest;
         }
-        let end = first_seq.saturating_add(len as u32);
+        // Samples with seq <= LAST_SEQ: first_seq + len <= u32::MAX, so `end` cannot overflow.
+        let len = len.min((u32::MAX - first_seq) as usize);
+        let end = first_seq + len as u32;
         if first_seq > self.next {
             out.hole = true;
         } else if end <= self.next {
@@ -91,5 +103,57 @@ mod tests {
         assert_eq!(a.next(), 10);
         // the gap is counted once
         assert_eq!(a.accept(8, 10, 1).dropped_by_device, 0);
+    }
+
+    #[test]
+    fn all_duplicates_keep_nothing_and_leave_next() {
+        let mut a = Acceptor::new(0);
+        a.accept(0, 0, 4);
+        let r = a.accept(0, 0, 4);
+        assert_eq!((r.duplicates, r.keep, r.hole), (4, 0..0, false));
+        assert_eq!(a.next(), 4, "the Ack that answers it carries next_seq 4");
+    }
+
+    /// `Hello.next_seq` plays no part: a boot the gateway has not seen starts at 0, and a first
+    /// `Samples` with `oldest = k` counts `k` samples dropped by the device.
+    #[test]
+    fn a_new_boot_starts_at_zero() {
+        let mut a = Acceptor::new(0);
+        let r = a.accept(5, 7, 2);
+        assert_eq!(
+            (r.dropped_by_device, r.hole),
+            (5, true),
+            "5..7 were lost in flight"
+        );
+        let r = a.accept(5, 5, 4);
+        assert_eq!((r.dropped_by_device, r.keep), (0, 0..4));
+        assert_eq!(a.next(), 9);
+    }
+
+    #[test]
+    fn top_of_the_sequence_space() {
+        // The last usable seq is 0xFFFF_FFFE; accepting it makes next 0xFFFF_FFFF (an Ack can
+        // carry that), and nothing wraps.
+        let mut a = Acceptor::new(0xFFFF_FFF0);
+        let r = a.accept(0xFFFF_FFF0, 0xFFFF_FFF0, 15);
+        assert_eq!((r.keep, r.duplicates), (0..15, 0));
+        assert_eq!(a.next(), u32::MAX);
+        let r = a.accept(0xFFFF_FFF0, 0xFFFF_FFF0, 15);
+        assert_eq!((r.keep, r.duplicates), (0..0, 15));
+        assert_eq!(a.next(), u32::MAX);
+
+        // A caller that skips validation: seq 0xFFFF_FFFF is never accepted.
+        let mut a = Acceptor::new(0xFFFF_FFFE);
+        let r = a.accept(0xFFFF_FFFE, 0xFFFF_FFFE, 2);
+        assert_eq!(r.keep, 0..1, "only seq 0xFFFF_FFFE");
+        assert_eq!(a.next(), u32::MAX);
+        let r = a.accept(u32::MAX, u32::MAX, 1);
+        assert!(r.keep.is_empty());
+        assert_eq!(a.next(), u32::MAX);
+
+        // A device that dropped everything up to the top counts the gap exactly.
+        let mut a = Acceptor::new(0);
+        let r = a.accept(0xFFFF_FFFE, 0xFFFF_FFFE, 1);
+        assert_eq!((r.dropped_by_device, r.keep), (0xFFFF_FFFE, 0..1));
     }
 }

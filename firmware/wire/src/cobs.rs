@@ -3,6 +3,13 @@
 //! Hand-written (it is short) so the exact rules live next to `PROTOCOL.md`: a code byte `c` (1..=255)
 //! is followed by `c - 1` data bytes; a zero follows the group unless `c == 0xFF` or the group ends
 //! the block.
+//!
+//! Invariant: every body has exactly one accepted encoding, the one [`encode`] emits. The COBS rules
+//! alone allow two for a body whose last zero-free piece is 254·k bytes long (k ≥ 1): the encoder
+//! ends such a block with an empty group (`… ff <254 bytes> 01`), and `… ff <254 bytes>` would
+//! decode to the same body. [`decode`] rejects a block whose last group is a `0xFF` group, so a
+//! frame cannot be accepted in two spellings (one sample, two raw forms in quarantine or a dedup
+//! by bytes).
 
 /// Worst-case encoded length of `n` bytes.
 pub const fn max_encoded_len(n: usize) -> usize {
@@ -41,14 +48,18 @@ pub fn encode(src: &[u8], dst: &mut [u8]) -> Option<usize> {
     Some(out)
 }
 
-/// Decodes one COBS block (without delimiters) into `dst`; `None` if it is not valid COBS or `dst`
-/// is too small.
+/// Decodes one COBS block (without delimiters) into `dst`; `None` if it is not valid COBS, not the
+/// canonical encoding (a last group of code `0xFF`), or `dst` is too small.
 pub fn decode(src: &[u8], dst: &mut [u8]) -> Option<usize> {
     let mut i = 0;
     let mut out = 0;
     while i < src.len() {
         let code = src[i] as usize;
         if code == 0 || i + code > src.len() {
+            return None;
+        }
+        if code == 0xFF && i + code == src.len() {
+            // `encode` always follows a 0xFF group with another group (`01` if nothing is left).
             return None;
         }
         let data = &src[i + 1..i + code];
@@ -66,6 +77,7 @@ pub fn decode(src: &[u8], dst: &mut [u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{vec, vec::Vec};
 
     fn roundtrip(src: &[u8]) {
         let mut enc = [0u8; 2048];
@@ -113,5 +125,69 @@ mod tests {
         assert_eq!(decode(&[0x05, 0x11], &mut out), None);
         assert_eq!(decode(&[0x00], &mut out), None);
         assert_eq!(decode(&[0x03, 0x11, 0x22], &mut [0u8; 1]), None);
+    }
+
+    #[test]
+    fn pieces_of_254_k_bytes_have_one_encoding() {
+        for k in 1..=3 {
+            for zero_before in [false, true] {
+                let mut body = vec![];
+                if zero_before {
+                    body.extend_from_slice(&[0x11, 0x00]);
+                }
+                body.extend((0..254 * k).map(|i| (i % 255 + 1) as u8));
+                let mut enc = [0u8; 1024];
+                let n = encode(&body, &mut enc).unwrap();
+                assert_eq!(
+                    enc[n - 256],
+                    0xFF,
+                    "k={k}: the last piece ends a 0xFF group"
+                );
+                assert_eq!(
+                    enc[n - 1],
+                    0x01,
+                    "k={k}: the encoder ends with an empty group"
+                );
+                roundtrip(&body);
+                // Without the trailing empty group the block would decode to the same body.
+                let mut dec = [0u8; 1024];
+                assert_eq!(decode(&enc[..n - 1], &mut dec), None, "k={k}");
+            }
+        }
+        // A 0xFF group followed by more data stays valid.
+        let mut v = vec![0xFF];
+        v.extend(1..=254u8);
+        v.extend_from_slice(&[0x02, 0x33]);
+        let mut dec = [0u8; 512];
+        let n = decode(&v, &mut dec).unwrap();
+        assert_eq!(n, 255);
+        assert_eq!(dec[254], 0x33);
+    }
+
+    proptest::proptest! {
+        /// Any block made of well-formed groups either is the encoder's output for what it
+        /// decodes to, or ends with a 0xFF group and is rejected: one encoding per body.
+        #[test]
+        fn every_accepted_block_is_the_canonical_encoding(
+            groups in proptest::collection::vec((1u8..=255, proptest::prelude::any::<u8>()), 1..8),
+        ) {
+            let mut block = Vec::new();
+            for (code, fill) in groups {
+                block.push(code);
+                block.extend((1..code).map(|i| fill.wrapping_add(i).max(1)));
+            }
+            let mut dec = [0u8; 4096];
+            match decode(&block, &mut dec) {
+                Some(n) => {
+                    let mut enc = [0u8; 4096];
+                    let m = encode(&dec[..n], &mut enc).unwrap();
+                    proptest::prop_assert_eq!(&enc[..m], &block[..]);
+                }
+                None => {
+                    let last = block.len() - 255;
+                    proptest::prop_assert_eq!(block[last], 0xFF, "only a trailing 0xFF group is refused");
+                }
+            }
+        }
     }
 }

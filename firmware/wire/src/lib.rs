@@ -19,6 +19,9 @@
 #![no_std]
 #![warn(missing_docs)]
 
+#[cfg(test)]
+extern crate std;
+
 mod accept;
 mod cobs;
 mod codec;
@@ -46,6 +49,11 @@ pub const MAX_BODY_LEN: usize = 1016;
 
 /// Buffer size that always holds one complete encoded frame including both delimiters.
 pub const MAX_ENCODED_LEN: usize = MAX_FRAME_LEN + 2;
+
+/// The last usable sequence number of a boot. `0xFFFF_FFFF` can never be acknowledged (the
+/// [`Ack`] that covers it would need `next_seq = 2^32`), so a `Samples` message carrying it is
+/// malformed; a device whose boot has used `LAST_SEQ` starts a new boot.
+pub const LAST_SEQ: u32 = 0xFFFF_FFFE;
 
 /// Maximum number of samples in one [`Samples`] frame.
 pub const MAX_SAMPLES_PER_FRAME: usize = 32;
@@ -82,7 +90,8 @@ pub enum RejectReason {
     BadCrc,
     /// Intact frame with a protocol version this side does not speak.
     UnknownVersion(u8),
-    /// Intact frame whose message does not decode, has trailing bytes, or breaks a protocol limit.
+    /// Intact frame whose message does not decode, has trailing bytes, is not in canonical form, or
+    /// breaks a protocol limit ([`Message::is_valid`]).
     Malformed,
 }
 

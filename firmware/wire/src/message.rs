@@ -9,9 +9,15 @@ use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    MAX_DEVICE_ID_LEN, MAX_FIRMWARE_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME, MAX_SENSORS,
-    MAX_SENSOR_NAME_LEN, MAX_UNIT_LEN,
+    LAST_SEQ, MAX_DEVICE_ID_LEN, MAX_FIRMWARE_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME,
+    MAX_SENSORS, MAX_SENSOR_NAME_LEN, MAX_UNIT_LEN,
 };
+
+/// Names never contain U+0000 (decision D3: ids, names and units travel into C strings, SQL and
+/// MQTT topics, where NUL truncates or is refused).
+fn no_nul(s: &str) -> bool {
+    !s.as_bytes().contains(&0)
+}
 
 /// One message of the device link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,16 +52,23 @@ impl Message<'_> {
         )
     }
 
-    /// Checks the limits postcard cannot express (string lengths, empty ids, sensor indexes).
+    /// Checks the limits postcard cannot express (PROTOCOL.md section 1, "Limits"): string lengths,
+    /// empty ids, NUL in strings, unique sensor indexes, `tick_hz > 0`, `oldest <= first_seq`, and
+    /// no sequence number above [`LAST_SEQ`].
     pub fn is_valid(&self) -> bool {
         match self {
             Message::Hello(h) => {
                 !h.device_id.is_empty()
                     && h.device_id.len() <= MAX_DEVICE_ID_LEN
                     && h.firmware.len() <= MAX_FIRMWARE_LEN
+                    && no_nul(h.device_id)
+                    && no_nul(h.firmware)
                     && h.tick_hz > 0
                     && h.sensors.iter().all(|s| {
-                        s.name.len() <= MAX_SENSOR_NAME_LEN && s.unit.len() <= MAX_UNIT_LEN
+                        s.name.len() <= MAX_SENSOR_NAME_LEN
+                            && s.unit.len() <= MAX_UNIT_LEN
+                            && no_nul(s.name)
+                            && no_nul(s.unit)
                     })
                     && h.sensors
                         .iter()
@@ -63,9 +76,9 @@ impl Message<'_> {
                         .all(|(i, s)| h.sensors[..i].iter().all(|o| o.index != s.index))
             }
             Message::Samples(s) => {
-                !s.samples.is_empty()
-                    && s.oldest <= s.first_seq
-                    && s.first_seq.checked_add(s.samples.len() as u32).is_some()
+                // The last sample's seq (first_seq + count - 1), computed without overflow.
+                let end = u64::from(s.first_seq) + s.samples.len() as u64;
+                !s.samples.is_empty() && s.oldest <= s.first_seq && end - 1 <= u64::from(LAST_SEQ)
             }
             Message::CommandResult(r) => r.data.len() <= MAX_OPAQUE_LEN,
             Message::Command(c) => match c.kind {

@@ -1,6 +1,8 @@
-//! Golden vectors: the hex examples in PROTOCOL.md must equal (1) what this crate encodes for the
-//! values below, (2) what this crate decodes them to, and (3) what the independent Python encoder in
-//! `tests/reference_peer.py` (written from the spec alone) produces.
+//! Golden vectors: the ```` ```hex golden=NAME ```` examples in PROTOCOL.md must equal (1) what this
+//! crate encodes for the values below, (2) what this crate decodes them to, and (3) what the
+//! independent Python peer in `tests/reference_peer.py` (written from the spec alone) encodes and
+//! accepts. Every ```` ```hex rejected=NAME reason=REASON ```` block must be the frame described
+//! here, and be rejected for REASON by this crate's decoder and by the Python peer.
 use crate::strategies::{frame, same};
 use ferry_wire::*;
 
@@ -39,6 +41,42 @@ fn golden_messages() -> Vec<(&'static str, Message<'static>)> {
             value: 40.25,
         })
         .unwrap();
+    let mut last = heapless::Vec::new();
+    last.push(Sample {
+        ticks: 5000,
+        sensor: 0,
+        value: 1.5,
+    })
+    .unwrap();
+    let non_finite = [
+        (1000, 0, 0x7FC0_0000),
+        (1000, 1, 0xFFC0_0001),
+        (2000, 0, 0x7F80_0000),
+        (2000, 1, 0xFF80_0000),
+        (3000, 0, 0x8000_0000),
+    ]
+    .into_iter()
+    .map(|(ticks, sensor, bits)| Sample {
+        ticks,
+        sensor,
+        value: f32::from_bits(bits),
+    })
+    .collect();
+    let mut unknown = heapless::Vec::new();
+    unknown
+        .push(Sample {
+            ticks: 1000,
+            sensor: 9,
+            value: 3.25,
+        })
+        .unwrap();
+    let piece = (0..32)
+        .map(|i| Sample {
+            ticks: 15_300 + 100 * i,
+            sensor: 1,
+            value: 21.1,
+        })
+        .collect();
     vec![
         (
             "hello",
@@ -124,7 +162,135 @@ fn golden_messages() -> Vec<(&'static str, Message<'static>)> {
             }),
         ),
         ("hello_request", Message::HelloRequest),
+        (
+            "samples_last_seq",
+            Message::Samples(Samples {
+                oldest: LAST_SEQ,
+                first_seq: LAST_SEQ,
+                samples: last,
+            }),
+        ),
+        (
+            "ack_last_seq",
+            Message::Ack(Ack {
+                boot_id: 0x1234_5678,
+                next_seq: LAST_SEQ + 1,
+            }),
+        ),
+        (
+            "samples_non_finite",
+            Message::Samples(Samples {
+                oldest: 7,
+                first_seq: 7,
+                samples: non_finite,
+            }),
+        ),
+        (
+            "samples_unknown_sensor",
+            Message::Samples(Samples {
+                oldest: 0,
+                first_seq: 0,
+                samples: unknown,
+            }),
+        ),
+        (
+            "samples_cobs_254",
+            Message::Samples(Samples {
+                oldest: 96,
+                first_seq: 100,
+                samples: piece,
+            }),
+        ),
     ]
+}
+
+/// `(name, reason, frame)` of every rejected vector, built here from its description (the spec's
+/// bytes must match).
+fn rejected_frames() -> Vec<(&'static str, RejectReason, Vec<u8>)> {
+    let golden = golden_messages();
+    let (_, piece) = golden
+        .iter()
+        .find(|(n, _)| *n == "samples_cobs_254")
+        .unwrap();
+    let piece = frame(piece);
+    let n = piece.len();
+    assert_eq!(
+        &piece[n - 2..],
+        &[0x01, 0x00],
+        "the encoder ends with an empty group"
+    );
+    let mut trailing_ff = piece[..n - 2].to_vec();
+    trailing_ff.push(0);
+    let sample = |ticks, value| Sample {
+        ticks,
+        sensor: 0,
+        value,
+    };
+    let hello = |device_id: &'static str, tick_hz| {
+        Message::Hello(Hello {
+            device_id,
+            firmware: "1.0.0",
+            boot_id: 0x1234_5678,
+            tick_hz,
+            ticks: 1500,
+            next_seq: 0,
+            sensors: heapless::Vec::new(),
+        })
+    };
+    let samples = |oldest, first_seq, s: &[Sample]| {
+        unchecked_frame(&Message::Samples(Samples {
+            oldest,
+            first_seq,
+            samples: s.iter().copied().collect(),
+        }))
+    };
+    vec![
+        ("cobs_trailing_ff", RejectReason::BadCobs, trailing_ff),
+        (
+            "samples_seq_ffffffff",
+            RejectReason::Malformed,
+            samples(LAST_SEQ, LAST_SEQ, &[sample(5000, 1.5), sample(5001, 1.5)]),
+        ),
+        (
+            "samples_oldest_after_first",
+            RejectReason::Malformed,
+            samples(43, 42, &[sample(123_456, 21.5)]),
+        ),
+        (
+            "hello_tick_hz_zero",
+            RejectReason::Malformed,
+            unchecked_frame(&hello("dev-01", 0)),
+        ),
+        (
+            "hello_nul_in_device_id",
+            RejectReason::Malformed,
+            unchecked_frame(&hello("dev\u{0}01", 1000)),
+        ),
+    ]
+}
+
+/// A frame as a sender that skips `Message::is_valid` would write it, COBS done as PROTOCOL.md
+/// section 1 describes it (each zero-free piece as groups of 254 bytes, then a last group of
+/// `len mod 254` bytes, which is empty when `len` is a multiple of 254).
+fn unchecked_frame(m: &Message<'_>) -> Vec<u8> {
+    let mut body = [0u8; MAX_BODY_LEN];
+    body[0] = PROTOCOL_VERSION;
+    let n = 1 + postcard::to_slice(m, &mut body[1..]).unwrap().len();
+    let crc = crc32(&body[..n]);
+    body[n..n + 4].copy_from_slice(&crc.to_le_bytes());
+    let mut out = vec![0u8];
+    for piece in body[..n + 4].split(|&b| b == 0) {
+        let full = piece.len() / 254;
+        for g in piece[..full * 254].chunks(254) {
+            out.push(0xFF);
+            out.extend_from_slice(g);
+        }
+        let tail = &piece[full * 254..];
+        out.push(tail.len() as u8 + 1);
+        out.extend_from_slice(tail);
+    }
+    out.push(0);
+    out
 }
 
 fn parse_hex(s: &str) -> Vec<u8> {
@@ -133,19 +299,41 @@ fn parse_hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// `name -> bytes` for every ```` ```hex golden=NAME ```` block in the spec.
-fn spec_vectors() -> Vec<(String, Vec<u8>)> {
+/// `(info string after "```hex ", bytes)` for every hex block in the spec.
+fn spec_blocks() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut rest = SPEC;
-    while let Some(i) = rest.find("```hex golden=") {
-        rest = &rest[i + "```hex golden=".len()..];
+    while let Some(i) = rest.find("```hex ") {
+        rest = &rest[i + "```hex ".len()..];
         let nl = rest.find('\n').unwrap();
-        let name = rest[..nl].trim().to_owned();
+        let info = rest[..nl].trim().to_owned();
         let end = rest.find("```").unwrap();
-        out.push((name, parse_hex(&rest[nl..end])));
+        out.push((info, parse_hex(&rest[nl..end])));
         rest = &rest[end + 3..];
     }
     out
+}
+
+/// `name -> bytes` for every ```` ```hex golden=NAME ```` block in the spec.
+fn spec_vectors() -> Vec<(String, Vec<u8>)> {
+    spec_blocks()
+        .into_iter()
+        .filter_map(|(info, bytes)| Some((info.strip_prefix("golden=")?.to_owned(), bytes)))
+        .collect()
+}
+
+/// `(name, reason, bytes)` for every ```` ```hex rejected=NAME reason=REASON ```` block in the spec.
+fn spec_rejections() -> Vec<(String, String, Vec<u8>)> {
+    spec_blocks()
+        .into_iter()
+        .filter_map(|(info, bytes)| {
+            let rest = info.strip_prefix("rejected=")?;
+            let (name, reason) = rest
+                .split_once(" reason=")
+                .expect("rejected=NAME reason=REASON");
+            Some((name.to_owned(), reason.to_owned(), bytes))
+        })
+        .collect()
 }
 
 #[test]
@@ -159,6 +347,11 @@ fn spec_vectors_match_encoder_and_decoder() {
     );
     for ((name, bytes), (_, msg)) in spec.iter().zip(&msgs) {
         assert_eq!(&frame(msg), bytes, "encoding of golden vector `{name}`");
+        assert_eq!(
+            &unchecked_frame(msg),
+            bytes,
+            "section 1's COBS for `{name}`"
+        );
         let mut dec: Decoder = Decoder::new();
         let mut input = &bytes[..];
         let got = dec.feed(&mut input).unwrap().unwrap();
@@ -166,6 +359,31 @@ fn spec_vectors_match_encoder_and_decoder() {
             same(&got, msg),
             "decoding of golden vector `{name}`: {got:?}"
         );
+    }
+}
+
+#[test]
+fn spec_rejections_are_rejected_for_their_reason() {
+    let spec = spec_rejections();
+    let mine = rejected_frames();
+    assert_eq!(
+        spec.iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(),
+        mine.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(),
+        "PROTOCOL.md's rejected blocks, in this order"
+    );
+    for ((name, reason, bytes), (_, want, built)) in spec.iter().zip(&mine) {
+        assert_eq!(reason, want.as_str(), "`{name}`: the reason the spec gives");
+        assert_eq!(
+            bytes, built,
+            "`{name}`: the spec's bytes are the frame it describes"
+        );
+        let mut dec: Decoder = Decoder::new();
+        let mut input = &bytes[..];
+        match dec.feed(&mut input) {
+            Some(Err(rej)) => assert_eq!(rej.reason, *want, "`{name}`"),
+            other => panic!("`{name}` was not rejected: {other:?}"),
+        }
+        assert!(dec.feed(&mut input).is_none(), "`{name}` is one frame");
     }
 }
 
@@ -187,19 +405,43 @@ fn independent_python_encoder_agrees() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let spec = spec_vectors();
-    let mut n = 0;
+    let rejections = spec_rejections();
+    let mut encoded = Vec::new();
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
     for line in text.lines() {
-        let (name, hex) = line.split_once(' ').unwrap();
-        let (_, want) = spec
-            .iter()
-            .find(|(n, _)| n == name)
-            .expect("python vector named in spec");
-        assert_eq!(
-            &parse_hex(hex),
-            want,
-            "python encoder disagrees on `{name}`"
-        );
-        n += 1;
+        let mut words = line.splitn(3, ' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("encode"), Some(name), Some(hex)) => encoded.push((name, parse_hex(hex))),
+            (Some("accept"), Some(name), None) => accepted.push(name),
+            (Some("reject"), Some(name), Some(reason)) => rejected.push((name, reason)),
+            _ => panic!("unexpected line from the python peer: {line}"),
+        }
     }
-    assert_eq!(n, spec.len());
+    let all: Vec<(&str, &Vec<u8>)> = spec
+        .iter()
+        .map(|(n, b)| (n.as_str(), b))
+        .chain(rejections.iter().map(|(n, _, b)| (n.as_str(), b)))
+        .collect();
+    assert_eq!(encoded.len(), all.len(), "one encoding per spec block");
+    for (name, want) in all {
+        let (_, got) = encoded
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("python did not encode `{name}`"));
+        assert_eq!(got, want, "python encoder disagrees on `{name}`");
+    }
+    assert_eq!(
+        accepted,
+        spec.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        "the python decoder accepts every golden vector"
+    );
+    assert_eq!(
+        rejected,
+        rejections
+            .iter()
+            .map(|(n, r, _)| (n.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        "the python decoder rejects every rejected vector for the spec's reason"
+    );
 }

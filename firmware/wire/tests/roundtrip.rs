@@ -111,3 +111,91 @@ fn bodies_over_the_limit_are_malformed_even_if_they_decode() {
     body[n - 4..].copy_from_slice(&crc.to_le_bytes());
     assert_eq!(decode_body(&body), Err(RejectReason::Malformed));
 }
+
+/// The body of `m` as a sender that skips `is_valid` would write it (version, postcard, CRC).
+fn unchecked_body(m: &Message<'_>) -> Vec<u8> {
+    let mut buf = [0u8; MAX_BODY_LEN];
+    let mut body = vec![PROTOCOL_VERSION];
+    body.extend_from_slice(postcard::to_slice(m, &mut buf).unwrap());
+    body.extend_from_slice(&crc32(&body).to_le_bytes());
+    body
+}
+
+fn hello<'a>(
+    device_id: &'a str,
+    firmware: &'a str,
+    tick_hz: u32,
+    name: &'a str,
+    unit: &'a str,
+) -> Message<'a> {
+    let mut sensors = heapless::Vec::new();
+    sensors
+        .push(SensorInfo {
+            index: 0,
+            name,
+            unit,
+            interval_ms: 1000,
+        })
+        .unwrap();
+    Message::Hello(Hello {
+        device_id,
+        firmware,
+        boot_id: 1,
+        tick_hz,
+        ticks: 0,
+        next_seq: 0,
+        sensors,
+    })
+}
+
+fn samples(oldest: u32, first_seq: u32, count: usize) -> Message<'static> {
+    let sample = Sample {
+        ticks: 5,
+        sensor: 0,
+        value: 1.0,
+    };
+    Message::Samples(Samples {
+        oldest,
+        first_seq,
+        samples: (0..count).map(|_| sample).collect(),
+    })
+}
+
+/// PROTOCOL.md section 1, `malformed`: the limits postcard cannot express. Each case is refused
+/// by the encoder and rejected by the decoder; the valid neighbours pass.
+#[test]
+fn limits_postcard_cannot_express_are_malformed() {
+    let bad = [
+        ("tick_hz 0", hello("dev", "1", 0, "t", "C")),
+        ("NUL in device_id", hello("de\0v", "1", 1000, "t", "C")),
+        ("NUL in firmware", hello("dev", "1\0", 1000, "t", "C")),
+        ("NUL in sensor name", hello("dev", "1", 1000, "\0", "C")),
+        ("NUL in unit", hello("dev", "1", 1000, "t", "°\0C")),
+        ("oldest > first_seq", samples(43, 42, 1)),
+        ("seq 0xFFFFFFFF", samples(0, u32::MAX, 1)),
+        ("last seq 0xFFFFFFFF", samples(0, LAST_SEQ, 2)),
+        ("last seq 0xFFFFFFFF of 32", samples(0, u32::MAX - 31, 32)),
+    ];
+    let mut buf = [0u8; MAX_ENCODED_LEN];
+    for (what, m) in &bad {
+        assert_eq!(encode(m, &mut buf), Err(EncodeError::Invalid), "{what}");
+        assert_eq!(
+            decode_body(&unchecked_body(m)),
+            Err(RejectReason::Malformed),
+            "{what}"
+        );
+    }
+    let good = [
+        ("tick_hz 1", hello("dev", "1", 1, "t", "C")),
+        ("last usable seq", samples(LAST_SEQ, LAST_SEQ, 1)),
+        (
+            "32 up to the last usable seq",
+            samples(0, LAST_SEQ - 31, 32),
+        ),
+        ("oldest == first_seq", samples(42, 42, 1)),
+    ];
+    for (what, m) in &good {
+        assert!(encode(m, &mut buf).is_ok(), "{what}");
+        assert!(decode_body(&unchecked_body(m)).is_ok(), "{what}");
+    }
+}

@@ -113,8 +113,10 @@ impl Owned {
 }
 
 fn text(max: usize) -> impl Strategy<Value = String> {
-    // Any Unicode scalar, trimmed to the byte limit on a char boundary.
+    // Any Unicode scalar but U+0000 (never valid in a name), trimmed to the byte limit on a char
+    // boundary.
     any::<String>().prop_map(move |s| {
+        let s = s.replace('\0', "");
         let mut end = s.len().min(max);
         while !s.is_char_boundary(end) {
             end -= 1;

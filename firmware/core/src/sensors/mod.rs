@@ -15,7 +15,14 @@ pub struct SensorSpec {
     pub unit: &'static str,
     /// Sampling interval at boot, in milliseconds (0 = disabled until commanded).
     pub default_interval_ms: u32,
+    /// Shortest interval the channel can be sampled at, in milliseconds (at least 1); a
+    /// `SetInterval` below it (other than 0, which disables) is answered `InvalidArgument`.
+    pub min_interval_ms: u32,
 }
+
+/// Longest sampling interval a `SetInterval` may set: one day. Longer ones are answered
+/// `InvalidArgument` (PROTOCOL.md section 6).
+pub const MAX_INTERVAL_MS: u32 = 86_400_000;
 
 /// A reading could not be taken; the device counts it and produces no sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -108,11 +108,14 @@ pub const SPECS: [SensorSpec; 2] = [
         name: "temperature",
         unit: "°C",
         default_interval_ms: 1000,
+        // A single-shot measurement takes up to 15.5 ms; faster would repeat the last one.
+        min_interval_ms: MEASUREMENT_MS as u32,
     },
     SensorSpec {
         name: "humidity",
         unit: "%",
         default_interval_ms: 1000,
+        min_interval_ms: MEASUREMENT_MS as u32,
     },
 ];
 

@@ -23,16 +23,19 @@ pub const SPECS: [SensorSpec; 3] = [
         name: "temperature",
         unit: "°C",
         default_interval_ms: 50,
+        min_interval_ms: 1,
     },
     SensorSpec {
         name: "humidity",
         unit: "%",
         default_interval_ms: 50,
+        min_interval_ms: 1,
     },
     SensorSpec {
         name: "counter",
         unit: "1",
         default_interval_ms: 10,
+        min_interval_ms: 1,
     },
 ];
 

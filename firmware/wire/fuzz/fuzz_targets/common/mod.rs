@@ -44,6 +44,9 @@ pub fn ref_cobs_decode(block: &[u8]) -> Option<Vec<u8>> {
         let (data, next) = tail.split_at(code - 1);
         out.extend_from_slice(data);
         rest = next;
+        if code == 0xFF && rest.is_empty() {
+            return None; // not the one encoding of its body: the encoder ends with a `01` group
+        }
         if code != 0xFF && !rest.is_empty() {
             out.push(0);
         }

@@ -1,0 +1,431 @@
+//! Every command status a device can give, end to end: the real `ferry` with the real `ferry-sim`
+//! binary behind it on its TCP listener. Commands go in through the local API
+//! (`POST /api/v1/devices/{id}/commands`, then `GET .../commands/{request_id}` until done) and, in
+//! the second test, through mosquitto (`ferry/v1/{gateway}/{device}/commands`, outcomes on
+//! `.../commands/result`). `ferry-sim --help` documents how simulated devices answer, so each
+//! status is reached on purpose: `ok`, `unknown_sensor`, `invalid_argument` (an interval above one
+//! day), `unsupported` (`identify`), `failed` (an opaque payload starting with `fail`).
+//!
+//! A `reboot` (both spellings) is answered `ok` before the device resets; the device comes back
+//! with a new boot id, the other device keeps streaming, and `ferry-sim` still prints its report
+//! when interrupted (finding 9: it spun at 100 % CPU on a reboot, silencing every device).
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_tests::agent::AgentProc;
+use ferry_tests::bridge::http_get;
+use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
+use ferry_tests::workspace_bin;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Deadline of each wait (2 shared cores; the agent and the simulator are debug builds).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One command and the outcome it must get.
+struct Case {
+    device: &'static str,
+    id: &'static str,
+    command: &'static str,
+    status: &'static str,
+    data_hex: Option<&'static str>,
+}
+
+/// Commands for sim-0000 (2 sensors), answered without side effects on the link.
+const CASES: [Case; 6] = [
+    Case {
+        device: "sim-0000",
+        id: "interval-ok",
+        command: r#"{"set_interval":{"sensor":1,"interval_ms":200}}"#,
+        status: "ok",
+        data_hex: None,
+    },
+    Case {
+        device: "sim-0000",
+        id: "interval-unknown",
+        command: r#"{"set_interval":{"sensor":9,"interval_ms":200}}"#,
+        status: "unknown_sensor",
+        data_hex: None,
+    },
+    Case {
+        device: "sim-0000",
+        id: "interval-invalid",
+        command: r#"{"set_interval":{"sensor":0,"interval_ms":86400001}}"#,
+        status: "invalid_argument",
+        data_hex: None,
+    },
+    Case {
+        device: "sim-0000",
+        id: "identify",
+        command: r#"{"identify":{"duration_ms":500}}"#,
+        status: "unsupported",
+        data_hex: None,
+    },
+    Case {
+        device: "sim-0000",
+        id: "opaque-fail",
+        command: r#"{"opaque":{"hex":"6661696c0102"}}"#,
+        status: "failed",
+        data_hex: Some("0102"),
+    },
+    Case {
+        device: "sim-0000",
+        id: "opaque-echo",
+        command: r#"{"opaque":{"hex":"0a0b0c"}}"#,
+        status: "ok",
+        data_hex: Some("0a0b0c"),
+    },
+];
+
+/// The two spellings of a reboot, sent to sim-0001 one after the other.
+const REBOOTS: [(&str, &str); 2] = [
+    ("reboot-1", r#""reboot""#),
+    ("reboot-2", r#"{"reboot":null}"#),
+];
+
+fn body(id: &str, command: &str) -> String {
+    format!(r#"{{"v":1,"id":"{id}","command":{command},"ttl_s":60}}"#)
+}
+
+/// The `ferry-sim` binary, its stdout (the report) collected.
+struct SimProc {
+    child: tokio::process::Child,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl SimProc {
+    fn start(devices: SocketAddr) -> SimProc {
+        let bin = workspace_bin("ferry-sim", "ferry-sim").expect("build ferry-sim");
+        let mut child = tokio::process::Command::new(bin)
+            .args([
+                "--devices",
+                "2",
+                "--sensors",
+                "2",
+                "--rate",
+                "20",
+                "--seed",
+                "5",
+            ])
+            .arg("--tcp")
+            .arg(devices.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ferry-sim");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stdout.take().expect("piped");
+        let sink = stdout.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        SimProc { child, stdout }
+    }
+
+    /// SIGINT (Ctrl-C), as a person stops it: it must exit cleanly and print its report.
+    async fn interrupt(mut self) -> String {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT ferry-sim");
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("ferry-sim exits within 30 s of SIGINT")
+            .expect("wait for ferry-sim");
+        assert!(status.success(), "ferry-sim exit status {status}");
+        // The pipe closes with the process; the reader may still be appending.
+        let t = Instant::now();
+        loop {
+            let out = self.stdout.lock().unwrap().clone();
+            if out.contains("elapsed (s)") || t.elapsed() > WAIT {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The value of a row of ferry-sim's report table (`boots      4`).
+fn report_row(report: &str, row: &str) -> Option<u64> {
+    report.lines().find_map(|l| {
+        let rest = l.strip_prefix(row)?;
+        rest.trim().parse().ok()
+    })
+}
+
+/// The `addr=` of the agent's log line that contains `message`.
+async fn logged_addr(agent: &mut AgentProc, message: &str) -> SocketAddr {
+    let line = agent.wait_log_line(&[message, "addr="], WAIT).await;
+    let line = line.unwrap_or_else(|| panic!("no {message:?} line; log:\n{}", agent.log()));
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("addr="))
+        .and_then(|a| a.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body (Connection: close): (status, body).
+async fn http_post(addr: SocketAddr, path: &str, json: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok((status, body.to_owned()))
+}
+
+async fn get_json(api: SocketAddr, path: &str) -> Value {
+    let (status, body) = http_get(api, path).await.expect("GET");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`; panics naming `what` at the deadline.
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(t.elapsed() < WAIT, "not within {WAIT:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `(online, boot_id, boots, events)` of a device.
+async fn device(api: SocketAddr, id: &str) -> (bool, u64, u64, u64) {
+    let d = get_json(api, &format!("/api/v1/devices/{id}")).await;
+    (
+        d["online"].as_bool().unwrap_or(false),
+        d["boot_id"].as_u64().unwrap_or(0),
+        d["boots"].as_u64().unwrap_or(0),
+        d["counters"]["events"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Starts the agent (with `uplink` lines if given) and the simulator; waits until both devices
+/// are online. Returns the agent, its API address and the simulator.
+async fn start(dir: &std::path::Path, uplink: &str) -> (AgentProc, SocketAddr, SimProc) {
+    let mut agent = AgentProc::new(
+        dir,
+        &format!(
+            "[gateway]\nid = \"gw-cmd\"\n[store]\npath = {:?}\n\
+             [devices]\ntcp_listen = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n{uplink}",
+            dir.join("ferry.db").display().to_string(),
+        ),
+        None,
+    );
+    agent.start().await;
+    let devices = logged_addr(&mut agent, "Listening for devices over TCP").await;
+    let api = logged_addr(&mut agent, "Serving the local API").await;
+    let sim = SimProc::start(devices);
+    for id in ["sim-0000", "sim-0001"] {
+        wait_for(&format!("{id} online"), || async move {
+            let (status, body) = http_get(api, &format!("/api/v1/devices/{id}")).await.ok()?;
+            let d: Value = serde_json::from_str(&body).ok()?;
+            (status == 200 && d["online"] == true).then_some(())
+        })
+        .await;
+    }
+    (agent, api, sim)
+}
+
+/// After a reboot command was answered: the device is back online in a new boot.
+async fn rebooted(api: SocketAddr, before: (bool, u64, u64, u64)) -> (bool, u64, u64, u64) {
+    wait_for("sim-0001 back online in a new boot", || async move {
+        let now = device(api, "sim-0001").await;
+        (now.0 && now.2 == before.2 + 1 && now.1 != before.1).then_some(now)
+    })
+    .await
+}
+
+/// The simulator kept serving sim-0000 through the reboots, and reports the run when stopped.
+async fn check_the_rest(api: SocketAddr, sim: SimProc) {
+    let (_, _, _, events) = device(api, "sim-0000").await;
+    wait_for(
+        "sim-0000 still streaming after the reboots",
+        || async move { (device(api, "sim-0000").await.3 > events + 20).then_some(()) },
+    )
+    .await;
+    let report = sim.interrupt().await;
+    eprintln!("ferry-sim report:\n{report}");
+    assert_eq!(report_row(&report, "devices"), Some(2), "{report}");
+    assert_eq!(
+        report_row(&report, "boots"),
+        Some(4),
+        "2 devices + 2 reboots: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_commands_reach_every_status_and_reboot_answers_before_resetting() {
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-cmd-api-")
+        .tempdir()
+        .unwrap();
+    let (mut agent, api, sim) = start(dir.path(), "").await;
+
+    let outcome = |device: &'static str, id: &'static str| async move {
+        let path = format!("/api/v1/devices/{device}/commands/{id}");
+        wait_for(&format!("{id} done"), || {
+            let path = path.clone();
+            async move {
+                let r = get_json(api, &path).await;
+                (r["status"] == "done").then(|| r["outcome"].clone())
+            }
+        })
+        .await
+    };
+    let post = |device: &'static str, id: &'static str, command: &'static str| async move {
+        let (status, reply) = http_post(
+            api,
+            &format!("/api/v1/devices/{device}/commands"),
+            &body(id, command),
+        )
+        .await
+        .expect("POST");
+        assert_eq!(status, 202, "POST {id}: {reply}");
+    };
+
+    for c in &CASES {
+        post(c.device, c.id, c.command).await;
+    }
+    for c in &CASES {
+        let o = outcome(c.device, c.id).await;
+        assert_eq!(o["status"], c.status, "{}: {o}", c.id);
+        assert_eq!(o["data_hex"].as_str(), c.data_hex, "{}: {o}", c.id);
+        assert_eq!(o["device"], c.device, "{}: {o}", c.id);
+    }
+
+    for (id, command) in REBOOTS {
+        let before = device(api, "sim-0001").await;
+        post("sim-0001", id, command).await;
+        let o = outcome("sim-0001", id).await;
+        assert_eq!(o["status"], "ok", "{id}: answered before the reset: {o}");
+        let after = rebooted(api, before).await;
+        eprintln!("{id}: boot {} -> {} ({} boots)", before.1, after.1, after.2);
+    }
+    check_the_rest(api, sim).await;
+    agent.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_commands_reach_every_status_and_reboot_answers_before_resetting() {
+    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-cmd-mqtt-")
+        .tempdir()
+        .unwrap();
+    let (mut agent, api, sim) = start(
+        dir.path(),
+        &format!(
+            "[uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
+            broker.port()
+        ),
+    )
+    .await;
+
+    let mut o = MqttOptions::new("command-statuses-operator", "127.0.0.1", broker.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = AsyncClient::new(o, 100);
+    client
+        .subscribe("ferry/v1/gw-cmd/+/commands/result", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let outcomes: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = outcomes.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let o: Value = serde_json::from_slice(&p.payload).expect("outcome JSON");
+                    sink.lock().unwrap().push(o);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let publish = |device: &str, payload: String| {
+        let (client, topic) = (client.clone(), format!("ferry/v1/gw-cmd/{device}/commands"));
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload.into_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    let outcome = |id: &'static str| {
+        let outcomes = outcomes.clone();
+        async move {
+            wait_for(&format!("the outcome of {id} on MQTT"), || {
+                let outcomes = outcomes.clone();
+                async move {
+                    let all = outcomes.lock().unwrap();
+                    all.iter().find(|o| o["id"] == id).cloned()
+                }
+            })
+            .await
+        }
+    };
+    // The agent subscribes after it connects: probe until a command is answered ("rejected").
+    let t = Instant::now();
+    while !outcomes.lock().unwrap().iter().any(|o| o["id"] == "probe") {
+        publish("sim-0000", body("probe", r#""explode""#)).await;
+        assert!(t.elapsed() < WAIT, "the agent never answered on MQTT");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    for c in &CASES {
+        publish(c.device, body(c.id, c.command)).await;
+    }
+    for c in &CASES {
+        let o = outcome(c.id).await;
+        assert_eq!(o["status"], c.status, "{}: {o}", c.id);
+        assert_eq!(o["data_hex"].as_str(), c.data_hex, "{}: {o}", c.id);
+        assert_eq!(o["device"], c.device, "{}: {o}", c.id);
+    }
+    for (id, command) in REBOOTS {
+        let before = device(api, "sim-0001").await;
+        publish("sim-0001", body(id, command)).await;
+        let o = outcome(id).await;
+        assert_eq!(o["status"], "ok", "{id}: answered before the reset: {o}");
+        rebooted(api, before).await;
+    }
+    check_the_rest(api, sim).await;
+    agent.terminate().await;
+    poller.abort();
+}
