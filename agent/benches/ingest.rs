@@ -44,6 +44,9 @@ struct Row {
     agent_cpu_s: f64,
     device_retransmits: u64,
     dropped_by_rings: u64,
+    /// CPU seconds of the simulated devices (this process) during the scenario: on a small
+    /// machine they share the cores with the agent, and at 2x they cost twice as much.
+    sim_cpu_s: f64,
     /// Samples the devices generated (overload ladder).
     generated: u64,
     /// Stored samples that their device had counted as dropped (stored + dropped - generated,
@@ -201,7 +204,9 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
     sim.transport = Transport::Tcp(agent.addr);
     let offered = sim.devices as f64 * sim.sensors as f64 * 1000.0 / f64::from(sim.interval_ms);
     let devices = sim.devices;
+    let sim_cpu = own_cpu_s();
     let report = ferry_sim::run(sim, CancellationToken::new()).await;
+    let sim_cpu_s = own_cpu_s() - sim_cpu;
     let agent_ack = agent_ack_delay(agent.api).await;
     let (rss, cpu, stored) = stop_agent(agent).await;
     let lat = report.ack_latency();
@@ -225,6 +230,7 @@ async fn scenario(name: &str, durability: &str, mut sim: SimConfig) -> Row {
         agent_cpu_s: cpu,
         device_retransmits: retransmits,
         dropped_by_rings: report.totals.dropped,
+        sim_cpu_s,
         generated: report.totals.generated,
         stored_but_dropped: (stored.max(0) as u64 + report.totals.dropped)
             .saturating_sub(report.totals.generated),
@@ -280,6 +286,22 @@ fn print(rows: &[Row]) {
     }
 }
 
+/// User + system CPU seconds of this process so far.
+fn own_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime (fields 14 and 15 of proc(5)), counted after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The ladder's own table: each step against the capacity (the best acked rate at or below 1x).
 fn print_ladder(rows: &[Row]) {
     let ring_ms = ferry_sim::SIM_RING as f64 / 10.0; // 10 channels x 1 kHz per device
@@ -292,7 +314,7 @@ fn print_ladder(rows: &[Row]) {
         "\n== overload ladder (capacity {capacity:.0}/s = best acked/s at or below 1x; ring time {ring_ms:.0} ms) =="
     );
     println!(
-        "{:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "{:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9} {:>11} {:>9}",
         "load",
         "devices",
         "offered/s",
@@ -302,11 +324,13 @@ fn print_ladder(rows: &[Row]) {
         "dropped",
         "both",
         "p99 ms",
-        "retx"
+        "retx",
+        "agent CPU s",
+        "sim CPU s"
     );
     for r in rows {
         println!(
-            "{:>5.2}x {:>7} {:>10.0} {:>10.0} {:>6.1}% {:>10} {:>10} {:>10} {:>9.1} {:>9}",
+            "{:>5.2}x {:>7} {:>10.0} {:>10.0} {:>6.1}% {:>10} {:>10} {:>10} {:>9.1} {:>9} {:>11.1} {:>9.1}",
             r.devices as f64 / 52.0,
             r.devices,
             r.offered_per_s,
@@ -316,7 +340,9 @@ fn print_ladder(rows: &[Row]) {
             r.dropped_by_rings,
             r.stored_but_dropped,
             r.ack_p99_ms,
-            r.device_retransmits
+            r.device_retransmits,
+            r.agent_cpu_s,
+            r.sim_cpu_s
         );
     }
 }

@@ -83,7 +83,7 @@ pub type AckSlot = Arc<watch::Sender<AckState>>;
 
 /// Samples one link may have waiting for a commit before it stops reading from its device (eight
 /// full frames). Measured with the ingest bench's overload ladder: see `docs/decisions/`.
-pub const LINK_BUDGET: usize = 256;
+pub const LINK_BUDGET: usize = 128;
 
 /// A link's samples handed to the writer and not yet committed (see the module header).
 #[derive(Debug, Default)]

@@ -594,7 +594,7 @@ impl<const RING: usize> Device<RING> {
         // A bounded window in flight, so a queue in front of a slow gateway cannot grow past what
         // the ring outlives.
         let in_flight = self.high_sent.saturating_sub(self.ring.oldest()) as usize;
-        if in_flight >= (RING / 8).max(MAX_SAMPLES_PER_FRAME) {
+        if in_flight >= (RING / 16).max(MAX_SAMPLES_PER_FRAME) {
             return false;
         }
         let coming = self.schedule.produced_within(ack_ms);
