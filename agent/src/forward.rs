@@ -96,7 +96,8 @@ impl EventSource for StoreSource {
         upto: i64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, SourceError> {
-        let rows: Vec<(i64, i64, i64, i64, i64, i64, f64)> = self
+        // A NaN reading is stored as NULL (SQLite has no NaN): it goes out as NaN.
+        let rows: Vec<(i64, i64, i64, i64, i64, i64, Option<f64>)> = self
             .conn
             .prepare_cached(
                 "SELECT id, device, boot_no, seq, sensor, ts_ms, value FROM events
@@ -141,7 +142,7 @@ impl EventSource for StoreSource {
                     .cloned()
                     .unwrap_or_else(|| format!("sensor{sensor}")),
                 ts_ms,
-                value,
+                value: value.unwrap_or(f64::NAN),
             });
         }
         Ok(out)
