@@ -96,8 +96,7 @@ impl EventSource for StoreSource {
         upto: i64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, SourceError> {
-        // A NaN reading is stored as NULL (SQLite has no NaN): it goes out as NaN.
-        let rows: Vec<(i64, i64, i64, i64, i64, i64, Option<f64>)> = self
+        let rows: Vec<(i64, i64, i64, i64, i64, i64, f64)> = self
             .conn
             .prepare_cached(
                 "SELECT id, device, boot_no, seq, sensor, ts_ms, value FROM events
@@ -142,7 +141,7 @@ impl EventSource for StoreSource {
                     .cloned()
                     .unwrap_or_else(|| format!("sensor{sensor}")),
                 ts_ms,
-                value: value.unwrap_or(f64::NAN),
+                value,
             });
         }
         Ok(out)
