@@ -7,3 +7,4 @@ mod firmware_qemu;
 mod pipeline;
 mod uplink;
 mod uplink_tls;
+mod values;
