@@ -266,6 +266,48 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
         );
     }
     while res_rx.try_recv().is_ok() {} // later answers to repeated probes
+                                       // Topics naming no device (a bad escape, an empty level): acked, not answered, counted.
+    let refused_topic = || async {
+        let (_, body) = ferry_tests::bridge::http_get(agent.api_addr.unwrap(), "/metrics")
+            .await
+            .unwrap();
+        ferry_tests::bridge::parse_metric(&body, "ferry_uplink_commands_refused_topic_total")
+    };
+    assert_eq!(refused_topic().await, Some(0.0));
+    for level in ["%zz", ""] {
+        client
+            .publish(
+                format!("ferry/v1/test-gw/{level}/commands"),
+                QoS::AtLeastOnce,
+                false,
+                br#"{"v":1,"id":"bad-topic","command":"reboot"}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    while refused_topic().await != Some(2.0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "ferry_uplink_commands_refused_topic_total is {:?}, want 2",
+            refused_topic().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Device ids the device link cannot carry (D3) and a too-long request id: rejected, and the
+    // detail names the field.
+    let long_id = "i".repeat(65);
+    send(
+        &"d".repeat(33),
+        r#"{"v":1,"id":"long-device","command":"reboot"}"#,
+    )
+    .await;
+    send("a%00b", r#"{"v":1,"id":"nul-device","command":"reboot"}"#).await;
+    send(
+        "sim-0000",
+        &format!(r#"{{"v":1,"id":"{long_id}","command":"reboot"}}"#),
+    )
+    .await;
     send(
         "sim-0000",
         r#"{"v":1,"id":"echo-1","command":{"opaque":{"hex":"0a0b0c"}}}"#,
@@ -284,7 +326,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     send("sim-0000", r#"{"v":1,"id":"bad-1","command":"explode"}"#).await;
     let mut got: HashMap<String, ferry_cloud_bridge::contract::CommandOutcome> = HashMap::new();
     let t = Instant::now();
-    while got.len() < 4 {
+    while got.len() < 7 {
         match tokio::time::timeout(Duration::from_secs(10), res_rx.recv()).await {
             Ok(Some(o)) => {
                 if o.id != "probe" {
@@ -325,6 +367,25 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
             .contains("explode"),
         "{:?}",
         got["bad-1"]
+    );
+    assert!(!got.contains_key("bad-topic"), "{:?}", got.get("bad-topic"));
+    let rejected = |id: &str| {
+        let o = &got[id];
+        assert_eq!(o.status, OutcomeStatus::Rejected, "{o:?}");
+        o.detail.clone().unwrap_or_default()
+    };
+    assert_eq!(
+        rejected("long-device"),
+        "invalid command: device is 33 bytes; it must be 1..=32 bytes without NUL"
+    );
+    assert_eq!(got["long-device"].device, "d".repeat(33));
+    assert_eq!(
+        rejected("nul-device"),
+        "invalid command: device \"a\\0b\" contains NUL; it must be 1..=32 bytes without NUL"
+    );
+    assert_eq!(
+        rejected(&long_id),
+        "invalid command: id is 65 bytes; it must be 1..=64 bytes"
     );
     // A repeated request id is answered from the stored outcome, not executed again.
     send(
