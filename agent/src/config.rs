@@ -536,10 +536,14 @@ impl FerryConfig {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "ferry-gateway".into()),
         };
-        if gateway_id.is_empty() || gateway_id.contains(['/', '+', '#']) || gateway_id.len() > 64 {
+        // NUL too: no PostgreSQL text (nor MQTT topic) can hold it, so the cloud refuses it.
+        if gateway_id.is_empty()
+            || gateway_id.contains(['/', '+', '#', '\0'])
+            || gateway_id.len() > 64
+        {
             return Err(invalid(
                 "gateway.id",
-                format!("{gateway_id:?} must be 1..=64 bytes without '/', '+' or '#' (it is an MQTT topic level)"),
+                format!("{gateway_id:?} must be 1..=64 bytes without '/', '+', '#' or NUL (it is an MQTT topic level)"),
             ));
         }
         let s = &self.store;
@@ -957,6 +961,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(env.contains("api.token"), "{env}");
+    }
+
+    #[test]
+    fn gateway_id_must_be_a_topic_level_without_nul() {
+        let id = |v: &str| load(&format!("[gateway]\nid = {v}\n"));
+        let ok = id(&format!("{:?}", "g".repeat(64))).unwrap();
+        assert_eq!(ok.gateway_id.len(), 64);
+        for bad in [
+            r#""a\u0000b""#.to_owned(),
+            r#""a/b""#.to_owned(),
+            r#""a+b""#.to_owned(),
+            "\"a#b\"".to_owned(),
+            "\"\"".to_owned(),
+            format!("{:?}", "g".repeat(65)),
+        ] {
+            let e = id(&bad).unwrap_err().to_string();
+            assert!(
+                e.contains("`gateway.id`") && e.contains("NUL"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,18 @@
 //! - Payload encoding is self-describing: JSON starts with `{`; the compact binary form starts with
 //!   [`BINARY_MAGIC`]; a deflate-compressed payload starts with [`DEFLATE_MAGIC`] and inflates to
 //!   one of the other two. A consumer needs no out-of-band content type (MQTT 3.1.1 has none).
+//! - Every encoding carries every `f64` exactly: JSON numbers are written shortest-round-trip and
+//!   parsed correctly rounded (serde_json's `float_roundtrip`), and a non-finite value is the
+//!   JSON string `"NaN"`, `"Infinity"` or `"-Infinity"` ([`reading`]); binary carries the IEEE
+//!   bits. So a value decodes to the same bits it was encoded from (any NaN decodes from JSON as
+//!   the canonical quiet NaN).
+//! - One batch has one binary encoding: a binary payload must be postcard's canonical form
+//!   (shortest varints) with nothing after it, and a deflate stream must end where the payload
+//!   ends. Anything else is malformed.
+//! - Ids and times are bounded the same way everywhere (decisions D2, D3 of issue 13):
+//!   [`check_gateway_id`], [`check_device_id`], [`check_sensor_name`], [`check_ts_ms`]. A batch
+//!   that passes [`EventBatch::validate`] is storable as is (PostgreSQL text cannot hold NUL, and
+//!   `timestamptz` holds every time in range).
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -26,8 +38,16 @@ pub const DEFLATE_MAGIC: u8 = 0xFD;
 
 /// Most events in one batch a consumer accepts.
 pub const MAX_EVENTS_PER_BATCH: usize = 100_000;
-/// Longest device, gateway or sensor name.
+/// Longest sensor name, bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 128;
+/// Longest gateway id, bytes of UTF-8 (the agent's `[gateway] id`).
+pub const MAX_GATEWAY_ID_LEN: usize = 64;
+/// Longest device id, bytes of UTF-8: the device link's limit (`ferry_wire::MAX_DEVICE_ID_LEN`).
+pub const MAX_DEVICE_ID_LEN: usize = 32;
+/// Earliest `ts_ms` (and `at_ms`): 0001-01-01T00:00:00.000Z.
+pub const MIN_TS_MS: i64 = -62_135_596_800_000;
+/// Latest `ts_ms` (and `at_ms`): 9999-12-31T23:59:59.999Z.
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
 /// Largest inflated payload a consumer accepts (a compressed payload is a zip bomb otherwise).
 pub const MAX_INFLATED_LEN: usize = 64 << 20;
 
@@ -94,25 +114,39 @@ pub enum Topic {
     },
 }
 
-/// Parses a topic of this contract; `None` for anything else.
+/// Parses a topic of this contract; `None` for anything else ([`try_parse_topic`] says why).
 pub fn parse_topic(topic: &str) -> Option<Topic> {
+    try_parse_topic(topic).ok()
+}
+
+/// Parses a topic of this contract, or says what is wrong with it: not one of the four shapes,
+/// or an id level that is empty or holds a `%` sequence other than the five escapes.
+pub fn try_parse_topic(topic: &str) -> Result<Topic, String> {
     let parts: Vec<&str> = topic.split('/').collect();
-    let s = |i: usize| unsegment(parts[i]);
+    let s = |i: usize| {
+        unsegment(parts[i]).ok_or_else(|| {
+            format!(
+                "topic level {} ({:?}) is not a percent-encoded id",
+                i + 1,
+                parts[i]
+            )
+        })
+    };
     match parts.as_slice() {
-        ["ferry", "v1", _, "status"] => Some(Topic::Status { gateway: s(2)? }),
-        ["ferry", "v1", _, _, "events"] => Some(Topic::Events {
+        ["ferry", "v1", _, "status"] => Ok(Topic::Status { gateway: s(2)? }),
+        ["ferry", "v1", _, _, "events"] => Ok(Topic::Events {
             gateway: s(2)?,
             device: s(3)?,
         }),
-        ["ferry", "v1", _, _, "commands"] => Some(Topic::Commands {
+        ["ferry", "v1", _, _, "commands"] => Ok(Topic::Commands {
             gateway: s(2)?,
             device: s(3)?,
         }),
-        ["ferry", "v1", _, _, "commands", "result"] => Some(Topic::CommandResult {
+        ["ferry", "v1", _, _, "commands", "result"] => Ok(Topic::CommandResult {
             gateway: s(2)?,
             device: s(3)?,
         }),
-        _ => None,
+        _ => Err("not a ferry/v1 topic of this contract".into()),
     }
 }
 
@@ -183,10 +217,81 @@ pub struct Event {
     pub seq: u32,
     /// Sensor name from the device's Hello.
     pub sensor: String,
-    /// When it was sampled, UTC milliseconds since the Unix epoch.
+    /// When it was sampled, UTC milliseconds since the Unix epoch ([`MIN_TS_MS`]..=[`MAX_TS_MS`]).
     pub ts_ms: i64,
-    /// The reading, in the sensor's unit.
+    /// The reading, in the sensor's unit; NaN and ±infinity included (see [`reading`]).
+    #[serde(with = "reading")]
     pub value: f64,
+}
+
+/// A reading's `f64` in payloads (decision D1 of issue 13). JSON (any human-readable format)
+/// writes a finite value as a number and NaN, +infinity and -infinity as the strings `"NaN"`,
+/// `"Infinity"` and `"-Infinity"` (protobuf's JSON mapping; JSON has no such numbers), and reads
+/// both. Binary formats carry the IEEE bits. Use with `#[serde(with = "reading")]`.
+pub mod reading {
+    use serde::{de, Deserializer, Serializer};
+
+    /// The JSON string for a non-finite value; `None` for a finite one.
+    pub fn non_finite_name(v: f64) -> Option<&'static str> {
+        if v.is_nan() {
+            Some("NaN")
+        } else if v == f64::INFINITY {
+            Some("Infinity")
+        } else if v == f64::NEG_INFINITY {
+            Some("-Infinity")
+        } else {
+            None
+        }
+    }
+
+    /// Writes `v`.
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match non_finite_name(*v) {
+            Some(name) if s.is_human_readable() => s.serialize_str(name),
+            _ => s.serialize_f64(*v),
+        }
+    }
+
+    /// Reads a value written by [`serialize`] (in JSON: any number, or one of the three strings).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(Reading)
+        } else {
+            d.deserialize_f64(Reading)
+        }
+    }
+
+    struct Reading;
+
+    impl de::Visitor<'_> for Reading {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(r#"a number, "NaN", "Infinity" or "-Infinity""#)
+        }
+
+        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+
+        // JSON integers: `as` rounds to the nearest f64, which is what the decimal means.
+        fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            match v {
+                "NaN" => Ok(f64::NAN),
+                "Infinity" => Ok(f64::INFINITY),
+                "-Infinity" => Ok(f64::NEG_INFINITY),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
 }
 
 /// How an [`EventBatch`] is put on the wire.
@@ -222,9 +327,12 @@ pub enum ContractError {
     /// A `v` this build does not understand.
     #[error("unsupported schema version {0} (this build reads {SCHEMA_VERSION})")]
     UnsupportedVersion(u32),
-    /// Well-formed but breaks a rule of the contract.
+    /// A well-formed event batch that breaks a rule of the contract.
     #[error("invalid batch: {0}")]
     Invalid(String),
+    /// A well-formed command request that breaks a rule of the contract; names the field.
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
     /// The topic's gateway or device differs from the payload's.
     #[error("topic names {topic} but the payload says {payload}")]
     TopicMismatch {
@@ -263,8 +371,7 @@ impl EventBatch {
                     _ => ContractError::Malformed(e.to_string()),
                 }
             })?,
-            Some(&BINARY_MAGIC) => postcard::from_bytes(&plain[1..])
-                .map_err(|e| ContractError::Malformed(format!("binary: {e}")))?,
+            Some(&BINARY_MAGIC) => decode_binary(&plain)?,
             Some(b) => {
                 return Err(ContractError::Malformed(format!(
                     "unknown first byte 0x{b:02x}"
@@ -282,10 +389,11 @@ impl EventBatch {
             return Err(ContractError::UnsupportedVersion(self.v));
         }
         let bad = |m: String| Err(ContractError::Invalid(m));
-        for (what, name) in [("gateway", &self.gateway), ("device", &self.device)] {
-            if name.is_empty() || name.len() > MAX_NAME_LEN {
-                return bad(format!("{what} must be 1..={MAX_NAME_LEN} bytes"));
-            }
+        if let Err(m) = check_gateway_id(&self.gateway) {
+            return bad(format!("gateway {m}"));
+        }
+        if let Err(m) = check_device_id(&self.device) {
+            return bad(format!("device {m}"));
         }
         if self.boot == 0 {
             return bad("boot starts at 1".into());
@@ -302,13 +410,11 @@ impl EventBatch {
                 return bad(format!("events[{i}].seq {} does not increase", e.seq));
             }
             prev = Some(e.seq);
-            if !e.value.is_finite() {
-                return bad(format!("events[{i}].value is not a finite number"));
+            if let Err(m) = check_sensor_name(&e.sensor) {
+                return bad(format!("events[{i}].sensor {m}"));
             }
-            if e.sensor.is_empty() || e.sensor.len() > MAX_NAME_LEN {
-                return bad(format!(
-                    "events[{i}].sensor must be 1..={MAX_NAME_LEN} bytes"
-                ));
+            if let Err(m) = check_ts_ms(e.ts_ms) {
+                return bad(format!("events[{i}].ts_ms {m}"));
             }
         }
         Ok(())
@@ -344,12 +450,43 @@ fn compress(plain: Vec<u8>, compression: Compression) -> Vec<u8> {
     }
 }
 
-fn inflate(payload: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ContractError> {
-    if payload.first() != Some(&DEFLATE_MAGIC) {
-        return Ok(payload.into());
+/// The binary form: [`BINARY_MAGIC`], then the batch in postcard's canonical form and nothing
+/// else. Offsets in errors count from the magic byte.
+fn decode_binary(plain: &[u8]) -> Result<EventBatch, ContractError> {
+    let body = &plain[1..];
+    let (batch, rest): (EventBatch, &[u8]) = postcard::take_from_bytes(body)
+        .map_err(|e| ContractError::Malformed(format!("binary: {e}")))?;
+    if !rest.is_empty() {
+        return Err(ContractError::Malformed(format!(
+            "binary: {} byte(s) after the batch, from offset {}",
+            rest.len(),
+            plain.len() - rest.len()
+        )));
     }
+    // Re-encoding gives the canonical form; any other form of the same batch differs from it.
+    let canonical = postcard::to_stdvec(&batch).expect("batch serializes");
+    if canonical != body {
+        let at = canonical
+            .iter()
+            .zip(body)
+            .position(|(a, b)| a != b)
+            .unwrap_or(canonical.len().min(body.len()));
+        return Err(ContractError::Malformed(format!(
+            "binary: not canonical at offset {} (every varint must be in its shortest form)",
+            1 + at
+        )));
+    }
+    Ok(batch)
+}
+
+fn inflate(payload: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ContractError> {
+    let Some((&DEFLATE_MAGIC, stream)) = payload.split_first() else {
+        return Ok(payload.into());
+    };
     let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(&payload[1..])
+    // `bufread` consumes exactly the deflate stream from the slice: what is left is trailing.
+    let mut z = flate2::bufread::DeflateDecoder::new(stream);
+    (&mut z)
         .take(MAX_INFLATED_LEN as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| ContractError::Compression(e.to_string()))?;
@@ -358,10 +495,66 @@ fn inflate(payload: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ContractError> 
             "inflates to more than {MAX_INFLATED_LEN} bytes"
         )));
     }
+    let rest = z.get_ref().len();
+    if rest > 0 {
+        return Err(ContractError::Compression(format!(
+            "{rest} byte(s) after the end of the deflate stream, from offset {}",
+            payload.len() - rest
+        )));
+    }
     if out.first() == Some(&DEFLATE_MAGIC) {
         return Err(ContractError::Compression("nested compression".into()));
     }
     Ok(out.into())
+}
+
+/// Checks a gateway id (D3): 1..=[`MAX_GATEWAY_ID_LEN`] bytes without `/`, `+`, `#` (it is an
+/// MQTT topic level) or NUL. The error completes a sentence that starts with what was checked.
+pub fn check_gateway_id(id: &str) -> Result<(), String> {
+    let rule = format!("must be 1..={MAX_GATEWAY_ID_LEN} bytes without '/', '+', '#' or NUL");
+    if id.is_empty() || id.len() > MAX_GATEWAY_ID_LEN {
+        return Err(format!("is {} bytes; it {rule}", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| matches!(c, '/' | '+' | '#' | '\0')) {
+        return Err(format!("{id:?} contains {c:?}; it {rule}"));
+    }
+    Ok(())
+}
+
+/// Checks a device id (D3): 1..=[`MAX_DEVICE_ID_LEN`] bytes (the device link's limit) without
+/// NUL. The error completes a sentence that starts with what was checked.
+pub fn check_device_id(id: &str) -> Result<(), String> {
+    let rule = format!("must be 1..={MAX_DEVICE_ID_LEN} bytes without NUL");
+    if id.is_empty() || id.len() > MAX_DEVICE_ID_LEN {
+        return Err(format!("is {} bytes; it {rule}", id.len()));
+    }
+    if id.contains('\0') {
+        return Err(format!("{id:?} contains NUL; it {rule}"));
+    }
+    Ok(())
+}
+
+/// Checks a sensor name: 1..=[`MAX_NAME_LEN`] bytes without NUL.
+pub fn check_sensor_name(name: &str) -> Result<(), String> {
+    let rule = format!("must be 1..={MAX_NAME_LEN} bytes without NUL");
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!("is {} bytes; it {rule}", name.len()));
+    }
+    if name.contains('\0') {
+        return Err(format!("{name:?} contains NUL; it {rule}"));
+    }
+    Ok(())
+}
+
+/// Checks a time (D2): [`MIN_TS_MS`]..=[`MAX_TS_MS`], years 1 to 9999 UTC.
+pub fn check_ts_ms(ms: i64) -> Result<(), String> {
+    if (MIN_TS_MS..=MAX_TS_MS).contains(&ms) {
+        return Ok(());
+    }
+    Err(format!(
+        "{ms} is outside {MIN_TS_MS}..={MAX_TS_MS} \
+         (0001-01-01T00:00:00.000Z..=9999-12-31T23:59:59.999Z)"
+    ))
 }
 
 /// Retained on `ferry/v1/{gateway}/status`: the birth message on connect, and the last will the
@@ -447,16 +640,19 @@ impl CommandRequest {
             return Err(ContractError::UnsupportedVersion(r.v));
         }
         if r.id.is_empty() || r.id.len() > MAX_COMMAND_ID_LEN {
-            return Err(ContractError::Invalid(format!(
-                "id must be 1..={MAX_COMMAND_ID_LEN} bytes"
+            return Err(ContractError::InvalidCommand(format!(
+                "id is {} bytes; it must be 1..={MAX_COMMAND_ID_LEN} bytes",
+                r.id.len()
             )));
         }
         if let CommandSpec::Opaque { hex } = &r.command {
-            let bytes = decode_hex(hex)
-                .ok_or_else(|| ContractError::Invalid("command.opaque.hex is not hex".into()))?;
+            let bytes = decode_hex(hex).ok_or_else(|| {
+                ContractError::InvalidCommand("command.opaque.hex is not hex".into())
+            })?;
             if bytes.len() > MAX_OPAQUE_LEN {
-                return Err(ContractError::Invalid(format!(
-                    "command.opaque.hex is longer than {MAX_OPAQUE_LEN} bytes"
+                return Err(ContractError::InvalidCommand(format!(
+                    "command.opaque.hex is {} bytes; it must be at most {MAX_OPAQUE_LEN}",
+                    bytes.len()
                 )));
             }
         }
@@ -474,7 +670,7 @@ pub struct CommandOutcome {
     pub id: String,
     /// Gateway id.
     pub gateway: String,
-    /// Device id.
+    /// Device id, as in the request's topic (for `rejected`, possibly one the contract refuses).
     pub device: String,
     /// Outcome.
     pub status: OutcomeStatus,
@@ -492,19 +688,21 @@ pub struct CommandOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeStatus {
-    /// The device did it.
+    /// The device did it (for `reboot`: took it, and resets right after answering).
     Ok,
     /// The device has no such sensor.
     UnknownSensor,
-    /// An argument is out of range.
+    /// The device refused an argument as out of range.
     InvalidArgument,
     /// The device does not implement the command.
     Unsupported,
     /// The device tried and failed.
     Failed,
-    /// The device stayed offline past the command's TTL.
+    /// No answer from the device before the command's TTL (it was offline, or had the command
+    /// and did not answer in time).
     Expired,
-    /// The gateway refused the request (malformed, unknown device, queue full); see `detail`.
+    /// The gateway refused the request (malformed, or breaking a rule of the contract, such as a
+    /// device id the device link cannot carry); `detail` names the field.
     Rejected,
 }
 
@@ -653,5 +851,127 @@ mod tests {
         assert_eq!(decode_hex(&encode_hex(&[0, 1, 255])), Some(vec![0, 1, 255]));
         assert_eq!(decode_hex("0A0b"), Some(vec![10, 11]));
         assert_eq!(decode_hex("+f+f"), None);
+    }
+
+    #[test]
+    fn command_errors_name_the_field() {
+        let long = format!(r#"{{"v":1,"id":"{}","command":"reboot"}}"#, "i".repeat(65));
+        let e = CommandRequest::decode(long.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid command: id is 65 bytes; it must be 1..=64 bytes"
+        );
+        let e = CommandRequest::decode(br#"{"v":1,"id":"x","command":{"opaque":{"hex":"zz"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "invalid command: command.opaque.hex is not hex");
+    }
+
+    #[test]
+    fn ids_names_and_times_are_bounded_with_the_reason() {
+        assert!(check_gateway_id(&"g".repeat(MAX_GATEWAY_ID_LEN)).is_ok());
+        assert!(check_gateway_id("gw%1 é").is_ok());
+        assert_eq!(
+            check_gateway_id(&"g".repeat(65)).unwrap_err(),
+            "is 65 bytes; it must be 1..=64 bytes without '/', '+', '#' or NUL"
+        );
+        assert_eq!(
+            check_gateway_id("a+b").unwrap_err(),
+            "\"a+b\" contains '+'; it must be 1..=64 bytes without '/', '+', '#' or NUL"
+        );
+        for bad in ["", "a/b", "a#", "a\0b"] {
+            assert!(check_gateway_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_device_id(&"d".repeat(MAX_DEVICE_ID_LEN)).is_ok());
+        assert!(check_device_id("a/b+c#d%e").is_ok());
+        assert_eq!(
+            check_device_id(&"d".repeat(33)).unwrap_err(),
+            "is 33 bytes; it must be 1..=32 bytes without NUL"
+        );
+        assert_eq!(
+            check_device_id("d\0").unwrap_err(),
+            "\"d\\0\" contains NUL; it must be 1..=32 bytes without NUL"
+        );
+        assert!(check_device_id("").is_err());
+        assert!(check_sensor_name(&"s".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(check_sensor_name(&"s".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(check_sensor_name("t\0").is_err());
+        assert!(check_ts_ms(MIN_TS_MS).is_ok() && check_ts_ms(MAX_TS_MS).is_ok());
+        assert_eq!(
+            check_ts_ms(MAX_TS_MS + 1).unwrap_err(),
+            "253402300800000 is outside -62135596800000..=253402300799999 \
+             (0001-01-01T00:00:00.000Z..=9999-12-31T23:59:59.999Z)"
+        );
+        assert!(check_ts_ms(MIN_TS_MS - 1).is_err());
+        // Each check is what validate applies, named by field.
+        let mut b = batch();
+        b.events[7].ts_ms = i64::MIN;
+        let e = b.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid batch: events[7].ts_ms -9223372036854775808 is outside"),
+            "{e}"
+        );
+        let mut b = batch();
+        b.device = "d".repeat(33);
+        let e = b.validate().unwrap_err().to_string();
+        assert!(e.starts_with("invalid batch: device is 33 bytes"), "{e}");
+    }
+
+    #[test]
+    fn invalid_topics_say_why() {
+        assert_eq!(
+            try_parse_topic("ferry/v1/gw/%2f/commands"),
+            Err("topic level 4 (\"%2f\") is not a percent-encoded id".into())
+        );
+        assert_eq!(
+            try_parse_topic("ferry/v1//status"),
+            Err("topic level 3 (\"\") is not a percent-encoded id".into())
+        );
+        assert_eq!(
+            try_parse_topic("ferry/v2/g/d/events"),
+            Err("not a ferry/v1 topic of this contract".into())
+        );
+        assert!(try_parse_topic("ferry/v1/g/d%00/commands").is_ok());
+    }
+
+    #[test]
+    fn readings_are_json_numbers_or_the_three_strings() {
+        let mut b = batch();
+        b.events.truncate(4);
+        b.events[0].value = f64::NAN;
+        b.events[1].value = f64::INFINITY;
+        b.events[2].value = f64::NEG_INFINITY;
+        b.events[3].value = -0.0;
+        let json: serde_json::Value =
+            serde_json::from_slice(&b.encode(Encoding::Json, Compression::None)).unwrap();
+        let values: Vec<serde_json::Value> =
+            (0..4).map(|i| json["events"][i]["value"].clone()).collect();
+        assert_eq!(
+            values,
+            serde_json::json!(["NaN", "Infinity", "-Infinity", -0.0])
+                .as_array()
+                .unwrap()[..]
+        );
+        let back = EventBatch::decode(&b.encode(Encoding::Json, Compression::None)).unwrap();
+        assert_eq!(back.events[0].value.to_bits(), f64::NAN.to_bits());
+        assert_eq!(back.events[1].value, f64::INFINITY);
+        assert_eq!(back.events[2].value, f64::NEG_INFINITY);
+        assert_eq!(back.events[3].value.to_bits(), (-0.0f64).to_bits());
+        // Binary carries the bits, a NaN's payload included.
+        b.events[0].value = f64::from_bits(0xfff0_0000_dead_beef);
+        let back = EventBatch::decode(&b.encode(Encoding::Binary, Compression::None)).unwrap();
+        assert_eq!(back.events[0].value.to_bits(), 0xfff0_0000_dead_beef);
+        // Only those three strings, and no null.
+        let text = String::from_utf8(b.encode(Encoding::Json, Compression::None)).unwrap();
+        for bad in ["\"nan\"", "\"inf\"", "\"+Infinity\"", "null", "\"1.5\""] {
+            let t = text.replacen("\"Infinity\"", bad, 1);
+            let e = EventBatch::decode(t.as_bytes()).unwrap_err().to_string();
+            assert!(
+                e.starts_with("malformed payload:") && e.contains(" column "),
+                "{bad}: {e}"
+            );
+        }
     }
 }

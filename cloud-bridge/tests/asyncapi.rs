@@ -5,7 +5,10 @@
 //! - every `examples` entry validates and decodes with contract.rs;
 //! - payloads that break a rule (missing required field, unknown field, wrong enum, out of range)
 //!   fail validation *and* are refused by contract.rs;
-//! - channel addresses, subscriptions and limits in the document equal contract.rs's.
+//! - channel addresses, subscriptions and limits in the document equal contract.rs's;
+//! - readings keep their bits through every encoding (non-finite ones included), binary and
+//!   deflate payloads are refused unless canonical and complete;
+//! - the PostgreSQL tables the document describes are the ones ferry-bridge creates.
 use std::sync::OnceLock;
 
 use ferry_cloud_bridge::contract::{
@@ -16,6 +19,13 @@ use serde_json::{json, Value};
 
 /// The messages of the document, by their key under `components.messages`.
 const MESSAGES: [&str; 4] = ["eventBatch", "status", "commandRequest", "commandOutcome"];
+
+/// D2's range and D3's lengths (checked against contract.rs in
+/// `limits_in_the_schemas_are_the_contracts`).
+const MIN_TS_MS: i64 = -62_135_596_800_000;
+const MAX_TS_MS: i64 = 253_402_300_799_999;
+const MAX_DEVICE_ID_LEN: usize = 32;
+const MAX_GATEWAY_ID_LEN: usize = 64;
 
 fn doc() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
@@ -330,6 +340,20 @@ fn limits_in_the_schemas_are_the_contracts() {
     let s = &doc()["components"]["schemas"];
     assert_eq!(s["SchemaVersion"]["const"], SCHEMA_VERSION);
     assert_eq!(s["Name"]["maxLength"], contract::MAX_NAME_LEN);
+    assert_eq!(s["GatewayId"]["maxLength"], contract::MAX_GATEWAY_ID_LEN);
+    assert_eq!(s["DeviceId"]["maxLength"], contract::MAX_DEVICE_ID_LEN);
+    assert_eq!(s["UtcMillis"]["minimum"], contract::MIN_TS_MS);
+    assert_eq!(s["UtcMillis"]["maximum"], contract::MAX_TS_MS);
+    // The figures the tests below write as literals (they also run against older builds).
+    assert_eq!(
+        (MIN_TS_MS, MAX_TS_MS, MAX_DEVICE_ID_LEN, MAX_GATEWAY_ID_LEN),
+        (
+            contract::MIN_TS_MS,
+            contract::MAX_TS_MS,
+            contract::MAX_DEVICE_ID_LEN,
+            contract::MAX_GATEWAY_ID_LEN
+        )
+    );
     assert_eq!(
         s["EventBatch"]["properties"]["events"]["maxItems"],
         contract::MAX_EVENTS_PER_BATCH
@@ -442,7 +466,7 @@ fn payloads_from_the_encoders_validate() {
                 status,
                 detail,
                 data_hex,
-                at_ms: i64::MIN,
+                at_ms: MIN_TS_MS,
             };
             assert_valid("commandOutcome", &serde_json::to_value(&o).unwrap());
         }
@@ -592,6 +616,58 @@ fn wrong_values_are_refused_by_schema_and_code() {
             "event with an unknown field",
             edited(&ev, |v| v["events"][0]["unit"] = json!("C")),
         ),
+        (
+            "ts_ms before year 1",
+            edited(&ev, |v| v["events"][0]["ts_ms"] = json!(MIN_TS_MS - 1)),
+        ),
+        (
+            "ts_ms after year 9999",
+            edited(&ev, |v| v["events"][1]["ts_ms"] = json!(MAX_TS_MS + 1)),
+        ),
+        (
+            "ts_ms i64::MAX",
+            edited(&ev, |v| v["events"][0]["ts_ms"] = json!(i64::MAX)),
+        ),
+        (
+            "device 33 bytes",
+            edited(&ev, |v| {
+                v["device"] = json!("d".repeat(MAX_DEVICE_ID_LEN + 1))
+            }),
+        ),
+        (
+            "device with NUL",
+            edited(&ev, |v| v["device"] = json!("d\0")),
+        ),
+        (
+            "gateway 65 bytes",
+            edited(&ev, |v| {
+                v["gateway"] = json!("g".repeat(MAX_GATEWAY_ID_LEN + 1))
+            }),
+        ),
+        (
+            "gateway with +",
+            edited(&ev, |v| v["gateway"] = json!("g+w")),
+        ),
+        (
+            "gateway with /",
+            edited(&ev, |v| v["gateway"] = json!("g/w")),
+        ),
+        (
+            "gateway with #",
+            edited(&ev, |v| v["gateway"] = json!("g#")),
+        ),
+        (
+            "gateway with NUL",
+            edited(&ev, |v| v["gateway"] = json!("g\0w")),
+        ),
+        (
+            "sensor with NUL",
+            edited(&ev, |v| v["events"][1]["sensor"] = json!("t\0")),
+        ),
+        (
+            "value a string other than the three",
+            edited(&ev, |v| v["events"][0]["value"] = json!("nan")),
+        ),
     ] {
         assert_refused_by_both("eventBatch", what, &p);
     }
@@ -697,11 +773,41 @@ fn what_the_decoder_also_accepts_the_schema_accepts() {
         assert_accepted_by_both("commandRequest", what, &p);
     }
     let ev = examples("eventBatch").remove(0).1;
-    assert_accepted_by_both(
-        "eventBatch",
-        "integer value",
-        &edited(&ev, |v| v["events"][0]["value"] = json!(-3)),
-    );
+    for (what, p) in [
+        (
+            "integer value",
+            edited(&ev, |v| v["events"][0]["value"] = json!(-3)),
+        ),
+        (
+            "value NaN",
+            edited(&ev, |v| v["events"][0]["value"] = json!("NaN")),
+        ),
+        (
+            "value -Infinity",
+            edited(&ev, |v| v["events"][1]["value"] = json!("-Infinity")),
+        ),
+        (
+            "ts_ms at both ends of years 1..=9999",
+            edited(&ev, |v| {
+                v["events"][0]["ts_ms"] = json!(MIN_TS_MS);
+                v["events"][1]["ts_ms"] = json!(MAX_TS_MS);
+            }),
+        ),
+        (
+            "device 32 bytes with a slash",
+            edited(&ev, |v| {
+                v["device"] = json!(format!("a/{}", "d".repeat(MAX_DEVICE_ID_LEN - 2)))
+            }),
+        ),
+        (
+            "gateway 64 bytes with a percent",
+            edited(&ev, |v| {
+                v["gateway"] = json!(format!("%{}", "g".repeat(MAX_GATEWAY_ID_LEN - 1)))
+            }),
+        ),
+    ] {
+        assert_accepted_by_both("eventBatch", what, &p);
+    }
     let oc = examples("commandOutcome").remove(0).1;
     assert_accepted_by_both(
         "commandOutcome",
@@ -730,8 +836,329 @@ fn rules_beyond_the_schema_are_enforced_by_the_code() {
     let rq = json!({"v": 1, "id": format!("{}é", "ü".repeat(32)), "command": "reboot"});
     assert!(schema_errors("commandRequest", &rq).is_empty());
     assert!(decode("commandRequest", &rq).is_err());
+    // Integers written with a fraction: JSON Schema calls 1.0 an integer, the decoders do not,
+    // and the document says so.
+    for (field, p) in [
+        ("boot", edited(&ev, |v| v["boot"] = json!(1.0))),
+        ("v", edited(&ev, |v| v["v"] = json!(1.0))),
+        ("seq", edited(&ev, |v| v["events"][0]["seq"] = json!(0.0))),
+        (
+            "ts_ms",
+            edited(&ev, |v| {
+                v["events"][0]["ts_ms"] = json!(1_790_000_000_000.0)
+            }),
+        ),
+    ] {
+        assert!(
+            schema_errors("eventBatch", &p).is_empty(),
+            "{field}: the schema refuses 1.0 after all"
+        );
+        let e = decode("eventBatch", &p).unwrap_err();
+        assert!(e.contains("floating point"), "{field}: {e}");
+    }
+    let rq = json!({"v": 1, "id": "c", "command": "reboot", "ttl_s": 60.0});
+    assert!(schema_errors("commandRequest", &rq).is_empty());
+    assert!(decode("commandRequest", &rq).is_err());
+    let info = doc()["info"]["description"].as_str().unwrap();
+    assert!(
+        info.contains("**Integers are JSON integers**") && info.contains("`1.0`"),
+        "the document states that integers have no fraction"
+    );
+    // A too-long command id is refused naming the field, as a command (not a batch).
+    let rq = json!({"v": 1, "id": "i".repeat(65), "command": "reboot"});
+    assert_eq!(
+        decode("commandRequest", &rq).unwrap_err(),
+        "invalid command: id is 65 bytes; it must be 1..=64 bytes"
+    );
     // The topic's ids must match the payload's.
     let b: EventBatch = serde_json::from_value(ev).unwrap();
     assert!(b.check_topic("gw-1", "sim-0000").is_ok());
     assert!(b.check_topic("gw-1", "sim-0001").is_err());
+}
+
+/// splitmix64: reproducible random bits without a dependency.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A batch of one device holding `values` as consecutive events.
+fn batch_of(values: &[f64]) -> EventBatch {
+    EventBatch {
+        v: SCHEMA_VERSION,
+        gateway: "gw-1".into(),
+        device: "d".into(),
+        boot: 1,
+        boot_id: 7,
+        events: values
+            .iter()
+            .zip(0..)
+            .map(|(&value, seq)| Event {
+                seq,
+                sensor: "t".into(),
+                ts_ms: 1_790_000_000_000 + i64::from(seq),
+                value,
+            })
+            .collect(),
+    }
+}
+
+/// Every f32 a device can send, widened as the gateway stores it, comes out of every encoding
+/// with the same bits. JSON numbers used to be parsed one ulp off for some long mantissas by
+/// the `ferry-bridge` binary; in this test binary serde_json always parses exactly (jsonschema,
+/// a dev-dependency, turns on its `float_roundtrip`), so the binary itself is checked end to end
+/// by the e2e test `values` (tests/tests/values.rs).
+#[test]
+fn json_numbers_arrive_with_the_bits_they_were_written_from() {
+    let mut state = 0x0F32_B175;
+    let mut values: Vec<f64> = (0..40_000)
+        .map(|_| f32::from_bits(next_random(&mut state) as u32))
+        .filter(|v| v.is_finite())
+        .map(f64::from)
+        .collect();
+    // Any double too, not only widened f32s (13 % of random doubles used to change).
+    values.extend(
+        (0..20_000)
+            .map(|_| f64::from_bits(next_random(&mut state)))
+            .filter(|v| v.is_finite()),
+    );
+    // From the report: 15.066666603088379 (an f32) was stored as 0x402e222220000001.
+    let reported = f64::from_bits(0x402e_2222_2000_0000);
+    assert_eq!(reported, 15.066666603088379);
+    values.push(reported);
+    values.extend(
+        [
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::from_bits(0x807f_ffff),
+            f32::EPSILON,
+            0.1,
+            -0.0,
+        ]
+        .map(f64::from),
+    );
+    for enc in [Encoding::Json, Encoding::Binary] {
+        for comp in [Compression::None, Compression::Deflate] {
+            let mut wrong = Vec::new();
+            for chunk in values.chunks(5_000) {
+                let b = batch_of(chunk);
+                let got = EventBatch::decode(&b.encode(enc, comp)).unwrap();
+                for (sent, e) in chunk.iter().zip(&got.events) {
+                    if sent.to_bits() != e.value.to_bits() {
+                        wrong.push((*sent, e.value));
+                    }
+                }
+            }
+            assert!(
+                wrong.is_empty(),
+                "{enc:?} {comp:?}: {} of {} values changed, e.g. {:?}",
+                wrong.len(),
+                values.len(),
+                wrong
+                    .iter()
+                    .take(3)
+                    .map(|(a, b)| format!("{a:?} ({:#x}) -> {:#x}", a.to_bits(), b.to_bits()))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// NaN and the infinities are readings (D1): strings in JSON, the schema says so, and every
+/// encoding brings them back (a JSON NaN as the quiet NaN).
+#[test]
+fn non_finite_readings_are_strings_in_json_and_bits_in_binary() {
+    let values = [
+        f64::NAN,
+        f64::INFINITY,
+        21.5,
+        f64::NEG_INFINITY,
+        f64::from(f32::from_bits(0x7fc0_0000)),
+    ];
+    let b = batch_of(&values);
+    let json: Value = serde_json::from_slice(&b.encode(Encoding::Json, Compression::None))
+        .expect("JSON encoding");
+    assert_valid("eventBatch", &json);
+    let written: Vec<Value> = json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["value"].clone())
+        .collect();
+    assert_eq!(
+        written,
+        [
+            json!("NaN"),
+            json!("Infinity"),
+            json!(21.5),
+            json!("-Infinity"),
+            json!("NaN")
+        ]
+    );
+    for enc in [Encoding::Json, Encoding::Binary] {
+        for comp in [Compression::None, Compression::Deflate] {
+            let got = EventBatch::decode(&b.encode(enc, comp))
+                .unwrap_or_else(|e| panic!("{enc:?} {comp:?}: {e}"));
+            let bits: Vec<u64> = got.events.iter().map(|e| e.value.to_bits()).collect();
+            let want: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(bits, want, "{enc:?} {comp:?}");
+        }
+    }
+}
+
+/// One batch, one binary form: bytes after the batch and longer varints are malformed.
+#[test]
+fn binary_payloads_are_canonical_and_complete() {
+    let ex = &message("eventBatch")["x-binary-example"];
+    let good = contract::decode_hex(ex["hex"].as_str().unwrap()).unwrap();
+    assert!(EventBatch::decode(&good).is_ok());
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let e = EventBatch::decode(&trailing).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "malformed payload: binary: 1 byte(s) after the batch, from offset {}",
+            good.len()
+        )
+    );
+    // `boot` (offset 7) as the two-byte varint 81 00 instead of 01.
+    assert_eq!(good[7], 0x01);
+    let mut long = good[..7].to_vec();
+    long.extend([0x81, 0x00]);
+    long.extend(&good[8..]);
+    let e = EventBatch::decode(&long).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "malformed payload: binary: not canonical at offset 7 \
+         (every varint must be in its shortest form)"
+    );
+    // A longer string length prefix (02 for "gw" as 82 00) too.
+    let mut long = good[..2].to_vec();
+    long.extend([0x82, 0x00]);
+    long.extend(&good[3..]);
+    assert!(EventBatch::decode(&long).is_err());
+    let text = message("eventBatch")["description"].as_str().unwrap();
+    assert!(text.contains("shortest form") && text.contains("bytes after the batch"));
+}
+
+/// The deflate stream must end where the payload ends.
+#[test]
+fn deflate_streams_end_where_the_payload_ends() {
+    for enc in [Encoding::Json, Encoding::Binary] {
+        let b = batch("d", 1, 0..20);
+        let good = b.encode(enc, Compression::Deflate);
+        assert_eq!(EventBatch::decode(&good).unwrap(), b);
+        let mut trailing = good.clone();
+        trailing.extend(b"junk");
+        let e = EventBatch::decode(&trailing).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "bad compression: 4 byte(s) after the end of the deflate stream, from offset {}",
+                good.len()
+            ),
+            "{enc:?}"
+        );
+        let e = EventBatch::decode(&good[..good.len() - 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bad compression:"), "{enc:?} truncated: {e}");
+    }
+    let text = message("eventBatch")["description"].as_str().unwrap();
+    assert!(text.contains("the deflate stream must end where the payload ends"));
+}
+
+/// The PostgreSQL tables under `x-ferry-postgres` are the ones the bridge creates: same tables,
+/// columns in order, types, NOT NULL and primary keys.
+#[test]
+fn the_bridge_tables_are_documented_as_created() {
+    type Table = (Vec<(String, String, bool)>, Vec<String>);
+    let mut created: Vec<(String, Table)> = Vec::new();
+    for stmt in ferry_cloud_bridge::bridge::SCHEMA.split(';') {
+        let Some((head, body)) = stmt.split_once('(') else {
+            continue;
+        };
+        let name = head
+            .trim()
+            .strip_prefix("CREATE TABLE IF NOT EXISTS ")
+            .expect("only CREATE TABLE statements")
+            .trim()
+            .to_owned();
+        let body = body.trim().strip_suffix(')').expect("closing parenthesis");
+        let (mut columns, mut key) = (Vec::new(), Vec::new());
+        for line in body.lines().map(|l| l.trim().trim_end_matches(',')) {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(k) = line.strip_prefix("PRIMARY KEY (") {
+                key = k
+                    .trim_end_matches(')')
+                    .split(',')
+                    .map(|c| c.trim().to_owned())
+                    .collect();
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let end = words
+                .iter()
+                .position(|w| *w == "NOT" || *w == "PRIMARY")
+                .unwrap_or(words.len());
+            let ty = words[1..end].join(" ");
+            let primary = line.contains("PRIMARY KEY");
+            if primary {
+                key = vec![words[0].to_owned()];
+            }
+            columns.push((
+                words[0].to_owned(),
+                ty,
+                primary || line.contains("NOT NULL"),
+            ));
+        }
+        created.push((name, (columns, key)));
+    }
+    let doc_tables = doc()["x-ferry-postgres"]["tables"]
+        .as_object()
+        .expect("x-ferry-postgres.tables");
+    let mut documented: Vec<(String, Table)> = Vec::new();
+    for (name, t) in doc_tables {
+        assert!(
+            t["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
+        let columns = t["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert!(
+                    c["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{name}.{}",
+                    c["name"]
+                );
+                (
+                    c["name"].as_str().unwrap().to_owned(),
+                    c["type"].as_str().unwrap().to_owned(),
+                    c["notNull"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        let key = t["primaryKey"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect();
+        documented.push((name.clone(), (columns, key)));
+    }
+    created.sort();
+    documented.sort();
+    assert_eq!(created.len(), 3, "{created:?}");
+    assert_eq!(documented, created);
 }

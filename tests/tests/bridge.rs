@@ -139,7 +139,8 @@ async fn bridge_stores_each_event_exactly_once_through_duplicates_and_resends() 
     let mut expected = Vec::new();
     let mut offered = 0u64;
     let mut k = 0;
-    for gw in ["gw-a", "gw/b"] {
+    // Ids that need escaping in a topic level: `%` in a gateway id, `+` in a device id.
+    for gw in ["gw-a", "gw%b"] {
         for dev in ["d1", "d+2"] {
             for boot in [1, 2] {
                 for start in (0..500).step_by(50) {
@@ -182,14 +183,14 @@ async fn bridge_stores_each_event_exactly_once_through_duplicates_and_resends() 
     let gateways = db
         .query(
             "SELECT gateway, last_event_ts = 'epoch'::timestamptz + (1760000000000 + 499 * 10) * interval '1 ms' \
-             FROM ferry_gateways ORDER BY gateway",
+             FROM ferry_gateways ORDER BY gateway COLLATE \"C\"",
             &[],
         )
         .await?;
     let gateways: Vec<(String, bool)> = gateways.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
         gateways,
-        [("gw-a".to_owned(), true), ("gw/b".to_owned(), true)]
+        [("gw%b".to_owned(), true), ("gw-a".to_owned(), true)]
     );
     let (status, logs) = bridge.terminate().await?;
     assert!(status.success(), "exit {status}; logs:\n{logs}");
@@ -268,27 +269,99 @@ async fn bridge_dead_letters_invalid_payloads_and_stores_the_rest() -> anyhow::R
     not_increasing.events[4].seq = not_increasing.events[3].seq;
     let mut nul_sensor = test_batch("gw", "d1", 1, 300..310);
     nul_sensor.events[0].sensor = "t\0".into();
-    let bad: Vec<(Vec<u8>, &str)> = vec![
-        (b"{not json".to_vec(), "malformed payload: "),
+    let mut year_0 = test_batch("gw", "d1", 1, 400..410);
+    year_0.events[3].ts_ms = -62_135_596_800_001;
+    let binary = |b: &ferry_cloud_bridge::contract::EventBatch| {
+        b.encode(Encoding::Binary, Compression::None)
+    };
+    let mut trailing = binary(&test_batch("gw", "d1", 1, 500..510));
+    trailing.push(0);
+    // `boot` (after magic, v, "gw" and "d1") as the two-byte varint 81 00 instead of 01.
+    let canonical = binary(&test_batch("gw", "d1", 1, 600..610));
+    assert_eq!(canonical[8], 0x01);
+    let mut long_varint = canonical[..8].to_vec();
+    long_varint.extend([0x81, 0x00]);
+    long_varint.extend(&canonical[9..]);
+    let mut after_deflate =
+        test_batch("gw", "d1", 1, 700..710).encode(Encoding::Json, Compression::Deflate);
+    after_deflate.extend(b"xyz");
+    let other = |gw: &str, dev: &str| {
+        let b = test_batch(gw, dev, 1, 0..10);
+        (events_topic(gw, dev), json(&b))
+    };
+    let (gw_plus, gw_plus_payload) = other("g+w", "d1");
+    let long_gw = "g".repeat(65);
+    let (gw_long, gw_long_payload) = other(&long_gw, "d1");
+    let long_dev = "d".repeat(33);
+    let (dev_long, dev_long_payload) = other("gw", &long_dev);
+    let bad_topic = "ferry/v1/gw/%zz/events".to_owned();
+    // (topic, payload, reason the dead letter starts with)
+    let bad: Vec<(String, Vec<u8>, &str)> = vec![
+        (topic.clone(), b"{not json".to_vec(), "malformed payload: "),
         (
+            topic.clone(),
             json(&wrong_version),
             "unsupported schema version 2 (this build reads 1)",
         ),
         (
+            topic.clone(),
             json(&test_batch("gw", "d2", 1, 0..10)),
             "topic names gw/d1 but the payload says gw/d2",
         ),
         (
+            topic.clone(),
             json(&not_increasing),
             "invalid batch: events[4].seq 203 does not increase",
         ),
         (
+            topic.clone(),
             vec![0x42, 1, 2],
             "malformed payload: unknown first byte 0x42",
         ),
         (
+            topic.clone(),
             json(&nul_sensor),
-            "unstorable: events[0].sensor contains NUL",
+            "invalid batch: events[0].sensor \"t\\0\" contains NUL",
+        ),
+        (
+            topic.clone(),
+            json(&year_0),
+            "invalid batch: events[3].ts_ms -62135596800001 is outside",
+        ),
+        (
+            topic.clone(),
+            trailing,
+            "malformed payload: binary: 1 byte(s) after the batch",
+        ),
+        (
+            topic.clone(),
+            long_varint,
+            "malformed payload: binary: not canonical at offset 8",
+        ),
+        (
+            topic.clone(),
+            after_deflate,
+            "bad compression: 3 byte(s) after the end of the deflate stream",
+        ),
+        (
+            gw_plus,
+            gw_plus_payload,
+            "invalid batch: gateway \"g+w\" contains '+'",
+        ),
+        (
+            gw_long,
+            gw_long_payload,
+            "invalid batch: gateway is 65 bytes",
+        ),
+        (
+            dev_long,
+            dev_long_payload,
+            "invalid batch: device is 33 bytes",
+        ),
+        (
+            bad_topic.clone(),
+            json(&test_batch("gw", "d1", 1, 800..810)),
+            "invalid topic: topic level 4 (\"%zz\") is not a percent-encoded id",
         ),
     ];
     for i in 0..5u32 {
@@ -298,15 +371,21 @@ async fn bridge_dead_letters_invalid_payloads_and_stores_the_rest() -> anyhow::R
                 Encoding::Json,
             )
             .await?;
-        if let Some((payload, _)) = bad.get(i as usize) {
-            publisher.publish(&topic, payload.clone()).await?;
-        }
     }
-    publisher.publish(&topic, bad[5].0.clone()).await?;
+    for (t, payload, _) in &bad {
+        publisher.publish(t, payload.clone()).await?;
+    }
     publisher.wait_all_acked(T).await?;
     let db = rig.pg.client().await;
-    wait_count(&db, "SELECT count(*) FROM ferry_dead_letters", 6, T).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM ferry_dead_letters",
+        bad.len() as i64,
+        T,
+    )
+    .await;
     wait_count(&db, "SELECT count(*) FROM ferry_events", 50, T).await;
+    bridge.wait_acked(publisher.acked(), T).await?;
     assert_exactly_once(&db, &[("gw".into(), "d1".into(), 1, 50)]).await?;
     let rows = db
         .query(
@@ -320,25 +399,96 @@ async fn bridge_dead_letters_invalid_payloads_and_stores_the_rest() -> anyhow::R
         .iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    for (payload, reason) in &bad {
+    for (topic, payload, reason) in &bad {
         let (t, r, _) = stored
             .iter()
             .find(|(_, _, p)| p == payload)
             .unwrap_or_else(|| panic!("no dead letter kept the raw payload for {reason:?}"));
-        assert_eq!(t, &topic);
+        assert_eq!(t, topic);
         assert!(r.starts_with(reason), "reason {r:?}, want {reason:?}");
     }
     for (class, n) in [
-        ("malformed", 2.0),
+        ("topic", 1.0),
+        ("malformed", 4.0),
         ("version", 1.0),
         ("topic_mismatch", 1.0),
-        ("invalid", 1.0),
-        ("unstorable", 1.0),
+        ("invalid", 6.0),
+        ("compression", 1.0),
         ("database", 0.0),
     ] {
         let series = format!("ferry_bridge_dead_letters_total{{reason=\"{class}\"}}");
         assert_eq!(bridge.metric(&series).await?, n, "{series}");
     }
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
+    Ok(())
+}
+
+/// NaN and the infinities are readings (D1): JSON carries them as strings, binary as bits, and
+/// PostgreSQL stores them natively; finite values keep every bit, -0.0 included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_and_exact_values_are_stored_as_sent() -> anyhow::Result<()> {
+    let Some(rig) = rig() else { return Ok(()) };
+    let mut bridge = BridgeProcess::start(&args(&rig, "bridge-v1")).await?;
+    bridge.wait_healthy(T).await?;
+    let publisher = Publisher::connect(rig.broker.port(), "pub-v1");
+    let values = [
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        -0.0,
+        15.066666603088379, // an f32 widened: was stored as 0x402e222220000001
+        f64::from(f32::MAX),
+        f64::from(f32::from_bits(1)),
+    ];
+    for (encoding, device) in [(Encoding::Json, "json"), (Encoding::Binary, "binary")] {
+        let mut b = test_batch("gw-v", device, 1, 0..values.len() as u32);
+        for (e, v) in b.events.iter_mut().zip(values) {
+            e.value = v;
+        }
+        publisher.publish_batch(&b, encoding).await?;
+    }
+    publisher.wait_all_acked(T).await?;
+    let db = rig.pg.client().await;
+    let want = 2 * values.len() as i64;
+    let t0 = Instant::now();
+    while count(&db, "SELECT count(*) FROM ferry_events").await < want {
+        assert!(
+            t0.elapsed() < T,
+            "dead letters: {:?}; logs:\n{}",
+            db.query("SELECT reason FROM ferry_dead_letters", &[])
+                .await?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>(),
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = db
+        .query(
+            "SELECT device, seq, value, value::text FROM ferry_events ORDER BY device, seq",
+            &[],
+        )
+        .await?;
+    let texts = ["NaN", "Infinity", "-Infinity", "-0"];
+    for r in &rows {
+        let (device, seq, value, text): (String, i64, f64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let sent = values[seq as usize];
+        assert_eq!(
+            value.to_bits(),
+            sent.to_bits(),
+            "{device} seq {seq}: sent {sent:?}, stored {value:?} ({text})"
+        );
+        if let Some(t) = texts.get(seq as usize) {
+            assert_eq!(&text, t, "{device} seq {seq}");
+        }
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ferry_dead_letters").await,
+        0
+    );
     let (status, logs) = bridge.terminate().await?;
     assert!(status.success(), "exit {status}; logs:\n{logs}");
     Ok(())

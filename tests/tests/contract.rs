@@ -139,37 +139,64 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
             agent.log()
         );
     }
-    let requests = [
+    let long_device = "d".repeat(contract::MAX_DEVICE_ID_LEN + 1);
+    let long_id = "i".repeat(contract::MAX_COMMAND_ID_LEN + 1);
+    let requests: Vec<(&str, String)> = vec![
         (
             "sim-0000",
-            r#"{"v":1,"id":"opaque-1","command":{"opaque":{"hex":"0a0B0c"}}}"#,
+            r#"{"v":1,"id":"opaque-1","command":{"opaque":{"hex":"0a0B0c"}}}"#.into(),
         ),
         (
             "sim-0000",
-            r#"{"v":1,"id":"interval-1","command":{"set_interval":{"sensor":1,"interval_ms":50}}}"#,
+            r#"{"v":1,"id":"interval-1","command":{"set_interval":{"sensor":1,"interval_ms":50}}}"#
+                .into(),
         ),
         (
             "sim-0001",
-            r#"{"v":1,"id":"interval-9","command":{"set_interval":{"sensor":9,"interval_ms":50}},"ttl_s":30}"#,
+            r#"{"v":1,"id":"interval-9","command":{"set_interval":{"sensor":9,"interval_ms":50}},"ttl_s":30}"#
+                .into(),
         ),
         (
             "sim-0001",
-            r#"{"v":1,"id":"identify-1","command":{"identify":{"duration_ms":100}}}"#,
+            r#"{"v":1,"id":"identify-1","command":{"identify":{"duration_ms":100}}}"#.into(),
         ),
         (
             "sim-9999",
-            r#"{"v":1,"id":"late-1","command":"reboot","ttl_s":1}"#,
+            r#"{"v":1,"id":"late-1","command":"reboot","ttl_s":1}"#.into(),
         ),
-        ("sim-0000", r#"{"v":1,"id":"bad-1","command":"explode"}"#),
         (
             "sim-0000",
-            r#"{"v":1,"id":"bad-2","command":{"opaque":{"hex":"+f+f"}}}"#,
+            r#"{"v":1,"id":"bad-1","command":"explode"}"#.into(),
         ),
-        ("sim-0000", "not json"),
+        (
+            "sim-0000",
+            r#"{"v":1,"id":"bad-2","command":{"opaque":{"hex":"+f+f"}}}"#.into(),
+        ),
+        ("sim-0000", "not json".into()),
+        // A device id the device link cannot carry (D3), and a request id that is too long.
+        (
+            &long_device,
+            r#"{"v":1,"id":"long-device","command":"reboot"}"#.into(),
+        ),
+        (
+            "sim-0000",
+            format!(r#"{{"v":1,"id":"{long_id}","command":"reboot"}}"#),
+        ),
     ];
-    for (device, body) in requests {
+    for (device, body) in &requests {
         send(device, body).await;
     }
+    // A topic naming no device: acked and counted by the agent, never answered.
+    let bad_topic = format!("ferry/v1/{gw}/%zz/commands");
+    sender
+        .publish(
+            bad_topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            br#"{"v":1,"id":"bad-topic","command":"reboot"}"#.to_vec(),
+        )
+        .await
+        .unwrap();
     let ids = [
         "opaque-1",
         "interval-1",
@@ -179,6 +206,8 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
         "bad-1",
         "bad-2",
         "",
+        "long-device",
+        &long_id,
     ];
     let t = Instant::now();
     let answered = loop {
@@ -199,9 +228,24 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
     };
     assert_eq!(status_of("opaque-1"), "ok");
     assert_eq!(status_of("late-1"), "expired");
-    for id in ["bad-1", "bad-2", ""] {
+    for id in ["bad-1", "bad-2", "", "long-device", &long_id] {
         assert_eq!(status_of(id), "rejected", "{id}");
     }
+    let detail = |id: &str| {
+        let o = answered.iter().find(|o| o.id == id).unwrap();
+        o.detail.clone().unwrap_or_default()
+    };
+    assert_eq!(
+        detail("long-device"),
+        "invalid command: device is 33 bytes; it must be 1..=32 bytes without NUL"
+    );
+    assert_eq!(
+        detail(&long_id),
+        "invalid command: id is 65 bytes; it must be 1..=64 bytes"
+    );
+    assert!(!answered.iter().any(|o| o.id == "bad-topic"));
+    // The contract's device id limit is the device link's.
+    assert_eq!(contract::MAX_DEVICE_ID_LEN, ferry_wire::MAX_DEVICE_ID_LEN);
     let report = devices.await.unwrap();
     assert!(report.totals.acked > 100, "{:?}", report.totals);
     // Wait until some events are out, then crash the agent: the broker publishes the will.
@@ -253,8 +297,13 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
     let mut statuses_seen = Vec::new();
     let mut states = Vec::new();
     for m in got.lock().unwrap().iter().chain([&retained]) {
-        let topic = contract::parse_topic(&m.topic)
-            .unwrap_or_else(|| panic!("a message on a topic outside the contract: {}", m.topic));
+        let Some(topic) = contract::parse_topic(&m.topic) else {
+            assert_eq!(
+                m.topic, bad_topic,
+                "a message on a topic outside the contract"
+            );
+            continue;
+        };
         match topic {
             Topic::Events { gateway, device } => {
                 assert_eq!(m.payload[0], b'{', "JSON is the default encoding");
@@ -310,5 +359,5 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
     assert!(states.contains(&contract::LinkState::Offline), "last will");
     assert!(counts["eventBatch"] >= 1);
     assert!(counts["commandOutcome"] >= ids.len());
-    assert_eq!(counts["commandRequest"], 5);
+    assert_eq!(counts["commandRequest"], 6);
 }

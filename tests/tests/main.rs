@@ -8,3 +8,4 @@ mod firmware_qemu;
 mod pipeline;
 mod uplink;
 mod uplink_tls;
+mod values;

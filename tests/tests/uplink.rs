@@ -266,6 +266,48 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
         );
     }
     while res_rx.try_recv().is_ok() {} // later answers to repeated probes
+                                       // Topics naming no device (a bad escape, an empty level): acked, not answered, counted.
+    let refused_topic = || async {
+        let (_, body) = ferry_tests::bridge::http_get(agent.api_addr.unwrap(), "/metrics")
+            .await
+            .unwrap();
+        ferry_tests::bridge::parse_metric(&body, "ferry_uplink_commands_refused_topic_total")
+    };
+    assert_eq!(refused_topic().await, Some(0.0));
+    for level in ["%zz", ""] {
+        client
+            .publish(
+                format!("ferry/v1/test-gw/{level}/commands"),
+                QoS::AtLeastOnce,
+                false,
+                br#"{"v":1,"id":"bad-topic","command":"reboot"}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    while refused_topic().await != Some(2.0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "ferry_uplink_commands_refused_topic_total is {:?}, want 2",
+            refused_topic().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Device ids the device link cannot carry (D3) and a too-long request id: rejected, and the
+    // detail names the field.
+    let long_id = "i".repeat(65);
+    send(
+        &"d".repeat(33),
+        r#"{"v":1,"id":"long-device","command":"reboot"}"#,
+    )
+    .await;
+    send("a%00b", r#"{"v":1,"id":"nul-device","command":"reboot"}"#).await;
+    send(
+        "sim-0000",
+        &format!(r#"{{"v":1,"id":"{long_id}","command":"reboot"}}"#),
+    )
+    .await;
     send(
         "sim-0000",
         r#"{"v":1,"id":"echo-1","command":{"opaque":{"hex":"0a0b0c"}}}"#,
@@ -284,7 +326,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     send("sim-0000", r#"{"v":1,"id":"bad-1","command":"explode"}"#).await;
     let mut got: HashMap<String, ferry_cloud_bridge::contract::CommandOutcome> = HashMap::new();
     let t = Instant::now();
-    while got.len() < 4 {
+    while got.len() < 7 {
         match tokio::time::timeout(Duration::from_secs(10), res_rx.recv()).await {
             Ok(Some(o)) => {
                 if o.id != "probe" {
@@ -325,6 +367,25 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
             .contains("explode"),
         "{:?}",
         got["bad-1"]
+    );
+    assert!(!got.contains_key("bad-topic"), "{:?}", got.get("bad-topic"));
+    let rejected = |id: &str| {
+        let o = &got[id];
+        assert_eq!(o.status, OutcomeStatus::Rejected, "{o:?}");
+        o.detail.clone().unwrap_or_default()
+    };
+    assert_eq!(
+        rejected("long-device"),
+        "invalid command: device is 33 bytes; it must be 1..=32 bytes without NUL"
+    );
+    assert_eq!(got["long-device"].device, "d".repeat(33));
+    assert_eq!(
+        rejected("nul-device"),
+        "invalid command: device \"a\\0b\" contains NUL; it must be 1..=32 bytes without NUL"
+    );
+    assert_eq!(
+        rejected(&long_id),
+        "invalid command: id is 65 bytes; it must be 1..=64 bytes"
     );
     // A repeated request id is answered from the stored outcome, not executed again.
     send(
@@ -521,4 +582,148 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
     dev.await.unwrap();
     agent.terminate().await;
     poller.abort();
+}
+
+/// Stored events the contract refuses (here: times outside years 1..=9999, as a store written
+/// before those bounds existed may hold) are quarantined by the uplink with the reason, and the
+/// rest of their batch is forwarded: published, they would make the cloud refuse the whole batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forwarded() {
+    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ferry.db");
+    let toml = |uplink: &str| {
+        format!(
+            "[api]\nlisten = \"\"\n[gateway]\nid = \"q-gw\"\n[store]\npath = {:?}\n\
+             [devices]\ntcp_listen = \"127.0.0.1:0\"\n{uplink}",
+            db.display().to_string()
+        )
+    };
+    // 1. Twenty samples stored with forwarding off.
+    let settings =
+        ferry_agent::config::Settings::from_toml(&toml(""), "test.toml", |_| None).unwrap();
+    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    let io = tokio::net::TcpStream::connect(agent.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    let values: Vec<f32> = (0..20).map(|i| i as f32).collect();
+    ferry_tests::link::DeviceLink::new(io)
+        .send_boot("dev-q", 7, "t", &values, 32, Duration::from_secs(30))
+        .await
+        .unwrap();
+    agent.stop().await.unwrap();
+    // 2. Two of them get times the contract refuses.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let n = c
+            .execute(
+                "UPDATE events SET ts_ms = CASE seq WHEN 5 THEN -62135596800001 ELSE 253402300800000 END \
+                 WHERE seq IN (5, 6)",
+                [],
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+    // 3. Forwarding on: 18 events arrive, two are quarantined.
+    let stop = CancellationToken::new();
+    let seen: Seen = Default::default();
+    let mut o = MqttOptions::new("q-sub", "127.0.0.1", broker.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = AsyncClient::new(o, 100);
+    client
+        .subscribe("ferry/v1/q-gw/+/events", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let sub = tokio::spawn({
+        let (seen, stop) = (seen.clone(), stop.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ev = el.poll() => match ev {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let b = EventBatch::decode(&p.payload).expect("valid batch");
+                            let mut seen = seen.lock().unwrap();
+                            for e in b.events {
+                                *seen.entry((b.device.clone(), b.boot, e.seq)).or_default() += 1;
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            seen.lock().unwrap().insert(("subscribed".into(), 0, 0), 1);
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+        }
+    });
+    let t = Instant::now();
+    while seen.lock().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no SUBACK");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settings = ferry_agent::config::Settings::from_toml(
+        &toml(&format!(
+            "[uplink]\nbroker = \"127.0.0.1:{}\"\n",
+            broker.port()
+        )),
+        "test.toml",
+        |_| None,
+    )
+    .unwrap();
+    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    let reader = ferry_agent::store::open_reader(&db).unwrap();
+    let t = Instant::now();
+    loop {
+        let (pos, head): (i64, i64) = reader
+            .query_row(
+                "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0), \
+                 (SELECT max(id) FROM events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let got = seen.lock().unwrap().len() - 1;
+        if pos >= head && got >= 18 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "position {pos} of {head}, {got} events received"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = agent.uplink_stats.clone();
+    agent.stop().await.unwrap();
+    stop.cancel();
+    sub.await.unwrap();
+    let mut seqs: Vec<u32> = seen
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.0 == "dev-q")
+        .map(|k| k.2)
+        .collect();
+    seqs.sort_unstable();
+    let want: Vec<u32> = (0..20).filter(|s| *s != 5 && *s != 6).collect();
+    assert_eq!(seqs, want);
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.events_quarantined.load(Relaxed), 2);
+    let reasons: Vec<String> = reader
+        .prepare("SELECT reason FROM quarantine WHERE link LIKE 'uplink %'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains(
+            "the contract refuses 2 stored event(s), e.g. seq 5: ts_ms -62135596800001 is outside"
+        ),
+        "{reasons:?}"
+    );
 }

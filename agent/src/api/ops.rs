@@ -441,6 +441,12 @@ fn render(s: &ApiState, snap: &Snapshot) -> String {
         u.messages_unrouted.load(Relaxed) as f64,
     );
     one(
+        "ferry_uplink_commands_refused_topic_total",
+        "counter",
+        "Commands on a topic naming no valid device (acked and dropped).",
+        u.commands_refused_topic.load(Relaxed) as f64,
+    );
+    one(
         "ferry_uplink_backlog_events",
         "gauge",
         "Events not yet forwarded (estimate).",

@@ -1,18 +1,17 @@
 //! What the bridge makes of one PUBLISH, without I/O: a batch to store, or a dead letter with
 //! the reason it was refused.
 //!
-//! Besides the contract's rules ([`EventBatch::decode`], [`EventBatch::check_topic`]) a batch
-//! must be storable: PostgreSQL text cannot hold NUL, and `timestamptz` cannot hold every `i64`
-//! of milliseconds. A batch that breaks either becomes a dead letter here, before it can fail a
-//! whole transaction of other gateways' events.
+//! The contract's rules ([`EventBatch::decode`], [`EventBatch::check_topic`]) are all a batch
+//! must pass: they bound ids and times exactly as PostgreSQL needs (no NUL in text, `ts_ms` in
+//! years 1..=9999, which `timestamptz` holds), so a batch that could fail a whole transaction of
+//! other gateways' events never gets past this point. Every reading is storable: `double
+//! precision` holds NaN and ±infinity.
+//!
+//! A message on a topic that is not a valid `ferry/v1/{gateway}/{device}/events` (an empty level,
+//! a bad percent escape) is refused like any other: a dead letter of class `topic`, acked.
 use std::time::SystemTime;
 
-use crate::contract::{parse_topic, ContractError, EventBatch, Topic};
-
-/// Earliest `ts_ms` stored: 0001-01-01T00:00:00Z.
-pub const MIN_TS_MS: i64 = -62_135_596_800_000;
-/// Latest `ts_ms` stored: 9999-12-31T23:59:59.999Z.
-pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+use crate::contract::{try_parse_topic, ContractError, EventBatch, Topic};
 
 /// Identifies a PUBLISH for its acknowledgement: the packet id is only meaningful on the
 /// connection it arrived on, which `epoch` counts.
@@ -74,22 +73,19 @@ pub enum ReasonClass {
     TopicMismatch,
     /// Compression error.
     Compression,
-    /// Valid but not storable (NUL in text, timestamp out of range).
-    Unstorable,
     /// The database refused it on its own (it was retried alone first).
     Database,
 }
 
 impl ReasonClass {
     /// Every class, in label order.
-    pub const ALL: [ReasonClass; 8] = [
+    pub const ALL: [ReasonClass; 7] = [
         ReasonClass::Topic,
         ReasonClass::Malformed,
         ReasonClass::Version,
         ReasonClass::Invalid,
         ReasonClass::TopicMismatch,
         ReasonClass::Compression,
-        ReasonClass::Unstorable,
         ReasonClass::Database,
     ];
 
@@ -102,7 +98,6 @@ impl ReasonClass {
             ReasonClass::Invalid => "invalid",
             ReasonClass::TopicMismatch => "topic_mismatch",
             ReasonClass::Compression => "compression",
-            ReasonClass::Unstorable => "unstorable",
             ReasonClass::Database => "database",
         }
     }
@@ -113,7 +108,7 @@ impl ReasonClass {
             ContractError::UnsupportedVersion(_) => ReasonClass::Version,
             ContractError::TopicMismatch { .. } => ReasonClass::TopicMismatch,
             ContractError::Compression(_) => ReasonClass::Compression,
-            _ => ReasonClass::Invalid,
+            ContractError::Invalid(_) | ContractError::InvalidCommand(_) => ReasonClass::Invalid,
         }
     }
 }
@@ -133,11 +128,15 @@ impl DeadLetter {
 /// Decides what a PUBLISH on `topic` with `payload` is.
 pub fn classify(topic: &str, payload: &[u8]) -> Content {
     let dead = |reason: &str, class| Content::Dead(DeadLetter::new(topic, reason, class, payload));
-    let Some(Topic::Events { gateway, device }) = parse_topic(topic) else {
-        return dead(
-            "topic is not ferry/v1/{gateway}/{device}/events",
-            ReasonClass::Topic,
-        );
+    let (gateway, device) = match try_parse_topic(topic) {
+        Ok(Topic::Events { gateway, device }) => (gateway, device),
+        Ok(_) => {
+            return dead(
+                "topic is not ferry/v1/{gateway}/{device}/events",
+                ReasonClass::Topic,
+            )
+        }
+        Err(why) => return dead(&format!("invalid topic: {why}"), ReasonClass::Topic),
     };
     let batch = match EventBatch::decode(payload) {
         Ok(b) => b,
@@ -146,33 +145,7 @@ pub fn classify(topic: &str, payload: &[u8]) -> Content {
     if let Err(e) = batch.check_topic(&gateway, &device) {
         return dead(&e.to_string(), ReasonClass::of(&e));
     }
-    if let Err(reason) = check_storable(&batch) {
-        return dead(&reason, ReasonClass::Unstorable);
-    }
     Content::Batch(batch)
-}
-
-/// Checks what PostgreSQL needs beyond the contract.
-pub fn check_storable(b: &EventBatch) -> Result<(), String> {
-    let nul = |what: &str| Err(format!("unstorable: {what} contains NUL"));
-    if b.gateway.contains('\0') {
-        return nul("gateway");
-    }
-    if b.device.contains('\0') {
-        return nul("device");
-    }
-    for (i, e) in b.events.iter().enumerate() {
-        if e.sensor.contains('\0') {
-            return nul(&format!("events[{i}].sensor"));
-        }
-        if !(MIN_TS_MS..=MAX_TS_MS).contains(&e.ts_ms) {
-            return Err(format!(
-                "unstorable: events[{i}].ts_ms {} is outside years 1..=9999",
-                e.ts_ms
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -246,25 +219,53 @@ mod tests {
     }
 
     #[test]
-    fn unstorable_batches_are_refused_before_the_database() {
+    fn batches_the_database_could_not_take_are_invalid() {
+        let refused = |b: &EventBatch, enc| {
+            dead(classify(
+                &events_topic(&b.gateway, &b.device),
+                &b.encode(enc, Compression::None),
+            ))
+        };
         let mut b = batch("gw", "d");
         b.events[1].ts_ms = i64::MAX;
-        let d = dead(classify(
-            &events_topic("gw", "d"),
-            &b.encode(Encoding::Json, Compression::None),
-        ));
-        assert_eq!(d.class, ReasonClass::Unstorable);
+        let d = refused(&b, Encoding::Json);
+        assert_eq!(d.class, ReasonClass::Invalid);
         assert!(d.reason.contains("events[1].ts_ms"), "{}", d.reason);
-        let b = batch("g\0w", "d");
-        let d = dead(classify(
-            &events_topic("g\0w", "d"),
-            &b.encode(Encoding::Binary, Compression::None),
-        ));
-        assert_eq!(d.class, ReasonClass::Unstorable);
+        let d = refused(&batch("g\0w", "d"), Encoding::Binary);
+        assert_eq!(d.class, ReasonClass::Invalid);
+        assert!(
+            d.reason.starts_with("invalid batch: gateway"),
+            "{}",
+            d.reason
+        );
         assert!(!d.topic.contains('\0') && !d.reason.contains('\0'));
         let mut b = batch("gw", "d");
-        b.events[0].ts_ms = MIN_TS_MS;
-        b.events[2].ts_ms = MAX_TS_MS;
-        assert!(check_storable(&b).is_ok());
+        b.events[2].sensor = "t\0".into();
+        assert_eq!(refused(&b, Encoding::Json).class, ReasonClass::Invalid);
+        let mut b = batch("gw", "d");
+        b.events[0].ts_ms = crate::contract::MIN_TS_MS;
+        b.events[2].ts_ms = crate::contract::MAX_TS_MS;
+        b.events[1].value = f64::NAN;
+        assert!(matches!(
+            classify(
+                &events_topic("gw", "d"),
+                &b.encode(Encoding::Json, Compression::None)
+            ),
+            Content::Batch(_)
+        ));
+    }
+
+    #[test]
+    fn invalid_topics_are_dead_letters_that_say_why() {
+        let b = batch("gw", "d").encode(Encoding::Json, Compression::None);
+        let d = dead(classify("ferry/v1/gw/%zz/events", &b));
+        assert_eq!(d.class, ReasonClass::Topic);
+        assert_eq!(
+            d.reason,
+            "invalid topic: topic level 4 (\"%zz\") is not a percent-encoded id"
+        );
+        let d = dead(classify("ferry/v1//d/events", &b));
+        assert_eq!(d.class, ReasonClass::Topic);
+        assert!(d.reason.contains("topic level 3"), "{}", d.reason);
     }
 }

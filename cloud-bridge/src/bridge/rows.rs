@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::inbound::{Content, DeadLetter, Inbound};
 use crate::contract::{Event, EventBatch};
 
-/// `ts_ms` as a point in time (callers have checked the range, see `inbound::check_storable`).
+/// `ts_ms` as a point in time (in range: the contract bounds it, see `contract::check_ts_ms`).
 pub fn ts_from_ms(ms: i64) -> SystemTime {
     let d = Duration::from_millis(ms.unsigned_abs());
     if ms >= 0 {
@@ -191,7 +191,7 @@ impl<'a> CommitRows<'a> {
 }
 
 /// Appends one JSON line per event of `b` (fields gateway, device, boot, boot_id, seq, sensor,
-/// ts_ms, value).
+/// ts_ms, value; a non-finite value is `"NaN"`, `"Infinity"` or `"-Infinity"`, as in payloads).
 pub fn jsonl(b: &EventBatch, out: &mut Vec<u8>) {
     #[derive(serde::Serialize)]
     struct Line<'a> {
@@ -202,6 +202,7 @@ pub fn jsonl(b: &EventBatch, out: &mut Vec<u8>) {
         seq: u32,
         sensor: &'a str,
         ts_ms: i64,
+        #[serde(serialize_with = "crate::contract::reading::serialize")]
         value: f64,
     }
     for e in &b.events {
@@ -317,5 +318,12 @@ mod tests {
             serde_json::json!({"gateway":"gw","device":"d","boot":3,"boot_id":u32::MAX,
                 "seq":8,"sensor":"s8","ts_ms":108,"value":4.0})
         );
+        let mut b = b.clone();
+        b.events[0].value = f64::NEG_INFINITY;
+        let mut out = Vec::new();
+        jsonl(&b, &mut out);
+        let first: serde_json::Value =
+            serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(first["value"], "-Infinity");
     }
 }

@@ -4,6 +4,11 @@
 //! keeping store order inside each group, and each group is cut into messages of at most
 //! `max_events` events and about `max_bytes` of encoded payload. Messages of one device come out
 //! in store order, so the broker sees each device's batches in order.
+//!
+//! Events the contract would refuse (a time outside years 1..=9999, a device id or sensor name
+//! out of bounds, see `contract::check_*`) are cut out of their group into a message of their
+//! own marked [`Outgoing::refused`], for the quarantine: published, they would make a consumer
+//! refuse the whole batch around them.
 use super::StoredEvent;
 use crate::contract::{self, Compression, Encoding, EventBatch};
 
@@ -29,6 +34,17 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     /// Events in it.
     pub events: usize,
+    /// Why a consumer would refuse these events: quarantine the message instead of publishing.
+    pub refused: Option<String>,
+}
+
+/// Why the contract refuses `e` in a batch of `device`, if it does.
+fn refusal(device: &str, e: &StoredEvent) -> Option<String> {
+    let r = contract::check_device_id(device)
+        .map_err(|m| format!("device {m}"))
+        .and_then(|()| contract::check_sensor_name(&e.sensor).map_err(|m| format!("sensor {m}")))
+        .and_then(|()| contract::check_ts_ms(e.ts_ms).map_err(|m| format!("ts_ms {m}")));
+    r.err()
 }
 
 /// Upper estimate of one event's JSON size beyond its sensor name (field names, digits).
@@ -52,7 +68,20 @@ pub fn batches(gateway: &str, events: &[StoredEvent], limits: &BatchLimits) -> V
     }
     let mut out = Vec::new();
     for key in order {
-        let group = &groups[&key];
+        let (good, bad): (Vec<&StoredEvent>, Vec<&StoredEvent>) = groups[&key]
+            .iter()
+            .partition(|e| refusal(key.0, e).is_none());
+        if let Some(first) = bad.first() {
+            let reason = refusal(key.0, first).expect("partitioned");
+            let mut m = encode(gateway, &bad, limits);
+            m.refused = Some(format!(
+                "the contract refuses {} stored event(s), e.g. seq {}: {reason}",
+                bad.len(),
+                first.seq
+            ));
+            out.push(m);
+        }
+        let group = &good;
         let mut start = 0;
         while start < group.len() {
             let mut end = start;
@@ -65,32 +94,38 @@ pub fn batches(gateway: &str, events: &[StoredEvent], limits: &BatchLimits) -> V
                 bytes += add;
                 end += 1;
             }
-            let first = group[start];
-            let batch = EventBatch {
-                v: contract::SCHEMA_VERSION,
-                gateway: gateway.to_owned(),
-                device: first.device.clone(),
-                boot: first.boot,
-                boot_id: first.boot_id,
-                events: group[start..end]
-                    .iter()
-                    .map(|e| contract::Event {
-                        seq: e.seq,
-                        sensor: e.sensor.clone(),
-                        ts_ms: e.ts_ms,
-                        value: e.value,
-                    })
-                    .collect(),
-            };
-            out.push(Outgoing {
-                topic: contract::events_topic(gateway, &first.device),
-                payload: batch.encode(limits.encoding, limits.compression),
-                events: end - start,
-            });
+            out.push(encode(gateway, &group[start..end], limits));
             start = end;
         }
     }
     out
+}
+
+/// One message holding `events` (one device and boot, in store order).
+fn encode(gateway: &str, events: &[&StoredEvent], limits: &BatchLimits) -> Outgoing {
+    let first = events[0];
+    let batch = EventBatch {
+        v: contract::SCHEMA_VERSION,
+        gateway: gateway.to_owned(),
+        device: first.device.clone(),
+        boot: first.boot,
+        boot_id: first.boot_id,
+        events: events
+            .iter()
+            .map(|e| contract::Event {
+                seq: e.seq,
+                sensor: e.sensor.clone(),
+                ts_ms: e.ts_ms,
+                value: e.value,
+            })
+            .collect(),
+    };
+    Outgoing {
+        topic: contract::events_topic(gateway, &first.device),
+        payload: batch.encode(limits.encoding, limits.compression),
+        events: events.len(),
+        refused: None,
+    }
 }
 
 #[cfg(test)]
@@ -169,5 +204,43 @@ mod tests {
             assert!(o.payload.len() <= 8_192, "{} bytes", o.payload.len());
         }
         assert_eq!(by_bytes.iter().map(|o| o.events).sum::<usize>(), 1000);
+    }
+
+    #[test]
+    fn events_the_contract_refuses_are_split_off_for_the_quarantine() {
+        let mut events: Vec<StoredEvent> = (0..6).map(|i| ev(i, "a", 1, i as u32)).collect();
+        events[1].ts_ms = contract::MIN_TS_MS - 1;
+        events[4].sensor = "t\0".into();
+        events.push(ev(6, &"x".repeat(33), 1, 0));
+        for enc in [Encoding::Json, Encoding::Binary] {
+            let out = batches(
+                "gw",
+                &events,
+                &BatchLimits {
+                    encoding: enc,
+                    ..limits(100, 1 << 20)
+                },
+            );
+            let summary: Vec<(usize, bool)> = out
+                .iter()
+                .map(|o| (o.events, o.refused.is_some()))
+                .collect();
+            assert_eq!(summary, [(2, true), (4, false), (1, true)], "{enc:?}");
+            let reason = out[0].refused.as_deref().unwrap();
+            assert!(
+                reason.contains("2 stored event(s), e.g. seq 1: ts_ms"),
+                "{reason}"
+            );
+            assert!(out[2]
+                .refused
+                .as_deref()
+                .unwrap()
+                .contains("device is 33 bytes"));
+            let ok = EventBatch::decode(&out[1].payload).unwrap();
+            assert_eq!(
+                ok.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                [0, 2, 3, 5]
+            );
+        }
     }
 }

@@ -9,7 +9,12 @@
 //!   the cloud dedups on `(gateway, device, boot, seq)`.
 //! - **No poison loop.** A message the broker refuses (MQTT 5 PUBACK reason code) or one larger
 //!   than the broker's maximum packet size goes to the store's quarantine with the reason, and
-//!   counts as handled.
+//!   counts as handled. So do stored events the contract would refuse (a time outside years
+//!   1..=9999, a device id or sensor name out of bounds: data stored before those bounds existed),
+//!   split off before publishing so the rest of their batch goes out.
+//! - **Downlink.** A command on a topic that is not a valid `.../{device}/commands` of this
+//!   gateway is acked, never acted on, logged and counted (`commands_refused_topic`); a command
+//!   for a device id the link cannot carry is answered `rejected`.
 //! - **Live first.** If the uplink falls more than `backlog_threshold` events behind (an outage),
 //!   the unread range becomes a backlog that drains at `backlog_rate` events/s with at most half
 //!   the in-flight window, while new data goes out at full speed.
@@ -149,6 +154,9 @@ pub struct UplinkStats {
     pub backlog_events: AtomicI64,
     /// True while a split-off backlog drains.
     pub draining_backlog: AtomicBool,
+    /// Commands received on a topic that is not a valid command topic of this gateway (an empty
+    /// or badly escaped device level): acked and dropped.
+    pub commands_refused_topic: AtomicU64,
 }
 
 /// Why the uplink stopped.
@@ -611,8 +619,8 @@ impl<S: EventSource> Uplink<S> {
                 self.fwd
                     .record(plan, events.len(), events.last().map(|e| e.id), msgs.len());
             for m in msgs {
-                self.enqueue(
-                    client,
+                let refused = m.refused;
+                let id = self.insert(
                     m.topic,
                     m.payload.into(),
                     false,
@@ -620,6 +628,11 @@ impl<S: EventSource> Uplink<S> {
                     Some(plan.stream),
                     m.events,
                 );
+                match refused {
+                    Some(reason) => self.quarantine(id, &reason).await?,
+                    None if self.connected => self.submit(client, id),
+                    None => {}
+                }
             }
         }
         // Messages too large for the broker go to quarantine instead of blocking the queue.
@@ -660,6 +673,22 @@ impl<S: EventSource> Uplink<S> {
         stream: Option<StreamKind>,
         events: usize,
     ) {
+        let id = self.insert(topic, payload, retain, chunk, stream, events);
+        if self.connected {
+            self.submit(client, id);
+        }
+    }
+
+    /// Adds a message to the unacked set without queueing it; returns its id.
+    fn insert(
+        &mut self,
+        topic: String,
+        payload: Bytes,
+        retain: bool,
+        chunk: Option<ChunkRef>,
+        stream: Option<StreamKind>,
+        events: usize,
+    ) -> u64 {
         let id = self.next_msg;
         self.next_msg += 1;
         self.unacked.insert(
@@ -676,9 +705,7 @@ impl<S: EventSource> Uplink<S> {
                 delivered: None,
             },
         );
-        if self.connected {
-            self.submit(client, id);
-        }
+        id
     }
 
     /// Queues message `id` on the connection, or behind the ones already waiting when the
@@ -757,17 +784,28 @@ impl<S: EventSource> Uplink<S> {
         payload: &[u8],
         receipt: Receipt,
     ) {
-        let Some(contract::Topic::Commands { gateway, device }) = contract::parse_topic(topic)
-        else {
-            tracing::debug!(%topic, "Ignoring a message on an unexpected topic.");
-            receipt.done();
-            return;
+        let (gateway, device) = match contract::try_parse_topic(topic) {
+            Ok(contract::Topic::Commands { gateway, device })
+                if gateway == self.settings.gateway =>
+            {
+                (gateway, device)
+            }
+            other => {
+                // No outcome can be addressed to a device the topic does not name: drop it,
+                // acked so the broker does not deliver it again, and count it.
+                let why = other
+                    .err()
+                    .unwrap_or_else(|| "not a command topic of this gateway".into());
+                self.stats.commands_refused_topic.fetch_add(1, Relaxed);
+                tracing::warn!(%topic, reason = %why, "Ignoring a command on an invalid topic.");
+                receipt.done();
+                return;
+            }
         };
-        if gateway != self.settings.gateway {
-            receipt.done();
-            return;
-        }
-        let request = match contract::CommandRequest::decode(payload) {
+        let decoded = contract::check_device_id(&device)
+            .map_err(|m| contract::ContractError::InvalidCommand(format!("device {m}")))
+            .and_then(|()| contract::CommandRequest::decode(payload));
+        let request = match decoded {
             Ok(r) => r,
             Err(e) => {
                 // Answer even a malformed request, with its id if one can be found.
