@@ -313,6 +313,11 @@ impl<const RING: usize> Device<RING> {
         self.ring.next_seq()
     }
 
+    /// One past the newest sample ever handed to the link (this boot).
+    pub fn sent_to(&self) -> u32 {
+        self.high_sent
+    }
+
     /// Samples held unacknowledged.
     pub fn ring_depth(&self) -> usize {
         self.ring.len()

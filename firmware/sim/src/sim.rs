@@ -322,8 +322,10 @@ async fn run_device(
                 };
                 report.bytes_corrupted += corrupt(&mut rng, &mut frame[..n], cfg.noise);
                 out.extend_from_slice(&frame[..n]);
-                // Time the newest sample handed out, once (for ack latency).
-                let newest = sim.dev.next_seq();
+                // Time the newest sample handed out, once (for ack latency): the end of what was
+                // sent, not of what was sampled (under overload the ring holds a backlog, and its
+                // end is acked much later than the frame).
+                let newest = sim.dev.sent_to();
                 if cfg.measure_latency && newest > timed_to {
                     timed_to = newest;
                     inflight.push_back((newest, Instant::now()));
