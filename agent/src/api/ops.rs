@@ -91,10 +91,12 @@ struct Snapshot {
     devices_online: u64,
 }
 
-async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
-    let i = &s.inner;
-    let forwarding_on = i.forwarding_on;
-    let (oldest, devices, online) = i
+/// What the store says for [`Snapshot`]: the oldest unforwarded event, devices, devices online.
+type StoreFigures = (Option<(i64, i64)>, u64, u64);
+
+async fn read_figures(s: &ApiState) -> Result<StoreFigures, ApiError> {
+    let forwarding_on = s.inner.forwarding_on;
+    s.inner
         .reads
         .run(move |c| {
             let oldest = if forwarding_on {
@@ -111,7 +113,17 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
                 .map_err(crate::store::StoreError::from)?;
             Ok((oldest, n as u64, on as u64))
         })
-        .await?;
+        .await
+}
+
+async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
+    let figures = read_figures(s).await?;
+    Ok(build_snapshot(s, figures))
+}
+
+/// The snapshot from the store's figures (without them, as when reads fail: unknown parts empty).
+fn build_snapshot(s: &ApiState, (oldest, devices, online): StoreFigures) -> Snapshot {
+    let i = &s.inner;
     let now = crate::utc_now_ms();
     let m = &i.metrics;
     let disk_full = m.disk_full.load(Relaxed);
@@ -125,7 +137,7 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
     };
     let (_, forwarded_per_s) = i.rates.per_second();
     let u = &i.uplink;
-    Ok(Snapshot {
+    Snapshot {
         store: StoreStateDoc {
             writable: i.store.is_running() && !disk_full && !backpressure,
             disk_full,
@@ -154,17 +166,52 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
         },
         devices,
         devices_online: online,
-    })
+    }
 }
 
-/// Readiness: 200 while the store accepts samples, 503 otherwise; the body says why.
+/// How long `/readyz` waits for a read connection before it reports reads as unavailable.
+pub const READY_READ_WAIT: Duration = Duration::from_secs(2);
+
+/// Readiness: 200 while the store accepts samples and reads can be served, 503 otherwise; the body
+/// says why.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = ReadyDoc), (status = 503, body = ReadyDoc)))]
-pub async fn readyz(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    let snap = snapshot(&s).await?;
-    let ready = snap.store.writable;
+pub async fn readyz(State(s): State<ApiState>) -> Response {
+    let health = s.inner.reads.probe(READY_READ_WAIT).await;
+    let (figures, read_problem) = if health.ok {
+        match read_figures(&s).await {
+            Ok(f) => (f, None),
+            Err(e) => ((None, 0, 0), Some(e.to_string())),
+        }
+    } else {
+        ((None, 0, 0), health.problem.clone())
+    };
+    let snap = build_snapshot(&s, figures);
+    let mut reasons = Vec::new();
+    if !snap.store.writable {
+        reasons.push(
+            if snap.store.disk_full {
+                "store: the disk is full; samples are refused"
+            } else if snap.store.backpressure {
+                "store: max_db_size reached with when_full = \"backpressure\"; samples are refused"
+            } else {
+                "store: the writer is not running"
+            }
+            .to_owned(),
+        );
+    }
+    if let Some(p) = &read_problem {
+        reasons.push(format!("reads: {p}"));
+    }
+    let ready = reasons.is_empty();
     let doc = ReadyDoc {
         ready,
+        reasons,
+        reads: ReadsDoc {
+            ok: read_problem.is_none(),
+            connections: super::reads::READERS as u32,
+            in_use: health.in_use as u32,
+        },
         store: snap.store,
         uplink: snap.uplink,
         disk: snap.disk,
@@ -174,7 +221,7 @@ pub async fn readyz(State(s): State<ApiState>) -> Result<Response, ApiError> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok((status, Json(doc)).into_response())
+    (status, Json(doc)).into_response()
 }
 
 /// Ingest, drops, uplink, store and disk at a glance (`ferry status`, the dashboard).
