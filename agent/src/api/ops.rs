@@ -559,3 +559,116 @@ fn histogram(o: &mut String, name: &str, help: &str, h: &crate::metrics::Histogr
     let _ = writeln!(o, "{name}_sum {}", h.sum_s());
     let _ = writeln!(o, "{name}_count {acc}");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::{reads::READERS, ApiParts};
+    use crate::config::{Durability, StoreSettings, WhenFull};
+
+    /// An API state over a fresh store with a running writer (its directory is removed by the
+    /// caller).
+    async fn state(tag: &str) -> (ApiState, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ferry-ops-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = StoreSettings {
+            path: dir.join("o.db"),
+            durability: Durability::Normal,
+            flush_samples: 1000,
+            flush_interval: Duration::from_millis(20),
+            max_db_size: None,
+            keep_forwarded_for: Duration::from_secs(3600),
+            when_full: WhenFull::DropOldest,
+            quarantine_max_rows: 100,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let conn = crate::store::open_writer(&settings).unwrap();
+        let spawned = crate::store::writer::spawn(conn, settings.clone(), metrics.clone()).unwrap();
+        spawned.ready.await.unwrap().unwrap();
+        let (outcomes, _) = tokio::sync::mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let (commands, _) = crate::commands::spawn(
+            crate::store::open_reader(&settings.path).unwrap(),
+            spawned.handle.clone(),
+            outcomes,
+            "gw".into(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let s = ApiState::new(
+            ApiParts {
+                store: spawned.handle,
+                metrics,
+                uplink: Arc::default(),
+                forwarding_on: false,
+                commands,
+                gateway: "gw".into(),
+                store_settings: settings,
+                token: None,
+            },
+            stop,
+        )
+        .unwrap();
+        (s, dir)
+    }
+
+    async fn body(r: Response) -> serde_json::Value {
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_is_503_with_the_reason_while_no_read_connection_is_free() {
+        let (s, dir) = state("readyz").await;
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let ready = body(r).await;
+        assert_eq!(ready["ready"], true, "{ready}");
+        assert_eq!(ready["reasons"], serde_json::json!([]));
+
+        // Every read connection busy (long queries): reads cannot be served.
+        let (release, _) = tokio::sync::broadcast::channel::<()>(1);
+        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(READERS);
+        let mut held = Vec::new();
+        for _ in 0..READERS {
+            let (s, mut rx, started_tx) = (s.clone(), release.subscribe(), started_tx.clone());
+            held.push(tokio::spawn(async move {
+                s.inner
+                    .reads
+                    .run(move |_| {
+                        started_tx.blocking_send(()).unwrap();
+                        let _ = rx.blocking_recv();
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        for _ in 0..READERS {
+            started.recv().await.unwrap();
+        }
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ready = body(r).await;
+        assert_eq!(ready["ready"], false);
+        assert_eq!(ready["reads"]["ok"], false);
+        assert_eq!(ready["reads"]["in_use"], READERS);
+        let reason = ready["reasons"][0].as_str().unwrap();
+        assert!(
+            reason.starts_with("reads: all 4 read connections stayed busy"),
+            "{reason}"
+        );
+        assert_eq!(ready["store"]["writable"], true, "the store itself is fine");
+
+        release.send(()).unwrap();
+        for h in held {
+            h.await.unwrap().unwrap();
+        }
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK, "{}", body(r).await);
+        s.inner.stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
