@@ -8,6 +8,11 @@
 //!   pending commands on every (re)connect is safe.
 //! - Each command ends exactly once: with the device's result, or `expired` after its TTL. The
 //!   outcome is stored with it; a repeated request id gets the stored outcome again.
+//! - Only commands for a device id the link protocol can carry are taken (D3: 1..=32 bytes of
+//!   UTF-8 without NUL, [`check_device_id`]): the API refuses others with a 400 naming the id, and
+//!   one from MQTT is answered `rejected` on `.../commands/result` with a detail naming the device
+//!   id, never stored; its MQTT message is acked once that answer is (as the uplink does for a
+//!   malformed request).
 //! - Nothing is lost across a crash: the MQTT message of a command is acked ([`ferry_cloud_bridge::uplink::Receipt::done`])
 //!   only after the command is stored (until then the broker redelivers it), and an outcome is
 //!   marked published only when the broker acked it; unpublished outcomes go out again at start.
@@ -17,13 +22,32 @@ use std::time::Duration;
 use ferry_cloud_bridge::contract::{
     self, CommandOutcome, CommandSpec, OutcomeStatus, DEFAULT_COMMAND_TTL_S,
 };
-use ferry_cloud_bridge::uplink::{InboundCommand, OutgoingOutcome};
+use ferry_cloud_bridge::uplink::{InboundCommand, OutgoingOutcome, Receipt};
 use ferry_wire::CommandStatus;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::writer::StoreHandle;
+
+/// Why a device id cannot have commands (D3): `None` for an id the link protocol can carry,
+/// 1..=[`ferry_wire::MAX_DEVICE_ID_LEN`] bytes of UTF-8 without NUL. The text names no field:
+/// each caller says where the id came from.
+pub fn check_device_id(id: &str) -> Result<(), String> {
+    let max = ferry_wire::MAX_DEVICE_ID_LEN;
+    if id.is_empty() || id.len() > max {
+        return Err(format!(
+            "{} bytes; a device id is 1..={max} bytes (the link protocol's limit)",
+            id.len()
+        ));
+    }
+    if let Some(at) = id.find('\0') {
+        return Err(format!(
+            "NUL at byte {at}; a device id never contains U+0000"
+        ));
+    }
+    Ok(())
+}
 
 /// A command for one device link to send.
 #[derive(Debug, Clone)]
@@ -62,7 +86,7 @@ impl CommandsHandle {
     }
 
     /// A new command (already validated); true once it is stored (or was already known), false
-    /// if storing failed or the actor is gone.
+    /// if it was rejected ([`check_device_id`]), storing failed or the actor is gone.
     pub async fn submit_stored(&self, c: InboundCommand) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Req::Submit(c, Some(tx))).await.is_err() {
@@ -220,6 +244,16 @@ impl Actor {
             request,
             receipt,
         } = c;
+        if let Err(e) = check_device_id(&device) {
+            tracing::warn!(device = %device.escape_debug(), request = %request.id, error = %e, "Command rejected: no device can have this id.");
+            self.reject(
+                device,
+                request.id,
+                format!("device id (topic level): {e}"),
+                receipt,
+            );
+            return false;
+        }
         // A repeated request id: answer with the stored outcome, or keep waiting.
         let known: Option<Option<String>> = self
             .reader
@@ -338,6 +372,40 @@ impl Actor {
         self.send_outcome(o, stored.then_some(id));
     }
 
+    /// Answers a command that is not taken with `rejected` (not stored); its MQTT message is
+    /// acked once the broker has the answer, so a crash in between delivers it again.
+    fn reject(&self, device: String, request_id: String, detail: String, receipt: Receipt) {
+        let o = CommandOutcome {
+            v: contract::SCHEMA_VERSION,
+            id: request_id,
+            gateway: self.gateway.clone(),
+            device,
+            status: OutcomeStatus::Rejected,
+            detail: Some(detail),
+            data_hex: None,
+            at_ms: crate::utc_now_ms(),
+        };
+        let (tx, rx) = oneshot::channel();
+        match self.outcomes.try_send(OutgoingOutcome {
+            outcome: o,
+            delivered: Some(tx),
+        }) {
+            Ok(()) => {
+                tokio::spawn(async move {
+                    if rx.await.is_ok() {
+                        receipt.done();
+                    }
+                });
+            }
+            // Unacked: the broker delivers it again later and it is answered then.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("Outcome queue full; a rejected command is answered when the broker delivers it again.");
+            }
+            // No uplink (a command from the API): nobody to answer but the API, which did.
+            Err(mpsc::error::TrySendError::Closed(_)) => receipt.done(),
+        }
+    }
+
     /// Hands an outcome to the uplink. For a stored one (`row`), the row is marked published
     /// once the broker acked it; until then a restart publishes it again.
     fn send_outcome(&self, o: CommandOutcome, row: Option<i64>) {
@@ -386,5 +454,128 @@ fn outcome_status(s: CommandStatus) -> OutcomeStatus {
         CommandStatus::InvalidArgument => OutcomeStatus::InvalidArgument,
         CommandStatus::Unsupported => OutcomeStatus::Unsupported,
         CommandStatus::Failed => OutcomeStatus::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Durability, StoreSettings, WhenFull};
+    use ferry_cloud_bridge::contract::CommandRequest;
+
+    #[test]
+    fn device_ids_the_link_protocol_cannot_carry_are_refused() {
+        assert_eq!(check_device_id("sim-0001"), Ok(()));
+        assert_eq!(
+            check_device_id("a/b+c#d"),
+            Ok(()),
+            "escaped in topics and URLs"
+        );
+        assert_eq!(check_device_id(&"x".repeat(32)), Ok(()));
+        let e = check_device_id(&"x".repeat(33)).unwrap_err();
+        assert!(
+            e.starts_with("33 bytes; a device id is 1..=32 bytes"),
+            "{e}"
+        );
+        assert!(check_device_id("").is_err());
+        assert_eq!(
+            check_device_id("ab\0c").unwrap_err(),
+            "NUL at byte 2; a device id never contains U+0000"
+        );
+        // 32 bytes of UTF-8 pass, 33 do not, whatever the characters.
+        assert_eq!(check_device_id(&"é".repeat(16)), Ok(()));
+        assert!(check_device_id(&format!("{}x", "é".repeat(16))).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_for_an_impossible_device_id_is_answered_rejected_and_not_stored() {
+        let dir = std::env::temp_dir().join(format!("ferry-commands-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = StoreSettings {
+            path: dir.join("c.db"),
+            durability: Durability::Normal,
+            flush_samples: 1000,
+            flush_interval: Duration::from_millis(20),
+            max_db_size: None,
+            keep_forwarded_for: Duration::from_secs(3600),
+            when_full: WhenFull::DropOldest,
+            quarantine_max_rows: 100,
+        };
+        let conn = crate::store::open_writer(&settings).unwrap();
+        let spawned = crate::store::writer::spawn(
+            conn,
+            settings.clone(),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        spawned.ready.await.unwrap().unwrap();
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let (handle, task) = spawn(
+            crate::store::open_reader(&settings.path).unwrap(),
+            spawned.handle.clone(),
+            out_tx,
+            "gw".into(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let request = |id: &str| {
+            CommandRequest::decode(
+                format!(r#"{{"v":1,"id":"{id}","command":{{"identify":{{"duration_ms":5}}}}}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
+        for (device, says) in [
+            ("d".repeat(33), "33 bytes"),
+            ("a\0b".to_owned(), "NUL at byte 1"),
+        ] {
+            let stored = handle
+                .submit_stored(InboundCommand {
+                    device: device.clone(),
+                    request: request("r-1"),
+                    receipt: Receipt::none(),
+                })
+                .await;
+            assert!(!stored);
+            let o = tokio::time::timeout(Duration::from_secs(5), out_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(o.outcome.status, OutcomeStatus::Rejected);
+            assert_eq!(
+                (o.outcome.device.as_str(), o.outcome.id.as_str()),
+                (device.as_str(), "r-1")
+            );
+            let detail = o.outcome.detail.unwrap();
+            assert!(
+                detail.starts_with("device id (topic level): ") && detail.contains(says),
+                "{detail}"
+            );
+            assert!(o.delivered.is_some(), "acked at the broker once answered");
+        }
+        // A valid id is stored as before.
+        assert!(
+            handle
+                .submit_stored(InboundCommand {
+                    device: "d".repeat(32),
+                    request: request("r-2"),
+                    receipt: Receipt::none(),
+                })
+                .await
+        );
+        let rows: Vec<String> = crate::store::open_reader(&settings.path)
+            .unwrap()
+            .prepare("SELECT device_id FROM commands")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows, vec!["d".repeat(32)]);
+        stop.cancel();
+        task.await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -537,3 +537,89 @@ async fn tail_resumes_across_an_agent_restart_without_gaps_or_repeats() {
         "every event stored while tail was away was printed"
     );
 }
+
+/// D1: infinite readings, stored through a real device link, read back by every CLI command
+/// that prints values, as `Infinity` / `-Infinity` (and passed on as those strings in JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_readings_print_as_infinity_in_every_format() {
+    let dir = TempDir::new("cli-inf");
+    let agent = start_agent(&dir.path().join("ferry.db"), "127.0.0.1:0", "").await;
+    let api = format!("http://{}", agent.api_addr.unwrap());
+    let mut link = crate::common::DeviceLink::connect(
+        agent.tcp_addr.unwrap(),
+        "cli-inf",
+        7,
+        &[("up", "u"), ("down", "u")],
+    )
+    .await;
+    // up: 1.5, +Inf, 2.5; down: -Inf, -0.5, -Inf (interleaved: up, down, up, down, ...).
+    let values = [
+        (0, 1.5),
+        (1, f32::NEG_INFINITY),
+        (0, f32::INFINITY),
+        (1, -0.5),
+        (0, 2.5),
+        (1, f32::NEG_INFINITY),
+    ];
+    link.send(0, &values).await;
+    link.wait_acked(6, Duration::from_secs(15)).await;
+
+    let csv = ferry_ok(&[
+        "query", "events", "--api", &api, "--device", "cli-inf", "--format", "csv",
+    ])
+    .await;
+    let rows = csv_rows(&csv, "id,device,boot_id,seq,sensor,value");
+    let got: Vec<&str> = rows.iter().map(|r| r[5].as_str()).collect();
+    assert_eq!(
+        got,
+        ["1.5", "-Infinity", "Infinity", "-0.5", "2.5", "-Infinity"],
+        "{csv}"
+    );
+    let jl = ferry_ok(&[
+        "query", "events", "--api", &api, "--device", "cli-inf", "--format", "json",
+    ])
+    .await;
+    let values: Vec<Value> = jl
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["value"].clone())
+        .collect();
+    assert_eq!(values[1], "-Infinity");
+    assert_eq!(values[2], "Infinity");
+    let table = ferry_ok(&["query", "events", "--api", &api, "--device", "cli-inf"]).await;
+    assert!(
+        table.contains(" Infinity  u") && table.contains(" -Infinity  u"),
+        "{table}"
+    );
+
+    let latest = ferry_ok(&["latest", "cli-inf", "--api", &api, "--format", "csv"]).await;
+    let rows = csv_rows(&latest, "device,sensor,value");
+    let by_sensor: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[1].as_str(), r[2].as_str()))
+        .collect();
+    assert!(by_sensor.contains(&("up", "2.5")), "{latest}");
+    assert!(by_sensor.contains(&("down", "-Infinity")), "{latest}");
+    let table = ferry_ok(&["latest", "cli-inf", "--api", &api]).await;
+    assert!(table.contains("-Infinity"), "{table}");
+
+    let until = (ferry_agent::utc_now_ms() + 3_600_000).to_string();
+    for (sensor, agg, want) in [("up", "max", "Infinity"), ("down", "min", "-Infinity")] {
+        let series = ferry_ok(&[
+            "query", "series", "--api", &api, "--device", "cli-inf", "--sensor", sensor, "--since",
+            "-1d", "--until", &until, "--bucket", "1h", "--agg", agg, "--format", "csv",
+        ])
+        .await;
+        let rows = csv_rows(&series, "device,sensor,agg,unit,ts,ts_ms,value,count");
+        assert!(rows.iter().any(|r| r[6] == want), "{series}");
+    }
+
+    let tail = ferry_ok(&[
+        "tail", "--api", &api, "--after", "0", "--count", "6", "--device", "cli-inf", "--format",
+        "csv",
+    ])
+    .await;
+    let rows = csv_rows(&tail, "id,device,boot_id,seq,sensor,value");
+    assert_eq!(rows[2][5], "Infinity", "{tail}");
+    assert_eq!(rows[5][5], "-Infinity", "{tail}");
+    agent.stop().await.unwrap();
+}

@@ -142,3 +142,155 @@ pub fn assert_acked_stored_once_in_order(db: &Path, report: &Report) -> u64 {
     }
     checked
 }
+
+/// Like [`process_config`], with the API on a free port too. Returns (config, db, device
+/// listener, API address).
+pub fn process_config_with_api(
+    dir: &Path,
+    gateway: &str,
+) -> (PathBuf, PathBuf, std::net::SocketAddr, std::net::SocketAddr) {
+    let (config, db, addr) = process_config(dir, gateway);
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[api]\nlisten = \"127.0.0.1:0\"",
+        &format!("[api]\nlisten = \"{api}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, db, addr, api)
+}
+
+/// A device written from PROTOCOL.md over TCP: sends a Hello, waits for the Welcome, then sends
+/// Samples frames of exactly the values given and waits for their acks.
+pub struct DeviceLink {
+    stream: tokio::net::TcpStream,
+    decoder: Box<ferry_wire::Decoder>,
+    boot_id: u32,
+    tick0: u64,
+    /// One past the highest seq acked so far.
+    pub acked: u32,
+}
+
+impl DeviceLink {
+    /// Connects to `addr` as `device_id` (boot `boot_id`, 1 kHz ticks) with sensors `(name, unit)`
+    /// at indexes 0, 1, ...; returns once the gateway's Welcome arrived.
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        device_id: &str,
+        boot_id: u32,
+        sensors: &[(&str, &str)],
+    ) -> DeviceLink {
+        use ferry_wire::{Hello, Message, SensorInfo};
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tick0 = 1_000;
+        let mut link = DeviceLink {
+            stream,
+            decoder: Box::new(ferry_wire::Decoder::new()),
+            boot_id,
+            tick0,
+            acked: 0,
+        };
+        let hello = Message::Hello(Hello {
+            device_id,
+            firmware: "test-device 1",
+            boot_id,
+            tick_hz: 1000,
+            ticks: tick0,
+            next_seq: 0,
+            sensors: sensors
+                .iter()
+                .enumerate()
+                .map(|(i, &(name, unit))| SensorInfo {
+                    index: i as u8,
+                    name,
+                    unit,
+                    interval_ms: 100,
+                })
+                .collect(),
+        });
+        link.write(&hello).await;
+        link.wait(
+            Duration::from_secs(10),
+            "the Welcome",
+            |m| matches!(m, Message::Welcome(w) if w.boot_id == boot_id),
+        )
+        .await;
+        link
+    }
+
+    async fn write(&mut self, m: &ferry_wire::Message<'_>) {
+        use tokio::io::AsyncWriteExt;
+        let mut buf = [0u8; ferry_wire::MAX_ENCODED_LEN];
+        let n = ferry_wire::encode(m, &mut buf).expect("test message encodes");
+        self.stream.write_all(&buf[..n]).await.unwrap();
+    }
+
+    /// Reads frames until `done` holds for one (acks update [`DeviceLink::acked`] on the way).
+    async fn wait(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut done: impl FnMut(&ferry_wire::Message<'_>) -> bool,
+    ) {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .unwrap();
+            assert!(
+                n > 0,
+                "the gateway closed the link while waiting for {what}"
+            );
+            let mut input = &buf[..n];
+            while let Some(r) = self.decoder.feed(&mut input) {
+                if let Ok(m) = r {
+                    if let ferry_wire::Message::Ack(a) = &m {
+                        if a.boot_id == self.boot_id {
+                            self.acked = self.acked.max(a.next_seq);
+                        }
+                    }
+                    if done(&m) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `values` as seqs `first_seq..`, one per 10 ms of device time, on sensors
+    /// `sensor_of(i)`, in frames of at most 32 samples.
+    pub async fn send(&mut self, first_seq: u32, values: &[(u8, f32)]) {
+        use ferry_wire::{Message, Sample, Samples};
+        for (k, chunk) in values.chunks(32).enumerate() {
+            let first = first_seq + (k * 32) as u32;
+            let frame = Message::Samples(Samples {
+                oldest: self.acked.min(first),
+                first_seq: first,
+                samples: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(sensor, value))| Sample {
+                        ticks: self.tick0 + 10 * u64::from(first + i as u32),
+                        sensor,
+                        value,
+                    })
+                    .collect(),
+            });
+            self.write(&frame).await;
+        }
+    }
+
+    /// Waits until every seq below `next_seq` is acked.
+    pub async fn wait_acked(&mut self, next_seq: u32, within: Duration) {
+        if self.acked >= next_seq {
+            return;
+        }
+        let boot = self.boot_id;
+        self.wait(within, &format!("an ack up to {next_seq}"), |m| {
+            matches!(m, ferry_wire::Message::Ack(a) if a.boot_id == boot && a.next_seq >= next_seq)
+        })
+        .await;
+    }
+}

@@ -1,6 +1,7 @@
 //! Agent integration tests: real ptys, real TCP, real SQLite files, the real `ferry` binary where a
 //! process must be killed. One binary; one module per scenario.
 mod api;
+mod api_hostile;
 mod cli;
 mod common;
 mod config;

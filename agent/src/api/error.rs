@@ -10,8 +10,9 @@ use crate::store::StoreError;
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDoc {
-    /// Kind: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`, `too_many_streams`,
-    /// `unavailable`, `internal`.
+    /// Kind: `bad_request` (400, and 413/414/431 for a body, target or head too large),
+    /// `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `too_many_streams`
+    /// (503), `unavailable` (503), `internal` (500).
     pub error: String,
     /// What is wrong, naming the parameter.
     pub detail: String,

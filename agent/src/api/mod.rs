@@ -12,6 +12,11 @@
 //!   last layer rewrites axum's own plain-text rejections (bad path, wrong method, no route).
 //! - With a token configured, everything but `/healthz`, `/readyz` and the dashboard's static files
 //!   needs it ([`auth`]).
+//! - Hyper's own replies to requests it cannot parse (400, 414, 431) carry the same JSON body
+//!   ([`server`]), and a connection that sends no complete request head within
+//!   [`server::HEADER_READ_TIMEOUT`] is closed.
+//! - Reads cannot leak: a read connection returns to its pool whatever happens to the request
+//!   ([`reads`]), and `/readyz` answers 503 while reads cannot be served.
 //! - Live streams end when the agent stops, so shutdown is never held up by an open browser tab.
 
 pub mod dashboard;
@@ -22,6 +27,7 @@ pub mod ops;
 pub mod params;
 pub mod reads;
 pub mod routes;
+pub mod server;
 pub mod snapshot;
 pub mod stream;
 pub mod time;
@@ -273,14 +279,7 @@ pub fn spawn(
 /// Serves until `stop`, then lets open requests finish (streams end at `stop`).
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, stop: CancellationToken) {
     let rates = tokio::spawn(ops::sample_rates(state.clone(), stop.clone()));
-    let app = router(state);
-    let shutdown = stop.clone();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "The local API stopped on an error.");
-    }
+    server::serve(listener, router(state), stop).await;
     rates.abort();
 }
 

@@ -1,10 +1,65 @@
 //! The JSON documents the API answers with (their schemas go into the OpenAPI document).
+//!
+//! A reading's `value` (events, latest values, series points, SSE data) is a JSON number when
+//! finite and one of the strings `"NaN"`, `"Infinity"`, `"-Infinity"` otherwise (D1, protobuf's
+//! JSON mapping): JSON has no non-finite numbers, and `null` would make the three
+//! indistinguishable ([`value`]).
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::time::format_ms;
 use crate::store::query::{DeviceInfo, EventRow, LatestValue};
+
+/// Readings in JSON (D1).
+pub mod value {
+    use serde::Serializer;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type};
+    use utoipa::openapi::{KnownFormat, RefOr};
+
+    /// The JSON strings of the non-finite values.
+    pub const NON_FINITE: [&str; 3] = ["NaN", "Infinity", "-Infinity"];
+
+    /// `v` as JSON: a number, or `"NaN"`, `"Infinity"`, `"-Infinity"`.
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match non_finite(*v) {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_f64(*v),
+        }
+    }
+
+    /// The string for a non-finite value; `None` for a finite one.
+    pub fn non_finite(v: f64) -> Option<&'static str> {
+        if v.is_nan() {
+            Some(NON_FINITE[0])
+        } else if v == f64::INFINITY {
+            Some(NON_FINITE[1])
+        } else if v == f64::NEG_INFINITY {
+            Some(NON_FINITE[2])
+        } else {
+            None
+        }
+    }
+
+    /// The schema: a number, or one of the three strings.
+    pub fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(NON_FINITE)),
+            )
+            .description(Some(
+                "A number when finite; \"NaN\", \"Infinity\" or \"-Infinity\" otherwise.",
+            ))
+            .into()
+    }
+}
 
 /// A device.
 #[derive(Debug, Serialize, ToSchema)]
@@ -130,7 +185,9 @@ pub struct LatestValueDoc {
     pub sensor: String,
     /// Unit.
     pub unit: String,
-    /// Value.
+    /// Value: a number, or "NaN", "Infinity", "-Infinity".
+    #[serde(serialize_with = "value::serialize")]
+    #[schema(schema_with = value::schema)]
     pub value: f64,
     /// RFC 3339.
     pub ts: String,
@@ -191,7 +248,9 @@ pub struct EventDoc {
     pub sensor: String,
     /// Unit.
     pub unit: String,
-    /// Value.
+    /// Value: a number, or "NaN", "Infinity", "-Infinity".
+    #[serde(serialize_with = "value::serialize")]
+    #[schema(schema_with = value::schema)]
     pub value: f64,
     /// RFC 3339.
     pub ts: String,
@@ -231,7 +290,9 @@ pub struct PointDoc {
     pub ts: String,
     /// Bucket start, Unix ms.
     pub ts_ms: i64,
-    /// The aggregate.
+    /// The aggregate: a number, or "NaN", "Infinity", "-Infinity".
+    #[serde(serialize_with = "value::serialize")]
+    #[schema(schema_with = value::schema)]
     pub value: f64,
     /// Events in the bucket.
     pub count: i64,
@@ -333,11 +394,26 @@ pub struct DiskDoc {
     pub headroom_bytes: Option<u64>,
 }
 
+/// Whether the API can read the store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadsDoc {
+    /// A read connection was free within 2 s and answered a query.
+    pub ok: bool,
+    /// Read connections in the pool.
+    pub connections: u32,
+    /// Of those, in use by other requests when `/readyz` asked.
+    pub in_use: u32,
+}
+
 /// `GET /readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadyDoc {
-    /// The store accepts samples.
+    /// The store accepts samples and the API can read it.
     pub ready: bool,
+    /// Why not ready, one sentence each (`store: ...`, `reads: ...`); empty when ready.
+    pub reasons: Vec<String>,
+    /// Reads.
+    pub reads: ReadsDoc,
     /// Store.
     pub store: StoreStateDoc,
     /// Uplink.
@@ -405,4 +481,32 @@ pub struct StatusDoc {
     pub store: StoreStateDoc,
     /// Disk.
     pub disk: DiskDoc,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_strings_and_finite_ones_numbers() {
+        let doc = |v: f64| {
+            serde_json::to_value(PointDoc {
+                ts: String::new(),
+                ts_ms: 0,
+                value: v,
+                count: 1,
+            })
+            .unwrap()["value"]
+                .clone()
+        };
+        assert_eq!(doc(f64::NAN), "NaN");
+        assert_eq!(doc(-f64::NAN), "NaN");
+        assert_eq!(doc(f64::INFINITY), "Infinity");
+        assert_eq!(doc(f64::NEG_INFINITY), "-Infinity");
+        assert_eq!(doc(21.5), serde_json::json!(21.5));
+        assert_eq!(doc(f64::MAX), serde_json::json!(f64::MAX));
+        // f32 readings widened to f64 keep their exact value in the text.
+        let x = f64::from(15.066_667_f32);
+        assert_eq!(doc(x).as_f64().unwrap().to_bits(), x.to_bits());
+    }
 }

@@ -91,10 +91,12 @@ struct Snapshot {
     devices_online: u64,
 }
 
-async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
-    let i = &s.inner;
-    let forwarding_on = i.forwarding_on;
-    let (oldest, devices, online) = i
+/// What the store says for [`Snapshot`]: the oldest unforwarded event, devices, devices online.
+type StoreFigures = (Option<(i64, i64)>, u64, u64);
+
+async fn read_figures(s: &ApiState) -> Result<StoreFigures, ApiError> {
+    let forwarding_on = s.inner.forwarding_on;
+    s.inner
         .reads
         .run(move |c| {
             let oldest = if forwarding_on {
@@ -111,7 +113,17 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
                 .map_err(crate::store::StoreError::from)?;
             Ok((oldest, n as u64, on as u64))
         })
-        .await?;
+        .await
+}
+
+async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
+    let figures = read_figures(s).await?;
+    Ok(build_snapshot(s, figures))
+}
+
+/// The snapshot from the store's figures (without them, as when reads fail: unknown parts empty).
+fn build_snapshot(s: &ApiState, (oldest, devices, online): StoreFigures) -> Snapshot {
+    let i = &s.inner;
     let now = crate::utc_now_ms();
     let m = &i.metrics;
     let disk_full = m.disk_full.load(Relaxed);
@@ -125,7 +137,7 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
     };
     let (_, forwarded_per_s) = i.rates.per_second();
     let u = &i.uplink;
-    Ok(Snapshot {
+    Snapshot {
         store: StoreStateDoc {
             writable: i.store.is_running() && !disk_full && !backpressure,
             disk_full,
@@ -154,17 +166,52 @@ async fn snapshot(s: &ApiState) -> Result<Snapshot, ApiError> {
         },
         devices,
         devices_online: online,
-    })
+    }
 }
 
-/// Readiness: 200 while the store accepts samples, 503 otherwise; the body says why.
+/// How long `/readyz` waits for a read connection before it reports reads as unavailable.
+pub const READY_READ_WAIT: Duration = Duration::from_secs(2);
+
+/// Readiness: 200 while the store accepts samples and reads can be served, 503 otherwise; the body
+/// says why.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = ReadyDoc), (status = 503, body = ReadyDoc)))]
-pub async fn readyz(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    let snap = snapshot(&s).await?;
-    let ready = snap.store.writable;
+pub async fn readyz(State(s): State<ApiState>) -> Response {
+    let health = s.inner.reads.probe(READY_READ_WAIT).await;
+    let (figures, read_problem) = if health.ok {
+        match read_figures(&s).await {
+            Ok(f) => (f, None),
+            Err(e) => ((None, 0, 0), Some(e.to_string())),
+        }
+    } else {
+        ((None, 0, 0), health.problem.clone())
+    };
+    let snap = build_snapshot(&s, figures);
+    let mut reasons = Vec::new();
+    if !snap.store.writable {
+        reasons.push(
+            if snap.store.disk_full {
+                "store: the disk is full; samples are refused"
+            } else if snap.store.backpressure {
+                "store: max_db_size reached with when_full = \"backpressure\"; samples are refused"
+            } else {
+                "store: the writer is not running"
+            }
+            .to_owned(),
+        );
+    }
+    if let Some(p) = &read_problem {
+        reasons.push(format!("reads: {p}"));
+    }
+    let ready = reasons.is_empty();
     let doc = ReadyDoc {
         ready,
+        reasons,
+        reads: ReadsDoc {
+            ok: read_problem.is_none(),
+            connections: super::reads::READERS as u32,
+            in_use: health.in_use as u32,
+        },
         store: snap.store,
         uplink: snap.uplink,
         disk: snap.disk,
@@ -174,7 +221,7 @@ pub async fn readyz(State(s): State<ApiState>) -> Result<Response, ApiError> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok((status, Json(doc)).into_response())
+    (status, Json(doc)).into_response()
 }
 
 /// Ingest, drops, uplink, store and disk at a glance (`ferry status`, the dashboard).
@@ -523,4 +570,117 @@ fn histogram(o: &mut String, name: &str, help: &str, h: &crate::metrics::Histogr
     let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {acc}");
     let _ = writeln!(o, "{name}_sum {}", h.sum_s());
     let _ = writeln!(o, "{name}_count {acc}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::{reads::READERS, ApiParts};
+    use crate::config::{Durability, StoreSettings, WhenFull};
+
+    /// An API state over a fresh store with a running writer (its directory is removed by the
+    /// caller).
+    async fn state(tag: &str) -> (ApiState, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ferry-ops-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = StoreSettings {
+            path: dir.join("o.db"),
+            durability: Durability::Normal,
+            flush_samples: 1000,
+            flush_interval: Duration::from_millis(20),
+            max_db_size: None,
+            keep_forwarded_for: Duration::from_secs(3600),
+            when_full: WhenFull::DropOldest,
+            quarantine_max_rows: 100,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let conn = crate::store::open_writer(&settings).unwrap();
+        let spawned = crate::store::writer::spawn(conn, settings.clone(), metrics.clone()).unwrap();
+        spawned.ready.await.unwrap().unwrap();
+        let (outcomes, _) = tokio::sync::mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let (commands, _) = crate::commands::spawn(
+            crate::store::open_reader(&settings.path).unwrap(),
+            spawned.handle.clone(),
+            outcomes,
+            "gw".into(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let s = ApiState::new(
+            ApiParts {
+                store: spawned.handle,
+                metrics,
+                uplink: Arc::default(),
+                forwarding_on: false,
+                commands,
+                gateway: "gw".into(),
+                store_settings: settings,
+                token: None,
+            },
+            stop,
+        )
+        .unwrap();
+        (s, dir)
+    }
+
+    async fn body(r: Response) -> serde_json::Value {
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_is_503_with_the_reason_while_no_read_connection_is_free() {
+        let (s, dir) = state("readyz").await;
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let ready = body(r).await;
+        assert_eq!(ready["ready"], true, "{ready}");
+        assert_eq!(ready["reasons"], serde_json::json!([]));
+
+        // Every read connection busy (long queries): reads cannot be served.
+        let (release, _) = tokio::sync::broadcast::channel::<()>(1);
+        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(READERS);
+        let mut held = Vec::new();
+        for _ in 0..READERS {
+            let (s, mut rx, started_tx) = (s.clone(), release.subscribe(), started_tx.clone());
+            held.push(tokio::spawn(async move {
+                s.inner
+                    .reads
+                    .run(move |_| {
+                        started_tx.blocking_send(()).unwrap();
+                        let _ = rx.blocking_recv();
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        for _ in 0..READERS {
+            started.recv().await.unwrap();
+        }
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ready = body(r).await;
+        assert_eq!(ready["ready"], false);
+        assert_eq!(ready["reads"]["ok"], false);
+        assert_eq!(ready["reads"]["in_use"], READERS);
+        let reason = ready["reasons"][0].as_str().unwrap();
+        assert!(
+            reason.starts_with("reads: all 4 read connections stayed busy"),
+            "{reason}"
+        );
+        assert_eq!(ready["store"]["writable"], true, "the store itself is fine");
+
+        release.send(()).unwrap();
+        for h in held {
+            h.await.unwrap().unwrap();
+        }
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK, "{}", body(r).await);
+        s.inner.stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -95,12 +95,16 @@ impl Cursor {
         }
     }
 
-    /// Parses [`Cursor::encode`]'s form.
+    /// Parses [`Cursor::encode`]'s form (a time may be before 1970, an id is never negative).
     pub fn decode(s: &str) -> Option<Cursor> {
         let num = |t: &str| t.parse::<i64>().ok().filter(|v| *v >= 0);
         if let Some(rest) = s.strip_prefix('t') {
             let (ts, id) = rest.split_once('.')?;
-            Some(Cursor::Time(num(ts)?, num(id)?))
+            let ts = ts
+                .parse::<i64>()
+                .ok()
+                .filter(|t| (super::time::MIN_MS..=super::time::MAX_MS).contains(t))?;
+            Some(Cursor::Time(ts, num(id)?))
         } else {
             Some(Cursor::Store(num(s.strip_prefix('s')?)?))
         }
@@ -216,7 +220,7 @@ impl SeriesQuery {
         let until_ms = p.instant("until", now_ms)?.unwrap_or(now_ms);
         let since_ms = p
             .instant("since", now_ms)?
-            .unwrap_or((until_ms - 3_600_000).max(0));
+            .unwrap_or((until_ms - 3_600_000).max(super::time::MIN_MS));
         if since_ms >= until_ms {
             return Err(ApiError::param("until", "must be after since"));
         }
@@ -315,6 +319,8 @@ mod tests {
             ("limit=0", "limit"),
             ("limit=x", "limit"),
             ("since=yesterday", "since"),
+            ("since=-1000000000000w", "since"),
+            ("until=99999999999999999999", "until"),
             ("cursor=t5.7", "cursor"),
             ("device=a&cursor=s5", "cursor"),
             ("cursor=zz", "cursor"),
@@ -328,15 +334,35 @@ mod tests {
     }
 
     #[test]
+    fn huge_times_are_out_of_range_not_malformed() {
+        let e = detail(EventsQuery::parse(Some("since=-1000000000000w"), NOW).unwrap_err());
+        assert!(
+            e.starts_with("since: ") && e.contains("out of range"),
+            "{e}"
+        );
+        let e = detail(
+            SeriesQuery::parse(Some("device=d&sensor=t&bucket=99999999999999999999s"), NOW)
+                .unwrap_err(),
+        );
+        assert!(
+            e.starts_with("bucket: ") && e.contains("out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn cursor_round_trips() {
         for c in [
             Cursor::Time(0, 0),
             Cursor::Time(1_764_000_000_000, 99),
             Cursor::Store(5),
+            Cursor::Time(-1, 3),
+            Cursor::Time(super::super::time::MIN_MS, 0),
         ] {
             assert_eq!(Cursor::decode(&c.encode()), Some(c));
         }
-        assert_eq!(Cursor::decode("t-1.5"), None);
+        assert_eq!(Cursor::decode("t1.-5"), None);
+        assert_eq!(Cursor::decode("t-62135596800001.5"), None);
         assert_eq!(Cursor::decode("s"), None);
     }
 
@@ -356,6 +382,8 @@ mod tests {
             ("device=d&sensor=t&bucket=500ms", "bucket"),
             ("device=d&sensor=t&since=-30d&bucket=1m", "bucket"),
             ("device=d&sensor=t&agg=median", "agg"),
+            ("device=d&sensor=t&bucket=1000000000000w", "bucket"),
+            ("device=d&sensor=t&since=-1000000000000w", "since"),
             ("device=d&sensor=t&limit=5", "limit"),
         ] {
             let e = detail(SeriesQuery::parse(Some(raw), NOW).unwrap_err());

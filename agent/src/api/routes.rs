@@ -17,14 +17,23 @@ fn now_ms() -> i64 {
     crate::utc_now_ms()
 }
 
+/// The path's device id: one the link protocol can carry (D3), or a 400 naming `id`.
 fn check_device_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > 64 || id.contains(['/', '+', '#']) {
-        return Err(ApiError::param(
-            "id",
-            "a device id is 1..=64 bytes without '/', '+' or '#'",
-        ));
+    crate::commands::check_device_id(id).map_err(|e| ApiError::param("id", e))
+}
+
+/// One path segment for a URL: every byte but RFC 3986's unreserved characters percent-encoded,
+/// so any id (with `/`, `?`, `%`, spaces...) stays one segment and reads back unchanged.
+pub fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
-    Ok(())
+    out
 }
 
 async fn device_docs(s: &ApiState, only: Option<String>) -> Result<Vec<DeviceDoc>, ApiError> {
@@ -283,6 +292,17 @@ pub async fn post_command(
     check_device_id(&id)?;
     Params::parse(raw.as_deref(), &[])?;
     let request = CommandRequest::decode(&body).map_err(|e| ApiError::param("body", e))?;
+    // URL parsers treat `.` and `..` segments (also as `%2E`) as "this" and "up": no `Location`
+    // could name them. Every other id is percent-encoded into it.
+    if matches!(request.id.as_str(), "." | "..") {
+        return Err(ApiError::param(
+            "body.id",
+            format!(
+                "{:?} cannot be a URL path segment, so its state could not be read back; choose another id",
+                request.id
+            ),
+        ));
+    }
     let request_id = request.id.clone();
     // Answer once it is stored: accepted means it survives a restart.
     let stored = tokio::time::timeout(
@@ -300,7 +320,11 @@ pub async fn post_command(
                 .into(),
         ));
     }
-    let location = format!("/api/v1/devices/{id}/commands/{request_id}");
+    let location = format!(
+        "/api/v1/devices/{}/commands/{}",
+        path_segment(&id),
+        path_segment(&request_id)
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(CommandAccepted {
@@ -337,4 +361,17 @@ pub async fn command_state(
         status: if done { "done" } else { "pending" }.into(),
         outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_keep_any_id_in_one_segment() {
+        assert_eq!(path_segment("req-1.a_b~"), "req-1.a_b~");
+        assert_eq!(path_segment("../../x"), "..%2F..%2Fx");
+        assert_eq!(path_segment("a b?c#d%e"), "a%20b%3Fc%23d%25e");
+        assert_eq!(path_segment("é\0"), "%C3%A9%00");
+    }
 }

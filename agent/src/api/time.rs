@@ -1,23 +1,28 @@
 //! Times in query strings and responses: pure parsing and formatting, no I/O.
 //!
-//! Accepted instants: RFC 3339 (`2026-11-24T10:00:00Z`, `...T10:00:00.5+01:00`), Unix milliseconds,
-//! `now`, and offsets from now (`-90s`, `-15m`, `-1h`, `-7d`, `-2w`; also `+5m`). Every instant is
-//! clamped to years 1970..=9999, so arithmetic on it never overflows. Output is always RFC 3339 UTC
-//! with milliseconds.
+//! Accepted instants: RFC 3339 (`2026-11-24T10:00:00Z`, `...T10:00:00.5+01:00`), Unix milliseconds
+//! (signed), `now`, and offsets from now (`-90s`, `-15m`, `-1h`, `-7d`, `-2w`; also `+5m`). Every
+//! instant lies in the range a stored timestamp can have (D2: [`MIN_MS`]..=[`MAX_MS`], years
+//! 1..=9999); one outside it, or a number too large for any arithmetic, is an error that says
+//! "out of range", so arithmetic on a parsed instant never overflows. Output is always RFC 3339
+//! UTC with milliseconds.
 
+/// Earliest instant accepted: 0001-01-01T00:00:00.000Z.
+pub const MIN_MS: i64 = -62_135_596_800_000;
 /// Latest instant accepted: 9999-12-31T23:59:59.999Z.
 pub const MAX_MS: i64 = 253_402_300_799_999;
 
-/// Milliseconds in a duration like `1m`, `10s`, `250ms`, `2h`, `1d`, `1w` (integer amounts).
+fn out_of_range(s: &str) -> String {
+    format!("{s:?} is out of range (0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999Z)")
+}
+
+/// Milliseconds in a duration like `1m`, `10s`, `250ms`, `2h`, `1d`, `1w` (integer amounts), at
+/// most [`MAX_MS`] - [`MIN_MS`] (the whole range of instants).
 pub fn parse_span_ms(s: &str) -> Result<i64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || format!("{s:?} is not a duration like 10s, 15m, 1h or 7d");
-    if num.is_empty() || num.len() > 12 {
-        return Err(bad());
-    }
-    let n: i64 = num.parse().map_err(|_| bad())?;
     let unit_ms = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -27,9 +32,15 @@ pub fn parse_span_ms(s: &str) -> Result<i64, String> {
         "w" => 604_800_000,
         _ => return Err(bad()),
     };
-    n.checked_mul(unit_ms)
-        .filter(|v| *v <= MAX_MS)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    if num.is_empty() {
+        return Err(bad());
+    }
+    // All digits here: a parse failure can only be a number too large for an i64.
+    num.parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .filter(|v| *v <= MAX_MS - MIN_MS)
+        .ok_or_else(|| format!("{s:?} is out of range (at most {} ms)", MAX_MS - MIN_MS))
 }
 
 /// An instant in Unix milliseconds; see the module header for the forms.
@@ -41,28 +52,39 @@ pub fn parse_instant(s: &str, now_ms: i64) -> Result<i64, String> {
     if t == "now" {
         return Ok(now_ms);
     }
-    if let Some(rest) = t.strip_prefix('-').or_else(|| t.strip_prefix('+')) {
-        if rest.starts_with(|c: char| c.is_ascii_digit())
-            && rest.contains(|c: char| c.is_ascii_alphabetic())
-        {
-            let span = parse_span_ms(rest)?;
-            let v = if t.starts_with('-') {
-                now_ms - span
-            } else {
-                now_ms + span
-            };
-            return Ok(v.clamp(0, MAX_MS));
+    let in_range = |v: i64| {
+        if (MIN_MS..=MAX_MS).contains(&v) {
+            Ok(v)
+        } else {
+            Err(out_of_range(t))
         }
+    };
+    let (sign, digits) = match t.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, t.strip_prefix('+').unwrap_or(t)),
+    };
+    if digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits.contains(|c: char| c.is_ascii_alphabetic())
+        && t != digits
+    {
+        // An offset from now: both within range, so the sum cannot overflow.
+        let span = parse_span_ms(digits).map_err(|e| {
+            if e.contains("out of range") {
+                out_of_range(t)
+            } else {
+                e
+            }
+        })?;
+        return in_range(now_ms + sign * span);
     }
-    if t.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && !t.starts_with('+') {
+        // Unix milliseconds; a number too large for an i64 is out of range too.
         return match t.parse::<i64>() {
-            Ok(ms) if ms <= MAX_MS => Ok(ms),
-            _ => Err(format!(
-                "{t:?} is beyond year 9999 (Unix milliseconds expected)"
-            )),
+            Ok(ms) => in_range(ms),
+            Err(_) => Err(out_of_range(t)),
         };
     }
-    parse_rfc3339(t)
+    parse_rfc3339(t).and_then(in_range)
 }
 
 fn parse_rfc3339(t: &str) -> Result<i64, String> {
@@ -127,9 +149,8 @@ fn parse_rfc3339(t: &str) -> Result<i64, String> {
         _ => return Err(bad()),
     };
     let days = days_from_civil(y, mo, d);
-    let ms =
-        ((days * 86_400 + h * 3600 + mi * 60 + sec.min(59)) - offset_min * 60) * 1000 + frac_ms;
-    Ok(ms.clamp(0, MAX_MS))
+    // Years 0000..=9999 (four digits): far inside i64; the caller checks the range.
+    Ok(((days * 86_400 + h * 3600 + mi * 60 + sec.min(59)) - offset_min * 60) * 1000 + frac_ms)
 }
 
 fn is_leap(y: i64) -> bool {
@@ -211,11 +232,15 @@ mod tests {
         assert_eq!(parse_instant("+5m", NOW), Ok(NOW + 300_000));
         assert_eq!(parse_instant("-2w", NOW), Ok(NOW - 2 * 604_800_000));
         assert_eq!(parse_instant("1764000000000", NOW), Ok(NOW));
+        assert_eq!(parse_instant("-1", NOW), Ok(-1), "Unix ms before 1970");
+        assert_eq!(parse_instant("0001-01-01T00:00:00Z", NOW), Ok(MIN_MS));
+        assert_eq!(parse_instant("9999-12-31T23:59:59.999Z", NOW), Ok(MAX_MS));
+        assert_eq!(parse_instant(&MIN_MS.to_string(), NOW), Ok(MIN_MS));
         for bad in [
             "",
             "yesterday",
-            "-1",
             "-h",
+            "+1",
             "-1y",
             "2026-13-01T00:00:00Z",
             "2026-02-30T00:00:00Z",
@@ -229,10 +254,26 @@ mod tests {
             assert!(parse_instant(bad, NOW).is_err(), "{bad:?} accepted");
         }
         assert_eq!(
-            parse_instant("-100000000000d", NOW).unwrap_err(),
-            "\"100000000000d\" is too long"
+            parse_instant("-100000w", NOW),
+            Ok(NOW - 100_000 * 604_800_000)
         );
-        assert_eq!(parse_instant("-100000w", NOW), Ok(0), "clamped at 1970");
+        // Too far, or too large for any arithmetic: out of range, never "not a duration".
+        for far in [
+            "-1000000000000w",
+            "-100000000000d",
+            "+10000000w",
+            "-99999999999999999999h",
+            "-99999999999999999999999999999999ms",
+            "99999999999999999999",
+            "-99999999999999999999",
+            "253402300800000",
+            "-62135596800001",
+            "0000-12-31T23:59:59Z",
+            "0001-01-01T00:00:00+00:01",
+        ] {
+            let e = parse_instant(far, NOW).unwrap_err();
+            assert_eq!(e, out_of_range(far), "{far}");
+        }
     }
 
     #[test]
@@ -243,7 +284,13 @@ mod tests {
         assert!(parse_span_ms("1.5m").is_err());
         assert!(parse_span_ms("m").is_err());
         assert!(parse_span_ms("-1m").is_err());
-        assert!(parse_span_ms("999999999999w").is_err());
+        assert!(parse_span_ms("999999999999w")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_span_ms("1000000000000000000000000w")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_span_ms("5x").unwrap_err().contains("not a duration"));
     }
 
     #[test]
@@ -251,11 +298,14 @@ mod tests {
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_ms(1_795_510_800_500), "2026-11-24T09:00:00.500Z");
         assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_ms(MIN_MS), "0001-01-01T00:00:00.000Z");
+        assert_eq!(format_ms(MAX_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
     proptest! {
         #[test]
-        fn format_then_parse_round_trips(ms in 0..=MAX_MS) {
+        fn format_then_parse_round_trips(ms in MIN_MS..=MAX_MS) {
             prop_assert_eq!(parse_instant(&format_ms(ms), NOW), Ok(ms));
         }
 
@@ -267,8 +317,14 @@ mod tests {
 
         #[test]
         fn parsed_instants_are_in_range(s in "[-+]?[0-9]{1,20}(ms|s|m|h|d|w)?") {
-            if let Ok(v) = parse_instant(&s, NOW) {
-                prop_assert!((0..=MAX_MS).contains(&v));
+            match parse_instant(&s, NOW) {
+                Ok(v) => prop_assert!((MIN_MS..=MAX_MS).contains(&v)),
+                // A number is either a duration's, or an out-of-range one: never "not a duration"
+                // for a valid unit.
+                Err(e) => prop_assert!(
+                    !s.ends_with(char::is_alphabetic) || !e.contains("not a duration"),
+                    "{}: {}", s, e
+                ),
             }
         }
     }

@@ -94,9 +94,15 @@ pub fn fmt_bytes(n: u64) -> String {
     }
 }
 
-/// A sample value as the shortest text that reads back to the same `f64`; empty when absent.
+/// A sample value as the shortest text that reads back to the same `f64`, or `NaN`, `Infinity`,
+/// `-Infinity` (the API's words, D1); empty when absent.
 pub fn fmt_value(v: Option<f64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
+    v.map(|v| {
+        crate::api::model::value::non_finite(v)
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    })
+    .unwrap_or_default()
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -718,6 +724,30 @@ mod tests {
         assert_eq!(fmt_value(Some(600.0)), "600");
         assert_eq!(fmt_value(Some(0.1)), "0.1");
         assert_eq!(fmt_value(None), "");
+        assert_eq!(fmt_value(Some(f64::NAN)), "NaN");
+        assert_eq!(fmt_value(Some(f64::INFINITY)), "Infinity");
+        assert_eq!(fmt_value(Some(f64::NEG_INFINITY)), "-Infinity");
+    }
+
+    #[test]
+    fn non_finite_values_read_from_their_strings_and_print_as_such() {
+        let l: DeviceLatest = serde_json::from_str(
+            r#"{"device": "d", "sensors": [
+                {"sensor": "a", "unit": "", "value": "NaN", "ts_ms": 0},
+                {"sensor": "b", "unit": "", "value": "Infinity", "ts_ms": 0},
+                {"sensor": "c", "unit": "", "value": "-Infinity", "ts_ms": 0},
+                {"sensor": "d", "unit": "", "value": -0.5, "ts_ms": 0}]}"#,
+        )
+        .unwrap();
+        let values: Vec<String> = l.sensors.iter().map(|s| fmt_value(s.value)).collect();
+        assert_eq!(values, ["NaN", "Infinity", "-Infinity", "-0.5"]);
+        assert!(latest_csv(&[l]).contains("d,b,Infinity,"));
+        let e = serde_json::from_str::<Event>(r#"{"value": "nan"}"#).unwrap_err();
+        assert!(e.to_string().contains("\"nan\" is neither a number"), "{e}");
+        let p: Series =
+            serde_json::from_str(r#"{"points": [{"ts_ms": 0, "value": "-Infinity", "count": 2}]}"#)
+                .unwrap();
+        assert_eq!(p.points[0].value, Some(f64::NEG_INFINITY));
     }
 
     #[test]

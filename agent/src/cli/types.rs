@@ -15,10 +15,36 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// A reading's value: a JSON number, or `"NaN"`, `"Infinity"`, `"-Infinity"` for the non-finite
+/// ones (D1); `null` or missing reads as `None`. Any other string is an error naming it.
+fn reading<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Number(f64),
+        Text(String),
+    }
+    Ok(match Option::<Wire>::deserialize(d)? {
+        None => None,
+        Some(Wire::Number(v)) => Some(v),
+        Some(Wire::Text(t)) => Some(match t.as_str() {
+            "NaN" => f64::NAN,
+            "Infinity" => f64::INFINITY,
+            "-Infinity" => f64::NEG_INFINITY,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "value {t:?} is neither a number nor \"NaN\", \"Infinity\" or \"-Infinity\""
+                )))
+            }
+        }),
+    })
+}
+
 /// The body of every 4xx answer.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ApiErrorBody {
-    /// Kind: `bad_request`, `unauthorized`, `not_found`, `too_many_streams`, `unavailable`.
+    /// Kind: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`, `too_many_streams`,
+    /// `unavailable`, `internal`.
     #[serde(default, deserialize_with = "null_default")]
     pub error: String,
     /// What is wrong, naming the parameter.
@@ -142,7 +168,8 @@ pub struct LatestValue {
     /// Unit.
     #[serde(deserialize_with = "null_default")]
     pub unit: String,
-    /// Value.
+    /// Value (non-finite ones arrive as strings, D1).
+    #[serde(deserialize_with = "reading")]
     pub value: Option<f64>,
     /// Time (RFC 3339).
     pub ts: Option<String>,
@@ -171,7 +198,8 @@ pub struct Event {
     /// Unit.
     #[serde(deserialize_with = "null_default")]
     pub unit: String,
-    /// Value.
+    /// Value (non-finite ones arrive as strings, D1).
+    #[serde(deserialize_with = "reading")]
     pub value: Option<f64>,
     /// Time (RFC 3339).
     pub ts: Option<String>,
@@ -225,7 +253,8 @@ pub struct SeriesPoint {
     pub ts: Option<String>,
     /// Bucket start, Unix ms.
     pub ts_ms: Option<i64>,
-    /// The aggregate.
+    /// The aggregate (non-finite ones arrive as strings, D1).
+    #[serde(deserialize_with = "reading")]
     pub value: Option<f64>,
     /// Events in the bucket.
     pub count: Option<u64>,

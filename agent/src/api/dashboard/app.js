@@ -41,8 +41,16 @@ function setBadge(selector, state) {
   node.dataset.state = state;
 }
 
+/** A reading's value from the API: a number, or "NaN", "Infinity", "-Infinity" (API.md). */
+const toNumber = (v) => (typeof v === "string" ? Number(v) : v);
 const num = (v) =>
-  v == null ? "–" : Number.isInteger(v) ? String(v) : v.toFixed(Math.abs(v) >= 100 ? 1 : 2);
+  v == null
+    ? "–"
+    : !Number.isFinite(v)
+      ? String(v)
+      : Number.isInteger(v)
+        ? String(v)
+        : v.toFixed(Math.abs(v) >= 100 ? 1 : 2);
 const int = (v) => (v == null ? "–" : v.toLocaleString("en-US"));
 const rate = (v) => (v == null ? "–" : v.toFixed(v >= 100 ? 0 : 1));
 
@@ -188,7 +196,7 @@ function reading(s) {
     { class: "reading", title: s.ts },
     el("span", { class: "sensor" }, s.sensor),
     " ",
-    el("span", { class: "value", "data-sensor": s.sensor }, num(s.value)),
+    el("span", { class: "value", "data-sensor": s.sensor }, num(toNumber(s.value))),
     " ",
     el("span", { class: "unit" }, unitLabel(s.unit))
   );
@@ -239,7 +247,7 @@ function openStream(view) {
   source.addEventListener("sample", (message) => {
     const e = JSON.parse(message.data);
     view.lastEventId = message.lastEventId;
-    chartOf(view, e.sensor, e.unit).add(e.ts_ms, e.value);
+    chartOf(view, e.sensor, e.unit).add(e.ts_ms, toNumber(e.value));
   });
   source.onopen = () => report("stream", null);
   source.onerror = () => {
@@ -258,7 +266,7 @@ async function loadHistory(view, sensor) {
   const query = new URLSearchParams({ device: view.device, sensor, since: "-10m", bucket: "10s", agg: "avg" });
   try {
     const s = await api(`/api/v1/series?${query}`);
-    const points = s.points.map((p) => ({ t: p.ts_ms, v: p.value, n: p.count }));
+    const points = s.points.map((p) => ({ t: p.ts_ms, v: toNumber(p.value), n: p.count }));
     chartOf(view, sensor, s.unit).seed(points, s.bucket_ms);
     report("history", null);
   } catch (e) {
@@ -334,12 +342,14 @@ class Chart {
     this.figure.dataset.points = String(pts.length);
     if (!pts.length) return;
     const t0 = pts[0].t;
-    let lo = Math.min(...pts.map((p) => p.v));
-    let hi = Math.max(...pts.map((p) => p.v));
+    // NaN and infinities have no place on the axis: the line leaves them out, the label shows them.
+    const drawn = pts.filter((p) => Number.isFinite(p.v));
+    let lo = drawn.length ? Math.min(...drawn.map((p) => p.v)) : 0;
+    let hi = drawn.length ? Math.max(...drawn.map((p) => p.v)) : 0;
     if (hi === lo) [lo, hi] = [lo - 1, hi + 1];
     const x = (t) => (end === t0 ? W : LEFT + ((t - t0) / (end - t0)) * (W - LEFT));
     const y = (v) => PAD + (1 - (v - lo) / (hi - lo)) * (H - 2 * PAD);
-    this.line.setAttribute("points", pts.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" "));
+    this.line.setAttribute("points", drawn.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" "));
     this.hi.textContent = num(hi);
     this.lo.textContent = num(lo);
     this.last.textContent = num(pts[pts.length - 1].v);
