@@ -12,10 +12,8 @@
 /// Farthest a sample's ticks may lie from the session's anchor, in seconds of ticks (365 days): far
 /// more than any device ring holds, far less than what could overflow a timestamp.
 pub const MAX_TICK_SPAN_S: u64 = 365 * 24 * 3600;
-/// Earliest timestamp Ferry stores or forwards: 0001-01-01T00:00:00.000Z.
-pub const MIN_TS_MS: i64 = -62_135_596_800_000;
-/// Latest timestamp Ferry stores or forwards: 9999-12-31T23:59:59.999Z.
-pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+/// The cloud contract's time range (years 1..=9999), decided once there.
+pub use ferry_cloud_bridge::contract::{MAX_TS_MS, MIN_TS_MS};
 
 /// The welcomed device on a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
