@@ -84,5 +84,10 @@ for m in $(seq 0 "$minutes"); do
 done
 wait "$sim_pid" || true
 sim_pid=
-echo "simulator: $(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["totals"]; print(f"{t[\"generated\"]} generated, {t[\"acked\"]} acked")' "$work/sim.json" 2>/dev/null || tail -3 "$work/sim.log")"
+cp "$work/sim.json" "${out%.csv}-sim.json" 2>/dev/null || true
+python3 - "$work/sim.json" <<'PY' || tail -3 "$work/sim.log"
+import json, sys
+t = json.load(open(sys.argv[1]))["report"]["totals"]
+print(f"simulator: {t['generated']} samples generated, {t['acked']} acked, {t['dropped']} dropped by devices")
+PY
 echo "csv: $out"
