@@ -460,7 +460,7 @@ fn outcome_status(s: CommandStatus) -> OutcomeStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Durability, StoreSettings, WhenFull};
+    use crate::config::StoreSettings;
     use ferry_cloud_bridge::contract::CommandRequest;
 
     #[test]
@@ -491,16 +491,7 @@ mod tests {
     async fn a_command_for_an_impossible_device_id_is_answered_rejected_and_not_stored() {
         let dir = std::env::temp_dir().join(format!("ferry-commands-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let settings = StoreSettings {
-            path: dir.join("c.db"),
-            durability: Durability::Normal,
-            flush_samples: 1000,
-            flush_interval: Duration::from_millis(20),
-            max_db_size: None,
-            keep_forwarded_for: Duration::from_secs(3600),
-            when_full: WhenFull::DropOldest,
-            quarantine_max_rows: 100,
-        };
+        let settings = StoreSettings::for_test(dir.join("c.db"));
         let conn = crate::store::open_writer(&settings).unwrap();
         let spawned = crate::store::writer::spawn(
             conn,

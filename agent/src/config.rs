@@ -405,6 +405,24 @@ pub struct StoreSettings {
     pub quarantine_max_rows: u64,
 }
 
+#[cfg(test)]
+impl StoreSettings {
+    /// Unit tests' store at `path`: normal sync, 20 ms group commits, no cap, an hour of forwarded
+    /// events kept, 100 quarantine rows.
+    pub fn for_test(path: PathBuf) -> StoreSettings {
+        StoreSettings {
+            path,
+            durability: Durability::Normal,
+            flush_samples: 1000,
+            flush_interval: Duration::from_millis(20),
+            max_db_size: None,
+            keep_forwarded_for: Duration::from_secs(3600),
+            when_full: WhenFull::DropOldest,
+            quarantine_max_rows: 100,
+        }
+    }
+}
+
 /// A validated serial source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SerialSettings {

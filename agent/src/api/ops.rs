@@ -578,23 +578,14 @@ mod tests {
 
     use super::*;
     use crate::api::{reads::READERS, ApiParts};
-    use crate::config::{Durability, StoreSettings, WhenFull};
+    use crate::config::StoreSettings;
 
     /// An API state over a fresh store with a running writer (its directory is removed by the
     /// caller).
     async fn state(tag: &str) -> (ApiState, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("ferry-ops-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let settings = StoreSettings {
-            path: dir.join("o.db"),
-            durability: Durability::Normal,
-            flush_samples: 1000,
-            flush_interval: Duration::from_millis(20),
-            max_db_size: None,
-            keep_forwarded_for: Duration::from_secs(3600),
-            when_full: WhenFull::DropOldest,
-            quarantine_max_rows: 100,
-        };
+        let settings = StoreSettings::for_test(dir.join("o.db"));
         let metrics = Arc::new(Metrics::default());
         let conn = crate::store::open_writer(&settings).unwrap();
         let spawned = crate::store::writer::spawn(conn, settings.clone(), metrics.clone()).unwrap();

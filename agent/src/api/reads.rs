@@ -246,16 +246,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ferry.db");
-        let settings = crate::config::StoreSettings {
-            path: path.clone(),
-            durability: crate::config::Durability::Normal,
-            flush_samples: 1000,
-            flush_interval: Duration::from_millis(20),
-            max_db_size: None,
-            keep_forwarded_for: Duration::from_secs(3600),
-            when_full: crate::config::WhenFull::DropOldest,
-            quarantine_max_rows: 100,
-        };
+        let settings = crate::config::StoreSettings::for_test(path.clone());
         drop(store::open_writer(&settings).unwrap());
         let p = ReadPool::open(&path).unwrap();
         (dir, p)

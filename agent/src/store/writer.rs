@@ -1387,21 +1387,14 @@ fn delete_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Durability, WhenFull};
     use crate::store::query::Agg;
 
     fn writer(tag: &str, keep_forwarded_for: Duration) -> (Writer, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("ferry-writer-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let settings = StoreSettings {
-            path: dir.join("w.db"),
-            durability: Durability::Normal,
-            flush_samples: 1000,
-            flush_interval: Duration::from_millis(20),
-            max_db_size: None,
             keep_forwarded_for,
-            when_full: WhenFull::DropOldest,
-            quarantine_max_rows: 100,
+            ..StoreSettings::for_test(dir.join("w.db"))
         };
         let conn = super::super::open_writer(&settings).unwrap();
         let mut w = Writer::new(conn, settings, Arc::new(Metrics::default()));
