@@ -5,6 +5,7 @@ mod contract;
 mod dashboard;
 mod firmware_pipeline;
 mod firmware_qemu;
+mod metrics_names;
 mod pipeline;
 mod uplink;
 mod uplink_tls;
