@@ -13,16 +13,16 @@
 //!   one from MQTT is answered `rejected` on `.../commands/result` with a detail naming the device
 //!   id, never stored; its MQTT message is acked once that answer is (as the uplink does for a
 //!   malformed request).
-//! - Nothing is lost across a crash: the MQTT message of a command is acked ([`ferry_cloud_bridge::uplink::Receipt::done`])
+//! - Nothing is lost across a crash: the MQTT message of a command is acked ([`crate::uplink::Receipt::done`])
 //!   only after the command is stored (until then the broker redelivers it), and an outcome is
 //!   marked published only when the broker acked it; unpublished outcomes go out again at start.
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use ferry_cloud_bridge::contract::{
-    self, CommandOutcome, CommandSpec, OutcomeStatus, DEFAULT_COMMAND_TTL_S,
+use crate::uplink::{InboundCommand, OutgoingOutcome, Receipt};
+use ferry_contract::{
+    self as contract, CommandOutcome, CommandSpec, OutcomeStatus, DEFAULT_COMMAND_TTL_S,
 };
-use ferry_cloud_bridge::uplink::{InboundCommand, OutgoingOutcome, Receipt};
 use ferry_wire::CommandStatus;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -461,7 +461,7 @@ fn outcome_status(s: CommandStatus) -> OutcomeStatus {
 mod tests {
     use super::*;
     use crate::config::StoreSettings;
-    use ferry_cloud_bridge::contract::CommandRequest;
+    use ferry_contract::CommandRequest;
 
     #[test]
     fn device_ids_the_link_protocol_cannot_carry_are_refused() {

@@ -459,7 +459,7 @@ pub struct Settings {
     /// Devices.
     pub devices: DevicesSettings,
     /// Forwarding; `None` when no broker is configured.
-    pub uplink: Option<ferry_cloud_bridge::uplink::UplinkSettings>,
+    pub uplink: Option<crate::uplink::UplinkSettings>,
     /// Local API; `None` when disabled.
     pub api: Option<ApiSettings>,
 }
@@ -724,9 +724,9 @@ fn uplink_settings(
     u: &UplinkConfig,
     gateway: &str,
     invalid: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Option<ferry_cloud_bridge::uplink::UplinkSettings>, ConfigError> {
-    use ferry_cloud_bridge::contract::{Compression, Encoding};
-    use ferry_cloud_bridge::uplink::{batch::BatchLimits, link, Protocol, UplinkSettings};
+) -> Result<Option<crate::uplink::UplinkSettings>, ConfigError> {
+    use crate::uplink::{batch::BatchLimits, mqtt, Protocol, UplinkSettings};
+    use ferry_contract::{Compression, Encoding};
     if u.broker.trim().is_empty() {
         return Ok(None);
     }
@@ -793,7 +793,7 @@ fn uplink_settings(
         }
     };
     let tls = match (ca, client) {
-        (Some(ca), client) => Some(link::TlsFiles { ca, client }),
+        (Some(ca), client) => Some(mqtt::TlsFiles { ca, client }),
         (None, Some(_)) => {
             return Err(invalid(
                 "uplink.ca_file",
@@ -841,7 +841,7 @@ fn uplink_settings(
     Ok(Some(UplinkSettings {
         gateway: gateway.to_owned(),
         protocol,
-        link: link::LinkOptions {
+        link: mqtt::LinkOptions {
             host: host.to_owned(),
             port,
             client_id: u

@@ -6,7 +6,7 @@
 //!                                  bridged.jsonl ◀── in-process ferry-bridge (jsonl file sink)
 //! ```
 //!
-//! Starts the in-process broker ([`ferry_cloud_bridge::broker`]) on an ephemeral loopback port,
+//! Starts the in-process broker ([`ferry_broker`]) on an ephemeral loopback port,
 //! the cloud-side bridge ([`ferry_cloud_bridge::bridge::run`]) subscribed to it with a JSON-lines
 //! file sink, and an agent on a temporary store forwarding to that broker; then runs simulated
 //! devices (the real firmware core, `ferry-sim`) against the agent and prints the flow every
@@ -28,8 +28,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_broker::Broker;
 use ferry_cloud_bridge::bridge::{self, BatchPolicy, BridgeSettings, MqttSettings, SinkSettings};
-use ferry_cloud_bridge::broker::Broker;
 use ferry_sim::receiver::Verification;
 use ferry_sim::{Report, SimConfig, Transport};
 use tokio_util::sync::CancellationToken;

@@ -1,9 +1,11 @@
 //! The Ferry gateway agent (`ferry`): device ingest into a durable SQLite buffer.
 //!
-//! Modules by domain: [`config`] (ferry.toml), [`ingest`] (serial/TCP links, sessions), [`store`]
-//! (SQLite writer, retention, reads), [`commands`] (device commands), [`forward`] (the store as the
-//! uplink's source), [`api`] (local HTTP API, live stream, metrics, dashboard), [`cli`] (the command
-//! line's client of that API), [`metrics`], [`shutdown`], [`demo`].
+//! Modules by domain, in the order a byte travels: [`ingest`] (serial/TCP links, sessions) →
+//! [`store`] (SQLite writer, retention, reads) → [`uplink`] (MQTT to the cloud and back: the
+//! store as the source, the in-flight ledger, downlink commands) ; beside them [`commands`]
+//! (device commands), [`api`] (local HTTP API, live stream, metrics, dashboard), [`cli`] (the
+//! command line's client of that API), [`config`] (ferry.toml), [`metrics`], [`shutdown`], and
+//! `demo` (behind the `demo` feature: simulated devices, the in-process broker and bridge).
 //!
 //! Lifecycle invariant ([`Agent::stop`]): stop the API and intake (listeners and links) → the
 //! writer commits what it holds → WAL checkpoint → return. Every step is bounded in time.
@@ -13,12 +15,13 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
-pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod shutdown;
 pub mod store;
+pub mod uplink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,7 +72,7 @@ pub struct Agent {
     /// Device commands (the local API submits here too).
     pub commands: commands::CommandsHandle,
     /// Uplink figures (all zero when forwarding is off).
-    pub uplink_stats: Arc<ferry_cloud_bridge::uplink::UplinkStats>,
+    pub uplink_stats: Arc<crate::uplink::UplinkStats>,
 }
 
 impl Agent {
@@ -143,7 +146,7 @@ impl Agent {
                 intake.clone(),
             ));
         }
-        let uplink_stats = Arc::new(ferry_cloud_bridge::uplink::UplinkStats::default());
+        let uplink_stats = Arc::new(crate::uplink::UplinkStats::default());
         let mut outcomes_rx = Some(outcomes_rx);
         let uplink = match &settings.uplink {
             None => {
@@ -159,19 +162,15 @@ impl Agent {
             Some(u) => {
                 let conn = store::open_reader(&settings.store.path)
                     .context("opening a read connection for the uplink")?;
-                let source = forward::StoreSource::new(conn, store.clone());
+                let source = uplink::source::StoreSource::new(conn, store.clone());
                 let (in_tx, mut in_rx) = tokio::sync::mpsc::channel(64);
-                let up = ferry_cloud_bridge::uplink::Uplink::new(
-                    u.clone(),
-                    source,
-                    uplink_stats.clone(),
-                )
-                .await
-                .context("reading the forwarding position")?
-                .with_downlink(ferry_cloud_bridge::uplink::Downlink {
-                    commands: in_tx,
-                    outcomes: outcomes_rx.take().expect("taken once"),
-                });
+                let up = crate::uplink::Uplink::new(u.clone(), source, uplink_stats.clone())
+                    .await
+                    .context("reading the forwarding position")?
+                    .with_downlink(crate::uplink::Downlink {
+                        commands: in_tx,
+                        outcomes: outcomes_rx.take().expect("taken once"),
+                    });
                 let c = commands.clone();
                 tokio::spawn(async move {
                     while let Some(cmd) = in_rx.recv().await {

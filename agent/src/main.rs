@@ -24,7 +24,7 @@ use ferry_agent::cli::{
     ApiClient, CliError, Endpoint, EventsQuery, Format, SeriesQuery, TailOptions,
 };
 use ferry_agent::config::{ConfigError, Settings};
-use ferry_agent::{demo, shutdown, Agent};
+use ferry_agent::{shutdown, Agent};
 
 #[derive(Parser)]
 #[command(
@@ -352,23 +352,39 @@ async fn main() -> ExitCode {
                 eprintln!("ferry: demo needs --devices >= 1, --rate > 0 and --duration > 0");
                 return ExitCode::from(2);
             }
-            let token = shutdown::on_signals();
-            let opts = demo::DemoOptions {
-                devices,
-                rate,
-                duration: Duration::from_secs_f64(duration),
-                keep,
-            };
-            match demo::run(opts, token).await {
-                Ok(outcome) if outcome.ok() => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::FAILURE,
-                Err(e) => {
-                    eprintln!("ferry: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            demo(devices, rate, Duration::from_secs_f64(duration), keep).await
         }
     }
+}
+
+/// `ferry demo`: simulated devices, the in-process broker and bridge (the `demo` feature).
+#[cfg(feature = "demo")]
+async fn demo(devices: usize, rate: f64, duration: Duration, keep: Option<PathBuf>) -> ExitCode {
+    let token = shutdown::on_signals();
+    let opts = ferry_agent::demo::DemoOptions {
+        devices,
+        rate,
+        duration,
+        keep,
+    };
+    match ferry_agent::demo::run(opts, token).await {
+        Ok(outcome) if outcome.ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A gateway build (`--no-default-features`) carries no simulator, broker or bridge.
+#[cfg(not(feature = "demo"))]
+async fn demo(_: usize, _: f64, _: Duration, _: Option<PathBuf>) -> ExitCode {
+    eprintln!(
+        "ferry: this build has no demo: it was built without the `demo` feature \
+         (cargo build --release -p ferry-agent builds it with the demo)"
+    );
+    ExitCode::from(2)
 }
 
 /// The client for `--api` / `--token` (else the environment).

@@ -1,13 +1,7 @@
-//! Both ends of Ferry's MQTT link.
-//!
-//! - [`contract`]: topics and payloads, shared by both ends (documented in `asyncapi.yaml`).
-//! - `uplink`: the store-and-forward publisher the agent runs (reads the agent's store through
-//!   the `EventSource` trait, so this crate never depends on the agent).
-//! - `bridge`: `ferry-bridge`, the cloud-side service that lands batches in PostgreSQL.
-//! - `broker`: a small in-process MQTT broker so `ferry demo` and tests need nothing installed.
+//! `ferry-bridge`, the cloud side of Ferry: an MQTT 5 shared subscription → validated batches →
+//! PostgreSQL, exactly once (see [`bridge`]). The topics and payloads it reads are defined in
+//! `ferry-contract` (`cloud-bridge/contract`); the agent's uplink that publishes them lives in the
+//! agent (`agent/src/uplink/`).
 #![warn(missing_docs)]
 
 pub mod bridge;
-pub mod broker;
-pub mod contract;
-pub mod uplink;

@@ -11,9 +11,9 @@
 //! - the PostgreSQL tables the document describes are the ones ferry-bridge creates.
 use std::sync::OnceLock;
 
-use ferry_cloud_bridge::contract::{
-    self, CommandOutcome, CommandRequest, CommandSpec, Compression, Encoding, Event, EventBatch,
-    LinkState, OutcomeStatus, Status, BINARY_MAGIC, DEFLATE_MAGIC, SCHEMA_VERSION,
+use ferry_contract::{
+    self as contract, CommandOutcome, CommandRequest, CommandSpec, Compression, Encoding, Event,
+    EventBatch, LinkState, OutcomeStatus, Status, BINARY_MAGIC, DEFLATE_MAGIC, SCHEMA_VERSION,
 };
 use serde_json::{json, Value};
 

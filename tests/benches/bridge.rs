@@ -17,7 +17,7 @@
 //! FERRY_BENCH_ONLY (runs whose "scenario method" contains it), FERRY_BENCH_TIMEOUT_S (600).
 use std::time::{Duration, Instant};
 
-use ferry_cloud_bridge::contract::Encoding;
+use ferry_contract::Encoding;
 use ferry_tests::bridge::{test_batch, BridgeProcess, Publisher};
 use ferry_tests::env_u64;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_cloud_bridge::contract::EventBatch;
+use ferry_contract::EventBatch;
 use ferry_tests::env_u64;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use rumqttc::v5::mqttbytes::v5::Packet;

@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ferry_cloud_bridge::contract::{
-    events_topic, Compression, Encoding, Event, EventBatch, SCHEMA_VERSION,
-};
+use ferry_contract::{events_topic, Compression, Encoding, Event, EventBatch, SCHEMA_VERSION};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event as MqttEvent, MqttOptions};

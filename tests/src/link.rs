@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
-use ferry_sim::uplink::Uplink;
+use ferry_wire::owned::DeviceMessage;
 use ferry_wire::{
     encode, Ack, Decoder, Hello, Message, Rejected, Sample, Samples, SensorInfo, Welcome,
     MAX_ENCODED_LEN, MAX_SAMPLES_PER_FRAME,
@@ -36,18 +36,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GatewayLink<S> {
     }
 
     /// Next valid device message within `timeout`.
-    pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<Uplink> {
+    pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<DeviceMessage> {
         tokio::time::timeout(timeout, self.recv_inner())
             .await
             .context("no frame from the device in time")?
     }
 
-    async fn recv_inner(&mut self) -> anyhow::Result<Uplink> {
+    async fn recv_inner(&mut self) -> anyhow::Result<DeviceMessage> {
         loop {
             let mut input = &self.buf[self.start..self.end];
             let before = input.len();
             let got = match self.decoder.feed(&mut input) {
-                Some(Ok(m)) => Some(Uplink::from_message(&m)),
+                Some(Ok(m)) => Some(DeviceMessage::from_message(&m)),
                 Some(Err(Rejected { .. })) => {
                     self.rejected += 1;
                     None

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ferry_cloud_bridge::contract::{events_topic, Compression, Encoding, SCHEMA_VERSION};
+use ferry_contract::{events_topic, Compression, Encoding, SCHEMA_VERSION};
 use ferry_tests::bridge::{
     assert_exactly_once, ferry_bridge_bin, test_batch, BridgeProcess, Publisher,
 };
@@ -261,8 +261,7 @@ async fn bridge_dead_letters_invalid_payloads_and_stores_the_rest() -> anyhow::R
     bridge.wait_healthy(T).await?;
     let publisher = Publisher::connect(rig.broker.port(), "pub-i1");
     let topic = events_topic("gw", "d1");
-    let json =
-        |b: &ferry_cloud_bridge::contract::EventBatch| b.encode(Encoding::Json, Compression::None);
+    let json = |b: &ferry_contract::EventBatch| b.encode(Encoding::Json, Compression::None);
     let mut wrong_version = test_batch("gw", "d1", 1, 100..110);
     wrong_version.v = SCHEMA_VERSION + 1;
     let mut not_increasing = test_batch("gw", "d1", 1, 200..210);
@@ -271,9 +270,7 @@ async fn bridge_dead_letters_invalid_payloads_and_stores_the_rest() -> anyhow::R
     nul_sensor.events[0].sensor = "t\0".into();
     let mut year_0 = test_batch("gw", "d1", 1, 400..410);
     year_0.events[3].ts_ms = -62_135_596_800_001;
-    let binary = |b: &ferry_cloud_bridge::contract::EventBatch| {
-        b.encode(Encoding::Binary, Compression::None)
-    };
+    let binary = |b: &ferry_contract::EventBatch| b.encode(Encoding::Binary, Compression::None);
     let mut trailing = binary(&test_batch("gw", "d1", 1, 500..510));
     trailing.push(0);
     // `boot` (after magic, v, "gw" and "d1") as the two-byte varint 81 00 instead of 01.

@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ferry_cloud_bridge::contract::{
-    self, CommandOutcome, CommandRequest, EventBatch, Status, Topic,
-};
+use ferry_contract::{self as contract, CommandOutcome, CommandRequest, EventBatch, Status, Topic};
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};

@@ -3,10 +3,10 @@
 //! retransmission while acks are withheld, and a reboot by command that starts a new boot.
 use std::time::{Duration, Instant};
 
-use ferry_sim::uplink::Uplink;
 use ferry_tests::link::{utc_ms, GatewayLink};
 use ferry_tests::qemu::{lm3s6965_image, Qemu};
 use ferry_tests::require_tool;
+use ferry_wire::owned::DeviceMessage;
 use ferry_wire::{Acceptor, Ack, Command, CommandKind, CommandStatus, Message, Sample, Welcome};
 use tokio_serial::SerialPortBuilderExt;
 
@@ -28,7 +28,7 @@ async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
 
     // Handshake: Hello (repeated until answered) -> Welcome.
     let (boot, sensors) = loop {
-        if let Uplink::Hello {
+        if let DeviceMessage::Hello {
             device_id,
             boot_id,
             sensors,
@@ -58,7 +58,7 @@ async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
     let mut next: Option<u32> = None;
     let mut got: Vec<(u32, Sample)> = Vec::new();
     while got.len() < 200 {
-        if let Uplink::Samples {
+        if let DeviceMessage::Samples {
             oldest,
             first_seq,
             samples,
@@ -112,11 +112,11 @@ async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
     let mut window_start: Option<Instant> = None;
     while window_start.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
         match link.recv(T).await? {
-            Uplink::CommandResult { id, status, .. } => {
+            DeviceMessage::CommandResult { id, status, .. } => {
                 result = Some((id, status));
                 window_start = Some(Instant::now());
             }
-            Uplink::Samples {
+            DeviceMessage::Samples {
                 first_seq, samples, ..
             } => {
                 assert_eq!(first_seq, next.unwrap());
@@ -156,7 +156,7 @@ async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
     let mut retransmitted_from = None;
     let deadline = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < deadline && retransmitted_from.is_none() {
-        if let Uplink::Samples {
+        if let DeviceMessage::Samples {
             oldest,
             first_seq,
             samples,
@@ -189,7 +189,7 @@ async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
     let resumed = Instant::now();
     while resumed.elapsed() < Duration::from_secs(1) {
         match link.recv(T).await? {
-            Uplink::Samples {
+            DeviceMessage::Samples {
                 oldest,
                 first_seq,
                 samples,
@@ -202,7 +202,7 @@ async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
                 }))
                 .await?;
             }
-            Uplink::Heartbeat(h) => assert_eq!(h.dropped, 0),
+            DeviceMessage::Heartbeat(h) => assert_eq!(h.dropped, 0),
             _ => {}
         }
     }
@@ -220,11 +220,11 @@ async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
     let mut result_seen = false;
     loop {
         match link.recv(T).await? {
-            Uplink::CommandResult { id: 2, status, .. } => {
+            DeviceMessage::CommandResult { id: 2, status, .. } => {
                 assert_eq!(status, CommandStatus::Ok);
                 result_seen = true;
             }
-            Uplink::Hello {
+            DeviceMessage::Hello {
                 boot_id, next_seq, ..
             } => {
                 assert!(result_seen, "result before reset");

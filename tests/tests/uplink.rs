@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ferry_cloud_bridge::contract::EventBatch;
+use ferry_contract::EventBatch;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -202,7 +202,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
         loop {
             match el.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let o: ferry_cloud_bridge::contract::CommandOutcome =
+                    let o: ferry_contract::CommandOutcome =
                         serde_json::from_slice(&p.payload).expect("outcome JSON");
                     let _ = res_tx.send(o);
                 }
@@ -324,7 +324,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     )
     .await;
     send("sim-0000", r#"{"v":1,"id":"bad-1","command":"explode"}"#).await;
-    let mut got: HashMap<String, ferry_cloud_bridge::contract::CommandOutcome> = HashMap::new();
+    let mut got: HashMap<String, ferry_contract::CommandOutcome> = HashMap::new();
     let t = Instant::now();
     while got.len() < 7 {
         match tokio::time::timeout(Duration::from_secs(10), res_rx.recv()).await {
@@ -337,7 +337,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
         }
         assert!(t.elapsed() < Duration::from_secs(15));
     }
-    use ferry_cloud_bridge::contract::OutcomeStatus;
+    use ferry_contract::OutcomeStatus;
     assert_eq!(
         got["echo-1"].status,
         OutcomeStatus::Ok,
@@ -419,7 +419,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
 /// the broker was down survives a SIGKILL of the agent and is published after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
-    use ferry_cloud_bridge::contract::{CommandOutcome, OutcomeStatus};
+    use ferry_contract::{CommandOutcome, OutcomeStatus};
     use ferry_tests::agent::AgentProc;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;

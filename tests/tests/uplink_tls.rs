@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_cloud_bridge::contract::{self, EventBatch};
+use ferry_contract::{self as contract, EventBatch};
 use ferry_tests::agent::AgentProc;
 use ferry_tests::free_port;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions, MosquittoTls, TestPki};

@@ -65,7 +65,7 @@ struct Inner {
     reads: reads::ReadPool,
     store: StoreHandle,
     metrics: Arc<Metrics>,
-    uplink: Arc<ferry_cloud_bridge::uplink::UplinkStats>,
+    uplink: Arc<crate::uplink::UplinkStats>,
     forwarding_on: bool,
     commands: CommandsHandle,
     token: Option<String>,
@@ -86,7 +86,7 @@ pub struct ApiParts {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Uplink counters.
-    pub uplink: Arc<ferry_cloud_bridge::uplink::UplinkStats>,
+    pub uplink: Arc<crate::uplink::UplinkStats>,
     /// Whether an uplink is configured.
     pub forwarding_on: bool,
     /// Device commands.

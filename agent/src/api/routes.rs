@@ -1,10 +1,10 @@
 //! Request/response routes over the store: devices, latest values, events pages, series, commands.
 
+use crate::uplink::{InboundCommand, Receipt};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ferry_cloud_bridge::contract::CommandRequest;
-use ferry_cloud_bridge::uplink::{InboundCommand, Receipt};
+use ferry_contract::CommandRequest;
 
 use super::error::{ApiError, ErrorDoc};
 use super::model::*;

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_sim::uplink::Uplink;
+use ferry_wire::owned::DeviceMessage;
 use ferry_wire::{encode, Ack, Decoder, Message, Welcome, MAX_ENCODED_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -49,7 +49,7 @@ struct Link {
 const UNACKED_TRACKED: usize = 1024;
 
 enum Item {
-    Msg(Option<Uplink>),
+    Msg(Option<DeviceMessage>),
     Rejected {
         reason: ferry_wire::RejectReason,
         raw: Vec<u8>,
@@ -155,7 +155,7 @@ where
 
 /// Frames a command for the device.
 fn push_command(out: &mut Vec<u8>, c: &DeviceCommand) {
-    use ferry_cloud_bridge::contract::{decode_hex, CommandSpec};
+    use ferry_contract::{decode_hex, CommandSpec};
     use ferry_wire::{Command, CommandKind};
     let bytes;
     let kind = match &c.spec {
@@ -205,7 +205,7 @@ impl Link {
         while self.budget.has_room() {
             let item = match dec.feed(&mut input) {
                 None => break,
-                Some(Ok(m)) => Item::Msg(Uplink::from_message(&m)),
+                Some(Ok(m)) => Item::Msg(DeviceMessage::from_message(&m)),
                 Some(Err(r)) => Item::Rejected {
                     reason: r.reason,
                     raw: r.raw.to_vec(),
@@ -277,12 +277,12 @@ impl Link {
         };
         Metrics::add(&m.frames_ok, 1);
         self.last_frame = Instant::now();
-        if !self.online && self.session.is_some() && !matches!(msg, Uplink::Hello { .. }) {
+        if !self.online && self.session.is_some() && !matches!(msg, DeviceMessage::Hello { .. }) {
             self.presence(true).await;
         }
         match (msg, self.session.as_mut()) {
             (
-                Uplink::Hello {
+                DeviceMessage::Hello {
                     device_id,
                     firmware,
                     boot_id,
@@ -336,7 +336,7 @@ impl Link {
                 }
             }
             (
-                Uplink::Samples {
+                DeviceMessage::Samples {
                     oldest,
                     first_seq,
                     samples,
@@ -392,12 +392,12 @@ impl Link {
                 };
                 return self.ctx.store.send(Op::Samples(op)).await;
             }
-            (Uplink::Heartbeat(hb), Some(s)) => {
+            (DeviceMessage::Heartbeat(hb), Some(s)) => {
                 s.observe(hb.ticks, arrived);
                 let device = s.device;
                 return self.ctx.store.send(Op::Heartbeat { device, hb }).await;
             }
-            (Uplink::CommandResult { id, status, data }, Some(s)) => {
+            (DeviceMessage::CommandResult { id, status, data }, Some(s)) => {
                 tracing::info!(device = %s.device_id, id, ?status, "Command result.");
                 self.ctx
                     .commands

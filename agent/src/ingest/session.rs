@@ -13,7 +13,7 @@
 /// more than any device ring holds, far less than what could overflow a timestamp.
 pub const MAX_TICK_SPAN_S: u64 = 365 * 24 * 3600;
 /// The cloud contract's time range (years 1..=9999), decided once there.
-pub use ferry_cloud_bridge::contract::{MAX_TS_MS, MIN_TS_MS};
+pub use ferry_contract::{MAX_TS_MS, MIN_TS_MS};
 
 /// The welcomed device on a link.
 #[derive(Debug, Clone, PartialEq, Eq)]

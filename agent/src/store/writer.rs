@@ -260,7 +260,7 @@ pub enum Op {
         /// Done.
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// The uplink's position (see `ferry_cloud_bridge::uplink::forward::Progress`): every id
+    /// The uplink's position (see `crate::uplink::forward::Progress`): every id
     /// `<= backlog` and every id in `(live_from, live]` is forwarded.
     UplinkProgress {
         /// Forwarded through this id (retention prunes up to here).

@@ -11,7 +11,7 @@
 //! a bad percent escape) is refused like any other: a dead letter of class `topic`, acked.
 use std::time::SystemTime;
 
-use crate::contract::{try_parse_topic, ContractError, EventBatch, Topic};
+use ferry_contract::{try_parse_topic, ContractError, EventBatch, Topic};
 
 /// Identifies a PUBLISH for its acknowledgement: the packet id is only meaningful on the
 /// connection it arrived on, which `epoch` counts.
@@ -151,7 +151,7 @@ pub fn classify(topic: &str, payload: &[u8]) -> Content {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{events_topic, Compression, Encoding, Event, SCHEMA_VERSION};
+    use ferry_contract::{events_topic, Compression, Encoding, Event, SCHEMA_VERSION};
 
     fn batch(gateway: &str, device: &str) -> EventBatch {
         EventBatch {
@@ -243,8 +243,8 @@ mod tests {
         b.events[2].sensor = "t\0".into();
         assert_eq!(refused(&b, Encoding::Json).class, ReasonClass::Invalid);
         let mut b = batch("gw", "d");
-        b.events[0].ts_ms = crate::contract::MIN_TS_MS;
-        b.events[2].ts_ms = crate::contract::MAX_TS_MS;
+        b.events[0].ts_ms = ferry_contract::MIN_TS_MS;
+        b.events[2].ts_ms = ferry_contract::MAX_TS_MS;
         b.events[1].value = f64::NAN;
         assert!(matches!(
             classify(

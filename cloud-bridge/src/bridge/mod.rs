@@ -15,19 +15,21 @@
 //! - Invalid messages are not retried forever: they become dead-letter rows (topic, reason,
 //!   payload) and are acked like stored ones.
 //! - Replicas with different client ids split the load through the shared subscription
-//!   [`EVENTS_SHARED_FILTER`](crate::contract::EVENTS_SHARED_FILTER). A replica removed for good
+//!   [`EVENTS_SHARED_FILTER`](ferry_contract::EVENTS_SHARED_FILTER). A replica removed for good
 //!   should keep its client id until the broker has drained its session (messages queued for
 //!   an offline session wait there until the session expires).
 //!
 //! Pure logic ([`batch`], [`inbound`], [`rows`], [`metrics`]) is apart from the tasks that own
-//! the MQTT connection (`mqtt`), the sink (`store`, `writer`) and the HTTP listener (`http`).
+//! the MQTT connection (`mqtt`), the sink (`sink`, `postgres`, `writer`) and the HTTP listener (`http`).
 pub mod batch;
 mod http;
 pub mod inbound;
 pub mod metrics;
 mod mqtt;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod rows;
-mod store;
+mod sink;
 mod writer;
 
 use std::net::SocketAddr;
@@ -41,7 +43,8 @@ use tracing::{info, warn};
 
 pub use batch::BatchPolicy;
 pub use metrics::Metrics;
-pub use store::{InsertMethod, SCHEMA};
+#[cfg(feature = "postgres")]
+pub use postgres::{InsertMethod, SCHEMA};
 
 /// Everything `ferry-bridge` needs to run.
 #[derive(Debug, Clone)]
@@ -98,6 +101,7 @@ impl std::fmt::Debug for TlsSettings {
 #[derive(Debug, Clone)]
 pub enum SinkSettings {
     /// PostgreSQL.
+    #[cfg(feature = "postgres")]
     Postgres {
         /// Parsed connection settings.
         config: Box<tokio_postgres::Config>,
@@ -190,13 +194,14 @@ pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), B
     // At most a receive-maximum of messages per connection is unacked; allow one stale set.
     let (tx, rx) = mpsc::channel(2 * usize::from(s.mqtt.receive_maximum) + 16);
     let sinks = match s.sink {
+        #[cfg(feature = "postgres")]
         SinkSettings::Postgres {
             config,
             method,
             writers,
         } => (0..writers.max(1))
             .map(|_| {
-                store::Sink::Postgres(Box::new(store::PgStore::new(
+                sink::Sink::Postgres(Box::new(postgres::PgStore::new(
                     (*config).clone(),
                     method,
                     metrics.clone(),
@@ -204,12 +209,10 @@ pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), B
             })
             .collect(),
         // One writer keeps stdout in commit order.
-        SinkSettings::Jsonl => vec![store::Sink::Jsonl],
+        SinkSettings::Jsonl => vec![sink::Sink::Jsonl],
         SinkSettings::JsonlFile(_) => {
             let file = jsonl_file.expect("opened above");
-            vec![store::Sink::JsonlFile(Arc::new(std::sync::Mutex::new(
-                file,
-            )))]
+            vec![sink::Sink::JsonlFile(Arc::new(std::sync::Mutex::new(file)))]
         }
     };
     info!(

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 use super::inbound::{classify, AckToken, Content, Inbound};
 use super::metrics::Metrics;
 use super::MqttSettings;
-use crate::contract::EVENTS_SHARED_FILTER;
+use ferry_contract::EVENTS_SHARED_FILTER;
 
 /// Largest packet we accept (the MQTT maximum); the contract bounds payloads itself.
 const MAX_PACKET: u32 = 268_435_455;

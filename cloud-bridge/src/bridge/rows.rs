@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::inbound::{Content, DeadLetter, Inbound};
-use crate::contract::{Event, EventBatch};
+use ferry_contract::{Event, EventBatch};
 
 /// `ts_ms` as a point in time (in range: the contract bounds it, see `contract::check_ts_ms`).
 pub fn ts_from_ms(ms: i64) -> SystemTime {
@@ -202,7 +202,7 @@ pub fn jsonl(b: &EventBatch, out: &mut Vec<u8>) {
         seq: u32,
         sensor: &'a str,
         ts_ms: i64,
-        #[serde(serialize_with = "crate::contract::reading::serialize")]
+        #[serde(serialize_with = "ferry_contract::reading::serialize")]
         value: f64,
     }
     for e in &b.events {
@@ -225,7 +225,7 @@ pub fn jsonl(b: &EventBatch, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::bridge::inbound::{AckToken, ReasonClass};
-    use crate::contract::{Event, SCHEMA_VERSION};
+    use ferry_contract::{Event, SCHEMA_VERSION};
 
     fn msg(gateway: &str, boot: u32, seqs: &[u32], ts0: i64, at_s: u64) -> Inbound {
         Inbound {

@@ -25,7 +25,7 @@ use super::inbound::{Content, Inbound};
 use super::metrics::Metrics;
 use super::mqtt::AckGate;
 use super::rows::GatewayProgress;
-use super::store::{Sink, StoreError};
+use super::sink::{Sink, StoreError};
 use super::BridgeError;
 
 /// How long shutdown keeps retrying a commit before giving up (the messages stay unacked).

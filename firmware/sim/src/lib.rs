@@ -21,7 +21,6 @@ pub mod receiver;
 pub mod report;
 pub mod sensors;
 mod sim;
-pub mod uplink;
 
 pub use report::{BootReport, DeviceReport, Report};
 pub use sim::{run, SimConfig, Transport, COMMANDS_HELP, OPAQUE_FAIL_PREFIX};

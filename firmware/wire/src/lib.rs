@@ -1,7 +1,8 @@
 //! The Ferry device link protocol, shared by firmware and gateway.
 //!
 //! This crate is the only place the protocol is defined (see `PROTOCOL.md` next to this crate for the
-//! language-neutral specification and its golden vectors). It is `#![no_std]` and never allocates.
+//! language-neutral specification and its golden vectors). It is `#![no_std]` and never allocates; the `alloc` feature adds
+//! owned copies of device messages ([`owned`]) for gateways.
 //!
 //! A frame on the wire is
 //!
@@ -22,11 +23,16 @@
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 mod accept;
 mod cobs;
 mod codec;
 mod decoder;
 mod message;
+#[cfg(feature = "alloc")]
+pub mod owned;
 
 pub use accept::{Accepted, Acceptor};
 pub use codec::{decode_body, encode, EncodeError};

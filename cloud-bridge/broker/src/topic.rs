@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn shared_subscriptions_parse() {
         assert_eq!(
-            Subscription::parse(crate::contract::EVENTS_SHARED_FILTER),
+            Subscription::parse(ferry_contract::EVENTS_SHARED_FILTER),
             Some(Subscription::Shared {
                 group: "ferry-bridge",
                 filter: "ferry/v1/+/+/events"

@@ -7,8 +7,8 @@
 //! `uplink.live_from` and `uplink.live` (a live range forwarded ahead of a draining backlog).
 use std::collections::HashMap;
 
-use ferry_cloud_bridge::uplink::forward::Progress;
-use ferry_cloud_bridge::uplink::{EventSource, SourceError, StoredEvent};
+use crate::uplink::forward::Progress;
+use crate::uplink::{EventSource, SourceError, StoredEvent};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 

@@ -1,6 +1,7 @@
-//! Where batches land: PostgreSQL (the default) or JSON lines on stdout.
+//! The PostgreSQL sink (the `postgres` feature, on by default; `ferry demo` builds the bridge
+//! without it).
 //!
-//! PostgreSQL invariants:
+//! Invariants:
 //! - One transaction per commit holds the batch's events, its dead letters and the per-gateway
 //!   progress. Only after `COMMIT` returns are the messages acked.
 //! - `ferry_events` has the primary key `(gateway, device, boot, seq)`. A batch holds each
@@ -15,11 +16,6 @@
 //!   message cannot stall the stream.
 //! - Concurrent replicas: the schema is created under an advisory lock; `ferry_gateways` rows
 //!   are upserted in gateway order so two transactions never wait on each other in a cycle.
-//!
-//! jsonl: each event is one line on stdout (or appended to a file), flushed before the ack. It has
-//! no dedup (a redelivered message is printed again) and dead letters go to the log only. The
-//! file variant exists so `ferry demo` can land events with nothing installed and check them.
-use std::io::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -30,7 +26,8 @@ use tracing::{debug, info, warn};
 
 use super::inbound::{Content, DeadLetter, Inbound, ReasonClass};
 use super::metrics::Metrics;
-use super::rows::{jsonl, CommitRows};
+use super::rows::CommitRows;
+use super::sink::{StoreError, Written};
 
 /// How events get into `ferry_events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,102 +110,6 @@ const UPSERT_GATEWAYS: &str =
     last_event_ts = GREATEST(ferry_gateways.last_event_ts, EXCLUDED.last_event_ts), \
     last_received_at = GREATEST(ferry_gateways.last_received_at, EXCLUDED.last_received_at)";
 
-/// Why a write did not happen.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
-    /// Worth retrying (connection lost, deadlock, server restarting ...).
-    #[error("{0}")]
-    Transient(String),
-    /// The database refused the data itself.
-    #[error("{0}")]
-    Rejected(String),
-    /// The output is gone for good (jsonl: stdout closed).
-    #[error("{0}")]
-    Fatal(String),
-}
-
-/// What one write did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Written {
-    pub inserted: u64,
-    pub duplicates: u64,
-}
-
-/// The configured sink.
-pub(crate) enum Sink {
-    Postgres(Box<PgStore>),
-    Jsonl,
-    /// JSON lines appended to this file (opened once, shared with the blocking writes).
-    JsonlFile(Arc<std::sync::Mutex<std::fs::File>>),
-}
-
-impl Sink {
-    /// Whether a connection attempt is due (PostgreSQL without a connection).
-    pub(crate) fn needs_connect(&self) -> bool {
-        matches!(self, Sink::Postgres(p) if p.conn.as_ref().is_none_or(|c| c.client.is_closed()))
-    }
-
-    pub(crate) async fn connect(&mut self) -> Result<(), StoreError> {
-        match self {
-            Sink::Postgres(p) => p.conn().await.map(|_| ()),
-            Sink::Jsonl | Sink::JsonlFile(_) => Ok(()),
-        }
-    }
-
-    /// Makes `msgs` durable. On success every message is stored (or dead-lettered).
-    pub(crate) async fn write(&mut self, msgs: &mut [Inbound]) -> Result<Written, StoreError> {
-        match self {
-            Sink::Postgres(p) => p.write(msgs).await,
-            Sink::Jsonl => write_jsonl(msgs, None).await,
-            Sink::JsonlFile(f) => write_jsonl(msgs, Some(f.clone())).await,
-        }
-    }
-}
-
-/// Writes the events of `msgs` as JSON lines to `file`, or to stdout when `None`.
-async fn write_jsonl(
-    msgs: &[Inbound],
-    file: Option<Arc<std::sync::Mutex<std::fs::File>>>,
-) -> Result<Written, StoreError> {
-    let mut buf = Vec::new();
-    let mut w = Written::default();
-    for m in msgs {
-        match &m.content {
-            Content::Batch(b) => {
-                jsonl(b, &mut buf);
-                w.inserted += b.events.len() as u64;
-            }
-            Content::Dead(d) => {
-                warn!(topic = %d.topic, reason = %d.reason, bytes = d.payload.len(), "Dead letter (jsonl sink: logged only).");
-            }
-        }
-    }
-    if buf.is_empty() {
-        return Ok(w);
-    }
-    let what = if file.is_some() {
-        "the jsonl file"
-    } else {
-        "stdout"
-    };
-    tokio::task::spawn_blocking(move || match file {
-        Some(f) => {
-            let mut out = f.lock().expect("jsonl file lock");
-            out.write_all(&buf)?;
-            out.flush()
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&buf)?;
-            out.flush()
-        }
-    })
-    .await
-    .map_err(|e| StoreError::Fatal(format!("{what} writer: {e}")))?
-    .map_err(|e| StoreError::Fatal(format!("writing {what}: {e}")))?;
-    Ok(w)
-}
-
 /// PostgreSQL, with one connection at a time (reopened after failures).
 pub(crate) struct PgStore {
     config: tokio_postgres::Config,
@@ -240,6 +141,15 @@ impl PgStore {
             metrics,
             conn: None,
         }
+    }
+
+    /// Whether a connection attempt is due (no connection, or a closed one).
+    pub(crate) fn needs_connect(&self) -> bool {
+        self.conn.as_ref().is_none_or(|c| c.client.is_closed())
+    }
+
+    pub(crate) async fn connect(&mut self) -> Result<(), StoreError> {
+        self.conn().await.map(|_| ())
     }
 
     async fn conn(&mut self) -> Result<&mut Conn, StoreError> {
@@ -302,7 +212,7 @@ impl PgStore {
         })
     }
 
-    async fn write(&mut self, msgs: &mut [Inbound]) -> Result<Written, StoreError> {
+    pub(crate) async fn write(&mut self, msgs: &mut [Inbound]) -> Result<Written, StoreError> {
         match self.commit(msgs).await {
             Err(StoreError::Rejected(reason)) if msgs.len() > 1 => {
                 warn!(messages = msgs.len(), error = %reason, "Database refused a batch; committing its messages one by one.");
@@ -330,8 +240,8 @@ impl PgStore {
     async fn reject(&mut self, m: &mut Inbound, reason: &str) -> Result<Written, StoreError> {
         let (topic, payload) = match &m.content {
             Content::Batch(b) => (
-                crate::contract::events_topic(&b.gateway, &b.device),
-                b.encode(crate::contract::Encoding::Json, Default::default()),
+                ferry_contract::events_topic(&b.gateway, &b.device),
+                b.encode(ferry_contract::Encoding::Json, Default::default()),
             ),
             Content::Dead(d) => (d.topic.clone(), d.payload.clone()),
         };

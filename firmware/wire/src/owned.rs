@@ -1,11 +1,17 @@
-//! Owned copies of device → gateway messages, for receivers and tests that keep what they decode.
+//! Owned copies of device → gateway messages, for gateways and tests that keep what they decode
+//! past the frame buffer (`alloc` feature). The borrowed [`Message`] stays the protocol's
+//! definition; this is a copy of it, never a second encoding.
 
-use ferry_wire::{CommandStatus, Heartbeat, Message, Sample};
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::{CommandStatus, Heartbeat, Message, Sample};
 
 /// A device → gateway message, owned.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Uplink {
-    /// See [`ferry_wire::Hello`].
+pub enum DeviceMessage {
+    /// See [`crate::Hello`].
     Hello {
         /// Device id.
         device_id: String,
@@ -22,7 +28,7 @@ pub enum Uplink {
         /// `(index, name, unit, interval_ms)`.
         sensors: Vec<(u8, String, String, u32)>,
     },
-    /// See [`ferry_wire::Samples`].
+    /// See [`crate::Samples`].
     Samples {
         /// Oldest held seq.
         oldest: u32,
@@ -31,9 +37,9 @@ pub enum Uplink {
         /// The samples.
         samples: Vec<Sample>,
     },
-    /// See [`ferry_wire::Heartbeat`].
+    /// See [`crate::Heartbeat`].
     Heartbeat(Heartbeat),
-    /// See [`ferry_wire::CommandResult`].
+    /// See [`crate::CommandResult`].
     CommandResult {
         /// Command id.
         id: u32,
@@ -44,11 +50,11 @@ pub enum Uplink {
     },
 }
 
-impl Uplink {
-    /// Copies an uplink message; `None` for gateway → device messages.
-    pub fn from_message(m: &Message<'_>) -> Option<Uplink> {
+impl DeviceMessage {
+    /// Copies a device → gateway message; `None` for gateway → device messages.
+    pub fn from_message(m: &Message<'_>) -> Option<DeviceMessage> {
         Some(match m {
-            Message::Hello(h) => Uplink::Hello {
+            Message::Hello(h) => DeviceMessage::Hello {
                 device_id: h.device_id.to_owned(),
                 firmware: h.firmware.to_owned(),
                 boot_id: h.boot_id,
@@ -61,13 +67,13 @@ impl Uplink {
                     .map(|s| (s.index, s.name.to_owned(), s.unit.to_owned(), s.interval_ms))
                     .collect(),
             },
-            Message::Samples(s) => Uplink::Samples {
+            Message::Samples(s) => DeviceMessage::Samples {
                 oldest: s.oldest,
                 first_seq: s.first_seq,
                 samples: s.samples.to_vec(),
             },
-            Message::Heartbeat(h) => Uplink::Heartbeat(*h),
-            Message::CommandResult(r) => Uplink::CommandResult {
+            Message::Heartbeat(h) => DeviceMessage::Heartbeat(*h),
+            Message::CommandResult(r) => DeviceMessage::CommandResult {
                 id: r.id,
                 status: r.status,
                 data: r.data.to_vec(),

@@ -31,6 +31,7 @@
 //!   panics the broker.
 //! - Shutdown: stop accepting, close every connection (5: DISCONNECT "server shutting down"),
 //!   stop the router. Session state is lost.
+#![warn(missing_docs)]
 pub mod codec;
 mod connection;
 pub mod router;

@@ -10,7 +10,7 @@
 //! own marked [`Outgoing::refused`], for the quarantine: published, they would make a consumer
 //! refuse the whole batch around them.
 use super::StoredEvent;
-use crate::contract::{self, Compression, Encoding, EventBatch};
+use ferry_contract::{self as contract, Compression, Encoding, EventBatch};
 
 /// Limits for one message.
 #[derive(Debug, Clone, Copy)]

@@ -25,7 +25,8 @@
 pub mod backoff;
 pub mod batch;
 pub mod forward;
-pub mod link;
+pub mod mqtt;
+pub mod source;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -35,10 +36,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::contract::{self, LinkState, Status};
 use batch::BatchLimits;
+use ferry_contract::{self as contract, LinkState, Status};
 use forward::{ChunkRef, Forwarder, Progress, StreamKind};
-use link::{LinkEvent, LinkOptions, Publisher};
+use mqtt::{LinkEvent, LinkOptions, Publisher};
 
 /// One stored event as the uplink needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -180,7 +181,7 @@ pub struct InboundCommand {
 }
 
 /// The PUBACK owed for a received command.
-pub struct Receipt(Option<(Arc<dyn Publisher>, link::AckToken)>);
+pub struct Receipt(Option<(Arc<dyn Publisher>, mqtt::AckToken)>);
 
 impl Receipt {
     /// Nothing to acknowledge (a command that did not come over MQTT).
@@ -353,7 +354,7 @@ impl<S: EventSource> Uplink<S> {
         // the PUBACKs of received commands.
         opts.queue = PUBLISH_QUEUE + 64;
         let link_stop = CancellationToken::new();
-        let (client, mut events, task) = link::start(
+        let (client, mut events, task) = mqtt::start(
             s.protocol == Protocol::V5,
             &opts,
             backoff::Backoff::new(s.backoff.0, s.backoff.1, now_ms() as u64),

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_cloud_bridge::broker::{Broker, BrokerStats};
+use ferry_broker::{Broker, BrokerStats};
 use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +26,7 @@ struct Rig {
 impl Rig {
     async fn start() -> Rig {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("ferry_cloud_bridge=debug")
+            .with_env_filter("ferry_broker=debug")
             .with_test_writer()
             .try_init();
         let broker = Broker::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -306,7 +306,7 @@ async fn v4_and_v5_clients_exchange_messages_through_wildcards() {
 #[tokio::test]
 async fn shared_subscription_splits_messages_across_members() {
     let rig = Rig::start().await;
-    let filter = ferry_cloud_bridge::contract::EVENTS_SHARED_FILTER;
+    let filter = ferry_contract::EVENTS_SHARED_FILTER;
     let mut a = C5::start(v5_options("bridge-a", rig.addr, false));
     let mut b = C5::start(v5_options("bridge-b", rig.addr, false));
     a.connack().await;
@@ -317,7 +317,7 @@ async fn shared_subscription_splits_messages_across_members() {
     p.connack().await;
     let n = 40;
     for i in 0..n {
-        let topic = ferry_cloud_bridge::contract::events_topic("gw", &format!("d{}", i % 3));
+        let topic = ferry_contract::events_topic("gw", &format!("d{}", i % 3));
         p.client
             .publish(topic, Q5::AtLeastOnce, false, format!("{i}").into_bytes())
             .await
@@ -475,8 +475,7 @@ async fn qos1_publish_without_subscriber_is_acked_with_0x10() {
     assert!(p.puback().await, "no subscriber: reason 0x10");
     let mut s = C5::start(v5_options("bridge", rig.addr, false));
     s.connack().await;
-    s.subscribe(ferry_cloud_bridge::contract::EVENTS_SHARED_FILTER)
-        .await;
+    s.subscribe(ferry_contract::EVENTS_SHARED_FILTER).await;
     p.client
         .publish(
             "ferry/v1/gw/d/events",

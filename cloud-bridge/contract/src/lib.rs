@@ -1,6 +1,6 @@
-//! The MQTT contract between gateways and the cloud: topic names and payloads. This module is the
-//! only place they are defined; `cloud-bridge/asyncapi.yaml` documents the same, and a test checks
-//! real payloads against that document.
+//! The MQTT contract between gateways and the cloud: topic names, payloads and their codecs,
+//! commands and outcomes. This crate is the only place they are defined (no tokio, no I/O);
+//! `cloud-bridge/asyncapi.yaml` documents the same, and a test checks real payloads against it.
 //!
 //! Invariants:
 //! - An event's identity is `(gateway, device, boot, seq)`. `boot` is the gateway's boot number for
@@ -8,7 +8,8 @@
 //!   cloud table's unique key is exactly this tuple, so any message may be delivered twice.
 //! - Within one [`EventBatch`] the events belong to one boot of one device and `seq` strictly
 //!   increases. Batches of a device are published in store order; a backlog drained alongside live
-//!   data (see `uplink`) may arrive after newer live batches, so consumers order by `(boot, seq)`.
+//!   data (the agent's uplink, `agent/src/uplink/`) may arrive after newer live batches, so
+//!   consumers order by `(boot, seq)`.
 //! - Payload encoding is self-describing: JSON starts with `{`; the compact binary form starts with
 //!   [`BINARY_MAGIC`]; a deflate-compressed payload starts with [`DEFLATE_MAGIC`] and inflates to
 //!   one of the other two. A consumer needs no out-of-band content type (MQTT 3.1.1 has none).
@@ -24,6 +25,8 @@
 //!   [`check_gateway_id`], [`check_device_id`], [`check_sensor_name`], [`check_ts_ms`]. A batch
 //!   that passes [`EventBatch::validate`] is storable as is (PostgreSQL text cannot hold NUL, and
 //!   `timestamptz` holds every time in range).
+#![warn(missing_docs)]
+
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -319,7 +322,6 @@ pub enum Compression {
 /// Why a payload was refused. The `Display` text is what dead-letter rows and quarantine rows
 /// record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ContractError {
     /// Not JSON, not binary, or not the expected shape.
     #[error("malformed payload: {0}")]
