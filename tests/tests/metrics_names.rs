@@ -18,12 +18,21 @@ use tokio_util::sync::CancellationToken;
 
 /// The shape of an exposition: `family <name> <type>` for each `# TYPE` line and
 /// `series <name>{<sorted label keys>}` for each sample line. Values and label values are left
-/// out: they depend on timing and on device ids.
+/// out: they depend on timing and on device ids. A counter family is named as in the Prometheus
+/// text format (`foo_total`) whether the exposition is that format or OpenMetrics (whose `# TYPE`
+/// line names the family `foo` and whose samples are `foo_total`): the series a query names are
+/// the same either way.
 fn shape(exposition: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for line in exposition.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            out.insert(format!("family {rest}"));
+            let family = match rest.split_once(' ') {
+                Some((name, "counter")) if !name.ends_with("_total") => {
+                    format!("{name}_total counter")
+                }
+                _ => rest.to_owned(),
+            };
+            out.insert(format!("family {family}"));
             continue;
         }
         if line.starts_with('#') || line.trim().is_empty() {

@@ -1,4 +1,4 @@
-//! `/metrics` (Prometheus text) and `/healthz` (200 when MQTT and the database are up, else
+//! `/metrics` (OpenMetrics text) and `/healthz` (200 when MQTT and the database are up, else
 //! 503; the JSON body says which is down).
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -30,7 +30,10 @@ pub(crate) async fn serve(
 
 async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.render(SystemTime::now()),
     )
 }

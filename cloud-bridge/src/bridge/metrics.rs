@@ -1,14 +1,25 @@
-//! Counters, health flags and per-gateway lag, rendered as Prometheus text without I/O.
+//! Counters, health flags and per-gateway lag, exposed as OpenMetrics text by `prometheus-client`
+//! without I/O.
 //!
 //! Every refused message increments `ferry_bridge_dead_letters_total{reason=...}`; every
 //! duplicate the database ignored increments `ferry_bridge_duplicates_total`. The `gateway`
 //! label is bounded: the first [`MAX_GATEWAY_LABELS`] gateways seen get their own series, the
 //! rest are counted in `ferry_bridge_gateways_unlabelled` and folded into the `_max` series.
+//!
+//! Counters and the histogram are updated where things happen (an atomic add; the histogram
+//! takes a short lock once per commit). Gauges that depend on the time (lag, age) or on health
+//! flags are set from the current state at each scrape, in [`Metrics::render`].
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use super::inbound::ReasonClass;
 use super::rows::{ms_since_epoch, GatewayProgress};
@@ -21,40 +32,50 @@ pub const LATENCY_BUCKETS_S: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
 
+/// One label, e.g. `reason="malformed"`.
+type Label = [(&'static str, String); 1];
+/// A gauge holding seconds.
+type Seconds = Gauge<f64, AtomicU64>;
+
 /// The bridge's live numbers, shared by its tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// PUBLISH packets received.
-    pub messages: AtomicU64,
+    pub messages: Counter,
     /// Events offered to the sink (valid batches only).
-    pub events_received: AtomicU64,
+    pub events_received: Counter,
     /// Events newly stored.
-    pub events_inserted: AtomicU64,
+    pub events_inserted: Counter,
     /// Events the database already had.
-    pub duplicates: AtomicU64,
+    pub duplicates: Counter,
     /// Committed transactions (or flushed jsonl writes).
-    pub batches: AtomicU64,
+    pub batches: Counter,
     /// Messages acknowledged to the broker.
-    pub acks: AtomicU64,
+    pub acks: Counter,
     /// Acks withheld because the connection they belonged to was gone (the broker redelivers).
-    pub acks_stale: AtomicU64,
+    pub acks_stale: Counter,
     /// Failed commits (retried).
-    pub commit_failures: AtomicU64,
+    pub commit_failures: Counter,
     /// Batches retried with ON CONFLICT after another writer committed some of their rows.
-    pub conflict_retries: AtomicU64,
+    pub conflict_retries: Counter,
     /// MQTT connections lost.
-    pub mqtt_reconnects: AtomicU64,
+    pub mqtt_reconnects: Counter,
     /// Whether the MQTT session is up and subscribed.
     pub mqtt_up: AtomicBool,
     /// Whether the sink is usable (always true for jsonl).
     pub db_up: AtomicBool,
     /// Whether a database is in use at all.
     pub db_used: AtomicBool,
-    dead: [AtomicU64; ReasonClass::ALL.len()],
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    dead: Family<Label, Counter>,
+    insert_seconds: Histogram,
+    up: Family<Label, Gauge>,
+    lag: Family<Label, Seconds>,
+    age: Family<Label, Seconds>,
+    lag_max: Seconds,
+    age_max: Seconds,
+    unlabelled: Gauge,
     gateways: Mutex<Gateways>,
+    registry: Registry,
 }
 
 #[derive(Debug, Default)]
@@ -94,36 +115,121 @@ impl Health {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
+    /// Every metric at zero, registered under its exposed name (`prometheus-client` appends
+    /// `_total` to counters, and a period to each help text).
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            messages: Counter::default(),
+            events_received: Counter::default(),
+            events_inserted: Counter::default(),
+            duplicates: Counter::default(),
+            batches: Counter::default(),
+            acks: Counter::default(),
+            acks_stale: Counter::default(),
+            commit_failures: Counter::default(),
+            conflict_retries: Counter::default(),
+            mqtt_reconnects: Counter::default(),
+            mqtt_up: AtomicBool::new(false),
+            db_up: AtomicBool::new(false),
+            db_used: AtomicBool::new(false),
+            dead: Family::default(),
+            insert_seconds: Histogram::new(LATENCY_BUCKETS_S),
+            up: Family::default(),
+            lag: Family::default(),
+            age: Family::default(),
+            lag_max: Seconds::default(),
+            age_max: Seconds::default(),
+            unlabelled: Gauge::default(),
+            gateways: Mutex::default(),
+            registry: Registry::default(),
+        };
+        // Every reason is exposed from the start (at 0), so alerts can use rate() at once.
+        for c in ReasonClass::ALL {
+            let _ = m.dead.get_or_create(&[("reason", c.label().to_owned())]);
+        }
+        let mut r = Registry::default();
+        let counters: [(&str, &str, &Counter); 10] = [
+            ("ferry_bridge_messages", "MQTT messages received", &m.messages),
+            ("ferry_bridge_events_received", "Events in valid messages received", &m.events_received),
+            ("ferry_bridge_events_inserted", "Events newly stored", &m.events_inserted),
+            ("ferry_bridge_duplicates", "Events already stored (redeliveries, resends), ignored", &m.duplicates),
+            ("ferry_bridge_batches", "Committed transactions (jsonl: flushed writes)", &m.batches),
+            ("ferry_bridge_acks", "Messages acknowledged to the broker after their commit", &m.acks),
+            ("ferry_bridge_acks_withheld", "Committed messages not acked because their connection was gone (redelivered)", &m.acks_stale),
+            ("ferry_bridge_commit_failures", "Failed commits, retried", &m.commit_failures),
+            ("ferry_bridge_conflict_retries", "Batches retried with ON CONFLICT DO NOTHING after a concurrent writer stored some rows", &m.conflict_retries),
+            ("ferry_bridge_mqtt_connection_lost", "MQTT connections lost", &m.mqtt_reconnects),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        r.register(
+            "ferry_bridge_dead_letters",
+            "Messages refused, by reason class",
+            m.dead.clone(),
+        );
+        r.register(
+            "ferry_bridge_insert_seconds",
+            "Time to commit one batch",
+            m.insert_seconds.clone(),
+        );
+        r.register(
+            "ferry_bridge_up",
+            "Whether a connection is up (mqtt, database)",
+            m.up.clone(),
+        );
+        r.register(
+            "ferry_bridge_gateway_lag_seconds",
+            "Now minus the newest event time stored for the gateway",
+            m.lag.clone(),
+        );
+        r.register(
+            "ferry_bridge_gateway_last_message_age_seconds",
+            "Time since the gateway's last stored message",
+            m.age.clone(),
+        );
+        r.register(
+            "ferry_bridge_gateway_lag_max_seconds",
+            "Largest gateway lag, over every gateway",
+            m.lag_max.clone(),
+        );
+        r.register(
+            "ferry_bridge_gateway_last_message_age_max_seconds",
+            "Largest last-message age, over every gateway",
+            m.age_max.clone(),
+        );
+        r.register(
+            "ferry_bridge_gateways_unlabelled",
+            format!("Gateways beyond the label limit ({MAX_GATEWAY_LABELS})"),
+            m.unlabelled.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
     /// Counts a dead letter.
     pub fn dead_letter(&self, class: ReasonClass) {
-        let i = ReasonClass::ALL
-            .iter()
-            .position(|c| *c == class)
-            .expect("listed");
-        self.dead[i].fetch_add(1, Relaxed);
+        self.dead
+            .get_or_create(&[("reason", class.label().to_owned())])
+            .inc();
     }
 
     /// Dead letters of `class` so far.
     pub fn dead_letters(&self, class: ReasonClass) -> u64 {
-        let i = ReasonClass::ALL
-            .iter()
-            .position(|c| *c == class)
-            .expect("listed");
-        self.dead[i].load(Relaxed)
+        self.dead
+            .get_or_create(&[("reason", class.label().to_owned())])
+            .get()
     }
 
     /// Records how long one commit took.
     pub fn insert_latency(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (i, le) in LATENCY_BUCKETS_S.iter().enumerate() {
-            if s <= *le {
-                self.latency_buckets[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_us
-            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.insert_seconds.observe(d.as_secs_f64());
     }
 
     /// Records a committed gateway's progress.
@@ -158,112 +264,25 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition at `now`.
+    /// The OpenMetrics text exposition at `now`.
     pub fn render(&self, now: SystemTime) -> String {
-        let mut o = String::with_capacity(4096);
-        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(o, "{name} {}", v.load(Relaxed));
-        };
-        counter(
-            "ferry_bridge_messages_total",
-            "MQTT messages received.",
-            &self.messages,
-        );
-        counter(
-            "ferry_bridge_events_received_total",
-            "Events in valid messages received.",
-            &self.events_received,
-        );
-        counter(
-            "ferry_bridge_events_inserted_total",
-            "Events newly stored.",
-            &self.events_inserted,
-        );
-        counter(
-            "ferry_bridge_duplicates_total",
-            "Events already stored (redeliveries, resends), ignored.",
-            &self.duplicates,
-        );
-        counter(
-            "ferry_bridge_batches_total",
-            "Committed transactions (jsonl: flushed writes).",
-            &self.batches,
-        );
-        counter(
-            "ferry_bridge_acks_total",
-            "Messages acknowledged to the broker after their commit.",
-            &self.acks,
-        );
-        counter(
-            "ferry_bridge_acks_withheld_total",
-            "Committed messages not acked because their connection was gone (redelivered).",
-            &self.acks_stale,
-        );
-        counter(
-            "ferry_bridge_commit_failures_total",
-            "Failed commits, retried.",
-            &self.commit_failures,
-        );
-        counter(
-            "ferry_bridge_conflict_retries_total",
-            "Batches retried with ON CONFLICT DO NOTHING after a concurrent writer stored some rows.",
-            &self.conflict_retries,
-        );
-        counter(
-            "ferry_bridge_mqtt_connection_lost_total",
-            "MQTT connections lost.",
-            &self.mqtt_reconnects,
-        );
-        let _ = writeln!(
-            o,
-            "# HELP ferry_bridge_dead_letters_total Messages refused, by reason class.\n\
-             # TYPE ferry_bridge_dead_letters_total counter"
-        );
-        for (i, c) in ReasonClass::ALL.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ferry_bridge_dead_letters_total{{reason=\"{}\"}} {}",
-                c.label(),
-                self.dead[i].load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP ferry_bridge_insert_seconds Time to commit one batch.\n\
-             # TYPE ferry_bridge_insert_seconds histogram"
-        );
-        for (i, le) in LATENCY_BUCKETS_S.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ferry_bridge_insert_seconds_bucket{{le=\"{le}\"}} {}",
-                self.latency_buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(
-            o,
-            "ferry_bridge_insert_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             ferry_bridge_insert_seconds_sum {}\n\
-             ferry_bridge_insert_seconds_count {count}",
-            self.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
         let h = self.health();
-        let _ = writeln!(
-            o,
-            "# HELP ferry_bridge_up Whether a connection is up (mqtt, database).\n\
-             # TYPE ferry_bridge_up gauge\n\
-             ferry_bridge_up{{link=\"mqtt\"}} {}",
-            u8::from(h.mqtt)
-        );
+        self.up.clear();
+        self.up
+            .get_or_create(&[("link", "mqtt".to_owned())])
+            .set(i64::from(h.mqtt));
         if let Some(db) = h.database {
-            let _ = writeln!(o, "ferry_bridge_up{{link=\"database\"}} {}", u8::from(db));
+            self.up
+                .get_or_create(&[("link", "database".to_owned())])
+                .set(i64::from(db));
         }
-        self.render_gateways(&mut o, now);
+        self.set_gateways(now);
+        let mut o = String::with_capacity(4096);
+        encode(&mut o, &self.registry).expect("writing to a String");
         o
     }
 
-    fn render_gateways(&self, o: &mut String, now: SystemTime) {
+    fn set_gateways(&self, now: SystemTime) {
         let g = self.gateways.lock().expect("metrics lock");
         let now_ms = ms_since_epoch(now);
         let lag = |p: &GatewayProgress| (now_ms - p.newest_event_ms) as f64 / 1e3;
@@ -272,59 +291,26 @@ impl Metrics {
                 .unwrap_or_default()
                 .as_secs_f64()
         };
-        let _ = writeln!(
-            o,
-            "# HELP ferry_bridge_gateway_lag_seconds Now minus the newest event time stored for the gateway.\n\
-             # TYPE ferry_bridge_gateway_lag_seconds gauge"
-        );
         for (name, p) in &g.labelled {
-            let _ = writeln!(
-                o,
-                "ferry_bridge_gateway_lag_seconds{{gateway=\"{}\"}} {:.3}",
-                escape_label(name),
-                lag(p)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP ferry_bridge_gateway_last_message_age_seconds Time since the gateway's last stored message.\n\
-             # TYPE ferry_bridge_gateway_last_message_age_seconds gauge"
-        );
-        for (name, p) in &g.labelled {
-            let _ = writeln!(
-                o,
-                "ferry_bridge_gateway_last_message_age_seconds{{gateway=\"{}\"}} {:.3}",
-                escape_label(name),
-                age(p)
-            );
+            let label = [("gateway", escape_label(name))];
+            self.lag.get_or_create(&label).set(lag(p));
+            self.age.get_or_create(&label).set(age(p));
         }
         let all = g.labelled.values().chain(g.others.iter());
-        let max_lag = all
-            .clone()
-            .map(lag)
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-        let max_age = all
-            .map(age)
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-        let _ = writeln!(
-            o,
-            "# HELP ferry_bridge_gateway_lag_max_seconds Largest gateway lag, over every gateway.\n\
-             # TYPE ferry_bridge_gateway_lag_max_seconds gauge\n\
-             ferry_bridge_gateway_lag_max_seconds {:.3}\n\
-             # HELP ferry_bridge_gateway_last_message_age_max_seconds Largest last-message age, over every gateway.\n\
-             # TYPE ferry_bridge_gateway_last_message_age_max_seconds gauge\n\
-             ferry_bridge_gateway_last_message_age_max_seconds {:.3}\n\
-             # HELP ferry_bridge_gateways_unlabelled Gateways beyond the label limit ({MAX_GATEWAY_LABELS}).\n\
-             # TYPE ferry_bridge_gateways_unlabelled gauge\n\
-             ferry_bridge_gateways_unlabelled {}",
-            max_lag.unwrap_or(0.0),
-            max_age.unwrap_or(0.0),
-            g.unlabelled
-        );
+        let max = |f: &dyn Fn(&GatewayProgress) -> f64| {
+            all.clone()
+                .map(f)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+                .unwrap_or(0.0)
+        };
+        self.lag_max.set(max(&lag));
+        self.age_max.set(max(&age));
+        self.unlabelled.set(g.unlabelled as i64);
     }
 }
 
-/// Escapes a label value (backslash, quote, newline).
+/// Escapes a label value (backslash, quote, newline): `prometheus-client` 0.24 writes label
+/// values as given, and a gateway id may hold any of these.
 fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -343,9 +329,9 @@ mod tests {
     #[test]
     fn renders_counters_histogram_and_lag() {
         let m = Metrics::default();
-        m.messages.fetch_add(3, Relaxed);
-        m.events_inserted.fetch_add(250, Relaxed);
-        m.duplicates.fetch_add(50, Relaxed);
+        m.messages.inc_by(3);
+        m.events_inserted.inc_by(250);
+        m.duplicates.inc_by(50);
         m.dead_letter(ReasonClass::Malformed);
         m.dead_letter(ReasonClass::Malformed);
         m.dead_letter(ReasonClass::TopicMismatch);
@@ -380,9 +366,9 @@ mod tests {
             "ferry_bridge_insert_seconds_bucket{le=\"+Inf\"} 2",
             "ferry_bridge_insert_seconds_sum 0.033",
             "ferry_bridge_insert_seconds_count 2",
-            "ferry_bridge_gateway_lag_seconds{gateway=\"gw\\\"1\"} 5.000",
-            "ferry_bridge_gateway_last_message_age_seconds{gateway=\"gw\\\"1\"} 3.000",
-            "ferry_bridge_gateway_lag_max_seconds 5.000",
+            "ferry_bridge_gateway_lag_seconds{gateway=\"gw\\\"1\"} 5.0",
+            "ferry_bridge_gateway_last_message_age_seconds{gateway=\"gw\\\"1\"} 3.0",
+            "ferry_bridge_gateway_lag_max_seconds 5.0",
             "ferry_bridge_up{link=\"mqtt\"} 1",
         ] {
             assert!(
@@ -413,7 +399,7 @@ mod tests {
         assert_eq!(labelled, MAX_GATEWAY_LABELS);
         assert!(text.contains("ferry_bridge_gateways_unlabelled 10"));
         // The oldest data (gateway 0, ts 0) sets the max even among the labelled.
-        assert!(text.contains("ferry_bridge_gateway_lag_max_seconds 1000.000"));
+        assert!(text.contains("ferry_bridge_gateway_lag_max_seconds 1000.0"));
     }
 
     #[test]

@@ -166,15 +166,13 @@ pub(crate) async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                metrics.messages.fetch_add(1, Relaxed);
+                metrics.messages.inc();
                 if shutdown.is_cancelled() {
                     continue; // unacked: redelivered to this session next time
                 }
                 let inbound = inbound(&p, gate.epoch());
                 if let Content::Batch(b) = &inbound.content {
-                    metrics
-                        .events_received
-                        .fetch_add(b.events.len() as u64, Relaxed);
+                    metrics.events_received.inc_by(b.events.len() as u64);
                 }
                 if tx.send(inbound).await.is_err() {
                     // The writer is draining: this one stays unacked and is redelivered. Keep
@@ -199,7 +197,7 @@ pub(crate) async fn run(
                     return;
                 }
                 if was_up {
-                    metrics.mqtt_reconnects.fetch_add(1, Relaxed);
+                    metrics.mqtt_reconnects.inc();
                 }
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting.");
                 tokio::select! {

@@ -270,7 +270,7 @@ impl PgStore {
             .is_err_and(|e| e.code() == Some(&SqlState::UNIQUE_VIOLATION))
         {
             debug!("Rows committed concurrently by another writer; retrying with ON CONFLICT.");
-            metrics.conflict_retries.fetch_add(1, Relaxed);
+            metrics.conflict_retries.inc();
             result = commit_rows(conn, method, &rows, false).await;
         }
         if let Err(e) = &result {

@@ -11,7 +11,6 @@
 //!   grow with load.
 //! - Shutdown: take what is already queued, commit it (retrying for at most
 //!   [`SHUTDOWN_GRACE`]), ack it, then queue the MQTT DISCONNECT behind those acks.
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -162,13 +161,13 @@ impl Lane {
                 Ok(w) => {
                     let m = &self.metrics;
                     m.insert_latency(started.elapsed());
-                    m.batches.fetch_add(1, Relaxed);
-                    m.events_inserted.fetch_add(w.inserted, Relaxed);
-                    m.duplicates.fetch_add(w.duplicates, Relaxed);
+                    m.batches.inc();
+                    m.events_inserted.inc_by(w.inserted);
+                    m.duplicates.inc_by(w.duplicates);
                     record_progress(m, &msgs);
                     let (acked, withheld) = self.gate.ack(msgs.iter().map(|m| m.ack));
-                    m.acks.fetch_add(acked, Relaxed);
-                    m.acks_stale.fetch_add(withheld, Relaxed);
+                    m.acks.inc_by(acked);
+                    m.acks_stale.inc_by(withheld);
                     debug!(
                         lane = self.id,
                         messages = msgs.len(),
@@ -187,7 +186,7 @@ impl Lane {
                     return Err(BridgeError::Sink(e));
                 }
                 Err(e) => {
-                    self.metrics.commit_failures.fetch_add(1, Relaxed);
+                    self.metrics.commit_failures.inc();
                     if self.shutdown.is_cancelled() && give_up_at.is_none() {
                         give_up_at = Some(Instant::now() + SHUTDOWN_GRACE);
                     }
