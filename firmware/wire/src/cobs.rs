@@ -164,6 +164,90 @@ mod tests {
         assert_eq!(dec[254], 0x33);
     }
 
+    /// Against the `cobs` crate, an independent implementation. The crate ends a block whose
+    /// last zero-free piece is 254·k bytes with that `0xFF` group; PROTOCOL.md's canonical form
+    /// adds an empty `01` group after it (see the module header). So: the same encoding apart from
+    /// that `01`, and a block is accepted exactly when the `cobs` crate decodes it and its last
+    /// group is not a `0xFF` group. Blocks hold no `0x00` (the delimiter ends them before a
+    /// decoder sees them; the crate would stop at one).
+    mod oracle {
+        use super::super::{decode, encode, max_encoded_len};
+        use std::vec::Vec;
+
+        /// The code byte of the block's last group (`None` for an empty or malformed block).
+        fn last_code(block: &[u8]) -> Option<u8> {
+            let (mut i, mut last) = (0, None);
+            while i < block.len() {
+                let code = block[i];
+                if code == 0 {
+                    return None;
+                }
+                last = Some(code);
+                i += usize::from(code);
+            }
+            last
+        }
+
+        fn canonical_encode(body: &[u8]) -> Vec<u8> {
+            let mut out = std::vec![0u8; cobs::max_encoding_length(body.len())];
+            let n = cobs::encode(body, &mut out);
+            out.truncate(n);
+            // The crate encodes the empty body as nothing, though it decodes `01` to it.
+            if out.is_empty() || last_code(&out) == Some(0xFF) {
+                out.push(0x01);
+            }
+            out
+        }
+
+        proptest::proptest! {
+            #[test]
+            fn encodes_like_the_cobs_crate(
+                body in proptest::collection::vec(
+                    proptest::prop_oneof![1 => proptest::prelude::Just(0u8), 9 => 1u8..=255],
+                    0..1100,
+                ),
+            ) {
+                let mut enc = std::vec![0u8; max_encoded_len(body.len())];
+                let n = encode(&body, &mut enc).unwrap();
+                proptest::prop_assert_eq!(&enc[..n], &canonical_encode(&body)[..]);
+            }
+
+            #[test]
+            fn decodes_exactly_the_canonical_blocks(
+                block in proptest::collection::vec(
+                    proptest::prop_oneof![1 => proptest::prelude::Just(0xFFu8), 3 => 1u8..=8, 4 => 1u8..=255],
+                    1..600,
+                ),
+            ) {
+                let mut dec = [0u8; 1024];
+                let ours = decode(&block, &mut dec).map(|n| dec[..n].to_vec());
+                let theirs = cobs::decode_vec(&block)
+                    .ok()
+                    .filter(|_| last_code(&block) != Some(0xFF));
+                proptest::prop_assert_eq!(ours, theirs);
+            }
+
+            /// Blocks of whole 254-byte groups, where the two forms differ.
+            #[test]
+            fn long_zero_free_runs(k in 1usize..4, tail in 0usize..3, fill in 1u8..=255) {
+                let body = std::vec![fill; 254 * k + tail];
+                let mut enc = std::vec![0u8; max_encoded_len(body.len())];
+                let n = encode(&body, &mut enc).unwrap();
+                proptest::prop_assert_eq!(&enc[..n], &canonical_encode(&body)[..]);
+                let mut dec = [0u8; 1024];
+                let m = decode(&enc[..n], &mut dec).unwrap();
+                proptest::prop_assert_eq!(&dec[..m], &cobs::decode_vec(&enc[..n]).unwrap()[..]);
+                if tail == 0 {
+                    // The other spelling, without the final `01`: the crate takes it for the same
+                    // body, the protocol refuses it.
+                    let short = &enc[..n - 1];
+                    proptest::prop_assert_eq!(cobs::decode_vec(short).unwrap(), body);
+                    proptest::prop_assert_eq!(decode(short, &mut dec), None);
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
         /// Any block made of well-formed groups either is the encoder's output for what it
         /// decodes to, or ends with a 0xFF group and is rejected: one encoding per body.

@@ -32,24 +32,19 @@ pub fn reencode(msg: &Message<'_>) -> Vec<u8> {
     frame.to_vec()
 }
 
-/// COBS decoding as PROTOCOL.md section 1 describes it (independent of the crate's).
+/// COBS decoding by the `cobs` crate (an implementation independent of ferry-wire's), plus
+/// PROTOCOL.md section 1's canonical-form rule: a block whose last group is a `0xFF` group is
+/// refused (the encoder ends such a body with an empty `01` group). A block never holds `0x00`
+/// (the crate would stop there).
 pub fn ref_cobs_decode(block: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(block.len());
-    let mut rest = block;
-    while let Some((&code, tail)) = rest.split_first() {
-        let code = usize::from(code);
-        if code == 0 || code - 1 > tail.len() {
-            return None;
-        }
-        let (data, next) = tail.split_at(code - 1);
-        out.extend_from_slice(data);
-        rest = next;
-        if code == 0xFF && rest.is_empty() {
-            return None; // not the one encoding of its body: the encoder ends with a `01` group
-        }
-        if code != 0xFF && !rest.is_empty() {
-            out.push(0);
-        }
+    if block.contains(&0) {
+        return None;
     }
-    Some(out)
+    let body = cobs::decode_vec(block).ok()?;
+    let (mut i, mut last) = (0, 0u8);
+    while i < block.len() {
+        last = block[i];
+        i += usize::from(last);
+    }
+    (last != 0xFF).then_some(body)
 }
