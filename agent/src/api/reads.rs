@@ -20,7 +20,7 @@
 //!   blocking thread. Point lookups ([`ReadPool::lookup`]: a few index probes, tens of
 //!   microseconds) run on the HTTP worker itself: handing them to another thread and back cost
 //!   more than the query (the api bench's cost part, under ingest: 119 µs of API CPU per
-//!   `devices/{id}/latest` with the hand-off, 91 µs without; see README Figures).
+//!   `devices/{id}/latest` with the hand-off, 91 µs without; see `docs/decisions/api-reads.md`).
 //! - A request waits at most [`READ_WAIT`] for a connection, then gets `503 unavailable`.
 
 use std::path::{Path, PathBuf};
