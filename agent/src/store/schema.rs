@@ -1,8 +1,8 @@
 //! Schema migrations, applied in order on `PRAGMA user_version`.
 //!
 //! Layout decisions (measured, see `docs/decisions/store-layout.md`): `events` is a rowid table,
-//! so the rowid is the store order and the forwarding cursor is one integer; a single secondary index on
-//! `(device, ts_ms)` serves time queries per device. Uniqueness of `(device, boot, seq)` is enforced
+//! so the rowid is the store order and the forwarding cursor is one integer; a single secondary
+//! index on `(device, ts_ms)` serves time queries per device. Uniqueness of `(device, boot, seq)` is enforced
 //! by the single writer through `boots.next_seq`, updated in the same transaction as the rows (a
 //! UNIQUE index would cost a quarter of the ingest rate).
 
