@@ -11,6 +11,9 @@
 //! backlog exists, the range it has not read yet becomes the backlog and live reading jumps to
 //! the head. The backlog drains at a bounded rate (the caller's budget) while live data goes out
 //! first; when the backlog reaches `live_from` the two ranges merge.
+//!
+//! The uplink's [`Ledger`](super::ledger::Ledger) owns the forwarder: it names a chunk in
+//! [`Forwarder::acked`] once per message acked by the broker or kept in quarantine.
 use std::collections::VecDeque;
 
 /// What has been forwarded: every id `<= backlog`, and every id in `(live_from, live]`.

@@ -1,9 +1,17 @@
 //! Store-and-forward uplink: drains the agent's store to an MQTT broker.
 //!
+//! The policy and protocol state is sans-IO in [`ledger::Ledger`] (in-flight messages, packet
+//! ids, republish order, quarantine, live/backlog split, rate limit, when the position may move),
+//! over [`forward::Forwarder`] (the position itself) and [`batch`] (reads into messages). The
+//! [`Uplink`] task only does I/O: it reads the store, publishes through [`mqtt`], writes the
+//! quarantine and the position when the ledger says so, and feeds what the connection reports
+//! back into the ledger.
+//!
 //! Guarantees (ARCHITECTURE.md 2-4):
 //! - **Forwarded only after PUBACK.** The position saved through [`EventSource::save_progress`]
 //!   covers an event only once the broker has acked (PUBACK) every message of the read that held
-//!   it ([`forward::Forwarder`]). rumqttc's `publish()` returning is never taken as delivery.
+//!   it (or the store holds it in quarantine, below). rumqttc's `publish()` returning is never
+//!   taken as delivery.
 //! - **Nothing skipped.** Unacked messages are republished after every reconnect, in their
 //!   original order. A restart resumes from the saved position, so a message may go out twice;
 //!   the cloud dedups on `(gateway, device, boot, seq)`.
@@ -18,27 +26,29 @@
 //! - **Live first.** If the uplink falls more than `backlog_threshold` events behind (an outage),
 //!   the unread range becomes a backlog that drains at `backlog_rate` events/s with at most half
 //!   the in-flight window, while new data goes out at full speed.
-//! - **Bounded.** At most `inflight` messages are unacked; reads are `read_limit` events.
+//! - **Bounded.** At most `inflight` messages are unacked (one read may overshoot by the messages
+//!   it makes); reads are `read_limit` events.
 //!
-//! Shutdown: stop reading, wait up to `drain_timeout` for outstanding PUBACKs, save the
-//! position, publish the retained `offline` status, disconnect.
+//! Shutdown: stop reading on the timer, wait up to `drain_timeout` for outstanding PUBACKs (a
+//! PUBACK in that time still triggers a read, so the drain can forward what is left up to the
+//! head), save the position, publish the retained `offline` status, disconnect.
 pub mod backoff;
 pub mod batch;
 pub mod forward;
+pub mod ledger;
 pub mod mqtt;
 pub mod source;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use batch::BatchLimits;
 use ferry_contract::{self as contract, LinkState, Status};
-use forward::{ChunkRef, Forwarder, Progress, StreamKind};
+use forward::Progress;
+use ledger::{Delivered, Ledger, LedgerSettings, Unrouted, PUBLISH_QUEUE};
 use mqtt::{LinkEvent, LinkOptions, Publisher};
 
 /// One stored event as the uplink needs it.
@@ -226,21 +236,6 @@ pub struct Downlink {
     pub outcomes: tokio::sync::mpsc::Receiver<OutgoingOutcome>,
 }
 
-#[derive(Debug)]
-struct Msg {
-    topic: String,
-    payload: Bytes,
-    retain: bool,
-    /// The birth message: replaced, not republished, after a reconnect.
-    birth: bool,
-    chunk: Option<ChunkRef>,
-    stream: Option<StreamKind>,
-    events: usize,
-    sent_before: bool,
-    /// Told when the broker acks it (command outcomes).
-    delivered: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
 type Shared<S> = Arc<Mutex<S>>;
 
 async fn blocking<S: EventSource, T: Send + 'static>(
@@ -271,38 +266,17 @@ fn now_ms() -> i64 {
 }
 
 /// The uplink task. Runs until `shutdown`, then drains and returns.
+///
+/// I/O only: the protocol and policy state (in-flight messages, packet ids, republish order,
+/// quarantine, live/backlog split, rate limit, position) is the [`Ledger`]; this task reads the
+/// store, publishes, writes the quarantine and saves the position when the ledger says so.
 pub struct Uplink<S: EventSource> {
     settings: UplinkSettings,
     src: Shared<S>,
     stats: Arc<UplinkStats>,
-    fwd: Forwarder,
-    unacked: BTreeMap<u64, Msg>,
-    /// Queued on the connection, waiting for their packet id, oldest first.
-    fifo: VecDeque<u64>,
-    /// Messages to publish once the connection's request queue has room (in order, after
-    /// `fifo`): one read can produce more messages than the queue holds.
-    waiting: VecDeque<u64>,
-    by_pkid: HashMap<u16, u64>,
-    next_msg: u64,
-    connected: bool,
-    max_packet: Option<u32>,
-    saved: Progress,
-    last_save: Instant,
-    tokens: f64,
-    last_refill: Instant,
-    head: i64,
+    ledger: Ledger<tokio::sync::oneshot::Sender<()>>,
     downlink: Option<Downlink>,
-    /// Messages `submit` found too large for the broker; `fill` quarantines them.
-    too_big: Vec<u64>,
-    /// Messages the broker discarded for lack of a subscriber, and when to publish them again.
-    retry: Vec<(Instant, u64)>,
 }
-
-/// Wait before publishing an unrouted message again.
-const UNROUTED_RETRY: Duration = Duration::from_millis(500);
-
-/// Most publishes handed to the connection and not yet written (more wait in `waiting`).
-const PUBLISH_QUEUE: usize = 128;
 
 impl<S: EventSource> Uplink<S> {
     /// Prepares the uplink; reads the saved position.
@@ -312,27 +286,13 @@ impl<S: EventSource> Uplink<S> {
         stats: Arc<UplinkStats>,
     ) -> Result<Uplink<S>, UplinkError> {
         let src = Arc::new(Mutex::new(source));
-        let saved = blocking(&src, |s| s.load_progress()).await?.sanitized();
+        let saved = blocking(&src, |s| s.load_progress()).await?;
         Ok(Uplink {
-            fwd: Forwarder::new(saved),
+            ledger: Ledger::new(LedgerSettings::from(&settings), saved, Instant::now()),
             settings,
             src,
             stats,
-            unacked: BTreeMap::new(),
-            fifo: VecDeque::new(),
-            waiting: VecDeque::new(),
-            by_pkid: HashMap::new(),
-            next_msg: 1,
-            connected: false,
-            max_packet: None,
-            saved,
-            last_save: Instant::now(),
-            tokens: 0.0,
-            last_refill: Instant::now(),
-            head: 0,
             downlink: None,
-            too_big: Vec::new(),
-            retry: Vec::new(),
         })
     }
 
@@ -363,7 +323,7 @@ impl<S: EventSource> Uplink<S> {
         tracing::info!(
             broker = %format!("{}:{}", opts.host, opts.port),
             gateway = %s.gateway,
-            position = self.saved.backlog,
+            position = self.ledger.saved().backlog,
             "Uplink started."
         );
         let mut tick = tokio::time::interval(self.settings.linger);
@@ -382,31 +342,25 @@ impl<S: EventSource> Uplink<S> {
                     None => self.downlink = None,
                 },
                 _ = tick.tick() => {
-                    if self.connected && !self.retry.is_empty() {
-                        let now = Instant::now();
-                        let (due, wait): (Vec<_>, Vec<_>) = self.retry.drain(..).partition(|(t, _)| *t <= now);
-                        self.retry = wait;
-                        for (_, id) in due {
-                            self.submit(client.as_ref(), id);
-                        }
-                    }
-                    if self.connected {
+                    if self.ledger.is_connected() {
+                        self.ledger.retry_due(Instant::now());
+                        self.pump(client.as_ref());
                         self.fill(client.as_ref()).await?;
                     }
                     self.maybe_save(false).await?;
                 }
             }
         };
-        // Drain: no new reads; wait for what is in flight.
+        // Drain: wait for what is in flight.
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
-        while self.connected && self.unacked.values().any(|m| m.chunk.is_some()) {
+        while self.ledger.is_connected() && self.ledger.has_events_in_flight() {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(ev)) => self.on_event(ev, &client).await?,
                 _ => break,
             }
         }
         self.maybe_save(true).await?;
-        if self.connected {
+        if self.ledger.is_connected() {
             let _ = client.publish(
                 &contract::status_topic(&self.settings.gateway),
                 status_payload(
@@ -431,7 +385,7 @@ impl<S: EventSource> Uplink<S> {
         link_stop.cancel();
         drop(events);
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-        tracing::info!(position = self.saved.backlog, "Uplink stopped.");
+        tracing::info!(position = self.ledger.saved().backlog, "Uplink stopped.");
         result
     }
 
@@ -443,12 +397,10 @@ impl<S: EventSource> Uplink<S> {
         let client = shared.as_ref();
         match ev {
             LinkEvent::Connected { max_packet } => {
-                self.connected = true;
-                self.max_packet = max_packet;
                 self.stats.connected.store(true, Relaxed);
                 self.stats.connects.fetch_add(1, Relaxed);
                 tracing::info!(
-                    unacked = self.unacked.len(),
+                    unacked = self.ledger.unacked(),
                     "Uplink connected to the broker."
                 );
                 let birth = status_payload(
@@ -457,63 +409,45 @@ impl<S: EventSource> Uplink<S> {
                     &self.settings.agent_version,
                 );
                 let topic = contract::status_topic(&self.settings.gateway);
-                self.enqueue(client, topic, birth.into(), true, None, None, 0);
-                if let Some(id) = self.unacked.keys().next_back().copied() {
-                    if let Some(m) = self.unacked.get_mut(&id) {
-                        m.birth = true;
-                    }
-                }
+                self.ledger.on_connected(max_packet, topic, birth.into());
                 if self.downlink.is_some() {
                     let filter = contract::commands_filter(&self.settings.gateway);
                     if let Err(e) = client.subscribe(&filter) {
                         tracing::warn!(error = %e, "Could not subscribe to commands.");
                     }
                 }
-                // Republish everything unacked, in order.
-                let ids: Vec<u64> = self.unacked.keys().copied().collect();
-                for id in ids {
-                    if !self.fifo.contains(&id) && !self.waiting.contains(&id) {
-                        self.submit(client, id);
-                    }
-                }
+                self.pump(client);
                 self.fill(client).await?;
             }
             LinkEvent::Sent(pkid) => {
-                if let Some(id) = self.fifo.pop_front() {
-                    self.by_pkid.insert(pkid, id);
+                if self.ledger.on_sent(pkid) {
                     self.stats.messages_sent.fetch_add(1, Relaxed);
                 }
-                while self.fifo.len() < PUBLISH_QUEUE {
-                    let Some(id) = self.waiting.pop_front() else {
-                        break;
-                    };
-                    self.publish_now(client, id);
-                }
+                self.pump(client);
             }
             LinkEvent::Acked(pkid) => {
-                if let Some(id) = self.by_pkid.remove(&pkid) {
-                    self.delivered(id);
+                if let Some(d) = self.ledger.on_puback(pkid) {
+                    self.delivered(d);
                 }
-                if self.connected {
+                if self.ledger.is_connected() {
                     self.fill(client).await?;
                 }
             }
             LinkEvent::Unrouted(pkid) => {
                 // The broker discarded it: no session subscribes (for instance the cloud bridge's
                 // subscription did not survive a broker restart yet). Events are not forwarded
-                // until something receives them, so keep the message and publish it again later.
-                if let Some(id) = self.by_pkid.remove(&pkid) {
-                    match self.unacked.get(&id) {
-                        Some(m) if m.chunk.is_some() && self.settings.require_subscriber => {
-                            self.stats.messages_unrouted.fetch_add(1, Relaxed);
-                            if self.retry.is_empty() {
-                                tracing::warn!(topic = %m.topic, "The broker has no subscriber for events; holding them and publishing again.");
-                            }
-                            self.retry.push((Instant::now() + UNROUTED_RETRY, id));
+                // until something receives them, so the ledger holds the message and it is
+                // published again later.
+                match self.ledger.on_unrouted(pkid, Instant::now()) {
+                    Unrouted::Held { id, first } => {
+                        self.stats.messages_unrouted.fetch_add(1, Relaxed);
+                        if first {
+                            let topic = self.ledger.topic(id).unwrap_or_default();
+                            tracing::warn!(%topic, "The broker has no subscriber for events; holding them and publishing again.");
                         }
-                        // Status, outcomes, or subscribers not required: delivered as far as MQTT goes.
-                        _ => self.delivered(id),
                     }
+                    Unrouted::Delivered(d) => self.delivered(d),
+                    Unrouted::Unknown => {}
                 }
             }
             LinkEvent::Message {
@@ -530,250 +464,92 @@ impl<S: EventSource> Uplink<S> {
                 kept,
                 resume,
             } => {
-                if self.connected {
+                if self.ledger.is_connected() {
                     self.stats.disconnects.fetch_add(1, Relaxed);
-                    tracing::warn!(%error, unacked = self.unacked.len(), "Uplink lost the broker; will republish unacked messages.");
+                    tracing::warn!(%error, unacked = self.ledger.unacked(), "Uplink lost the broker; will republish unacked messages.");
                 } else {
                     tracing::warn!(%error, "Uplink cannot reach the broker; retrying with backoff.");
                 }
-                self.connected = false;
                 self.stats.connected.store(false, Relaxed);
-                if let Some(reason) = refused {
-                    let missing: Vec<u64> = self
-                        .by_pkid
-                        .iter()
-                        .filter(|(p, _)| !kept.contains(p))
-                        .map(|(_, id)| *id)
-                        .collect();
-                    if let [id] = missing.as_slice() {
-                        self.quarantine(*id, &reason).await?;
-                    }
-                }
-                self.fifo.clear();
-                self.waiting.clear();
-                self.by_pkid.clear();
-                self.retry.clear(); // everything unacked is republished on connect
-                                    // A stale birth message is replaced by a fresh one on connect.
-                self.unacked.retain(|_, m| !m.birth);
-                for m in self.unacked.values_mut() {
-                    m.sent_before = true;
-                }
+                self.ledger.on_disconnect(refused, &kept);
+                self.quarantine_pending().await?;
                 let _ = resume.send(());
             }
         }
         Ok(())
     }
 
-    /// Reads and publishes while the window has room: live first, then the backlog within its
-    /// rate and half the window.
+    /// Reads and publishes while the ledger says so (live first, then the backlog within its
+    /// rate and half the window).
     async fn fill(&mut self, client: &dyn Publisher) -> Result<(), UplinkError> {
-        let window = usize::from(self.settings.link.inflight.max(2));
-        self.head = blocking(&self.src, |s| s.head()).await?;
-        if self
-            .fwd
-            .split_if_behind(self.head, self.settings.backlog_threshold)
-        {
+        let head = blocking(&self.src, |s| s.head()).await?;
+        if self.ledger.begin_fill(head, Instant::now()) {
             tracing::warn!(
-                behind = self.fwd.unread(self.head),
+                behind = self.ledger.unread(),
                 rate = self.settings.backlog_rate,
                 "Uplink is behind; draining the backlog at a bounded rate while live data goes first."
             );
         }
-        self.refill_tokens();
         loop {
-            if self.unacked.len() >= window {
+            self.pump(client);
+            self.quarantine_pending().await?;
+            let Some(plan) = self.ledger.next_read() else {
                 break;
-            }
-            let live = self
-                .fwd
-                .plan(StreamKind::Live, self.head, self.settings.read_limit);
-            let plan = match live {
-                Some(p) => p,
-                None => {
-                    let in_backlog = self
-                        .unacked
-                        .values()
-                        .filter(|m| m.stream == Some(StreamKind::Backlog))
-                        .count();
-                    let budget = self.tokens.min(self.settings.read_limit as f64) as usize;
-                    // Wait for 50 ms worth of tokens: reading whatever trickled in since the
-                    // last PUBACK would make messages of a few events each.
-                    let min_read = (self.settings.backlog_rate as f64 / 20.0)
-                        .min(self.settings.read_limit as f64)
-                        .max(1.0) as usize;
-                    if in_backlog >= window / 2 || budget < min_read {
-                        break;
-                    }
-                    match self.fwd.plan(StreamKind::Backlog, self.head, budget) {
-                        Some(p) => p,
-                        None => break,
-                    }
-                }
             };
             let (after, upto, limit) = (plan.after, plan.upto, plan.limit);
             let events = blocking(&self.src, move |s| s.read(after, upto, limit)).await?;
-            if plan.stream == StreamKind::Backlog {
-                self.tokens -= events.len() as f64;
-            }
-            let msgs = batch::batches(&self.settings.gateway, &events, &self.settings.limits);
-            let chunk =
-                self.fwd
-                    .record(plan, events.len(), events.last().map(|e| e.id), msgs.len());
-            for m in msgs {
-                let refused = m.refused;
-                let id = self.insert(
-                    m.topic,
-                    m.payload.into(),
-                    false,
-                    Some(chunk),
-                    Some(plan.stream),
-                    m.events,
-                );
-                match refused {
-                    Some(reason) => self.quarantine(id, &reason).await?,
-                    None if self.connected => self.submit(client, id),
-                    None => {}
-                }
-            }
-        }
-        // Messages too large for the broker go to quarantine instead of blocking the queue.
-        for id in std::mem::take(&mut self.too_big) {
-            let limit = self.max_packet.unwrap_or(u32::MAX);
-            self.quarantine(
-                id,
-                &format!("larger than the broker's maximum packet size ({limit} bytes)"),
-            )
-            .await?;
+            self.ledger.on_read(plan, &events);
         }
         self.stats
             .backlog_events
-            .store(self.fwd.unread(self.head), Relaxed);
+            .store(self.ledger.unread(), Relaxed);
         self.stats
             .draining_backlog
-            .store(self.fwd.has_backlog(), Relaxed);
+            .store(self.ledger.has_backlog(), Relaxed);
         Ok(())
     }
 
-    fn refill_tokens(&mut self) {
-        let rate = self.settings.backlog_rate as f64;
-        let dt = self.last_refill.elapsed().as_secs_f64();
-        self.last_refill = Instant::now();
-        // Bucket depth: a tenth of a second of rate, at least one read.
-        let depth = (rate / 10.0).max(self.settings.read_limit as f64);
-        self.tokens = (self.tokens + rate * dt).min(depth);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue(
-        &mut self,
-        client: &dyn Publisher,
-        topic: String,
-        payload: Bytes,
-        retain: bool,
-        chunk: Option<ChunkRef>,
-        stream: Option<StreamKind>,
-        events: usize,
-    ) {
-        let id = self.insert(topic, payload, retain, chunk, stream, events);
-        if self.connected {
-            self.submit(client, id);
-        }
-    }
-
-    /// Adds a message to the unacked set without queueing it; returns its id.
-    fn insert(
-        &mut self,
-        topic: String,
-        payload: Bytes,
-        retain: bool,
-        chunk: Option<ChunkRef>,
-        stream: Option<StreamKind>,
-        events: usize,
-    ) -> u64 {
-        let id = self.next_msg;
-        self.next_msg += 1;
-        self.unacked.insert(
-            id,
-            Msg {
-                topic,
-                payload,
-                retain,
-                birth: false,
-                chunk,
-                stream,
-                events,
-                sent_before: false,
-                delivered: None,
-            },
-        );
-        id
-    }
-
-    /// Queues message `id` on the connection, or behind the ones already waiting when the
-    /// connection's queue is full.
-    fn submit(&mut self, client: &dyn Publisher, id: u64) {
-        if self.fifo.len() >= PUBLISH_QUEUE || !self.waiting.is_empty() {
-            self.waiting.push_back(id);
-        } else {
-            self.publish_now(client, id);
-        }
-    }
-
-    /// Hands message `id` to the connection unless it is too large for the broker (then it
-    /// stays unqueued and `fill` quarantines it).
-    fn publish_now(&mut self, client: &dyn Publisher, id: u64) {
-        let Some(m) = self.unacked.get(&id) else {
-            return;
-        };
-        // Fixed header, topic length prefix, packet id, MQTT 5 properties length: < 16 bytes.
-        let size = m.payload.len() + m.topic.len() + 16;
-        if self.max_packet.is_some_and(|max| size > max as usize) {
-            self.too_big.push(id);
-            return;
-        }
-        match client.publish(&m.topic, m.payload.clone(), m.retain) {
-            Ok(()) => {
-                if m.sent_before {
-                    self.stats.messages_republished.fetch_add(1, Relaxed);
+    /// Hands the connection what the ledger has queued, while its queue has room.
+    fn pump(&mut self, client: &dyn Publisher) {
+        while let Some(p) = self.ledger.poll_publish() {
+            let id = p.id;
+            match client.publish(p.topic, p.payload.clone(), p.retain) {
+                Ok(()) => {
+                    if self.ledger.queued(id) {
+                        self.stats.messages_republished.fetch_add(1, Relaxed);
+                    }
                 }
-                self.fifo.push_back(id);
-            }
-            Err(e) => {
-                // The queue has room for PUBLISH_QUEUE publishes, so this means the link task
-                // is gone; the message stays unacked and is republished after the next connect.
-                tracing::warn!(error = %e, "Uplink could not queue a message.");
+                Err(e) => {
+                    // The queue has room for PUBLISH_QUEUE publishes, so this means the link task
+                    // is gone; the message stays unacked and is republished after the next connect.
+                    tracing::warn!(error = %e, "Uplink could not queue a message.");
+                }
             }
         }
     }
 
-    async fn quarantine(&mut self, id: u64, reason: &str) -> Result<(), UplinkError> {
-        let Some(m) = self.unacked.remove(&id) else {
-            return Ok(());
-        };
-        tracing::error!(topic = %m.topic, events = m.events, %reason, "Message quarantined instead of forwarded.");
-        let (topic, payload, why) = (m.topic.clone(), m.payload.clone(), reason.to_owned());
-        blocking(&self.src, move |s| s.quarantine(&topic, &why, &payload)).await?;
-        self.stats.messages_quarantined.fetch_add(1, Relaxed);
-        self.stats
-            .events_quarantined
-            .fetch_add(m.events as u64, Relaxed);
-        if let Some(c) = m.chunk {
-            self.fwd.acked(c);
+    /// Keeps the messages the ledger will not forward in the store's quarantine; each counts as
+    /// handled once the store holds it.
+    async fn quarantine_pending(&mut self) -> Result<(), UplinkError> {
+        while let Some(q) = self.ledger.next_quarantine() {
+            tracing::error!(topic = %q.topic, events = q.events, reason = %q.reason, "Message quarantined instead of forwarded.");
+            let (topic, payload, why) = (q.topic.clone(), q.payload.clone(), q.reason.clone());
+            blocking(&self.src, move |s| s.quarantine(&topic, &why, &payload)).await?;
+            if let Some(q) = self.ledger.quarantined() {
+                self.stats.messages_quarantined.fetch_add(1, Relaxed);
+                self.stats
+                    .events_quarantined
+                    .fetch_add(q.events as u64, Relaxed);
+            }
         }
         Ok(())
     }
 
-    /// Message `id` is acked by the broker: count it, move the position, tell who waits.
-    fn delivered(&mut self, id: u64) {
-        let Some(m) = self.unacked.remove(&id) else {
-            return;
-        };
+    /// A message is acked by the broker: count it, tell who waits.
+    fn delivered(&self, d: Delivered<tokio::sync::oneshot::Sender<()>>) {
         self.stats.messages_acked.fetch_add(1, Relaxed);
-        self.stats.events_acked.fetch_add(m.events as u64, Relaxed);
-        if let Some(c) = m.chunk {
-            self.fwd.acked(c);
-        }
-        if let Some(tx) = m.delivered {
+        self.stats.events_acked.fetch_add(d.events as u64, Relaxed);
+        if let Some(tx) = d.notify {
             let _ = tx.send(());
         }
     }
@@ -858,21 +634,16 @@ impl<S: EventSource> Uplink<S> {
     ) {
         let topic = contract::command_result_topic(&o.gateway, &o.device);
         let payload = serde_json::to_vec(o).expect("outcome serializes");
-        let id = self.next_msg;
-        self.enqueue(client, topic, payload.into(), false, None, None, 0);
-        if let Some(m) = self.unacked.get_mut(&id) {
-            m.delivered = delivered;
-        }
+        self.ledger.push(topic, payload.into(), delivered);
+        self.pump(client);
     }
 
     async fn maybe_save(&mut self, force: bool) -> Result<(), UplinkError> {
-        let p = self.fwd.progress();
-        if p == self.saved || (!force && self.last_save.elapsed() < Duration::from_millis(100)) {
+        let Some(p) = self.ledger.position_to_save(Instant::now(), force) else {
             return Ok(());
-        }
+        };
         blocking(&self.src, move |s| s.save_progress(p)).await?;
-        self.saved = p;
-        self.last_save = Instant::now();
+        self.ledger.position_saved(p, Instant::now());
         self.stats.position.store(p.backlog, Relaxed);
         Ok(())
     }

@@ -2,9 +2,10 @@
 //! [`LinkEvent`]s; the uplink core publishes through a [`Publisher`].
 //!
 //! Packet ids: rumqttc assigns them when it writes a PUBLISH and reports
-//! `Outgoing::Publish(pkid)`; requests are written in the order they were queued, so the core
-//! matches each `Sent(pkid)` to its oldest queued message. After a connection loss this driver
-//! removes the publishes rumqttc would replay on its own and hands control back to the core
+//! `Outgoing::Publish(pkid)`; requests are written in the order they were queued, so the
+//! uplink's ledger matches each `Sent(pkid)` to its oldest queued message
+//! ([`super::ledger::Ledger::on_sent`]). After a connection loss this driver removes the
+//! publishes rumqttc would replay on its own and hands control back to the core
 //! ([`LinkEvent::Down`]), which republishes every unacked message itself in order; nothing is
 //! ever queued twice, so the order of `Sent` events stays unambiguous.
 //!
