@@ -203,7 +203,11 @@ async fn an_attached_link_gets_the_command_and_its_result_is_stored_and_publishe
     ));
     // Accepted while attached: written at once.
     let late_request = || request("late", r#"{"opaque":{"hex":"0a"}}"#);
-    assert!(rig.handle.submit_stored("dev-1".into(), late_request()).await);
+    assert!(
+        rig.handle
+            .submit_stored("dev-1".into(), late_request())
+            .await
+    );
     let late = tokio::time::timeout(WAIT, link_rx.recv())
         .await
         .unwrap()
@@ -238,7 +242,11 @@ async fn an_attached_link_gets_the_command_and_its_result_is_stored_and_publishe
     assert_eq!(stored, o.outcome, "the published outcome is the stored one");
 
     // A repeated request id gets the stored outcome again, and nothing new is stored.
-    assert!(rig.handle.submit_stored("dev-1".into(), late_request()).await);
+    assert!(
+        rig.handle
+            .submit_stored("dev-1".into(), late_request())
+            .await
+    );
     assert_eq!(rig.outcome().await.outcome, o.outcome);
     assert_eq!(rig.rows().len(), 2);
     rig.stop().await;
