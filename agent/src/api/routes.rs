@@ -1,6 +1,5 @@
 //! Request/response routes over the store: devices, latest values, events pages, series, commands.
 
-use crate::uplink::{InboundCommand, Receipt};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -307,11 +306,7 @@ pub async fn post_command(
     // Answer once it is stored: accepted means it survives a restart.
     let stored = tokio::time::timeout(
         STORE_WAIT,
-        s.inner.commands.submit_stored(InboundCommand {
-            device: id.clone(),
-            request,
-            receipt: Receipt::none(),
-        }),
+        s.inner.commands.submit_stored(id.clone(), request),
     )
     .await;
     if stored != Ok(true) {

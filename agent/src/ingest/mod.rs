@@ -1,11 +1,14 @@
 //! Device ingest: byte streams from serial ports and TCP connections become committed samples.
 //!
 //! Path of a byte: [`serial`] or [`tcp`] opens the stream → [`link::serve`] decodes frames
-//! (`ferry_wire::Decoder`), keeps the link's [`session::Session`] and turns messages into store
-//! operations → `store::writer` commits them and publishes the committed position → the link acks
-//! the device. A link never acks anything itself: acks only follow commits.
+//! (`ferry_wire::Decoder`) and feeds them to the link's [`protocol::LinkProtocol`] (the gateway side
+//! of the session, sans-IO: handshake, the [`session::Session`] clock, samples to store operations,
+//! acks, the link budget, commands), carrying out what it returns → `store::writer` commits them
+//! and publishes the committed position → the link acks the device. A link never acks anything
+//! itself: acks only follow commits.
 
 pub mod link;
+pub mod protocol;
 pub mod serial;
 pub mod session;
 pub mod tcp;

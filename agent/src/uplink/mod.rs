@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::{Completion, OutgoingOutcome, Submission};
 use batch::BatchLimits;
 use ferry_contract::{self as contract, LinkState, Status};
 use forward::Progress;
@@ -178,60 +179,21 @@ pub enum UplinkError {
     Source(#[from] SourceError),
 }
 
-/// A valid downlink command for a device of this gateway.
-#[derive(Debug)]
-pub struct InboundCommand {
-    /// Device id (from the topic).
-    pub device: String,
-    /// The request.
-    pub request: contract::CommandRequest,
-    /// Acknowledges the MQTT message: call [`Receipt::done`] once the command is stored (or
-    /// answered). Until then the broker keeps it and delivers it again after a reconnect.
-    pub receipt: Receipt,
-}
-
-/// The PUBACK owed for a received command.
-pub struct Receipt(Option<(Arc<dyn Publisher>, mqtt::AckToken)>);
-
-impl Receipt {
-    /// Nothing to acknowledge (a command that did not come over MQTT).
-    pub fn none() -> Self {
-        Self(None)
-    }
-
-    /// The command is safe: acknowledge it to the broker.
-    pub fn done(self) {
-        if let Some((client, token)) = self.0 {
-            if let Err(e) = client.ack(token) {
-                tracing::debug!(error = %e, "Command PUBACK not queued; the broker will deliver it again.");
-            }
+/// The PUBACK owed for a received command, as the commands actor's opaque [`Completion`].
+fn puback(client: Arc<dyn Publisher>, token: mqtt::AckToken) -> Completion {
+    Completion::new(move || {
+        if let Err(e) = client.ack(token) {
+            tracing::debug!(error = %e, "Command PUBACK not queued; the broker will deliver it again.");
         }
-    }
-}
-
-impl std::fmt::Debug for Receipt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Receipt")
-            .field(&self.0.as_ref().map(|(_, t)| *t))
-            .finish()
-    }
-}
-
-/// An outcome to publish on `.../commands/result`; `delivered` fires when the broker acked it.
-#[derive(Debug)]
-pub struct OutgoingOutcome {
-    /// The outcome.
-    pub outcome: contract::CommandOutcome,
-    /// Told when the PUBACK arrives.
-    pub delivered: Option<tokio::sync::oneshot::Sender<()>>,
+    })
 }
 
 /// The agent's ends of the downlink: commands the uplink received, and outcomes to publish on
 /// `.../commands/result`.
 #[derive(Debug)]
 pub struct Downlink {
-    /// Where valid commands go.
-    pub commands: tokio::sync::mpsc::Sender<InboundCommand>,
+    /// Where valid commands go, each with its PUBACK as the completion.
+    pub commands: tokio::sync::mpsc::Sender<Submission>,
     /// Outcomes to publish.
     pub outcomes: tokio::sync::mpsc::Receiver<OutgoingOutcome>,
 }
@@ -455,7 +417,7 @@ impl<S: EventSource> Uplink<S> {
                 payload,
                 ack,
             } => {
-                let receipt = Receipt(Some((shared.clone(), ack)));
+                let receipt = puback(shared.clone(), ack);
                 self.on_command(client, &topic, &payload, receipt).await
             }
             LinkEvent::Down {
@@ -559,7 +521,7 @@ impl<S: EventSource> Uplink<S> {
         client: &dyn Publisher,
         topic: &str,
         payload: &[u8],
-        receipt: Receipt,
+        receipt: Completion,
     ) {
         let (gateway, device) = match contract::try_parse_topic(topic) {
             Ok(contract::Topic::Commands { gateway, device })
@@ -614,10 +576,10 @@ impl<S: EventSource> Uplink<S> {
         };
         let Some(d) = &self.downlink else { return };
         if d.commands
-            .send(InboundCommand {
+            .send(Submission {
                 device,
                 request,
-                receipt,
+                completion: receipt,
             })
             .await
             .is_err()
