@@ -196,17 +196,12 @@ fn uplink_settings(
     if u.broker.trim().is_empty() {
         return Ok(None);
     }
-    let (host, port) = u
-        .broker
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
-        .filter(|(h, _)| !h.is_empty())
-        .ok_or_else(|| {
-            invalid(
-                "uplink.broker",
-                format!("{:?} is not host:port, e.g. \"127.0.0.1:1883\"", u.broker),
-            )
-        })?;
+    let (host, port) = ferry_contract::parse_host_port(&u.broker).map_err(|_| {
+        invalid(
+            "uplink.broker",
+            format!("{:?} is not host:port, e.g. \"127.0.0.1:1883\"", u.broker),
+        )
+    })?;
     let protocol = u
         .protocol
         .value()
@@ -291,7 +286,7 @@ fn uplink_settings(
         gateway: gateway.to_owned(),
         protocol,
         link: mqtt::LinkOptions {
-            host: host.to_owned(),
+            host,
             port,
             client_id: u
                 .client_id
