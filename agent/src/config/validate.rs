@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::{ApiConfig, FerryConfig, UplinkConfig};
+use super::file::{ApiConfig, FerryConfig, Keyword, UplinkConfig, Word};
 use super::{ApiSettings, ConfigError, DevicesSettings, SerialSettings, Settings, StoreSettings};
 
 impl FerryConfig {
@@ -44,14 +44,8 @@ impl FerryConfig {
             ));
         }
         let s = &self.store;
-        let durability = s
-            .durability
-            .value()
-            .map_err(|m| invalid("store.durability", m))?;
-        let when_full = s
-            .when_full
-            .value()
-            .map_err(|m| invalid("store.when_full", m))?;
+        let durability = word(&s.durability, "store.durability", &invalid)?;
+        let when_full = word(&s.when_full, "store.when_full", &invalid)?;
         if s.flush_samples == 0 {
             return Err(invalid("store.flush_samples", "must be at least 1".into()));
         }
@@ -202,19 +196,9 @@ fn uplink_settings(
             format!("{:?} is not host:port, e.g. \"127.0.0.1:1883\"", u.broker),
         )
     })?;
-    let protocol = u
-        .protocol
-        .value()
-        .map_err(|m| invalid("uplink.protocol", m))?
-        .into();
-    let encoding = u
-        .encoding
-        .value()
-        .map_err(|m| invalid("uplink.encoding", m))?;
-    let compression = u
-        .compression
-        .value()
-        .map_err(|m| invalid("uplink.compression", m))?;
+    let protocol = word(&u.protocol, "uplink.protocol", invalid)?.into();
+    let encoding = word(&u.encoding, "uplink.encoding", invalid)?;
+    let compression = word(&u.compression, "uplink.compression", invalid)?;
     let read = |key: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
         p.as_ref()
             .map(|p| {
@@ -315,6 +299,15 @@ fn uplink_settings(
         require_subscriber: u.require_subscriber,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
+}
+
+/// A keyword setting's value, or the error naming `key`.
+fn word<T: Keyword>(
+    w: &Word<T>,
+    key: &str,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<T, ConfigError> {
+    w.value().map_err(|m| invalid(key, m))
 }
 
 /// A duration that must be greater than zero (periods and timeouts).
