@@ -4,8 +4,9 @@
 //! [`store`] (SQLite writer, retention, reads) → [`uplink`] (MQTT to the cloud and back: the
 //! store as the source, the in-flight ledger, downlink commands) ; beside them [`commands`]
 //! (device commands), [`api`] (local HTTP API, live stream, metrics, dashboard), [`cli`] (the
-//! command line's client of that API), [`config`] (ferry.toml), [`metrics`], [`shutdown`], and
-//! `demo` (behind the `demo` feature: simulated devices, the in-process broker and bridge).
+//! command line's client of that API), [`config`] (ferry.toml), [`clock`] (the wall clock),
+//! [`metrics`], [`shutdown`], and `demo` (behind the `demo` feature: simulated devices, the
+//! in-process broker and bridge).
 //!
 //! Lifecycle invariant ([`Agent::stop`]): stop the API and intake (listeners and links) → the
 //! writer commits what it holds → WAL checkpoint → return. Every step is bounded in time.
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
@@ -36,13 +38,7 @@ use crate::ingest::LinkCtx;
 use crate::metrics::Metrics;
 use crate::store::writer::StoreHandle;
 
-/// Wall-clock time, milliseconds since the Unix epoch (UTC); 0 if the clock is before 1970.
-pub fn utc_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use clock::utc_now_ms;
 
 /// How long links get to finish at shutdown.
 const INTAKE_GRACE: Duration = Duration::from_secs(5);

@@ -34,6 +34,37 @@ use tokio_util::sync::CancellationToken;
 const DEVICES: u64 = 100;
 const SENSORS: u64 = 2;
 
+/// The table's columns: header, width, left-aligned. The header and every row are printed by
+/// [`line`] from an array of this length, so each value sits under its own label.
+const COLUMNS: [(&str, usize, bool); 10] = [
+    ("row", 22, true),
+    ("enc", 7, true),
+    ("compr", 8, true),
+    ("batch", 6, false),
+    ("read_limit", 10, false),
+    ("secs", 8, false),
+    ("events/s", 12, false),
+    ("messages", 9, false),
+    ("MB/s wire", 10, false),
+    ("verified", 9, false),
+];
+
+/// One line of the table.
+fn line(cells: [String; COLUMNS.len()]) -> String {
+    let cells: Vec<String> = COLUMNS
+        .iter()
+        .zip(&cells)
+        .map(|(&(_, width, left), cell)| {
+            if left {
+                format!("{cell:<width$}")
+            } else {
+                format!("{cell:>width$}")
+            }
+        })
+        .collect();
+    cells.join(" ")
+}
+
 /// Fills `db` with `n` events through the agent's own schema (the agent creates the file).
 async fn prefill(db: &Path, n: u64) -> anyhow::Result<()> {
     let toml = format!(
@@ -142,10 +173,7 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         t.elapsed().as_secs_f64()
     );
-    println!(
-        "{:<22} {:<7} {:<8} {:>6} {:>8} {:>12} {:>9} {:>10} {:>9}",
-        "row", "enc", "compr", "batch", "secs", "events/s", "messages", "MB/s wire", "verified"
-    );
+    println!("{}", line(COLUMNS.map(|(head, ..)| head.to_owned())));
     let rows = [
         Row {
             label: "json (default)",
@@ -264,21 +292,23 @@ async fn main() -> anyhow::Result<()> {
         let ok = distinct == n;
         failed |= !ok;
         println!(
-            "{:<22} {:<7} {:<8} {:>6} {:>7} {:>8.2} {:>12.0} {:>9} {:>10.1} {:>9}",
-            row.label,
-            row.encoding,
-            row.compression,
-            row.batch,
-            row.read_limit,
-            secs,
-            n as f64 / secs,
-            messages,
-            bytes as f64 / secs / 1e6,
-            if ok {
-                "all".to_owned()
-            } else {
-                format!("{distinct}/{n}")
-            },
+            "{}",
+            line([
+                row.label.to_owned(),
+                row.encoding.to_owned(),
+                row.compression.to_owned(),
+                row.batch.to_string(),
+                row.read_limit.to_string(),
+                format!("{secs:.2}"),
+                format!("{:.0}", n as f64 / secs),
+                messages.to_string(),
+                format!("{:.1}", bytes as f64 / secs / 1e6),
+                if ok {
+                    "all".to_owned()
+                } else {
+                    format!("{distinct}/{n}")
+                },
+            ])
         );
         let _ = std::fs::remove_file(&db);
     }

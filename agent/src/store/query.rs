@@ -7,6 +7,8 @@
 //!   the next page starts strictly after it, so pages never repeat or skip a row, whatever is
 //!   inserted meanwhile.
 //! - Reads never take the writer's lock (WAL readers); each call is one snapshot.
+//! - The hot statements are public (`DEVICE_KEY_SQL`, `devices_sql`, ...), so the API bench plans
+//!   exactly what runs here.
 
 use std::collections::HashMap;
 
@@ -18,6 +20,68 @@ use super::StoreError;
 pub const SCAN_BUDGET: i64 = 200_000;
 /// Per-device forwarding figures are computed only while the backlog is at most this many events.
 pub const FORWARDING_DETAIL_MAX: i64 = 200_000;
+
+// The statements of the hot reads, public so the API bench plans exactly what runs here. Where a
+// read takes one device or all, each shape has its own statement: `?1 IS NULL OR ...` would keep
+// SQLite off the unique index.
+
+/// [`device_key`]: `?1` the device id.
+pub const DEVICE_KEY_SQL: &str = "SELECT id FROM devices WHERE device_id = ?1";
+
+/// [`devices`]: one device (`?1` its id) or every device (`?1` NULL).
+pub fn devices_sql(one: bool) -> String {
+    format!(
+        "SELECT d.id, d.device_id, d.online, d.last_seen_ms, d.firmware, b.boot_id,
+                (SELECT count(*) FROM boots c WHERE c.device = d.id),
+                d.link, d.events_total, d.dropped, d.ring_depth, d.read_errors
+           FROM devices d LEFT JOIN boots b ON b.device = d.id AND b.boot_no = d.boot_no
+          {}
+          ORDER BY d.device_id",
+        device_filter(one)
+    )
+}
+
+/// The sensors [`devices`] attaches: one device's (`?1` its key) or every device's (`?1` NULL).
+pub fn sensors_sql(one: bool) -> &'static str {
+    if one {
+        "SELECT device, idx, name, unit, interval_ms FROM sensors WHERE device = ?1 ORDER BY idx"
+    } else {
+        "SELECT device, idx, name, unit, interval_ms FROM sensors WHERE ?1 IS NULL ORDER BY device, idx"
+    }
+}
+
+/// [`latest`]: one device (`?1` its id) or every device (`?1` NULL).
+pub fn latest_sql(one: bool) -> String {
+    format!(
+        "SELECT d.device_id, coalesce(s.name, 'sensor' || l.sensor), coalesce(s.unit, ''),
+                l.value, l.ts_ms, l.event_id
+           FROM latest l JOIN devices d ON d.id = l.device
+           LEFT JOIN sensors s ON s.device = l.device AND s.idx = l.sensor
+          {}
+          ORDER BY d.device_id, l.sensor",
+        device_filter(one)
+    )
+}
+
+fn device_filter(one: bool) -> &'static str {
+    if one {
+        "WHERE d.device_id = ?1"
+    } else {
+        "WHERE ?1 IS NULL"
+    }
+}
+
+/// [`device_events`]: `?1` device key, `?2..?3` time range, `?4, ?5` the previous page's last
+/// `(ts_ms, id)`, `?6` sensor name or NULL, `?7` limit.
+pub fn device_events_sql() -> String {
+    format!(
+        "{SELECT_EVENT}
+          WHERE e.device = ?1 AND e.ts_ms >= ?2 AND e.ts_ms < ?3
+            AND e.ts_ms >= ?4 AND (e.ts_ms > ?4 OR e.id > ?5)
+            AND (?6 IS NULL OR s.name = ?6)
+          ORDER BY e.ts_ms, e.id LIMIT ?7"
+    )
+}
 
 /// A device as the API shows it (times in Unix ms; the API adds RFC 3339).
 #[derive(Debug, Clone)]
@@ -167,20 +231,7 @@ pub fn devices(
     only: Option<&str>,
     forwarding: Option<ForwardPosition>,
 ) -> Result<Vec<DeviceInfo>, StoreError> {
-    // One statement per shape: `?1 IS NULL OR ...` would keep SQLite off the unique index.
-    let filter = if only.is_some() {
-        "WHERE d.device_id = ?1"
-    } else {
-        "WHERE ?1 IS NULL"
-    };
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT d.id, d.device_id, d.online, d.last_seen_ms, d.firmware, b.boot_id,
-                (SELECT count(*) FROM boots c WHERE c.device = d.id),
-                d.link, d.events_total, d.dropped, d.ring_depth, d.read_errors
-           FROM devices d LEFT JOIN boots b ON b.device = d.id AND b.boot_no = d.boot_no
-          {filter}
-          ORDER BY d.device_id"
-    ))?;
+    let mut st = conn.prepare_cached(&devices_sql(only.is_some()))?;
     let mut out: Vec<DeviceInfo> = st
         .query_map([only], |r| {
             Ok(DeviceInfo {
@@ -207,11 +258,7 @@ pub fn devices(
         (Some(_), None) => return Ok(out),
         _ => None,
     };
-    let mut st = conn.prepare_cached(if one.is_some() {
-        "SELECT device, idx, name, unit, interval_ms FROM sensors WHERE device = ?1 ORDER BY idx"
-    } else {
-        "SELECT device, idx, name, unit, interval_ms FROM sensors WHERE ?1 IS NULL ORDER BY device, idx"
-    })?;
+    let mut st = conn.prepare_cached(sensors_sql(one.is_some()))?;
     let mut rows = st.query([one])?;
     while let Some(r) = rows.next()? {
         if let Some(&i) = index.get(&r.get::<_, i64>(0)?) {
@@ -249,19 +296,7 @@ pub fn latest(
     conn: &Connection,
     only: Option<&str>,
 ) -> Result<Vec<(String, Vec<LatestValue>)>, StoreError> {
-    let filter = if only.is_some() {
-        "WHERE d.device_id = ?1"
-    } else {
-        "WHERE ?1 IS NULL"
-    };
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT d.device_id, coalesce(s.name, 'sensor' || l.sensor), coalesce(s.unit, ''),
-                l.value, l.ts_ms, l.event_id
-           FROM latest l JOIN devices d ON d.id = l.device
-           LEFT JOIN sensors s ON s.device = l.device AND s.idx = l.sensor
-          {filter}
-          ORDER BY d.device_id, l.sensor"
-    ))?;
+    let mut st = conn.prepare_cached(&latest_sql(only.is_some()))?;
     let mut out: Vec<(String, Vec<LatestValue>)> = Vec::new();
     let mut rows = st.query([only])?;
     while let Some(r) = rows.next()? {
@@ -284,7 +319,7 @@ pub fn latest(
 /// `devices.id` of a device id.
 pub fn device_key(conn: &Connection, device: &str) -> Result<Option<i64>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT id FROM devices WHERE device_id = ?1")?
+        .prepare_cached(DEVICE_KEY_SQL)?
         .query_row([device], |r| r.get(0))
         .optional()?)
 }
@@ -316,6 +351,7 @@ pub struct EventFilter {
     pub until_ms: Option<i64>,
 }
 
+/// The columns of an [`EventRow`], for every events query.
 const SELECT_EVENT: &str = "SELECT e.id, d.device_id, b.boot_id, e.seq,
         coalesce(s.name, 'sensor' || e.sensor), coalesce(s.unit, ''), e.value, e.ts_ms
    FROM events e
@@ -347,14 +383,7 @@ pub fn device_events(
     let device = f.device.unwrap_or(-1);
     let since = f.since_ms.unwrap_or(i64::MIN);
     let (after_ts, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
-    let sql = format!(
-        "{SELECT_EVENT}
-          WHERE e.device = ?1 AND e.ts_ms >= ?2 AND e.ts_ms < ?3
-            AND e.ts_ms >= ?4 AND (e.ts_ms > ?4 OR e.id > ?5)
-            AND (?6 IS NULL OR s.name = ?6)
-          ORDER BY e.ts_ms, e.id LIMIT ?7"
-    );
-    let mut st = conn.prepare_cached(&sql)?;
+    let mut st = conn.prepare_cached(&device_events_sql())?;
     let rows = st.query_map(
         params![
             device,

@@ -511,6 +511,13 @@ fn raw_part(
     if range.0 >= range.1 {
         return Ok(());
     }
+    let args = params![key.0, range.0, range.1, key.1, bucket_ms];
+    add_parts(c, &raw_part_sql(agg), args, agg, parts)
+}
+
+/// The query of [`raw_part`] (public for the API bench's query plans): `?1` device key, `?2..?3`
+/// time range, `?4` sensor index, `?5` bucket width.
+pub fn raw_part_sql(agg: Agg) -> String {
     // SQLite: with exactly one max(), bare columns come from the row holding the maximum (the
     // first such row in index order, that is the lowest id).
     // `total()` skips NULL (NaN readings) and is 0.0 without any number, like a slot's sum.
@@ -521,13 +528,11 @@ fn raw_part(
         Agg::Count => ("0", "0.0", "0"),
         Agg::Last => ("0", "value", "max(ts_ms)"),
     };
-    let sql = format!(
+    format!(
         "SELECT (ts_ms / ?5) * ?5 AS t, count(*), {m}, {x}, {ts} FROM events
           WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND sensor = ?4
           GROUP BY t ORDER BY t"
-    );
-    let args = params![key.0, range.0, range.1, key.1, bucket_ms];
-    add_parts(c, &sql, args, agg, parts)
+    )
 }
 
 /// Per-bucket aggregates of the summary rows of slots `[first, end)`.
@@ -546,8 +551,9 @@ fn slot_part(
     add_parts(c, &slot_part_sql(agg), args, agg, parts)
 }
 
-/// The query of [`slot_part`].
-fn slot_part_sql(agg: Agg) -> String {
+/// The query of [`slot_part`] (public for the API bench's query plans): `?1` device key, `?2`
+/// sensor index, `?3..?4` slot range, `?5` bucket width.
+pub fn slot_part_sql(agg: Agg) -> String {
     // A NULL total is a NaN sum (+Inf and -Inf met): it keeps the bucket's sum NaN.
     let (m, x, ts) = match agg {
         Agg::Avg => (

@@ -27,9 +27,13 @@
 //!   `timestamptz` holds every time in range).
 #![warn(missing_docs)]
 
+mod addr;
+
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
+
+pub use addr::parse_host_port;
 
 /// Version of every payload in this module (`"v"` in JSON).
 pub const SCHEMA_VERSION: u32 = 1;

@@ -1,293 +1,61 @@
-//! Output text for the CLI's three formats; pure functions of the API's answers (and of "now" for
-//! ages), so every shape is unit-tested without a socket.
+//! Each resource the CLI prints, as one list of fields from which its table and its CSV derive.
 //!
-//! - `table`: for people. Columns separated by two spaces, numbers right-aligned, times in UTC,
-//!   control characters in names escaped so one cell stays on one line. Streamed tables (`query
-//!   events`, `tail`) print their header once and widen a column when a longer cell arrives.
-//! - `json`: for programs. A single answer is the agent's JSON, pretty-printed, passed on
-//!   unchanged (fields the CLI does not know included); `devices` is the array of device objects.
-//!   Streams of events (`query events`, `tail`) are JSON Lines: one compact event object per line,
-//!   written as it arrives, so `jq -c`, `while read` loops and line-based tools work on them.
-//! - `csv`: a header row, then one row per item; RFC 4180 quoting (a field with a comma, a double
-//!   quote, CR or LF is quoted, quotes doubled); lines end in LF; a missing value is an empty
-//!   field; times as both RFC 3339 (`ts`) and Unix ms (`ts_ms`).
+//! Invariants: a field in both formats sits at the same place among each format's columns; the
+//! CSV shows every field of a row as the agent sent it (RFC 3339 and Unix ms for times, decimal
+//! ids, empty for absent), the table what a person needs (UTC times, ages, `-` for absent).
+
 use serde_json::Value;
 
-use super::types::{Device, DeviceLatest, Event, Series, Status};
-
-/// Output format of a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Format {
-    /// Aligned columns for people.
-    #[default]
-    Table,
-    /// The agent's JSON (JSON Lines for streams of events).
-    Json,
-    /// Comma-separated values with a header row (RFC 4180 quoting).
-    Csv,
-}
-
-/// Column alignment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Align {
-    /// Text.
-    Left,
-    /// Numbers.
-    Right,
-}
-
-use Align::{Left, Right};
-
-// ---------------------------------------------------------------------------------------------
-// Scalars
-
-/// `YYYY-MM-DD HH:MM:SS` (with `.mmm` when `millis`) for Unix milliseconds, UTC.
-pub fn fmt_utc(ms: i64, millis: bool) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::api::time::civil_from_days(days);
-    let hms = format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
-    if millis {
-        format!("{y:04}-{m:02}-{d:02} {hms}.{:03}", ms.rem_euclid(1000))
-    } else {
-        format!("{y:04}-{m:02}-{d:02} {hms}")
-    }
-}
-
-/// A time cell: from Unix ms when the agent gave them, else its RFC 3339 text, else `-`.
-fn time_cell(ms: Option<i64>, text: Option<&str>, millis: bool) -> String {
-    match (ms, text) {
-        (Some(ms), _) => fmt_utc(ms, millis),
-        (None, Some(t)) => clean(t),
-        (None, None) => "-".into(),
-    }
-}
-
-/// A short human duration: `850ms`, `4.2s`, `3m07s`, `2h05m`, `3d04h`; negative with a `-`.
-pub fn fmt_age(ms: i64) -> String {
-    if ms < 0 {
-        return format!("-{}", fmt_age(ms.saturating_neg()));
-    }
-    let s = ms / 1000;
-    match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{}m{:02}s", s / 60, s % 60),
-        3_600_000..86_400_000 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `117.7 MiB`.
-pub fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// A sample value as the shortest text that reads back to the same `f64`, or `NaN`, `Infinity`,
-/// `-Infinity` (the API's words, D1); empty when absent.
-pub fn fmt_value(v: Option<f64>) -> String {
-    v.map(|v| {
-        crate::api::model::value::non_finite(v)
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string())
-    })
-    .unwrap_or_default()
-}
-
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
-}
-
-fn or_dash(s: String) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else {
-        s
-    }
-}
-
-/// Escapes control characters so a cell stays on one line of a table.
-fn clean(s: &str) -> String {
-    if s.chars().any(char::is_control) {
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        s.to_owned()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tables and CSV
-
-/// A whole table: widths fit the widest cell of each column; no trailing spaces.
-pub fn table(cols: &[(&str, Align)], rows: &[Vec<String>]) -> String {
-    let mut t = StreamTable::new(cols);
-    for r in rows {
-        t.widen(r);
-    }
-    let mut out = t.header();
-    for r in rows {
-        out.push_str(&t.row(r));
-    }
-    out
-}
-
-/// A table printed row by row: the header once, and a column widens (from then on) when a
-/// longer cell arrives.
-#[derive(Debug, Clone)]
-pub struct StreamTable {
-    cols: Vec<(String, Align, usize)>,
-}
-
-impl StreamTable {
-    /// Columns with their header widths.
-    pub fn new(cols: &[(&str, Align)]) -> StreamTable {
-        StreamTable {
-            cols: cols
-                .iter()
-                .map(|&(h, a)| (h.to_owned(), a, h.chars().count()))
-                .collect(),
-        }
-    }
-
-    /// Columns with at least these widths.
-    pub fn with_widths(cols: &[(&str, Align, usize)]) -> StreamTable {
-        StreamTable {
-            cols: cols
-                .iter()
-                .map(|&(h, a, w)| (h.to_owned(), a, w.max(h.chars().count())))
-                .collect(),
-        }
-    }
-
-    fn widen(&mut self, cells: &[String]) {
-        for ((_, _, w), c) in self.cols.iter_mut().zip(cells) {
-            *w = (*w).max(clean(c).chars().count());
-        }
-    }
-
-    /// The header line.
-    pub fn header(&self) -> String {
-        let names: Vec<String> = self.cols.iter().map(|c| c.0.clone()).collect();
-        self.line(&names)
-    }
-
-    /// One row (cells are escaped; missing cells are blank).
-    pub fn row(&mut self, cells: &[String]) -> String {
-        self.widen(cells);
-        self.line(cells)
-    }
-
-    fn line(&self, cells: &[String]) -> String {
-        let mut out = String::new();
-        for (i, (_, align, w)) in self.cols.iter().enumerate() {
-            let cell = clean(cells.get(i).map(String::as_str).unwrap_or(""));
-            let pad = w.saturating_sub(cell.chars().count());
-            if i > 0 {
-                out.push_str("  ");
-            }
-            match align {
-                Right => {
-                    out.extend(std::iter::repeat_n(' ', pad));
-                    out.push_str(&cell);
-                }
-                Left => {
-                    out.push_str(&cell);
-                    out.extend(std::iter::repeat_n(' ', pad));
-                }
-            }
-        }
-        let trimmed = out.trim_end().len();
-        out.truncate(trimmed);
-        out.push('\n');
-        out
-    }
-}
-
-/// One CSV field, quoted when RFC 4180 requires it.
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
-/// One CSV record, ending in LF.
-pub fn csv_record<S: AsRef<str>>(fields: &[S]) -> String {
-    let mut out = fields
-        .iter()
-        .map(|f| csv_field(f.as_ref()))
-        .collect::<Vec<_>>()
-        .join(",");
-    out.push('\n');
-    out
-}
-
-/// Pretty JSON (an answer, or `devices`' array), ending in LF.
-pub fn json_pretty(v: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
-    s.push('\n');
-    s
-}
-
-/// One JSON Lines line.
-pub fn json_line(v: &Value) -> String {
-    let mut s = serde_json::to_string(v).unwrap_or_else(|_| "null".into());
-    s.push('\n');
-    s
-}
+use super::cells::{clean, fmt_age, fmt_bytes, fmt_value, opt, or_dash, time_cell};
+use super::Align::{Left, Right};
+use super::{
+    csv_head, csv_of, csv_record, csv_row, json_line, table_head, table_of, table_row, Field,
+    Format, StreamTable,
+};
+use crate::cli::types::{Device, DeviceLatest, Event, LatestValue, Series, SeriesPoint, Status};
 
 // ---------------------------------------------------------------------------------------------
 // Devices
 
-const DEVICE_COLS: &[(&str, Align)] = &[
-    ("device", Left),
-    ("state", Left),
-    ("last seen (UTC)", Left),
-    ("firmware", Left),
-    ("boot", Left),
-    ("boots", Right),
-    ("events", Right),
-    ("unforwarded/lag", Right),
-    ("link", Left),
-];
+type D = Field<Device>;
 
-const DEVICE_CSV: &[&str] = &[
-    "id",
-    "online",
-    "last_seen",
-    "last_seen_ms",
-    "firmware",
-    "boot_id",
-    "boots",
-    "events",
-    "dropped_by_device",
-    "ring_depth",
-    "read_errors",
-    "unforwarded",
-    "oldest_unforwarded",
-    "lag_ms",
-    "link",
-    "sensors",
+/// `ferry devices`: every CSV column in order; the table shows nine of them.
+const DEVICE: [D; 16] = [
+    D::csv("id", |d| d.id.clone()).shown_as_is("device", Left),
+    D::csv("online", |d| d.online.to_string()).and_table("state", Left, |d| {
+        if d.online { "online" } else { "offline" }.into()
+    }),
+    D::csv("last_seen", |d| d.last_seen.clone().unwrap_or_default()).and_table(
+        "last seen (UTC)",
+        Left,
+        |d| time_cell(d.last_seen_ms, d.last_seen.as_deref(), false),
+    ),
+    D::csv("last_seen_ms", |d| opt(d.last_seen_ms)),
+    D::csv("firmware", |d| d.firmware.clone()).shown_or_dash("firmware", Left),
+    D::csv("boot_id", |d| opt(d.boot_id)).and_table("boot", Left, |d| {
+        d.boot_id
+            .map(|b| format!("{b:08x}"))
+            .unwrap_or_else(|| "-".into())
+    }),
+    D::csv("boots", |d| opt(d.boots)).shown_or_dash("boots", Right),
+    D::csv("events", |d| opt(d.counters.events)).shown_or_dash("events", Right),
+    D::csv("dropped_by_device", |d| opt(d.counters.dropped_by_device)),
+    D::csv("ring_depth", |d| opt(d.counters.ring_depth)),
+    D::csv("read_errors", |d| opt(d.counters.read_errors)),
+    D::csv("unforwarded", |d| opt(d.forwarding.unforwarded)).and_table(
+        "unforwarded/lag",
+        Right,
+        backlog_cell,
+    ),
+    D::csv("oldest_unforwarded", |d| {
+        d.forwarding.oldest_unforwarded.clone().unwrap_or_default()
+    }),
+    D::csv("lag_ms", |d| opt(d.forwarding.lag_ms)),
+    D::csv("link", |d| d.link.clone()).shown_or_dash("link", Left),
+    D::csv("sensors", |d| {
+        let names: Vec<&str> = d.sensors.iter().map(|s| s.name.as_str()).collect();
+        names.join(";")
+    }),
 ];
 
 fn backlog_cell(d: &Device) -> String {
@@ -300,113 +68,105 @@ fn backlog_cell(d: &Device) -> String {
 
 /// `ferry devices` as a table.
 pub fn devices_table(devices: &[Device]) -> String {
-    let rows: Vec<Vec<String>> = devices
-        .iter()
-        .map(|d| {
-            vec![
-                d.id.clone(),
-                if d.online { "online" } else { "offline" }.into(),
-                time_cell(d.last_seen_ms, d.last_seen.as_deref(), false),
-                or_dash(d.firmware.clone()),
-                d.boot_id
-                    .map(|b| format!("{b:08x}"))
-                    .unwrap_or_else(|| "-".into()),
-                or_dash(opt(d.boots)),
-                or_dash(opt(d.counters.events)),
-                backlog_cell(d),
-                or_dash(d.link.clone()),
-            ]
-        })
-        .collect();
-    table(DEVICE_COLS, &rows)
+    table_of(&DEVICE, devices, str::to_owned)
 }
 
 /// `ferry devices --format csv`.
 pub fn devices_csv(devices: &[Device]) -> String {
-    let mut out = csv_record(DEVICE_CSV);
-    for d in devices {
-        let sensors: Vec<&str> = d.sensors.iter().map(|s| s.name.as_str()).collect();
-        out.push_str(&csv_record(&[
-            d.id.clone(),
-            d.online.to_string(),
-            d.last_seen.clone().unwrap_or_default(),
-            opt(d.last_seen_ms),
-            d.firmware.clone(),
-            opt(d.boot_id),
-            opt(d.boots),
-            opt(d.counters.events),
-            opt(d.counters.dropped_by_device),
-            opt(d.counters.ring_depth),
-            opt(d.counters.read_errors),
-            opt(d.forwarding.unforwarded),
-            d.forwarding.oldest_unforwarded.clone().unwrap_or_default(),
-            opt(d.forwarding.lag_ms),
-            d.link.clone(),
-            sensors.join(";"),
-        ]));
-    }
-    out
+    csv_of(&DEVICE, devices)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Latest values
 
+/// One sensor's latest value, with its device and the time its age is measured at.
+struct LatestRow<'a> {
+    device: &'a str,
+    v: &'a LatestValue,
+    now_ms: i64,
+}
+
+type L<'a> = Field<LatestRow<'a>>;
+
+/// `ferry latest`: the device first (the table leaves it out for one device), then the value.
+fn latest_fields<'a>() -> [L<'a>; 8] {
+    [
+        L::csv("device", |r| r.device.to_owned()).shown_as_is("device", Left),
+        L::csv("sensor", |r| r.v.sensor.clone()).shown_as_is("sensor", Left),
+        L::csv("value", |r| fmt_value(r.v.value)).shown_or_dash("value", Right),
+        L::csv("unit", |r| r.v.unit.clone()).shown_as_is("unit", Left),
+        L::csv("ts", |r| r.v.ts.clone().unwrap_or_default()).and_table("time (UTC)", Left, |r| {
+            time_cell(r.v.ts_ms, r.v.ts.as_deref(), true)
+        }),
+        L::table("age", Right, |r| {
+            r.v.ts_ms
+                .map(|t| fmt_age(r.now_ms - t))
+                .unwrap_or_else(|| "-".into())
+        }),
+        L::csv("ts_ms", |r| opt(r.v.ts_ms)),
+        L::csv("event_id", |r| opt(r.v.event_id)),
+    ]
+}
+
+fn latest_rows(latest: &[DeviceLatest], now_ms: i64) -> Vec<LatestRow<'_>> {
+    latest
+        .iter()
+        .flat_map(|d| {
+            d.sensors.iter().map(move |v| LatestRow {
+                device: &d.device,
+                v,
+                now_ms,
+            })
+        })
+        .collect()
+}
+
 /// `ferry latest` as a table; with `with_device`, a first column names the device (all devices).
 pub fn latest_table(latest: &[DeviceLatest], with_device: bool, now_ms: i64) -> String {
-    let mut cols = vec![
-        ("sensor", Left),
-        ("value", Right),
-        ("unit", Left),
-        ("time (UTC)", Left),
-        ("age", Right),
-    ];
-    if with_device {
-        cols.insert(0, ("device", Left));
-    }
-    let mut rows = Vec::new();
-    for d in latest {
-        for s in &d.sensors {
-            let mut r = vec![
-                s.sensor.clone(),
-                or_dash(fmt_value(s.value)),
-                s.unit.clone(),
-                time_cell(s.ts_ms, s.ts.as_deref(), true),
-                s.ts_ms
-                    .map(|t| fmt_age(now_ms - t))
-                    .unwrap_or_else(|| "-".into()),
-            ];
-            if with_device {
-                r.insert(0, d.device.clone());
-            }
-            rows.push(r);
-        }
-    }
-    table(&cols, &rows)
+    let fields = latest_fields();
+    // The device is the first field.
+    let shown = if with_device {
+        &fields[..]
+    } else {
+        &fields[1..]
+    };
+    table_of(shown, &latest_rows(latest, now_ms), str::to_owned)
 }
 
 /// `ferry latest --format csv`.
 pub fn latest_csv(latest: &[DeviceLatest]) -> String {
-    let mut out = csv_record(&[
-        "device", "sensor", "value", "unit", "ts", "ts_ms", "event_id",
-    ]);
-    for d in latest {
-        for s in &d.sensors {
-            out.push_str(&csv_record(&[
-                d.device.clone(),
-                s.sensor.clone(),
-                fmt_value(s.value),
-                s.unit.clone(),
-                s.ts.clone().unwrap_or_default(),
-                opt(s.ts_ms),
-                opt(s.event_id),
-            ]));
-        }
-    }
-    out
+    csv_of(&latest_fields(), &latest_rows(latest, 0))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Events (streamed: query events, tail)
+
+type E = Field<Event>;
+
+/// An event: the table puts its time second, the CSV its two time columns last.
+const EVENT: [E; 10] = [
+    E::csv("id", |e| opt(e.id))
+        .shown_as_is("id", Right)
+        .min_width(8),
+    E::table("time (UTC)", Left, |e| {
+        time_cell(e.ts_ms, e.ts.as_deref(), true)
+    })
+    .min_width(23),
+    E::csv("device", |e| e.device.clone())
+        .shown_as_is("device", Left)
+        .min_width(12),
+    E::csv("boot_id", |e| opt(e.boot_id)),
+    E::csv("seq", |e| opt(e.seq)),
+    E::csv("sensor", |e| e.sensor.clone())
+        .shown_as_is("sensor", Left)
+        .min_width(12),
+    E::csv("value", |e| fmt_value(e.value))
+        .shown_or_dash("value", Right)
+        .min_width(10),
+    E::csv("unit", |e| e.unit.clone()).shown_as_is("unit", Left),
+    E::csv("ts", |e| e.ts.clone().unwrap_or_default()),
+    E::csv("ts_ms", |e| opt(e.ts_ms)),
+];
 
 /// Writes a stream of events in one format, item by item.
 #[derive(Debug, Clone)]
@@ -415,23 +175,12 @@ pub struct EventWriter {
     table: StreamTable,
 }
 
-const EVENT_CSV: &[&str] = &[
-    "id", "device", "boot_id", "seq", "sensor", "value", "unit", "ts", "ts_ms",
-];
-
 impl EventWriter {
     /// A writer for `format`.
     pub fn new(format: Format) -> EventWriter {
         EventWriter {
             format,
-            table: StreamTable::with_widths(&[
-                ("id", Right, 8),
-                ("time (UTC)", Left, 23),
-                ("device", Left, 12),
-                ("sensor", Left, 12),
-                ("value", Right, 10),
-                ("unit", Left, 0),
-            ]),
+            table: StreamTable::with_widths(&table_head(&EVENT)),
         }
     }
 
@@ -439,7 +188,7 @@ impl EventWriter {
     pub fn header(&self) -> String {
         match self.format {
             Format::Table => self.table.header(),
-            Format::Csv => csv_record(EVENT_CSV),
+            Format::Csv => csv_record(&csv_head(&EVENT)),
             Format::Json => String::new(),
         }
     }
@@ -448,31 +197,45 @@ impl EventWriter {
     pub fn event(&mut self, raw: &Value, e: &Event) -> String {
         match self.format {
             Format::Json => json_line(raw),
-            Format::Csv => csv_record(&[
-                opt(e.id),
-                e.device.clone(),
-                opt(e.boot_id),
-                opt(e.seq),
-                e.sensor.clone(),
-                fmt_value(e.value),
-                e.unit.clone(),
-                e.ts.clone().unwrap_or_default(),
-                opt(e.ts_ms),
-            ]),
-            Format::Table => self.table.row(&[
-                opt(e.id),
-                time_cell(e.ts_ms, e.ts.as_deref(), true),
-                e.device.clone(),
-                e.sensor.clone(),
-                or_dash(fmt_value(e.value)),
-                e.unit.clone(),
-            ]),
+            Format::Csv => csv_record(&csv_row(&EVENT, e)),
+            Format::Table => self.table.row(&table_row(&EVENT, e)),
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Series
+
+/// One bucket of a series.
+struct SeriesRow<'a> {
+    s: &'a Series,
+    p: &'a SeriesPoint,
+}
+
+type S<'a> = Field<SeriesRow<'a>>;
+
+/// `ferry query series`: the series' identity on every CSV row, then the bucket.
+fn series_fields<'a>() -> [S<'a>; 8] {
+    [
+        S::csv("device", |r| r.s.device.clone()),
+        S::csv("sensor", |r| r.s.sensor.clone()),
+        S::csv("agg", |r| r.s.agg.clone()),
+        S::csv("unit", |r| r.s.unit.clone()),
+        S::csv("ts", |r| r.p.ts.clone().unwrap_or_default()).and_table(
+            "bucket start (UTC)",
+            Left,
+            |r| time_cell(r.p.ts_ms, r.p.ts.as_deref(), false),
+        ),
+        S::csv("ts_ms", |r| opt(r.p.ts_ms)),
+        // The table names this column after the aggregate (see `series_table`).
+        S::csv("value", |r| fmt_value(r.p.value)).shown_or_dash("value", Right),
+        S::csv("count", |r| opt(r.p.count)).shown_or_dash("count", Right),
+    ]
+}
+
+fn series_rows(s: &Series) -> Vec<SeriesRow<'_>> {
+    s.points.iter().map(|p| SeriesRow { s, p }).collect()
+}
 
 /// `ferry query series` as a table.
 pub fn series_table(s: &Series) -> String {
@@ -481,49 +244,22 @@ pub fn series_table(s: &Series) -> String {
         ("count", _) | (_, "") => s.agg.clone(),
         (agg, unit) => format!("{agg} ({unit})"),
     };
-    let rows: Vec<Vec<String>> = s
-        .points
-        .iter()
-        .map(|p| {
-            vec![
-                time_cell(p.ts_ms, p.ts.as_deref(), false),
-                or_dash(fmt_value(p.value)),
-                or_dash(opt(p.count)),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            ("bucket start (UTC)", Left),
-            (value_col.as_str(), Right),
-            ("count", Right),
-        ],
-        &rows,
-    )
+    table_of(&series_fields(), &series_rows(s), |h| {
+        if h == "value" {
+            value_col.clone()
+        } else {
+            h.to_owned()
+        }
+    })
 }
 
 /// `ferry query series --format csv`.
 pub fn series_csv(s: &Series) -> String {
-    let mut out = csv_record(&[
-        "device", "sensor", "agg", "unit", "ts", "ts_ms", "value", "count",
-    ]);
-    for p in &s.points {
-        out.push_str(&csv_record(&[
-            s.device.clone(),
-            s.sensor.clone(),
-            s.agg.clone(),
-            s.unit.clone(),
-            p.ts.clone().unwrap_or_default(),
-            opt(p.ts_ms),
-            fmt_value(p.value),
-            opt(p.count),
-        ]));
-    }
-    out
+    csv_of(&series_fields(), &series_rows(s))
 }
 
 // ---------------------------------------------------------------------------------------------
-// Status
+// Status (a summary for people, every field for programs: no shared row)
 
 fn count(v: Option<u64>) -> String {
     or_dash(opt(v))
@@ -688,46 +424,17 @@ pub fn flatten(v: &Value) -> Vec<(String, String)> {
 
 /// `ferry status --format csv`: `key,value` rows of the flattened answer.
 pub fn status_csv(raw: &Value) -> String {
-    let mut out = csv_record(&["key", "value"]);
-    for (k, v) in flatten(raw) {
-        out.push_str(&csv_record(&[k, v]));
-    }
-    out
+    const FIELDS: [Field<(String, String)>; 2] = [
+        Field::csv("key", |kv| kv.0.clone()),
+        Field::csv("value", |kv| kv.1.clone()),
+    ];
+    csv_of(&FIELDS, &flatten(raw))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::types::*;
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(fmt_utc(0, false), "1970-01-01 00:00:00");
-        assert_eq!(fmt_utc(1_764_000_000_123, true), "2025-11-24 16:00:00.123");
-        assert_eq!(fmt_utc(951_782_400_000, false), "2000-02-29 00:00:00");
-        assert_eq!(fmt_utc(-1, true), "1969-12-31 23:59:59.999");
-    }
-
-    #[test]
-    fn ages_and_sizes() {
-        assert_eq!(fmt_age(850), "850ms");
-        assert_eq!(fmt_age(4_240), "4.2s");
-        assert_eq!(fmt_age(187_000), "3m07s");
-        assert_eq!(fmt_age(7_500_000), "2h05m");
-        assert_eq!(fmt_age(273_600_000), "3d04h");
-        assert_eq!(fmt_age(-1_500), "-1.5s");
-        assert_eq!(fmt_age(i64::MIN), format!("-{}", fmt_age(i64::MAX)));
-        assert_eq!(fmt_bytes(512), "512 B");
-        assert_eq!(fmt_bytes(1536), "1.5 KiB");
-        assert_eq!(fmt_bytes(1_073_741_824), "1.0 GiB");
-        assert_eq!(fmt_value(Some(21.5)), "21.5");
-        assert_eq!(fmt_value(Some(600.0)), "600");
-        assert_eq!(fmt_value(Some(0.1)), "0.1");
-        assert_eq!(fmt_value(None), "");
-        assert_eq!(fmt_value(Some(f64::NAN)), "NaN");
-        assert_eq!(fmt_value(Some(f64::INFINITY)), "Infinity");
-        assert_eq!(fmt_value(Some(f64::NEG_INFINITY)), "-Infinity");
-    }
 
     #[test]
     fn non_finite_values_read_from_their_strings_and_print_as_such() {
@@ -748,43 +455,6 @@ mod tests {
             serde_json::from_str(r#"{"points": [{"ts_ms": 0, "value": "-Infinity", "count": 2}]}"#)
                 .unwrap();
         assert_eq!(p.points[0].value, Some(f64::NEG_INFINITY));
-    }
-
-    #[test]
-    fn csv_quotes_as_rfc_4180_says() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-        assert_eq!(csv_field("cr\r"), "\"cr\r\"");
-        assert_eq!(csv_field(""), "");
-        assert_eq!(csv_record(&["a", "b,c", ""]), "a,\"b,c\",\n");
-    }
-
-    #[test]
-    fn tables_align_and_escape() {
-        let t = table(
-            &[("name", Left), ("n", Right), ("note", Left)],
-            &[
-                vec!["a".into(), "1".into(), "x".into()],
-                vec!["long\nname".into(), "1234".into(), "".into()],
-            ],
-        );
-        assert_eq!(
-            t,
-            "name           n  note\n\
-             a              1  x\n\
-             long\\nname  1234\n"
-        );
-    }
-
-    #[test]
-    fn stream_tables_widen_from_the_row_that_needs_it() {
-        let mut t = StreamTable::with_widths(&[("a", Left, 3), ("b", Right, 2)]);
-        assert_eq!(t.header(), "a     b\n");
-        assert_eq!(t.row(&["x".into(), "1".into()]), "x     1\n");
-        assert_eq!(t.row(&["wider".into(), "1".into()]), "wider   1\n");
-        assert_eq!(t.row(&["x".into(), "1".into()]), "x       1\n");
     }
 
     fn device() -> Device {

@@ -1,0 +1,457 @@
+//! The writer's loop and the transaction lifecycle: `BEGIN` on the first operation of a batch,
+//! `COMMIT` when [`super::group_commit`] says the batch is done, `ROLLBACK` on any failure.
+//!
+//! Invariants (see [`super`] for the whole list):
+//! - Nothing is published before `COMMIT` returned: acks, Welcomes, `Sync` replies, the forwarding
+//!   cursor and the committed-id watch are all sent from [`Writer::commit`]'s success arm.
+//! - A failed transaction resets every acceptor it touched to its committed position and answers
+//!   every waiter with the error ([`Writer::fail`]); `SQLITE_FULL` also refuses samples for
+//!   [`DISK_FULL_BACKOFF`].
+//! - A step that holds the writer longer than [`STALL`] is logged, at most once per
+//!   [`STALL_LOG_EVERY`].
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use ferry_wire::Acceptor;
+use rusqlite::params;
+use tokio::sync::mpsc;
+
+use super::group_commit::{self, Next};
+use super::housekeeping::MAINTENANCE;
+use super::{Op, StoreError, Writer};
+use crate::metrics::Metrics;
+
+/// How long samples are refused after the disk refused a write.
+const DISK_FULL_BACKOFF: Duration = Duration::from_secs(1);
+/// A writer step (a commit, the work after it, maintenance) taking longer than this is logged: every
+/// device waiting for an ack waits for it.
+const STALL: Duration = Duration::from_millis(200);
+/// At most one stall log line per this long (the next one counts the stalls in between).
+const STALL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Writer {
+    pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Op>, stop_checkpointer: impl FnOnce()) {
+        'outer: loop {
+            // Also under sustained load, when `recv` below is always ready and never times out.
+            if self.last_maintenance.elapsed() >= MAINTENANCE {
+                let t = Instant::now();
+                self.maintenance();
+                self.note_stall("maintenance", t.elapsed(), None);
+            }
+            let commits = Metrics::get(&self.metrics.commits);
+            let wait = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
+            match self
+                .rt
+                .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+            {
+                Err(_) => {
+                    self.maintenance();
+                    continue;
+                }
+                Ok(None) => break,
+                Ok(Some(op)) => self.apply(op),
+            }
+            // Take what is already queued, until the batch is big enough or old enough; an empty
+            // queue commits at once (see `group_commit`).
+            while self.group_commit() == Next::TakeQueued {
+                match rx.try_recv() {
+                    Ok(op) => self.apply(op),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        let _ = self.commit();
+                        break 'outer;
+                    }
+                }
+            }
+            let _ = self.commit();
+            // A Sync commits inside `apply`: count commits, not the batch left open.
+            let committed = Metrics::get(&self.metrics.commits) > commits;
+            if committed || self.last_retention.elapsed() >= Duration::from_millis(200) {
+                let t = Instant::now();
+                self.after_commit();
+                self.note_stall("retention and WAL checks after a commit", t.elapsed(), None);
+            }
+        }
+        let _ = self.commit();
+        stop_checkpointer();
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed.");
+        }
+        let h = &self.metrics.commit_time;
+        tracing::info!(
+            commits = h.counts().iter().sum::<u64>(),
+            p50_le_ms = h.quantile_bound_s(0.5).unwrap_or(0.0) * 1e3,
+            p99_le_ms = h.quantile_bound_s(0.99).unwrap_or(0.0) * 1e3,
+            over_5ms = h.counts()[5..].iter().sum::<u64>(),
+            buckets = ?h.counts(),
+            "Store writer stopped; WAL checkpointed."
+        );
+    }
+
+    /// The group-commit decision for the batch as it stands now.
+    fn group_commit(&self) -> Next {
+        let open = self
+            .batch
+            .started
+            .filter(|_| self.batch.open)
+            .map(|t| group_commit::Open {
+                samples: self.batch.samples,
+                age: t.elapsed(),
+            });
+        group_commit::next(
+            open,
+            self.settings.flush_samples,
+            self.settings.flush_interval,
+        )
+    }
+
+    pub(super) fn begin(&mut self) -> Result<(), rusqlite::Error> {
+        if !self.batch.open {
+            self.conn.execute_batch("BEGIN")?;
+            self.batch.changes_at_begin = self.conn.total_changes();
+            self.batch.open = true;
+            self.batch.started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's pending state and commits. Returns the failure, if any (already handled).
+    pub(super) fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.batch.open {
+            for r in self.batch.replies.drain(..) {
+                let _ = r.send(Ok(()));
+            }
+            return Ok(());
+        }
+        let t = Instant::now();
+        let mut written = Duration::ZERO;
+        let res = self.write_pending().and_then(|()| {
+            written = t.elapsed();
+            self.conn.execute_batch("COMMIT")
+        });
+        self.metrics.commit_time.observe(t.elapsed());
+        let samples = self.batch.samples;
+        self.note_stall("commit", t.elapsed(), Some((written, samples)));
+        match res {
+            Ok(()) => {
+                let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
+                let mut b = std::mem::take(&mut self.batch);
+                self.summaries.committed(std::mem::take(&mut b.rollup));
+                Metrics::add(&self.metrics.commits, 1);
+                Metrics::add(&self.metrics.samples_committed, b.samples as u64);
+                Metrics::add(&self.metrics.quarantined, b.quarantined);
+                if let Some(f) = b.forwarded {
+                    self.forward_cursor = f;
+                }
+                if b.last_event_id > 0 {
+                    self.committed.send_replace(b.last_event_id);
+                }
+                for key in b.boots.keys() {
+                    if let Some(st) = self.boots.get_mut(key) {
+                        st.committed = st.acceptor.next();
+                        st.gap_pending = 0;
+                    }
+                }
+                for (slot, boot_id, key) in b.links.into_values() {
+                    let committed = self.boots.get(&key).map_or(0, |s| s.committed);
+                    slot.send_modify(|a| {
+                        a.device = key.0;
+                        a.boot_id = boot_id;
+                        a.next_seq = committed;
+                    });
+                }
+                for (d, ts) in b.seen {
+                    self.last_seen_written.insert(d, ts);
+                }
+                if wrote {
+                    let backing_off = self.refuse_until.take().is_some();
+                    if self.metrics.disk_full.swap(false, Relaxed) || backing_off {
+                        tracing::info!("Disk accepts writes again; accepting samples.");
+                    }
+                }
+                for r in b.replies {
+                    let _ = r.send(Ok(()));
+                }
+                for (r, w) in b.welcomes {
+                    Metrics::add(&self.metrics.hellos, 1);
+                    let _ = r.send(Ok(w));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let e = StoreError::from_write(e);
+                let shared = e.shared();
+                self.fail(e);
+                Err(shared)
+            }
+        }
+    }
+
+    /// Rolls back the open transaction after a failure; nothing in it was acked.
+    pub(super) fn fail(&mut self, e: StoreError) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        let b = std::mem::take(&mut self.batch);
+        Metrics::add(&self.metrics.commit_failures, 1);
+        for key in b.boots.keys() {
+            if let Some(st) = self.boots.get_mut(key) {
+                st.acceptor = Acceptor::new(st.committed);
+                st.gap_pending = 0;
+            }
+        }
+        self.summaries.rolled_back(b.rollup);
+        if b.quarantined > 0 {
+            // The rollback took this batch's quarantine inserts (and trims) with it.
+            self.recount_quarantine();
+        }
+        if matches!(e, StoreError::DiskFull(_)) {
+            Metrics::add(&self.metrics.samples_refused, b.samples as u64);
+            if !self.metrics.disk_full.swap(true, Relaxed) {
+                tracing::error!(error = %e, "Disk full: samples are refused (devices keep them) until space returns.");
+            }
+            self.refuse_until = Some(Instant::now() + DISK_FULL_BACKOFF);
+        } else {
+            tracing::error!(error = %e, "Commit failed; nothing of it was acked (devices will resend).");
+        }
+        for r in b.replies {
+            let _ = r.send(Err(e.shared()));
+        }
+        for (r, _) in b.welcomes {
+            let _ = r.send(Err(e.shared()));
+        }
+    }
+
+    fn write_pending(&mut self) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        for key in self.batch.boots.keys() {
+            // The rows of this boot are in the transaction; committing them without moving its
+            // position would let a retransmission store them twice. Fail the transaction instead
+            // (rolled back, nothing acked, the device resends). `hello` keeps batch boots, so this
+            // is a bug guard, not a path.
+            let Some(st) = self.boots.get(key) else {
+                tracing::error!(
+                    device = key.0,
+                    boot_no = key.1,
+                    "Boot state missing for a batch; rolling back."
+                );
+                return Err(rusqlite::Error::InvalidParameterName(
+                    "boot state missing".into(),
+                ));
+            };
+            c.prepare_cached("UPDATE boots SET next_seq = ?3, gap_dropped = gap_dropped + ?4 WHERE device = ?1 AND boot_no = ?2")?
+                .execute(params![key.0, key.1, st.acceptor.next(), st.gap_pending as i64])?;
+        }
+        // last_seen is written at most once a second per device.
+        for (d, ts) in &self.batch.seen {
+            if self.last_seen_written.get(d).is_none_or(|w| ts - w >= 1000) {
+                c.prepare_cached("UPDATE devices SET last_seen_ms = ?2, online = 1 WHERE id = ?1")?
+                    .execute(params![d, ts])?;
+            }
+        }
+        for (d, hb) in &self.batch.heartbeats {
+            c.prepare_cached(
+                "UPDATE devices SET last_seen_ms = ?2, dropped = ?3, ring_depth = ?4, read_errors = ?5 WHERE id = ?1",
+            )?
+            .execute(params![d, crate::utc_now_ms(), hb.dropped, hb.ring_depth, hb.read_errors])?;
+        }
+        for (d, (link, online)) in &self.batch.presence {
+            c.prepare_cached("UPDATE devices SET online = ?3 WHERE id = ?1 AND link = ?2")?
+                .execute(params![d, link, online])?;
+        }
+        for ((d, sensor), (ts, value, id)) in &self.batch.latest {
+            c.prepare_cached(
+                "INSERT INTO latest (device, sensor, event_id, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device, sensor) DO UPDATE SET event_id = excluded.event_id,
+                     ts_ms = excluded.ts_ms, value = excluded.value
+                 WHERE excluded.ts_ms >= latest.ts_ms",
+            )?
+            .execute(params![d, sensor, id, ts, f64::from(*value)])?;
+        }
+        self.summaries.write(c, &mut self.batch.rollup)?;
+        for (d, n) in &self.batch.stored {
+            c.prepare_cached("UPDATE devices SET events_total = events_total + ?2 WHERE id = ?1")?
+                .execute(params![d, *n as i64])?;
+        }
+        if let Some(f) = self.batch.forwarded {
+            c.prepare_cached(
+                "INSERT INTO forward_cursor (name, event_id) VALUES ('uplink', ?1)
+                 ON CONFLICT (name) DO UPDATE SET event_id = max(event_id, excluded.event_id)",
+            )?
+            .execute([f])?;
+        }
+        if let Some((from, to)) = self.batch.live_range {
+            let mut st = c.prepare_cached(
+                "INSERT INTO forward_cursor (name, event_id) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id",
+            )?;
+            st.execute(params!["uplink.live_from", from])?;
+            st.execute(params!["uplink.live", to])?;
+        }
+        Ok(())
+    }
+
+    /// Logs a step that held the writer longer than [`STALL`] (rate-limited). `commit`: the time
+    /// its statements took before `COMMIT` (the rest is `COMMIT`, mostly the fsync), and its samples.
+    pub(super) fn note_stall(
+        &mut self,
+        step: &str,
+        took: Duration,
+        commit: Option<(Duration, usize)>,
+    ) {
+        if took < STALL {
+            return;
+        }
+        self.stalls_unlogged += 1;
+        if self
+            .last_stall_log
+            .is_some_and(|t| t.elapsed() < STALL_LOG_EVERY)
+        {
+            return;
+        }
+        let (statements_ms, samples) = commit.map_or((None, None), |(w, n)| {
+            (Some(w.as_secs_f64() * 1e3), Some(n))
+        });
+        tracing::warn!(
+            step,
+            took_ms = took.as_secs_f64() * 1e3,
+            statements_ms,
+            samples,
+            stalls_since_last_report = self.stalls_unlogged,
+            "The store writer stalled: acks waited. A commit's time beyond its statements is the disk's sync."
+        );
+        self.last_stall_log = Some(Instant::now());
+        self.stalls_unlogged = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::sync::{mpsc, oneshot, watch};
+
+    use super::super::fixture::{ids, insert_events, writer};
+    use super::super::housekeeping::MAINTENANCE;
+    use super::super::{AckSlot, AckState, Op, Row, SamplesOp, Writer, QUEUE};
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn maintenance_runs_when_due_even_if_the_queue_never_runs_dry() {
+        let (mut w, dir) = writer("busy", Duration::ZERO);
+        insert_events(&w, 10);
+        w.forward_cursor = 10;
+        w.last_maintenance = Instant::now() - MAINTENANCE;
+        // A queue that always has an operation ready: `recv` never times out.
+        let (tx, rx) = mpsc::channel(QUEUE);
+        for _ in 0..100 {
+            tx.try_send(Op::Presence {
+                device: 1,
+                link: "test".into(),
+                online: true,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        w.run(rx, || {});
+        assert_eq!(ids(&w), (1, 10, 10), "forwarded rows pruned by age");
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_commit_made_by_a_sync_or_hello_is_followed_by_retention() {
+        let (mut w, dir) = writer("sync", Duration::from_secs(60));
+        w.settings.max_db_size = Some(1 << 20);
+        w.conn.execute_batch("BEGIN").unwrap();
+        insert_events(&w, 30_000); // well over 1 MiB
+        w.conn.execute_batch("COMMIT").unwrap();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (reply, _done) = oneshot::channel();
+        tx.try_send(Op::Sync(reply)).unwrap();
+        drop(tx);
+        w.last_retention = Instant::now(); // the 200 ms fallback is not what this test is about
+        w.run(rx, || {});
+        assert!(Metrics::get(&w.metrics.events_dropped_oldest) > 0);
+        assert!(w.measure() <= 1 << 20, "back under the cap");
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    fn samples(w: &mut Writer, n: usize, ack: &AckSlot) {
+        let row = Row {
+            sensor: 0,
+            ts_ms: 1_700_000_000_000,
+            value: 1.5,
+        };
+        w.apply(Op::Samples(SamplesOp {
+            device: 1,
+            boot_no: 1,
+            boot_id: 7,
+            oldest: 0,
+            first_seq: 0,
+            rows: vec![row; n],
+            out_of_range: Vec::new(),
+            quarantine: None,
+            held: None,
+            ack: ack.clone(),
+        }));
+        let _ = w.commit();
+    }
+
+    #[test]
+    fn samples_the_full_disk_rolled_back_are_refused_then_stored_when_space_returns() {
+        let (mut w, dir) = writer("enospc", Duration::from_secs(60));
+        let pages: i64 = w
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        // SQLite answers SQLITE_FULL past max_page_count, here while inserting (not at COMMIT).
+        let limit = |w: &Writer, n: i64| {
+            w.conn
+                .query_row(&format!("PRAGMA max_page_count = {n}"), [], |_| Ok(()))
+                .unwrap()
+        };
+        limit(&w, pages);
+        let (ack_tx, ack_rx) = watch::channel(AckState::default());
+        let ack: AckSlot = Arc::new(ack_tx);
+        samples(&mut w, 500, &ack);
+        assert!(w.metrics.disk_full.load(Relaxed));
+        assert_eq!(Metrics::get(&w.metrics.samples_refused), 500);
+        assert_eq!(Metrics::get(&w.metrics.samples_committed), 0);
+        assert_eq!(ack_rx.borrow().next_seq, 0, "nothing rolled back is acked");
+        // Space returns; the device retransmits the same samples after the back-off.
+        limit(&w, 1 << 30);
+        w.refuse_until = None;
+        samples(&mut w, 500, &ack);
+        assert_eq!(Metrics::get(&w.metrics.samples_committed), 500);
+        assert_eq!(ack_rx.borrow().next_seq, 500);
+        assert!(!w.metrics.disk_full.load(Relaxed));
+        let (stored, _, _) = ids(&w);
+        assert_eq!(stored, 500, "acked means stored");
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn only_a_commit_that_wrote_clears_disk_full() {
+        let (mut w, dir) = writer("full", Duration::from_secs(60));
+        w.metrics.disk_full.store(true, Relaxed);
+        w.refuse_until = Some(Instant::now() + Duration::from_secs(3600));
+        // A Sync commits an empty transaction: no proof that the disk has room again.
+        let (reply, _rx) = oneshot::channel();
+        w.apply(Op::Sync(reply));
+        assert!(w.metrics.disk_full.load(Relaxed) && w.refusing());
+        // A commit that wrote a row is.
+        w.apply(Op::Quarantine {
+            link: "test".into(),
+            reason: "bad_crc".into(),
+            len: 1,
+            raw: vec![0],
+        });
+        w.commit().unwrap();
+        assert!(!w.metrics.disk_full.load(Relaxed) && !w.refusing());
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
