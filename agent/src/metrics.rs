@@ -1,12 +1,14 @@
-//! Process-wide counters and gauges (lock-free atomics), exposed by the API as `/metrics` and read by
+//! Process-wide counters and gauges (lock-free atomics) and two latency histograms
+//! (`prometheus-client`'s), exposed by the API as `/metrics` (`api/metrics.rs`) and read by
 //! `ferry demo`. Every dropped or refused item increments a counter here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use ferry_wire::RejectReason;
+pub use prometheus_client::metrics::histogram::Histogram;
 
 /// Counters since the agent started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Frames decoded successfully.
     pub frames_ok: AtomicU64,
@@ -60,56 +62,59 @@ pub struct Metrics {
     pub ack_delay: Histogram,
 }
 
-/// Upper bounds (seconds) of [`Histogram`] buckets; the last bucket is unbounded.
+/// Upper bounds (seconds) of the latency histograms' buckets (`+Inf` comes on top).
 pub const BUCKETS_S: [f64; 12] = [
     0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// A fixed-bucket latency histogram (Prometheus style, non-cumulative counts inside).
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS_S.len() + 1],
-    sum_us: AtomicU64,
+/// A latency histogram over [`BUCKETS_S`].
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS_S)
 }
 
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: std::time::Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS_S
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(BUCKETS_S.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
-    }
+/// Cumulative counts of `h` by bucket bound (`le`), `+Inf` last, as `/metrics` shows them: for
+/// tests, which have no other way into a `prometheus-client` histogram.
+#[cfg(test)]
+pub fn cumulative_counts(h: &Histogram) -> Vec<(String, u64)> {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register("h", "h", h.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &r).expect("to a String");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("h_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(le, n)| (le.to_owned(), n.parse().expect("a count")))
+        .collect()
+}
 
-    /// Counts per bucket (non-cumulative), the last one for observations above every bound.
-    pub fn counts(&self) -> Vec<u64> {
-        self.counts.iter().map(|c| c.load(Relaxed)).collect()
-    }
-
-    /// Sum of all observations in seconds.
-    pub fn sum_s(&self) -> f64 {
-        self.sum_us.load(Relaxed) as f64 / 1e6
-    }
-
-    /// The bucket bound at or below which `q` (0..1) of the observations fall: an upper estimate.
-    pub fn quantile_bound_s(&self, q: f64) -> Option<f64> {
-        let c = self.counts();
-        let total: u64 = c.iter().sum();
-        if total == 0 {
-            return None;
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            frames_ok: AtomicU64::default(),
+            frames_rejected: Default::default(),
+            frames_unexpected: AtomicU64::default(),
+            samples_received: AtomicU64::default(),
+            samples_committed: AtomicU64::default(),
+            samples_duplicate: AtomicU64::default(),
+            samples_out_of_order: AtomicU64::default(),
+            samples_dropped_by_device: AtomicU64::default(),
+            samples_out_of_range: AtomicU64::default(),
+            samples_refused: AtomicU64::default(),
+            events_dropped_oldest: AtomicU64::default(),
+            events_pruned_forwarded: AtomicU64::default(),
+            quarantined: AtomicU64::default(),
+            commits: AtomicU64::default(),
+            commit_failures: AtomicU64::default(),
+            acks_sent: AtomicU64::default(),
+            hellos: AtomicU64::default(),
+            links_open: AtomicU64::default(),
+            links_total: AtomicU64::default(),
+            db_used_bytes: AtomicU64::default(),
+            disk_full: AtomicBool::default(),
+            backpressure: AtomicBool::default(),
+            commit_time: latency_histogram(),
+            ack_delay: latency_histogram(),
         }
-        let want = (q * total as f64).ceil() as u64;
-        let mut acc = 0;
-        for (i, n) in c.iter().enumerate() {
-            acc += n;
-            if acc >= want {
-                return Some(BUCKETS_S.get(i).copied().unwrap_or(f64::INFINITY));
-            }
-        }
-        None
     }
 }
 

@@ -532,7 +532,9 @@ async fn commands_status_metrics_and_readiness() {
     assert!(text.contains(&format!(
         "ferry_ack_delay_seconds_bucket{{le=\"+Inf\"}} {acked_frames}\n"
     )));
-    // Every sample line is `name{labels} number` with a declared TYPE.
+    // OpenMetrics: every sample line is `name{labels} number` of a declared family (a counter's
+    // family is its name without `_total`), and the text ends with `# EOF`.
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok(), "{line}");
@@ -540,7 +542,8 @@ async fn commands_status_metrics_and_readiness() {
         let family = base_name
             .trim_end_matches("_bucket")
             .trim_end_matches("_sum")
-            .trim_end_matches("_count");
+            .trim_end_matches("_count")
+            .trim_end_matches("_total");
         assert!(
             text.contains(&format!("# TYPE {base_name} "))
                 || text.contains(&format!("# TYPE {family} ")),

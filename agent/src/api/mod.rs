@@ -21,6 +21,7 @@
 
 pub mod dashboard;
 pub mod error;
+mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod ops;

@@ -1,10 +1,10 @@
-//! Operations routes: `/healthz`, `/readyz`, `/api/v1/status`, `/metrics` (Prometheus text).
+//! Operations routes: `/healthz`, `/readyz`, `/api/v1/status`, `/metrics` (rendered by
+//! [`super::metrics`]).
 //!
 //! Labels are low-cardinality by construction: reasons and results from fixed lists, never device
 //! ids. Rates are measured by the agent over the last 5 s ([`Rates`], sampled once a second).
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use super::model::*;
 use super::params::Params;
 use super::time::format_ms;
 use super::ApiState;
-use crate::metrics::{Metrics, BUCKETS_S, REASONS};
+use crate::metrics::Metrics;
 use crate::store::query::{self, ForwardPosition};
 
 /// Samples of `(when, samples committed, events forwarded)`, newest last.
@@ -83,12 +83,12 @@ pub async fn healthz() -> Json<HealthDoc> {
 }
 
 /// What `readyz` and `status` share, read in one go.
-struct Snapshot {
-    store: StoreStateDoc,
-    uplink: UplinkDoc,
-    disk: DiskDoc,
-    devices: u64,
-    devices_online: u64,
+pub(super) struct Snapshot {
+    pub(super) store: StoreStateDoc,
+    pub(super) uplink: UplinkDoc,
+    pub(super) disk: DiskDoc,
+    pub(super) devices: u64,
+    pub(super) devices_online: u64,
 }
 
 /// What the store says for [`Snapshot`]: the oldest unforwarded event, devices, devices online.
@@ -266,310 +266,20 @@ pub async fn status(
     }))
 }
 
-/// Prometheus text exposition of every counter and gauge.
+/// The OpenMetrics exposition of every counter, gauge and histogram ([`super::metrics`]).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
+    responses((status = 200, description = "OpenMetrics text 1.0.0 (Prometheus reads it)", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let snap = snapshot(&s).await?;
-    let text = render(&s, &snap);
+    let text = super::metrics::render(&s, &snap);
     Ok((
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
         .into_response())
-}
-
-fn render(s: &ApiState, snap: &Snapshot) -> String {
-    let i = &s.inner;
-    let m = &i.metrics;
-    let u = &i.uplink;
-    let g = Metrics::get;
-    let mut o = String::with_capacity(8192);
-    let mut one = |name: &str, kind: &str, help: &str, v: f64| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    };
-    one(
-        "ferry_frames_ok_total",
-        "counter",
-        "Frames decoded successfully.",
-        g(&m.frames_ok) as f64,
-    );
-    one(
-        "ferry_frames_unexpected_total",
-        "counter",
-        "Valid frames a gateway should never receive.",
-        g(&m.frames_unexpected) as f64,
-    );
-    one(
-        "ferry_samples_received_total",
-        "counter",
-        "Samples received (before dedup).",
-        g(&m.samples_received) as f64,
-    );
-    one(
-        "ferry_samples_committed_total",
-        "counter",
-        "Samples committed to the store.",
-        g(&m.samples_committed) as f64,
-    );
-    one(
-        "ferry_samples_duplicate_total",
-        "counter",
-        "Retransmitted samples already stored.",
-        g(&m.samples_duplicate) as f64,
-    );
-    one(
-        "ferry_samples_out_of_order_total",
-        "counter",
-        "Samples ignored after a lost frame (the device resends them).",
-        g(&m.samples_out_of_order) as f64,
-    );
-    one(
-        "ferry_samples_out_of_range_total",
-        "counter",
-        "Samples not stored because their time is out of range (acked, frame quarantined).",
-        g(&m.samples_out_of_range) as f64,
-    );
-    one(
-        "ferry_events_pruned_forwarded_total",
-        "counter",
-        "Forwarded events deleted by retention.",
-        g(&m.events_pruned_forwarded) as f64,
-    );
-    one(
-        "ferry_quarantined_total",
-        "counter",
-        "Rejected frames written to quarantine.",
-        g(&m.quarantined) as f64,
-    );
-    one(
-        "ferry_commits_total",
-        "counter",
-        "Store transactions committed.",
-        g(&m.commits) as f64,
-    );
-    one(
-        "ferry_commit_failures_total",
-        "counter",
-        "Store transactions rolled back (nothing in them acked).",
-        g(&m.commit_failures) as f64,
-    );
-    one(
-        "ferry_acks_sent_total",
-        "counter",
-        "Acks sent to devices.",
-        g(&m.acks_sent) as f64,
-    );
-    one(
-        "ferry_hellos_total",
-        "counter",
-        "Device Hellos answered.",
-        g(&m.hellos) as f64,
-    );
-    one(
-        "ferry_links_open",
-        "gauge",
-        "Device links open.",
-        g(&m.links_open) as f64,
-    );
-    one(
-        "ferry_links_opened_total",
-        "counter",
-        "Device links opened.",
-        g(&m.links_total) as f64,
-    );
-    one(
-        "ferry_devices",
-        "gauge",
-        "Devices known.",
-        snap.devices as f64,
-    );
-    one(
-        "ferry_devices_online",
-        "gauge",
-        "Devices online.",
-        snap.devices_online as f64,
-    );
-    one(
-        "ferry_db_used_bytes",
-        "gauge",
-        "Bytes the database uses.",
-        snap.disk.db_used_bytes as f64,
-    );
-    if let Some(c) = snap.disk.max_db_size {
-        one(
-            "ferry_db_max_bytes",
-            "gauge",
-            "store.max_db_size.",
-            c as f64,
-        );
-    }
-    if let Some(f) = snap.disk.fs_free_bytes {
-        one(
-            "ferry_fs_free_bytes",
-            "gauge",
-            "Free bytes on the database's filesystem.",
-            f as f64,
-        );
-    }
-    one(
-        "ferry_disk_full",
-        "gauge",
-        "1 while the disk refuses writes.",
-        f64::from(u8::from(snap.store.disk_full)),
-    );
-    one(
-        "ferry_backpressure",
-        "gauge",
-        "1 while max_db_size with backpressure refuses samples.",
-        f64::from(u8::from(snap.store.backpressure)),
-    );
-    one(
-        "ferry_store_writable",
-        "gauge",
-        "1 while the store accepts samples.",
-        f64::from(u8::from(snap.store.writable)),
-    );
-    one(
-        "ferry_uplink_enabled",
-        "gauge",
-        "1 when forwarding is configured.",
-        f64::from(u8::from(i.forwarding_on)),
-    );
-    one(
-        "ferry_uplink_connected",
-        "gauge",
-        "1 while connected to the broker.",
-        f64::from(u8::from(u.connected.load(Relaxed))),
-    );
-    one(
-        "ferry_uplink_connects_total",
-        "counter",
-        "Successful broker connects.",
-        u.connects.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_disconnects_total",
-        "counter",
-        "Broker connection losses.",
-        u.disconnects.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_messages_sent_total",
-        "counter",
-        "Messages written, including republished ones.",
-        u.messages_sent.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_messages_republished_total",
-        "counter",
-        "Messages republished after a reconnect.",
-        u.messages_republished.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_messages_acked_total",
-        "counter",
-        "Messages acked by the broker.",
-        u.messages_acked.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_events_forwarded_total",
-        "counter",
-        "Events in messages the broker acked.",
-        u.events_acked.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_messages_unrouted_total",
-        "counter",
-        "Messages with no subscriber (held and sent again).",
-        u.messages_unrouted.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_commands_refused_topic_total",
-        "counter",
-        "Commands on a topic naming no valid device (acked and dropped).",
-        u.commands_refused_topic.load(Relaxed) as f64,
-    );
-    one(
-        "ferry_uplink_backlog_events",
-        "gauge",
-        "Events not yet forwarded (estimate).",
-        snap.uplink.backlog_events as f64,
-    );
-    one(
-        "ferry_uplink_lag_seconds",
-        "gauge",
-        "Age of the oldest unforwarded event (0 when none).",
-        snap.uplink.oldest_unforwarded_age_s.unwrap_or(0.0),
-    );
-    one(
-        "ferry_api_streams_open",
-        "gauge",
-        "Live API streams open.",
-        (super::MAX_STREAMS - i.streams.available_permits()) as f64,
-    );
-    one(
-        "ferry_uptime_seconds",
-        "gauge",
-        "Seconds since the agent started.",
-        i.started.elapsed().as_secs_f64(),
-    );
-
-    let _ = writeln!(o, "# HELP ferry_frames_rejected_total Frames rejected, by reason.\n# TYPE ferry_frames_rejected_total counter");
-    for (r, c) in REASONS.iter().zip(&m.frames_rejected) {
-        let _ = writeln!(o, "ferry_frames_rejected_total{{reason=\"{r}\"}} {}", g(c));
-    }
-    let _ = writeln!(o, "# HELP ferry_samples_dropped_total Samples or events lost to a full ring or full store, by reason.\n# TYPE ferry_samples_dropped_total counter");
-    for (r, v) in [
-        ("device_ring", g(&m.samples_dropped_by_device)),
-        ("refused", g(&m.samples_refused)),
-        ("drop_oldest", g(&m.events_dropped_oldest)),
-    ] {
-        let _ = writeln!(o, "ferry_samples_dropped_total{{reason=\"{r}\"}} {v}");
-    }
-    let _ = writeln!(o, "# HELP ferry_uplink_quarantined_total Messages and events the broker refused, kept in quarantine.\n# TYPE ferry_uplink_quarantined_total counter");
-    let _ = writeln!(
-        o,
-        "ferry_uplink_quarantined_total{{unit=\"messages\"}} {}",
-        u.messages_quarantined.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "ferry_uplink_quarantined_total{{unit=\"events\"}} {}",
-        u.events_quarantined.load(Relaxed)
-    );
-
-    histogram(
-        &mut o,
-        "ferry_commit_duration_seconds",
-        "Time from a batch's first statement to COMMIT returning.",
-        &m.commit_time,
-    );
-    histogram(
-        &mut o,
-        "ferry_ack_delay_seconds",
-        "Time from reading a Samples frame off its link to writing the ack that covers it.",
-        &m.ack_delay,
-    );
-    o
-}
-
-/// One histogram in Prometheus text format (cumulative buckets, `+Inf`, sum and count).
-fn histogram(o: &mut String, name: &str, help: &str, h: &crate::metrics::Histogram) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let counts = h.counts();
-    let mut acc = 0;
-    for (b, c) in BUCKETS_S.iter().zip(&counts) {
-        acc += c;
-        let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {acc}");
-    }
-    acc += counts.last().copied().unwrap_or(0);
-    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {acc}");
-    let _ = writeln!(o, "{name}_sum {}", h.sum_s());
-    let _ = writeln!(o, "{name}_count {acc}");
 }
 
 #[cfg(test)]

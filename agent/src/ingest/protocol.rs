@@ -456,7 +456,7 @@ impl LinkProtocol {
             if boot == boot_id {
                 self.metrics
                     .ack_delay
-                    .observe(now.saturating_duration_since(at));
+                    .observe(now.saturating_duration_since(at).as_secs_f64());
             }
             self.unacked.pop_front();
         }

@@ -78,13 +78,12 @@ impl Writer {
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "WAL checkpoint at shutdown failed.");
         }
-        let h = &self.metrics.commit_time;
+        let c = &self.commit_times;
         tracing::info!(
-            commits = h.counts().iter().sum::<u64>(),
-            p50_le_ms = h.quantile_bound_s(0.5).unwrap_or(0.0) * 1e3,
-            p99_le_ms = h.quantile_bound_s(0.99).unwrap_or(0.0) * 1e3,
-            over_5ms = h.counts()[5..].iter().sum::<u64>(),
-            buckets = ?h.counts(),
+            commits = c.count,
+            mean_ms = c.mean().as_secs_f64() * 1e3,
+            max_ms = c.max.as_secs_f64() * 1e3,
+            over_5ms = c.over_5ms,
             "Store writer stopped; WAL checkpointed."
         );
     }
@@ -130,7 +129,9 @@ impl Writer {
             written = t.elapsed();
             self.conn.execute_batch("COMMIT")
         });
-        self.metrics.commit_time.observe(t.elapsed());
+        let took = t.elapsed();
+        self.metrics.commit_time.observe(took.as_secs_f64());
+        self.commit_times.record(took);
         let samples = self.batch.samples;
         self.note_stall("commit", t.elapsed(), Some((written, samples)));
         match res {

@@ -499,6 +499,31 @@ struct Writer {
     committed: watch::Sender<i64>,
     /// Summarised sensors and the summaries held in memory.
     summaries: rollup::Summaries,
+    /// Commit times for the log line at shutdown (`/metrics` has the histogram).
+    commit_times: CommitTimes,
+}
+
+/// How long commits took, summed up for the writer's shutdown log.
+#[derive(Debug, Default)]
+struct CommitTimes {
+    count: u64,
+    total: Duration,
+    max: Duration,
+    /// Commits that took more than 5 ms (a device sees them as ack latency).
+    over_5ms: u64,
+}
+
+impl CommitTimes {
+    fn record(&mut self, d: Duration) {
+        self.count += 1;
+        self.total += d;
+        self.max = self.max.max(d);
+        self.over_5ms += u64::from(d > Duration::from_millis(5));
+    }
+
+    fn mean(&self) -> Duration {
+        self.total / u32::try_from(self.count.max(1)).unwrap_or(u32::MAX)
+    }
 }
 
 impl Writer {
@@ -533,6 +558,7 @@ impl Writer {
             rt,
             committed: watch::channel(0).0,
             summaries: rollup::Summaries::default(),
+            commit_times: CommitTimes::default(),
         }
     }
 
