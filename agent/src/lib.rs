@@ -4,7 +4,7 @@
 //! [`store`] (SQLite writer, retention, reads) → [`uplink`] (MQTT to the cloud and back: the
 //! store as the source, the in-flight ledger, downlink commands) ; beside them [`commands`]
 //! (device commands), [`api`] (local HTTP API, live stream, metrics, dashboard), [`cli`] (the
-//! command line's client of that API), [`config`] (ferry.toml), [`clock`] (the wall clock),
+//! command line's client of that API), [`config`] (ferry.toml), [`time`] (the wall clock, instants and durations),
 //! [`metrics`], [`shutdown`], and `demo` (behind the `demo` feature: simulated devices, the
 //! in-process broker and bridge).
 //!
@@ -14,7 +14,6 @@
 
 pub mod api;
 pub mod cli;
-pub mod clock;
 pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
@@ -23,6 +22,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod shutdown;
 pub mod store;
+pub mod time;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -38,7 +38,7 @@ use crate::ingest::LinkCtx;
 use crate::metrics::Metrics;
 use crate::store::writer::StoreHandle;
 
-pub use clock::utc_now_ms;
+pub use time::utc_now_ms;
 
 /// How long links get to finish at shutdown.
 const INTAKE_GRACE: Duration = Duration::from_secs(5);

@@ -298,15 +298,7 @@ pub fn ensure_dataset(cfg: &Cfg) -> (Dataset, String) {
 }
 
 pub fn fmt_ms(ms: i64) -> String {
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (y, m, d) = ferry_agent::api::time::civil_from_days(days);
-    let s = rem / 1000;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    ferry_agent::time::format_utc(ms, ' ', false)
 }
 
 /// Reads the file once so the reads below find it in the OS page cache.

@@ -31,7 +31,8 @@ pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod stream;
-pub mod time;
+/// Instants and durations in query strings (the agent's one time module).
+pub use crate::time;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -12,10 +12,6 @@ use super::time::format_ms;
 use super::ApiState;
 use crate::store::query::{self, EventFilter, ForwardPosition};
 
-fn now_ms() -> i64 {
-    crate::utc_now_ms()
-}
-
 /// The path's device id: one the link protocol can carry (D3), or a 400 naming `id`.
 fn check_device_id(id: &str) -> Result<(), ApiError> {
     crate::commands::check_device_id(id).map_err(|e| ApiError::param("id", e))
@@ -44,7 +40,7 @@ async fn device_docs(s: &ApiState, only: Option<String>) -> Result<Vec<DeviceDoc
         } else {
             None
         };
-        let now = now_ms();
+        let now = crate::utc_now_ms();
         Ok(query::devices(c, only.as_deref(), pos)?
             .into_iter()
             .map(|d| DeviceDoc::new(d, forwarding_on, now))
@@ -170,7 +166,7 @@ pub async fn events(
     State(s): State<ApiState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let q = EventsQuery::parse(raw.as_deref(), now_ms())?;
+    let q = EventsQuery::parse(raw.as_deref(), crate::utc_now_ms())?;
     let page = s
         .inner
         .reads
@@ -237,7 +233,7 @@ pub async fn series(
     State(s): State<ApiState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<SeriesDoc>, ApiError> {
-    let q = SeriesQuery::parse(raw.as_deref(), now_ms())?;
+    let q = SeriesQuery::parse(raw.as_deref(), crate::utc_now_ms())?;
     let doc = s
         .inner
         .reads

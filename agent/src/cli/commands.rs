@@ -133,7 +133,7 @@ pub fn devices_offline(db: &Path, format: Format, out: &mut impl Write) -> Resul
             json!({
                 "id": r.device_id,
                 "online": r.online,
-                "last_seen": rfc3339(r.last_seen_ms),
+                "last_seen": crate::time::format_ms(r.last_seen_ms),
                 "last_seen_ms": r.last_seen_ms,
                 "firmware": r.firmware,
                 "boot_id": r.boot_id,
@@ -144,11 +144,6 @@ pub fn devices_offline(db: &Path, format: Format, out: &mut impl Write) -> Resul
         })
         .collect();
     write_devices(&json!({ "devices": devices }), format, out)
-}
-
-/// RFC 3339 UTC with milliseconds, as the API writes times.
-fn rfc3339(ms: i64) -> String {
-    format!("{}Z", format::fmt_utc(ms, true).replacen(' ', "T", 1))
 }
 
 /// `ferry latest [DEVICE]`: one device's sensors, or every device's.

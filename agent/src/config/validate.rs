@@ -5,15 +5,14 @@
 //! value came from the file or an environment variable); checks run in a fixed order, so a file
 //! with several mistakes always reports the same one first.
 //!
-//! Durations here are config durations ([`parse_duration`]): a decimal number and an optional
-//! unit (`ms`, `s`, `m`/`min`, `h`, `d`; none = seconds), spaces allowed between them. The API's
-//! spans (`crate::api::time::parse_span_ms`) are another syntax (whole numbers, a unit always, `w`
-//! for weeks, bounded to the range of instants); each is kept as it is, since merging them would
-//! change what one side accepts.
+//! Durations are read by [`crate::time::parse_duration`], the one syntax the config file, the
+//! API and the CLI share.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::time::parse_duration;
 
 use super::file::{ApiConfig, FerryConfig, Keyword, UplinkConfig, Word};
 use super::{ApiSettings, ConfigError, DevicesSettings, SerialSettings, Settings, StoreSettings};
@@ -317,27 +316,6 @@ fn positive(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} must be greater than zero"));
     }
     Ok(d)
-}
-
-/// Parses `"500ms"`, `"2s"`, `"5m"`, `"12h"`, `"7d"` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like \"500ms\", \"30s\", \"7d\""))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
 }
 
 /// Parses `"512 MiB"`, `"2GB"`, `"1048576"`; `"0"` means no cap (`None`).

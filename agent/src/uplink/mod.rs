@@ -215,16 +215,10 @@ fn status_payload(gateway: &str, state: LinkState, version: &str) -> Vec<u8> {
         v: contract::SCHEMA_VERSION,
         gateway: gateway.to_owned(),
         state,
-        at_ms: now_ms(),
+        at_ms: crate::utc_now_ms(),
         agent: version.to_owned(),
     })
     .expect("status serializes")
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The uplink task. Runs until `shutdown`, then drains and returns.
@@ -279,7 +273,7 @@ impl<S: EventSource> Uplink<S> {
         let (client, mut events, task) = mqtt::start(
             s.protocol == Protocol::V5,
             &opts,
-            backoff::Backoff::new(s.backoff.0, s.backoff.1, now_ms() as u64),
+            backoff::Backoff::new(s.backoff.0, s.backoff.1, crate::utc_now_ms() as u64),
             link_stop.clone(),
         );
         tracing::info!(
@@ -561,7 +555,7 @@ impl<S: EventSource> Uplink<S> {
                     status: contract::OutcomeStatus::Rejected,
                     detail: Some(e.to_string()),
                     data_hex: None,
-                    at_ms: now_ms(),
+                    at_ms: crate::utc_now_ms(),
                 };
                 // The request is acked once its answer is: a crash in between redelivers it.
                 let (tx, rx) = tokio::sync::oneshot::channel();

@@ -6,15 +6,7 @@
 
 /// `YYYY-MM-DD HH:MM:SS` (with `.mmm` when `millis`) for Unix milliseconds, UTC.
 pub fn fmt_utc(ms: i64, millis: bool) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::api::time::civil_from_days(days);
-    let hms = format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
-    if millis {
-        format!("{y:04}-{m:02}-{d:02} {hms}.{:03}", ms.rem_euclid(1000))
-    } else {
-        format!("{y:04}-{m:02}-{d:02} {hms}")
-    }
+    crate::time::format_utc(ms, ' ', millis)
 }
 
 /// A time cell: from Unix ms when the agent gave them, else its RFC 3339 text, else `-`.

@@ -1,4 +1,15 @@
-//! Times in query strings and responses: pure parsing and formatting, no I/O.
+//! Time and units, in one place: the wall clock, instants (RFC 3339, Unix milliseconds, relative
+//! to now) and durations, for the config file, the API and the CLI. Pure parsing and formatting
+//! on `jiff` (calendar rules, RFC 3339), apart from [`utc_now_ms`].
+//!
+//! The wall clock: [`utc_now_ms`] is the one function that reads it for a timestamp; durations
+//! and deadlines use `Instant`, which never jumps. A clock set before 1970 reads as 0 instead of
+//! failing: a wrong timestamp is data, a panic would stop ingest.
+//!
+//! One duration syntax ([`parse_duration`]) everywhere: a non-negative decimal number, then
+//! optionally (spaces allowed) a unit `ms`, `s`, `m`/`min`, `h`, `d` or `w`; no unit means seconds
+//! (`250ms`, `1.5h`, `7d`, `30`). The API works in whole milliseconds ([`parse_span_ms`]: a
+//! fraction of a millisecond is dropped).
 //!
 //! Accepted instants: RFC 3339 (`2026-11-24T10:00:00Z`, `...T10:00:00.5+01:00`), Unix milliseconds
 //! (signed), `now`, and offsets from now (`-90s`, `-15m`, `-1h`, `-7d`, `-2w`; also `+5m`). Every
@@ -6,6 +17,23 @@
 //! 1..=9999); one outside it, or a number too large for any arithmetic, is an error that says
 //! "out of range", so arithmetic on a parsed instant never overflows. Output is always RFC 3339
 //! UTC with milliseconds.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jiff::civil::DateTime;
+use jiff::SignedDuration;
+
+/// 1970-01-01T00:00:00 as a civil time. Instants are converted as civil UTC times (jiff's
+/// `Timestamp` stops a day short of 9999-12-31T23:59:59.999Z, the last instant Ferry accepts).
+const EPOCH: DateTime = DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
+
+/// Wall-clock time, milliseconds since the Unix epoch (UTC); 0 if the clock is before 1970.
+pub fn utc_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Earliest instant accepted: 0001-01-01T00:00:00.000Z.
 pub const MIN_MS: i64 = -62_135_596_800_000;
@@ -16,31 +44,67 @@ fn out_of_range(s: &str) -> String {
     format!("{s:?} is out of range (0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999Z)")
 }
 
-/// Milliseconds in a duration like `1m`, `10s`, `250ms`, `2h`, `1d`, `1w` (integer amounts), at
-/// most [`MAX_MS`] - [`MIN_MS`] (the whole range of instants).
-pub fn parse_span_ms(s: &str) -> Result<i64, String> {
+/// Parses the one duration syntax (module header): `"500ms"`, `"1.5h"`, `"7d"`, `"2w"`, `"30"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || format!("{s:?} is not a duration like 10s, 15m, 1h or 7d");
-    let unit_ms = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 604_800_000,
-        _ => return Err(bad()),
+    let unit_ns: u128 = match unit.trim() {
+        "ms" => 1_000_000,
+        "" | "s" => 1_000_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "d" => 86_400_000_000_000,
+        "w" => 604_800_000_000_000,
+        u => {
+            return Err(format!(
+            "{s:?} is not a duration: unknown unit {u:?} (use ms, s, m, h, d or w, e.g. \"500ms\", \"30s\", \"7d\")"
+        ))
+        }
     };
-    if num.is_empty() {
+    let bad = || format!("{s:?} is not a duration like \"500ms\", \"30s\", \"1.5h\" or \"7d\"");
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() && frac.is_empty() || frac.contains('.') {
         return Err(bad());
     }
-    // All digits here: a parse failure can only be a number too large for an i64.
-    num.parse::<i64>()
+    let too_big = || format!("{s:?} is out of range");
+    // Exact decimal arithmetic: digits beyond a nanosecond's resolution are dropped.
+    let whole: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse::<u128>().map_err(|_| too_big())?
+    };
+    let frac = &frac[..frac.len().min(20)];
+    let frac_ns = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>().map_err(|_| bad())? * unit_ns / 10u128.pow(frac.len() as u32)
+    };
+    let ns = whole
+        .checked_mul(unit_ns)
+        .and_then(|n| n.checked_add(frac_ns))
+        .ok_or_else(too_big)?;
+    let secs = u64::try_from(ns / 1_000_000_000).map_err(|_| too_big())?;
+    Ok(Duration::new(secs, (ns % 1_000_000_000) as u32))
+}
+
+/// A duration ([`parse_duration`]) in whole milliseconds, at most [`MAX_MS`] - [`MIN_MS`] (the
+/// whole range of instants).
+pub fn parse_span_ms(s: &str) -> Result<i64, String> {
+    let out_of_range = || format!("{s:?} is out of range (at most {} ms)", MAX_MS - MIN_MS);
+    let d = parse_duration(s).map_err(|e| {
+        if e.contains("out of range") {
+            out_of_range()
+        } else {
+            e
+        }
+    })?;
+    i64::try_from(d.as_millis())
         .ok()
-        .and_then(|n| n.checked_mul(unit_ms))
         .filter(|v| *v <= MAX_MS - MIN_MS)
-        .ok_or_else(|| format!("{s:?} is out of range (at most {} ms)", MAX_MS - MIN_MS))
+        .ok_or_else(out_of_range)
 }
 
 /// An instant in Unix milliseconds; see the module header for the forms.
@@ -63,7 +127,7 @@ pub fn parse_instant(s: &str, now_ms: i64) -> Result<i64, String> {
         Some(rest) => (-1, rest),
         None => (1, t.strip_prefix('+').unwrap_or(t)),
     };
-    if digits.starts_with(|c: char| c.is_ascii_digit())
+    if digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
         && digits.contains(|c: char| c.is_ascii_alphabetic())
         && t != digits
     {
@@ -113,10 +177,20 @@ fn parse_rfc3339(t: &str) -> Result<i64, String> {
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60
-    {
-        return Err(format!("{t:?}: a date or time field is out of range"));
-    }
+    let field_range = || format!("{t:?}: a date or time field is out of range");
+    // A leap second (`:60`) reads as `:59`.
+    let civil = DateTime::new(
+        y as i16,
+        mo as i8,
+        d as i8,
+        h as i8,
+        mi as i8,
+        sec.min(59) as i8,
+        0,
+    )
+    .ok()
+    .filter(|_| sec <= 60)
+    .ok_or_else(field_range)?;
     let mut i = 19;
     let mut frac_ms = 0;
     if b[i] == b'.' {
@@ -131,7 +205,7 @@ fn parse_rfc3339(t: &str) -> Result<i64, String> {
         let digits = &t[start..i.min(start + 3)];
         frac_ms = digits.parse::<i64>().map_err(|_| bad())? * 10_i64.pow(3 - digits.len() as u32);
     }
-    let offset_min = match &t[i..] {
+    let offset_s = match &t[i..] {
         "Z" | "z" => 0,
         o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
             let oh = num(i + 1..i + 3)?;
@@ -139,7 +213,7 @@ fn parse_rfc3339(t: &str) -> Result<i64, String> {
             if oh > 23 || om > 59 {
                 return Err(format!("{t:?}: the UTC offset is out of range"));
             }
-            let m = oh * 60 + om;
+            let m = (oh * 60 + om) as i32 * 60;
             if o.starts_with('-') {
                 -m
             } else {
@@ -148,60 +222,41 @@ fn parse_rfc3339(t: &str) -> Result<i64, String> {
         }
         _ => return Err(bad()),
     };
-    let days = days_from_civil(y, mo, d);
-    // Years 0000..=9999 (four digits): far inside i64; the caller checks the range.
-    Ok(((days * 86_400 + h * 3600 + mi * 60 + sec.min(59)) - offset_min * 60) * 1000 + frac_ms)
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `(year, month, day)` of days since 1970-01-01 (Howard Hinnant's algorithm).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    // jiff's civil times hold years -9999..=9999: what an offset moves outside them is outside
+    // Ferry's range (years 1..=9999) too.
+    let utc = civil
+        .checked_sub(SignedDuration::from_secs(offset_s.into()))
+        .map_err(|_| out_of_range(t))?;
+    let ms = i64::try_from(utc.duration_since(EPOCH).as_millis()).map_err(|_| out_of_range(t))?;
+    Ok(ms + frac_ms)
 }
 
 /// RFC 3339 UTC with milliseconds: `2026-11-24T10:00:00.123Z`.
 pub fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    format_utc(ms, 'T', true) + "Z"
+}
+
+/// `YYYY-MM-DD{sep}HH:MM:SS`, with `.mmm` when `millis`, for Unix milliseconds, UTC. A time
+/// beyond jiff's years -9999..=9999, which no stored sample has since schema v7 bounds them
+/// (years 1..=9999), is written as its Unix milliseconds rather than as a wrong date.
+pub fn format_utc(ms: i64, sep: char, millis: bool) -> String {
+    let Ok(c) = EPOCH.checked_add(SignedDuration::from_millis(ms)) else {
+        return ms.to_string();
+    };
+    let date = format!(
+        "{:04}-{:02}-{:02}{sep}{:02}:{:02}:{:02}",
+        c.year(),
+        c.month(),
+        c.day(),
+        c.hour(),
+        c.minute(),
+        c.second()
+    );
+    if millis {
+        format!("{date}.{:03}", c.millisecond())
+    } else {
+        date
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +286,8 @@ mod tests {
         assert_eq!(parse_instant("-90s", NOW), Ok(NOW - 90_000));
         assert_eq!(parse_instant("+5m", NOW), Ok(NOW + 300_000));
         assert_eq!(parse_instant("-2w", NOW), Ok(NOW - 2 * 604_800_000));
+        assert_eq!(parse_instant("-1.5h", NOW), Ok(NOW - 5_400_000));
+        assert_eq!(parse_instant("-.5s", NOW), Ok(NOW - 500));
         assert_eq!(parse_instant("1764000000000", NOW), Ok(NOW));
         assert_eq!(parse_instant("-1", NOW), Ok(-1), "Unix ms before 1970");
         assert_eq!(parse_instant("0001-01-01T00:00:00Z", NOW), Ok(MIN_MS));
@@ -281,8 +338,17 @@ mod tests {
         assert_eq!(parse_span_ms("1m"), Ok(60_000));
         assert_eq!(parse_span_ms("250ms"), Ok(250));
         assert_eq!(parse_span_ms("1d"), Ok(86_400_000));
-        assert!(parse_span_ms("1.5m").is_err());
+        assert_eq!(parse_span_ms("1.5m"), Ok(90_000));
+        assert_eq!(parse_span_ms("2w"), Ok(1_209_600_000));
+        assert_eq!(parse_span_ms("30"), Ok(30_000), "no unit: seconds");
+        assert_eq!(
+            parse_span_ms("0.0005s"),
+            Ok(0),
+            "below a millisecond: dropped"
+        );
         assert!(parse_span_ms("m").is_err());
+        assert!(parse_span_ms(".").is_err());
+        assert!(parse_span_ms("1.2.3s").is_err());
         assert!(parse_span_ms("-1m").is_err());
         assert!(parse_span_ms("999999999999w")
             .unwrap_err()
@@ -294,6 +360,33 @@ mod tests {
     }
 
     #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration(" 1.5 h "), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1min"), Ok(Duration::from_secs(60)));
+        assert_eq!(
+            parse_duration("1e3s").unwrap_err(),
+            "\"1e3s\" is not a duration: unknown unit \"e3s\" (use ms, s, m, h, d or w, e.g. \"500ms\", \"30s\", \"7d\")"
+        );
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999999w")
+            .unwrap_err()
+            .contains("out of range"));
+    }
+
+    #[test]
+    fn the_clock_reads_milliseconds() {
+        // 2020-09-13 ..= 2286: milliseconds, not seconds or microseconds.
+        assert!((1_600_000_000_000..10_000_000_000_000).contains(&utc_now_ms()));
+    }
+
+    #[test]
     fn format() {
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_ms(1_795_510_800_500), "2026-11-24T09:00:00.500Z");
@@ -301,6 +394,11 @@ mod tests {
         assert_eq!(format_ms(MIN_MS), "0001-01-01T00:00:00.000Z");
         assert_eq!(format_ms(MAX_MS), "9999-12-31T23:59:59.999Z");
         assert_eq!(format_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            format_utc(1_795_510_800_500, ' ', false),
+            "2026-11-24 09:00:00"
+        );
+        assert_eq!(format_utc(i64::MAX, ' ', true), i64::MAX.to_string());
     }
 
     proptest! {
@@ -313,6 +411,12 @@ mod tests {
         fn any_text_parses_or_errs_without_panicking(s in "\\PC{0,40}") {
             let _ = parse_instant(&s, NOW);
             let _ = parse_span_ms(&s);
+            let _ = parse_duration(&s);
+        }
+
+        #[test]
+        fn any_millisecond_formats_without_panicking(ms in proptest::num::i64::ANY) {
+            let _ = format_ms(ms);
         }
 
         #[test]
