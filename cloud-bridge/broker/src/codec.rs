@@ -11,12 +11,17 @@
 //!   [`CodecError`], and the connection closes.
 //! - QoS 2 is not supported: a QoS 2 PUBLISH or any PUBREC/PUBREL/PUBCOMP decodes to
 //!   [`Inbound::Qos2`] so the connection can refuse it by name.
+//!
+//! The version-specific halves are `codec/mqtt311.rs` and `codec/mqtt5.rs`: each turns its
+//! rumqttc packets into [`Inbound`] and writes [`Outbound`] as its packets. Framing, the
+//! first-packet rule and the panic guard are here, shared by both.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::{v4, QoS as Qos4};
-use rumqttc::v5::mqttbytes::{v5, QoS as Qos5};
+
+mod mqtt311;
+mod mqtt5;
 
 /// Protocol version of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,12 +365,8 @@ impl Decoder {
         }
         let max = self.max_packet;
         let decoded = catch_unwind(AssertUnwindSafe(|| match version {
-            Version::V311 => v4::read(&mut frame, max)
-                .map_err(|e| CodecError::Malformed(e.to_string()))
-                .and_then(from_v4),
-            Version::V5 => v5::Packet::read(&mut frame, Some(max))
-                .map_err(|e| CodecError::Malformed(e.to_string()))
-                .and_then(from_v5),
+            Version::V311 => mqtt311::decode(&mut frame, max),
+            Version::V5 => mqtt5::decode(&mut frame, max),
         }));
         match decoded {
             Ok(r) => r.map(Some),
@@ -382,185 +383,6 @@ fn qos_of(q: u8) -> Option<Qos> {
     }
 }
 
-fn topic_str(b: &[u8]) -> Result<Arc<str>, CodecError> {
-    std::str::from_utf8(b)
-        .map(Arc::from)
-        .map_err(|_| CodecError::Malformed("topic is not UTF-8".into()))
-}
-
-fn from_v4(p: v4::Packet) -> Result<Inbound, CodecError> {
-    Ok(match p {
-        v4::Packet::Connect(c) => {
-            let (will, will_qos2) = match c.last_will {
-                Some(w) => (
-                    Some(Message {
-                        topic: Arc::from(w.topic.as_str()),
-                        payload: w.message,
-                        qos: qos_of(w.qos as u8).unwrap_or(Qos::AtLeastOnce),
-                        retain: w.retain,
-                    }),
-                    w.qos == Qos4::ExactlyOnce,
-                ),
-                None => (None, false),
-            };
-            Inbound::Connect(ConnectReq {
-                version: Version::V311,
-                client_id: c.client_id,
-                clean_start: c.clean_session,
-                keep_alive: c.keep_alive,
-                session_expiry_s: if c.clean_session { 0 } else { u32::MAX },
-                receive_maximum: u16::MAX,
-                max_packet_size: None,
-                will,
-                will_qos2,
-            })
-        }
-        v4::Packet::Publish(p) => match qos_of(p.qos as u8) {
-            Some(qos) => Inbound::Publish {
-                msg: Message {
-                    topic: Arc::from(p.topic.as_str()),
-                    payload: p.payload,
-                    qos,
-                    retain: p.retain,
-                },
-                pkid: p.pkid,
-            },
-            None => Inbound::Qos2("PUBLISH with QoS 2"),
-        },
-        v4::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
-        v4::Packet::PubRec(_) => Inbound::Qos2("PUBREC"),
-        v4::Packet::PubRel(_) => Inbound::Qos2("PUBREL"),
-        v4::Packet::PubComp(_) => Inbound::Qos2("PUBCOMP"),
-        v4::Packet::Subscribe(s) => Inbound::Subscribe {
-            pkid: s.pkid,
-            filters: s
-                .filters
-                .into_iter()
-                .map(|f| SubRequest {
-                    filter: f.path,
-                    qos: qos_of(f.qos as u8).unwrap_or(Qos::AtLeastOnce),
-                    no_local: false,
-                    retain_as_published: false,
-                    retain_handling: RetainHandling::OnEverySubscribe,
-                })
-                .collect(),
-        },
-        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
-            pkid: u.pkid,
-            filters: u.topics,
-        },
-        v4::Packet::PingReq => Inbound::PingReq,
-        v4::Packet::Disconnect => Inbound::Disconnect {
-            publish_will: false,
-        },
-        v4::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
-        v4::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
-        v4::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
-        v4::Packet::PingResp => Inbound::Unexpected("PINGRESP"),
-    })
-}
-
-fn from_v5(p: v5::Packet) -> Result<Inbound, CodecError> {
-    Ok(match p {
-        v5::Packet::Connect(c, will, _login) => {
-            let props = c.properties.unwrap_or_default();
-            let (will, will_qos2) = match will {
-                Some(w) => (
-                    Some(Message {
-                        topic: topic_str(&w.topic)?,
-                        payload: w.message,
-                        qos: qos_of(w.qos as u8).unwrap_or(Qos::AtLeastOnce),
-                        retain: w.retain,
-                    }),
-                    w.qos == Qos5::ExactlyOnce,
-                ),
-                None => (None, false),
-            };
-            Inbound::Connect(ConnectReq {
-                version: Version::V5,
-                client_id: c.client_id,
-                clean_start: c.clean_start,
-                keep_alive: c.keep_alive,
-                session_expiry_s: props.session_expiry_interval.unwrap_or(0),
-                receive_maximum: props.receive_maximum.unwrap_or(u16::MAX).max(1),
-                max_packet_size: props.max_packet_size,
-                will,
-                will_qos2,
-            })
-        }
-        v5::Packet::Publish(p) => {
-            if p.properties
-                .as_ref()
-                .is_some_and(|pr| pr.topic_alias.is_some())
-            {
-                return Err(CodecError::Malformed(
-                    "topic alias used (this broker announces none)".into(),
-                ));
-            }
-            match qos_of(p.qos as u8) {
-                Some(qos) => Inbound::Publish {
-                    msg: Message {
-                        topic: topic_str(&p.topic)?,
-                        payload: p.payload,
-                        qos,
-                        retain: p.retain,
-                    },
-                    pkid: p.pkid,
-                },
-                None => Inbound::Qos2("PUBLISH with QoS 2"),
-            }
-        }
-        v5::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
-        v5::Packet::PubRec(_) => Inbound::Qos2("PUBREC"),
-        v5::Packet::PubRel(_) => Inbound::Qos2("PUBREL"),
-        v5::Packet::PubComp(_) => Inbound::Qos2("PUBCOMP"),
-        v5::Packet::Subscribe(s) => Inbound::Subscribe {
-            pkid: s.pkid,
-            filters: s
-                .filters
-                .into_iter()
-                .map(|f| SubRequest {
-                    filter: f.path,
-                    qos: qos_of(f.qos as u8).unwrap_or(Qos::AtLeastOnce),
-                    no_local: f.nolocal,
-                    retain_as_published: f.preserve_retain,
-                    retain_handling: match f.retain_forward_rule {
-                        v5::RetainForwardRule::OnEverySubscribe => RetainHandling::OnEverySubscribe,
-                        v5::RetainForwardRule::OnNewSubscribe => RetainHandling::OnNewSubscribe,
-                        v5::RetainForwardRule::Never => RetainHandling::Never,
-                    },
-                })
-                .collect(),
-        },
-        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
-            pkid: u.pkid,
-            filters: u.filters,
-        },
-        v5::Packet::PingReq(_) => Inbound::PingReq,
-        v5::Packet::Disconnect(d) => Inbound::Disconnect {
-            publish_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
-        },
-        v5::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
-        v5::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
-        v5::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
-        v5::Packet::PingResp(_) => Inbound::Unexpected("PINGRESP"),
-    })
-}
-
-fn q4(q: Qos) -> Qos4 {
-    match q {
-        Qos::AtMostOnce => Qos4::AtMostOnce,
-        Qos::AtLeastOnce => Qos4::AtLeastOnce,
-    }
-}
-
-fn q5(q: Qos) -> Qos5 {
-    match q {
-        Qos::AtMostOnce => Qos5::AtMostOnce,
-        Qos::AtLeastOnce => Qos5::AtLeastOnce,
-    }
-}
-
 /// Appends `out` to `buf` in `version`'s encoding.
 pub fn encode(
     version: Version,
@@ -568,158 +390,18 @@ pub fn encode(
     limits: Limits,
     buf: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let err = |e: rumqttc::mqttbytes::Error| CodecError::Malformed(e.to_string());
-    let err5 = |e: rumqttc::v5::mqttbytes::Error| CodecError::Malformed(e.to_string());
     match version {
-        Version::V311 => match out {
-            Outbound::ConnAck {
-                session_present,
-                code,
-                ..
-            } => {
-                let code = match code {
-                    ConnCode::Accepted => v4::ConnectReturnCode::Success,
-                    ConnCode::BadClientId => v4::ConnectReturnCode::BadClientId,
-                    ConnCode::QosNotSupported | ConnCode::Unavailable => {
-                        v4::ConnectReturnCode::ServiceUnavailable
-                    }
-                };
-                v4::ConnAck::new(code, *session_present)
-                    .write(buf)
-                    .map_err(err)?;
-            }
-            Outbound::PubAck { pkid, .. } => {
-                v4::PubAck::new(*pkid).write(buf).map_err(err)?;
-            }
-            Outbound::Publish(d) => {
-                let mut p = v4::Publish::from_bytes(d.topic.as_ref(), q4(d.qos), d.payload.clone());
-                p.retain = d.retain;
-                p.dup = d.dup;
-                p.pkid = d.pkid;
-                p.write(buf).map_err(err)?;
-            }
-            Outbound::SubAck { pkid, codes } => {
-                let codes = codes
-                    .iter()
-                    .map(|c| match c {
-                        SubCode::Granted(q) => v4::SubscribeReasonCode::Success(q4(*q)),
-                        SubCode::InvalidFilter => v4::SubscribeReasonCode::Failure,
-                    })
-                    .collect();
-                v4::SubAck::new(*pkid, codes).write(buf).map_err(err)?;
-            }
-            Outbound::UnsubAck { pkid, .. } => {
-                v4::UnsubAck::new(*pkid).write(buf).map_err(err)?;
-            }
-            Outbound::PingResp => {
-                v4::PingResp.write(buf).map_err(err)?;
-            }
-            Outbound::Disconnect(_) => {}
-        },
-        Version::V5 => match out {
-            Outbound::ConnAck {
-                session_present,
-                code,
-                assigned_id,
-            } => {
-                let code = match code {
-                    ConnCode::Accepted => v5::ConnectReturnCode::Success,
-                    ConnCode::BadClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
-                    ConnCode::QosNotSupported => v5::ConnectReturnCode::QoSNotSupported,
-                    ConnCode::Unavailable => v5::ConnectReturnCode::ServerUnavailable,
-                };
-                let properties = v5::ConnAckProperties {
-                    session_expiry_interval: None,
-                    receive_max: Some(limits.receive_maximum),
-                    max_qos: Some(1),
-                    retain_available: Some(1),
-                    max_packet_size: Some(limits.max_packet.min(u32::MAX as usize) as u32),
-                    assigned_client_identifier: assigned_id.clone(),
-                    topic_alias_max: None,
-                    reason_string: None,
-                    user_properties: Vec::new(),
-                    wildcard_subscription_available: Some(1),
-                    subscription_identifiers_available: Some(0),
-                    shared_subscription_available: Some(1),
-                    server_keep_alive: None,
-                    response_information: None,
-                    server_reference: None,
-                    authentication_method: None,
-                    authentication_data: None,
-                };
-                v5::ConnAck {
-                    session_present: *session_present,
-                    code,
-                    properties: Some(properties),
-                }
-                .write(buf)
-                .map_err(err5)?;
-            }
-            Outbound::PubAck { pkid, unrouted } => {
-                let mut a = v5::PubAck::new(*pkid, None);
-                if *unrouted {
-                    a.reason = v5::PubAckReason::NoMatchingSubscribers;
-                }
-                a.write(buf).map_err(err5)?;
-            }
-            Outbound::Publish(d) => {
-                let mut p = v5::Publish::new(d.topic.as_ref(), q5(d.qos), d.payload.clone(), None);
-                p.retain = d.retain;
-                p.dup = d.dup;
-                p.pkid = d.pkid;
-                p.write(buf).map_err(err5)?;
-            }
-            Outbound::SubAck { pkid, codes } => {
-                let return_codes = codes
-                    .iter()
-                    .map(|c| match c {
-                        SubCode::Granted(q) => v5::SubscribeReasonCode::Success(q5(*q)),
-                        SubCode::InvalidFilter => v5::SubscribeReasonCode::TopicFilterInvalid,
-                    })
-                    .collect();
-                v5::SubAck {
-                    pkid: *pkid,
-                    return_codes,
-                    properties: None,
-                }
-                .write(buf)
-                .map_err(err5)?;
-            }
-            Outbound::UnsubAck { pkid, count } => {
-                v5::UnsubAck {
-                    pkid: *pkid,
-                    reasons: vec![v5::UnsubAckReason::Success; *count],
-                    properties: None,
-                }
-                .write(buf)
-                .map_err(err5)?;
-            }
-            Outbound::PingResp => {
-                v5::PingResp::write(buf).map_err(err5)?;
-            }
-            Outbound::Disconnect(r) => {
-                use v5::DisconnectReasonCode as C;
-                let code = match r {
-                    DisconnectReason::ProtocolError => C::ProtocolError,
-                    DisconnectReason::QosNotSupported => C::QoSNotSupported,
-                    DisconnectReason::KeepAliveTimeout => C::KeepAliveTimeout,
-                    DisconnectReason::SessionTakenOver => C::SessionTakenOver,
-                    DisconnectReason::ShuttingDown => C::ServerShuttingDown,
-                    DisconnectReason::PacketTooLarge => C::PacketTooLarge,
-                    DisconnectReason::Malformed => C::MalformedPacket,
-                    DisconnectReason::TopicNameInvalid => C::TopicNameInvalid,
-                };
-                v5::Disconnect::new(code).write(buf).map_err(err5)?;
-            }
-        },
+        Version::V311 => mqtt311::encode(out, buf),
+        Version::V5 => mqtt5::encode(out, limits, buf),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use rumqttc::mqttbytes::v4;
+    use rumqttc::v5::mqttbytes::{v5, QoS as Qos5};
     const MAX: usize = 1 << 20;
 
     fn v5_connect(id: &str) -> BytesMut {

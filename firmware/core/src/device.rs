@@ -19,6 +19,11 @@
 //! gateway has acknowledged everything held, or once a ring's capacity of readings was skipped
 //! waiting for that (then what is still held is lost with the reset, as it would have been dropped
 //! from a full ring). `Action::Reboot` is handed out at most once per `Device`.
+//!
+//! One file because it is one state machine: the parts that stand alone (the sample ring, the RTT
+//! estimate, the schedule, the sensor table) have their own modules; what is left is `Device`'s
+//! state and its transitions (acks, rewinds, commands and the transmit order share the ring, the
+//! link state and the sequence counters).
 
 use ferry_wire::{
     encode, Command, CommandKind, CommandResult, CommandStatus, Decoder, Heartbeat, Hello, Message,
