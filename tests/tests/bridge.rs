@@ -643,18 +643,23 @@ async fn health_and_metrics_follow_outages_and_nothing_is_lost() -> anyhow::Resu
     publisher.wait_all_acked(T).await?;
     let db = rig.pg.client().await;
     wait_count(&db, "SELECT count(*) FROM ferry_events", 10, T).await;
-    let (_, metrics) = bridge.get("/metrics").await?;
-    for series in [
+    // The counters are updated after the commit that made the rows visible: wait for them too.
+    let series = [
         "ferry_bridge_messages_total 1",
         "ferry_bridge_events_inserted_total 10",
         "ferry_bridge_up{link=\"database\"} 1",
         "ferry_bridge_up{link=\"mqtt\"} 1",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == series),
-            "{series} in\n{metrics}"
-        );
-    }
+    ];
+    poll_until(T, "the metrics of the first batch", async || {
+        let (_, metrics) = bridge.get("/metrics").await?;
+        let missing: Vec<_> = series
+            .iter()
+            .filter(|s| !metrics.lines().any(|l| l == **s))
+            .collect();
+        anyhow::ensure!(missing.is_empty(), "no {missing:?} in\n{metrics}");
+        Ok(())
+    })
+    .await;
     // ts of the newest event is fixed in the past, so the lag is large and positive.
     let lag = bridge
         .metric("ferry_bridge_gateway_lag_seconds{gateway=\"gw-h\"}")
