@@ -142,14 +142,18 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             signal(&c, nix::sys::signal::Signal::SIGTERM);
-            let exited =
-                try_poll_until_blocking(Duration::from_secs(10), "mosquitto to exit", || {
-                    !matches!(c.try_wait(), Ok(None))
-                });
-            if exited.is_err() {
-                let _ = c.kill();
+            // Waited for on a thread, not polled: the exit is seen at once, so a restart's
+            // downtime is mosquitto's own (tests set it against their clients' reconnect backoff).
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let (exited, wait) = std::sync::mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                let _ = c.wait();
+                let _ = exited.send(());
+            });
+            if wait.recv_timeout(Duration::from_secs(10)).is_err() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            let _ = c.wait();
+            let _ = waiter.join();
         }
     }
 
