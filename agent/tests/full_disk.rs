@@ -629,11 +629,13 @@ async fn rows_stored_after_forwarded_ones_were_pruned_are_not_forwarded() {
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(first.totals.acked, 2_000);
+    // A loaded machine can make a device take a few readings past the total in one step.
+    let acked = first.totals.acked;
+    assert!(acked >= 2_000, "{acked} acked");
     agent.store.sync().await.unwrap();
     let db = Db::open(&path);
     let cursor = db.int("SELECT max(id) FROM events");
-    assert_eq!(cursor, 2_000);
+    assert_eq!(cursor as u64, acked);
     agent.store.mark_forwarded(cursor).await.unwrap();
     // Everything is forwarded and older than 0 s: time-based retention prunes it.
     poll_until(
@@ -650,7 +652,8 @@ async fn rows_stored_after_forwarded_ones_were_pruned_are_not_forwarded() {
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(second.totals.acked, 2_000);
+    let acked = second.totals.acked;
+    assert!(acked >= 2_000, "{acked} acked");
     agent.store.sync().await.unwrap();
     let above = db.int(&format!("SELECT count(*) FROM events WHERE id > {cursor}"));
     println!(
@@ -660,7 +663,7 @@ async fn rows_stored_after_forwarded_ones_were_pruned_are_not_forwarded() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(
-        above, 2_000,
+        above as u64, acked,
         "every new row has an id above the forwarding cursor"
     );
     assert_eq!(get(&m.events_dropped_oldest), 0);
