@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{agent, settings, TempDir};
+use crate::poll::{poll_until, try_poll_until};
 
 /// An agent that has stored a few thousand events from 3 devices with 2 sensors each.
 async fn agent_with_data(tag: &str) -> (TempDir, Agent, String) {
@@ -475,14 +476,15 @@ async fn commands_status_metrics_and_readiness() {
     assert_eq!(r.status().as_u16(), 202);
     let accepted: Value = r.json().await.unwrap();
     let location = accepted["location"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let state = loop {
+    let state = poll_until(Duration::from_secs(15), "the command done", async || {
         let s = ok(&format!("{base}{location}")).await;
-        if s["status"] == "done" || tokio::time::Instant::now() > deadline {
-            break s;
+        if s["status"] == "done" {
+            Ok(s)
+        } else {
+            Err(s)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(state["status"], "done", "{state}");
     assert_eq!(state["outcome"]["status"], "ok", "{state}");
     let r = c
@@ -856,21 +858,19 @@ async fn check_every_route(base: &str, device: &str, sensors: &[(&str, &[f32])])
         &mine,
         "latest",
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let all = loop {
-        // The shared body may lag the newest commit by up to 100 ms.
-        let all = ok(&format!("{base}/api/v1/latest")).await;
+    // The shared body may lag the newest commit by up to 100 ms (at the deadline, the last one
+    // is validated).
+    let mut all = Value::Null;
+    let _ = try_poll_until(Duration::from_secs(5), "/latest to match", async || {
+        all = ok(&format!("{base}/api/v1/latest")).await;
         let theirs = all["devices"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|d| d["device"] == device)
-            .cloned();
-        if theirs.as_ref() == Some(&mine) || tokio::time::Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+            .find(|d| d["device"] == device);
+        theirs == Some(&mine)
+    })
+    .await;
     validate(&doc, &schema_of("/api/v1/latest"), &all, "all latest");
     for (name, vs) in sensors {
         let s = mine["sensors"]

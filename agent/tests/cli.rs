@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_agent::Agent;
 use ferry_sim::{SimConfig, Transport};
@@ -13,7 +13,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{eventually, free_port, settings, TempDir};
+use crate::common::{free_port, settings, TempDir};
+use crate::poll::poll_until;
 
 /// How long one `ferry` command may run.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -457,16 +458,12 @@ async fn tail_count_prints_n_live_samples_then_exits() {
 
 /// Starts an agent on the same store (and API address), retrying while the old one's port frees.
 async fn restart_agent(db: &Path, api_listen: &str) -> Agent {
-    let start = Instant::now();
-    loop {
-        match Agent::start(&settings(&agent_toml(db, api_listen, ""))).await {
-            Ok(a) => return a,
-            Err(e) => {
-                assert!(start.elapsed() < Duration::from_secs(10), "restart: {e:#}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    poll_until(
+        Duration::from_secs(10),
+        "the agent to restart",
+        async || Agent::start(&settings(&agent_toml(db, api_listen, ""))).await,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,9 +481,11 @@ async fn tail_resumes_across_an_agent_restart_without_gaps_or_repeats() {
     };
     let run = tokio::spawn(ferry_sim::run(slow(&agent, "a-", None), stop_sims.clone()));
     let tail = Tail::spawn(&["tail", "--api", &api, "--count", "2000", "--format", "csv"]);
-    eventually(Duration::from_secs(30), "tail printed 100 rows", || {
-        tail.count() > 100
-    })
+    poll_until(
+        Duration::from_secs(30),
+        "tail printed 100 rows",
+        async || tail.count() > 100,
+    )
     .await;
     stop_sims.cancel();
     let _ = run.await;

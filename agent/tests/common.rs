@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_agent::config::Settings;
 use ferry_agent::Agent;
 use ferry_sim::Report;
+
+use crate::poll::poll_until;
 
 /// A directory removed at drop.
 pub struct TempDir(pub PathBuf);
@@ -89,20 +91,11 @@ pub fn spawn_ferry(config: &Path) -> tokio::process::Child {
 
 /// Waits until `addr` accepts TCP connections.
 pub async fn wait_listening(addr: std::net::SocketAddr, within: Duration) {
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(start.elapsed() < within, "nothing listening on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds or `within` passes.
-pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < within, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("something listening on {addr}");
+    poll_until(within, what, async || {
+        tokio::net::TcpStream::connect(addr).await.map(drop)
+    })
+    .await;
 }
 
 /// For every device and boot in the report: every seq the device saw acked is stored exactly

@@ -19,7 +19,8 @@ use ferry_sim::{Report, SimConfig, Transport};
 use rusqlite::OptionalExtension;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{agent, assert_acked_stored_once_in_order, eventually, TempDir};
+use crate::common::{agent, assert_acked_stored_once_in_order, TempDir};
+use crate::poll::poll_until;
 
 const MIB: u64 = 1 << 20;
 
@@ -272,9 +273,11 @@ async fn backpressure_refuses_without_losing_and_resumes_when_space_is_freed() {
         },
         Duration::from_secs(55),
     ));
-    eventually(Duration::from_secs(25), "the backpressure gauge", || {
-        m.backpressure.load(Relaxed)
-    })
+    poll_until(
+        Duration::from_secs(25),
+        "the backpressure gauge",
+        async || m.backpressure.load(Relaxed),
+    )
     .await;
     let db = Db::open(&path);
     let stored_at_full = db.events();
@@ -283,10 +286,10 @@ async fn backpressure_refuses_without_losing_and_resumes_when_space_is_freed() {
     let positions = ferry_agent::store::read::boot_positions(&db.0).unwrap();
     assert!(stored_at_full > 0);
     // Devices are no longer acked: their rings fill up and overflow (seen through heartbeats).
-    eventually(
+    poll_until(
         Duration::from_secs(15),
         "device rings overflow while refused",
-        || {
+        async || {
             let devs = ferry_agent::store::read::devices(&db.0).unwrap();
             devs.len() == 3 && devs.iter().all(|d| d.dropped > 0)
         },
@@ -323,15 +326,17 @@ async fn backpressure_refuses_without_losing_and_resumes_when_space_is_freed() {
         .mark_forwarded(max_id)
         .await
         .expect("the cursor moves");
-    eventually(
+    poll_until(
         Duration::from_secs(10),
         "the backpressure gauge clears",
-        || !m.backpressure.load(Relaxed),
+        async || !m.backpressure.load(Relaxed),
     )
     .await;
-    eventually(Duration::from_secs(15), "samples are acked again", || {
-        get(&m.samples_committed) > committed_at_full
-    })
+    poll_until(
+        Duration::from_secs(15),
+        "samples are acked again",
+        async || get(&m.samples_committed) > committed_at_full,
+    )
     .await;
     let report = sim_task.await.unwrap();
     println!("{}", report.table());
@@ -477,18 +482,12 @@ fn fill(path: &Path, leave: u64) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (mounts a 4 MiB tmpfs)"]
 async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
     let t0 = Instant::now();
-    let fs = match Tmpfs::mount("4m") {
-        Ok(fs) => fs,
-        Err(e) if std::env::var("FERRY_REQUIRE_ALL").as_deref() == Ok("1") => {
-            panic!("FERRY_REQUIRE_ALL=1: this test needs root and tmpfs (mount -t tmpfs -o size=4m): {e}")
-        }
-        Err(e) => {
-            println!("SKIPPED enospc_on_a_full_filesystem_keeps_running_and_recovers: needs root and tmpfs ({e})");
-            return;
-        }
-    };
+    let fs = Tmpfs::mount("4m").unwrap_or_else(|e| {
+        panic!("this test needs root, to mount a 4 MiB tmpfs; run it as root: {e}")
+    });
     let path = fs.path().join("ferry.db");
     let agent = agent(&path, "max_db_size = \"0\"").await;
     let m = agent.metrics.clone();
@@ -505,7 +504,7 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
         },
         Duration::from_secs(50),
     ));
-    eventually(Duration::from_secs(10), "the disk_full gauge", || {
+    poll_until(Duration::from_secs(10), "the disk_full gauge", async || {
         m.disk_full.load(Relaxed)
     })
     .await;
@@ -517,10 +516,10 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
             .unwrap();
     assert_eq!(check, "ok");
     let mut stored = 0;
-    eventually(
+    poll_until(
         Duration::from_secs(5),
         "stored rows == committed samples",
-        || {
+        async || {
             stored = db.events() as u64;
             stored == get(&m.samples_committed)
         },
@@ -532,18 +531,18 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
     }
     // Samples are refused (and counted) rather than acked while the disk is full.
     let refused_then = get(&m.samples_refused);
-    eventually(
+    poll_until(
         Duration::from_secs(10),
         "samples refused while the disk is full",
-        || get(&m.samples_refused) > refused_then,
+        async || get(&m.samples_refused) > refused_then,
     )
     .await;
     // It keeps retrying after its back-off, and keeps failing (and refusing) while the disk is full.
     let failures = get(&m.commit_failures);
-    eventually(
+    poll_until(
         Duration::from_secs(10),
         "another write attempt fails",
-        || get(&m.commit_failures) > failures,
+        async || get(&m.commit_failures) > failures,
     )
     .await;
     // The writer and the listener still answer. (That an empty commit is no proof of space is
@@ -554,10 +553,10 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
         let r = tokio::time::timeout(Duration::from_secs(5), agent.store.sync()).await;
         assert!(r.is_ok(), "the writer answers while the disk is full");
     }
-    eventually(
+    poll_until(
         Duration::from_secs(10),
         "disk_full while the disk stays full",
-        || m.disk_full.load(Relaxed),
+        async || m.disk_full.load(Relaxed),
     )
     .await;
     tokio::net::TcpStream::connect(agent.tcp_addr.unwrap())
@@ -568,11 +567,11 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
 
     // Space returns.
     std::fs::remove_file(&filler).unwrap();
-    eventually(Duration::from_secs(10), "disk_full clears", || {
+    poll_until(Duration::from_secs(10), "disk_full clears", async || {
         !m.disk_full.load(Relaxed)
     })
     .await;
-    eventually(Duration::from_secs(10), "samples acked again", || {
+    poll_until(Duration::from_secs(10), "samples acked again", async || {
         get(&m.samples_committed) > committed_full
     })
     .await;
@@ -630,17 +629,19 @@ async fn rows_stored_after_forwarded_ones_were_pruned_are_not_forwarded() {
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(first.totals.acked, 2_000);
+    // A loaded machine can make a device take a few readings past the total in one step.
+    let acked = first.totals.acked;
+    assert!(acked >= 2_000, "{acked} acked");
     agent.store.sync().await.unwrap();
     let db = Db::open(&path);
     let cursor = db.int("SELECT max(id) FROM events");
-    assert_eq!(cursor, 2_000);
+    assert_eq!(cursor as u64, acked);
     agent.store.mark_forwarded(cursor).await.unwrap();
     // Everything is forwarded and older than 0 s: time-based retention prunes it.
-    eventually(
+    poll_until(
         Duration::from_secs(15),
         "forwarded rows pruned by age",
-        || get(&m.events_pruned_forwarded) as i64 >= cursor - 1,
+        async || get(&m.events_pruned_forwarded) as i64 >= cursor - 1,
     )
     .await;
     let second = run_sim(
@@ -651,7 +652,8 @@ async fn rows_stored_after_forwarded_ones_were_pruned_are_not_forwarded() {
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(second.totals.acked, 2_000);
+    let acked = second.totals.acked;
+    assert!(acked >= 2_000, "{acked} acked");
     agent.store.sync().await.unwrap();
     let above = db.int(&format!("SELECT count(*) FROM events WHERE id > {cursor}"));
     // The second device's rows: at least what it saw acked (a last frame may be stored after the
@@ -671,8 +673,8 @@ async fn rows_stored_after_forwarded_ones_were_pruned_are_not_forwarded() {
         t0.elapsed().as_secs_f64()
     );
     assert!(
-        second_rows >= 2_000,
-        "{second_rows} rows of the second device"
+        second_rows as u64 >= acked,
+        "{second_rows} rows of the second device, {acked} acked"
     );
     assert_eq!(
         (second_at_or_below, above),

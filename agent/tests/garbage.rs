@@ -27,7 +27,8 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::common::{agent, eventually, TempDir};
+use crate::common::{agent, TempDir};
+use crate::poll::poll_until;
 
 const DEVICE: &str = "garbage-dev";
 const BOOT: u32 = 0x6A2B_17C5;
@@ -719,9 +720,11 @@ async fn quarantine_table_keeps_the_newest_max_rows_and_metrics_count_all() {
     let a = agent(&db, extra).await;
     send_numbered(a.tcp_addr.unwrap(), &mut rng, 0..200).await;
     let m = a.metrics.clone();
-    eventually(Duration::from_secs(20), "200 rejections counted", || {
-        m.rejected_total() == 200
-    })
+    poll_until(
+        Duration::from_secs(20),
+        "200 rejections counted",
+        async || m.rejected_total() == 200,
+    )
     .await;
     a.store.sync().await.unwrap();
     assert_eq!(Metrics::get(&m.frames_rejected[reason("bad_cobs")]), 100);
@@ -745,10 +748,10 @@ async fn quarantine_table_keeps_the_newest_max_rows_and_metrics_count_all() {
     let a = agent(&db, extra).await;
     send_numbered(a.tcp_addr.unwrap(), &mut rng, 200..210).await;
     let m = a.metrics.clone();
-    eventually(
+    poll_until(
         Duration::from_secs(20),
         "10 more rejections counted",
-        || m.rejected_total() == 10,
+        async || m.rejected_total() == 10,
     )
     .await;
     a.store.sync().await.unwrap();
@@ -772,9 +775,11 @@ async fn quarantine_bound_survives_a_rolled_back_transaction() {
     let addr = a.tcp_addr.unwrap();
     let m = a.metrics.clone();
     send_numbered(addr, &mut rng, 0..50).await;
-    eventually(Duration::from_secs(20), "50 rejections counted", || {
-        m.rejected_total() == 50
-    })
+    poll_until(
+        Duration::from_secs(20),
+        "50 rejections counted",
+        async || m.rejected_total() == 50,
+    )
     .await;
     a.store.sync().await.unwrap();
     assert_eq!(quarantine_raws(&db).len(), 50);
@@ -789,9 +794,11 @@ async fn quarantine_bound_survives_a_rolled_back_transaction() {
     )
     .unwrap();
     send_numbered(addr, &mut rng, 50..51).await;
-    eventually(Duration::from_secs(20), "the failed transaction", || {
-        Metrics::get(&m.commit_failures) == 1
-    })
+    poll_until(
+        Duration::from_secs(20),
+        "the failed transaction",
+        async || Metrics::get(&m.commit_failures) == 1,
+    )
     .await;
     assert_eq!(m.rejected_total(), 51);
     let _ = a.store.sync().await;
@@ -803,9 +810,11 @@ async fn quarantine_bound_survives_a_rolled_back_transaction() {
 
     rw.execute_batch("DROP TRIGGER test_fail_trim").unwrap();
     send_numbered(addr, &mut rng, 51..60).await;
-    eventually(Duration::from_secs(20), "60 rejections counted", || {
-        m.rejected_total() == 60
-    })
+    poll_until(
+        Duration::from_secs(20),
+        "60 rejections counted",
+        async || m.rejected_total() == 60,
+    )
     .await;
     a.store.sync().await.unwrap();
     let want: Vec<Vec<u8>> = (0..50).chain(51..60).skip(9).map(numbered_junk).collect();

@@ -9,7 +9,11 @@ mod crash;
 mod demo;
 mod full_disk;
 mod garbage;
+// The one wait-until helper of ferry-tests, by path: ferry-tests depends on this crate.
 mod odd_device;
+#[path = "../../tests/src/poll.rs"]
+#[allow(dead_code)]
+mod poll;
 mod reboots;
 mod serial;
 mod sync;

@@ -7,7 +7,8 @@ use ferry_agent::Agent;
 use ferry_sim::{SimConfig, Transport};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{assert_acked_stored_once_in_order, eventually, settings, TempDir};
+use crate::common::{assert_acked_stored_once_in_order, settings, TempDir};
+use crate::poll::poll_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pty_devices_are_ingested_through_unplug_replug_and_late_arrival() {
@@ -39,9 +40,11 @@ async fn pty_devices_are_ingested_through_unplug_replug_and_late_arrival() {
         ..SimConfig::default()
     };
     let flaky = tokio::spawn(ferry_sim::run(flaky, CancellationToken::new()));
-    eventually(Duration::from_secs(10), "first samples committed", || {
-        Metrics::get(&m.samples_committed) > 100
-    })
+    poll_until(
+        Duration::from_secs(10),
+        "first samples committed",
+        async || Metrics::get(&m.samples_committed) > 100,
+    )
     .await;
 
     // A device plugged in later, matching the same glob.

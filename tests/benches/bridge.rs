@@ -81,18 +81,14 @@ fn cpu_by_process() -> [f64; 3] {
 async fn main() -> anyhow::Result<()> {
     let total = env_u64("FERRY_BENCH_EVENTS", 1_000_000);
     let per = env_u64("FERRY_BENCH_PER_MESSAGE", 500) as u32;
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return Ok(());
-    };
-    let Some(pg) = Postgres::start(PostgresOptions {
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let pg = Postgres::start(PostgresOptions {
         // Fewer checkpoints during a run; durability settings stay at their defaults.
         conf: vec![
             "max_wal_size = '8GB'".into(),
             "checkpoint_timeout = '30min'".into(),
         ],
-    }) else {
-        return Ok(());
-    };
+    });
     let db = pg.client().await;
     let runs = [
         ("backlog", "unnest", 20_000, Encoding::Binary),

@@ -51,12 +51,8 @@ fn pct(sorted: &[i64], p: f64) -> i64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let secs = env_u64("FERRY_BENCH_SECS", 20);
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        anyhow::bail!("mosquitto is needed (apt-get install mosquitto)");
-    };
-    let Some(pg) = Postgres::start(PostgresOptions::default()) else {
-        anyhow::bail!("PostgreSQL is needed (apt-get install postgresql)");
-    };
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let pg = Postgres::start(PostgresOptions::default());
     ferry_bridge_bin()?;
     let db = pg.client().await;
     println!(

@@ -160,9 +160,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let n = env_u64("FERRY_BENCH_EVENTS", 2_000_000);
     let only = std::env::var("FERRY_BENCH_ONLY").unwrap_or_default();
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        anyhow::bail!("mosquitto is needed (apt-get install mosquitto)");
-    };
+    let broker = Mosquitto::start(MosquittoOptions::default());
     let dir = tempfile::tempdir()?;
     let template = dir.path().join("template.db");
     let t = Instant::now();

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::workspace_bin;
+use crate::{try_poll_until, workspace_bin};
 
 /// One agent process: its config file, device TCP listener (if any) and log.
 pub struct AgentProc {
@@ -64,21 +64,20 @@ impl AgentProc {
         });
         self.child = Some(child);
         let Some(tcp) = self.tcp else { return };
-        let t = Instant::now();
-        while tokio::net::TcpStream::connect(tcp).await.is_err() {
-            let exited = self
-                .child
-                .as_mut()
-                .expect("started")
-                .try_wait()
-                .ok()
-                .flatten();
-            assert!(
-                exited.is_none() && t.elapsed() < Duration::from_secs(15),
-                "agent did not start ({exited:?}); log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let child = self.child.as_mut().expect("started");
+        let listening = try_poll_until(
+            Duration::from_secs(15),
+            format!("the agent to accept devices on {tcp}"),
+            async || match child.try_wait() {
+                Ok(Some(status)) => Ok(Err(status)),
+                _ => tokio::net::TcpStream::connect(tcp).await.map(|_| Ok(())),
+            },
+        )
+        .await;
+        match listening {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => panic!("agent did not start ({status}); log:\n{}", self.log()),
+            Err(e) => panic!("agent did not start: {e}; log:\n{}", self.log()),
         }
     }
 
@@ -90,22 +89,28 @@ impl AgentProc {
     /// Waits until a log line contains every one of `needles`: that line, or `None` at the
     /// deadline or when the process has exited.
     pub async fn wait_log_line(&mut self, needles: &[&str], timeout: Duration) -> Option<String> {
-        let t = Instant::now();
-        loop {
-            let found = self
-                .log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_owned);
-            let exited = self
-                .child
-                .as_mut()
-                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
-            if found.is_some() || exited || t.elapsed() > timeout {
-                return found;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (log, child) = (&self.log, &mut self.child);
+        let line = try_poll_until(
+            timeout,
+            format!("a log line with {needles:?}"),
+            async || {
+                let found = log
+                    .lock()
+                    .expect("log lock")
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_owned);
+                let exited = child
+                    .as_mut()
+                    .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                if found.is_some() || exited {
+                    Ok(found)
+                } else {
+                    Err("not logged yet")
+                }
+            },
+        );
+        line.await.ok().flatten()
     }
 
     /// SIGKILL (the crash) and reap.

@@ -22,7 +22,7 @@ use rumqttc::v5::{AsyncClient, Event as MqttEvent, MqttOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::free_port;
+use crate::{free_port, try_poll_until};
 
 /// Builds (once per test process) and returns the `ferry-bridge` binary.
 pub fn ferry_bridge_bin() -> anyhow::Result<PathBuf> {
@@ -100,21 +100,23 @@ impl BridgeProcess {
 
     /// Waits until `/healthz` answers 200.
     pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let t0 = Instant::now();
-        loop {
-            if let Ok((200, _)) = self.get("/healthz").await {
-                return Ok(());
+        let (listen, child) = (self.listen, &mut self.child);
+        let healthy = try_poll_until(timeout, "ferry-bridge to be healthy", async || {
+            let state = match http_get(listen, "/healthz").await {
+                Ok((200, _)) => return Ok(Ok(())),
+                Ok((status, body)) => format!("/healthz {status} {body}"),
+                Err(e) => format!("/healthz: {e:#}"),
+            };
+            match child.try_wait() {
+                Ok(Some(exit)) => Ok(Err(exit)),
+                _ => Err(state),
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("ferry-bridge exited ({status}); logs:\n{}", self.logs());
-            }
-            if t0.elapsed() > timeout {
-                bail!(
-                    "ferry-bridge not healthy after {timeout:?}; logs:\n{}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        match healthy {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(status)) => bail!("ferry-bridge exited ({status}); logs:\n{}", self.logs()),
+            Err(e) => bail!("{e}; logs:\n{}", self.logs()),
         }
     }
 
@@ -150,16 +152,15 @@ impl BridgeProcess {
     /// Waits until the bridge has acked (after commit) at least `messages` messages; fails with
     /// its log after `timeout`.
     pub async fn wait_acked(&self, messages: u64, timeout: Duration) -> anyhow::Result<()> {
-        let t0 = Instant::now();
-        while self.metric("ferry_bridge_acks_total").await? < messages as f64 {
-            anyhow::ensure!(
-                t0.elapsed() < timeout,
-                "bridge acks lag behind; logs:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+        let what = format!("ferry-bridge to ack {messages} messages");
+        let acked = try_poll_until(timeout, what, async || {
+            let n = self.metric("ferry_bridge_acks_total").await?;
+            anyhow::ensure!(n >= messages as f64, "{n} acked");
+            Ok(())
+        });
+        acked
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; logs:\n{}", self.logs()))
     }
 
     /// SIGTERM, then waits (bounded) for the exit.
@@ -355,17 +356,15 @@ impl Publisher {
 
     /// Waits until every message published so far is acked by the broker.
     pub async fn wait_all_acked(&self, timeout: Duration) -> anyhow::Result<()> {
-        let t0 = Instant::now();
         let want = self.published.load(Relaxed);
-        while self.acked() < want {
-            if t0.elapsed() > timeout {
-                bail!(
-                    "{} of {want} publishes acked after {timeout:?}",
-                    self.acked()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("the broker to ack all {want} publishes");
+        try_poll_until(timeout, what, async || {
+            let acked = self.acked();
+            (acked >= want)
+                .then_some(())
+                .ok_or(format!("{acked} acked"))
+        })
+        .await?;
         Ok(())
     }
 }

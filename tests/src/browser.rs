@@ -29,12 +29,11 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver and a headless Chromium (window 1280x900). `None` (after a SKIPPED
-    /// line) when either is not installed, unless `FERRY_REQUIRE_ALL=1`, which panics with the
-    /// install step.
-    pub fn start() -> Option<Browser> {
-        let chromium = require_tool("chromium", INSTALL)?;
-        let chromedriver = require_tool("chromedriver", INSTALL)?;
+    /// Starts chromedriver and a headless Chromium (window 1280x900); panics with the install
+    /// step when either is not installed.
+    pub fn start() -> Browser {
+        let chromium = require_tool("chromium", INSTALL);
+        let chromedriver = require_tool("chromedriver", INSTALL);
         let profile = tempfile::Builder::new()
             .prefix("ferry-chromium-")
             .tempdir()
@@ -89,12 +88,12 @@ impl Browser {
                 panic!("cannot start a Chromium session: {e:#}");
             }
         };
-        Some(Browser {
+        Browser {
             driver,
             addr,
             session,
             _profile: profile,
-        })
+        }
     }
 
     fn cmd(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {

@@ -1,17 +1,21 @@
-//! Shared harness for Ferry's end-to-end tests: locating tools, building and booting the firmware
-//! image in QEMU, and talking to a device from the gateway side.
+//! Shared harness for Ferry's end-to-end tests: locating tools, brokers, PostgreSQL, building and
+//! booting the firmware image in QEMU, talking to a device from the gateway side, and waiting.
 //!
-//! Rule: a test that needs a missing tool fails with the install step when `FERRY_REQUIRE_ALL=1`
-//! (the README's test command sets it); otherwise it prints why it is skipped. It never passes
-//! silently.
-
+//! Rule: a test that needs a tool (mosquitto, PostgreSQL, QEMU, Chromium) is
+//! `#[ignore = "needs …"]`, so a plain `cargo test` lists what it did not run. Run with
+//! `--include-ignored` (as `tests/run-all.sh` does), a missing tool fails the test with the
+//! install step: nothing passes without having run.
 pub mod agent;
 pub mod bridge;
+pub mod broker;
 pub mod browser;
 pub mod link;
 pub mod mosquitto;
+pub mod poll;
 pub mod postgres;
 pub mod qemu;
+
+pub use poll::{poll_until, poll_until_blocking, try_poll_until, try_poll_until_blocking};
 
 use std::path::{Path, PathBuf};
 
@@ -31,38 +35,36 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// Finds `tool` on PATH. Missing: panics with `install` under `FERRY_REQUIRE_ALL=1`, else `None`.
-pub fn require_tool(tool: &str, install: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(tool))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("FERRY_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!(
-                "`{tool}` is required (FERRY_REQUIRE_ALL=1) but not on PATH; install it: {install}"
-            );
-        }
-        eprintln!("SKIPPED: `{tool}` not found; install it with: {install}");
-    }
-    found
+/// Fails a test whose tool is missing: names the tool, where it was looked for, and the install
+/// step.
+pub(crate) fn missing_tool(tool: &str, looked: &str, install: &str) -> ! {
+    panic!(
+        "this test needs `{tool}`, which is not installed ({looked}); install it with `{install}`, \
+         or run tests/run-all.sh, which installs every tool the tests need"
+    )
+}
+
+/// Finds `tool` on PATH; panics with the install step when it is missing.
+pub fn require_tool(tool: &str, install: &str) -> PathBuf {
+    require_tool_in(tool, &[], install)
 }
 
 /// Like [`require_tool`], but also looks in `extra_dirs` (e.g. `/usr/sbin`, often not on PATH).
-pub fn require_tool_in(tool: &str, extra_dirs: &[&str], install: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
+pub fn require_tool_in(tool: &str, extra_dirs: &[&str], install: &str) -> PathBuf {
+    std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .chain(extra_dirs.iter().map(PathBuf::from))
         .map(|p| p.join(tool))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        // Same message and rule as require_tool.
-        return require_tool(tool, install);
-    }
-    found
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            let looked = match extra_dirs {
+                [] => "not on PATH".to_owned(),
+                dirs => format!("not on PATH nor in {}", dirs.join(", ")),
+            };
+            missing_tool(tool, &looked, install)
+        })
 }
 
 /// A loopback TCP port that was free a moment ago (for servers that cannot report the port
@@ -123,4 +125,67 @@ fn build_bin(package: &str, bin: &str) -> Result<PathBuf, String> {
         return Err(format!("{} missing after the build", path.display()));
     }
     Ok(path)
+}
+
+/// The tests of [`poll`] live here: `poll.rs` is also included by path into other crates' test
+/// binaries, which should not run them again.
+#[cfg(test)]
+mod poll_tests {
+    use super::poll::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_back_off_from_10_to_100_ms_and_the_last_runs_at_the_deadline() {
+        let start = tokio::time::Instant::now();
+        let mut at = Vec::new();
+        let r = try_poll_until(Duration::from_millis(500), "never", async || {
+            at.push(start.elapsed().as_millis());
+            false
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(at, [0, 10, 30, 70, 150, 250, 350, 450, 500]);
+    }
+
+    #[test]
+    fn a_timeout_names_the_wait_and_the_last_check() {
+        let mut n = 0;
+        let e = try_poll_until_blocking(Duration::from_millis(30), "n to reach 1000", || {
+            n += 1;
+            if n >= 1000 {
+                Ok(())
+            } else {
+                Err(format!("n = {n}"))
+            }
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("timed out after 30ms waiting for n to reach 1000; last check: n = {n}")
+        );
+        let e = try_poll_until_blocking(Duration::ZERO, "never", || false).unwrap_err();
+        assert_eq!(e.to_string(), "timed out after 0ns waiting for never");
+    }
+
+    #[tokio::test]
+    async fn a_done_check_returns_its_value() {
+        let mut n = 0;
+        let v = poll_until(Duration::from_secs(10), "the third check", async || {
+            n += 1;
+            (n == 3).then_some(n * 10)
+        })
+        .await;
+        assert_eq!((v, n), (30, 3));
+        // Done on the first check even with no time at all.
+        assert_eq!(poll_until_blocking(Duration::ZERO, "now", || Some(1)), 1);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 20ms waiting for the impossible; last check: no")]
+    async fn poll_until_panics_at_the_deadline() {
+        poll_until(Duration::from_millis(20), "the impossible", async || {
+            Err::<(), _>("no")
+        })
+        .await;
+    }
 }

@@ -9,9 +9,9 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{free_port, require_tool_in};
+use crate::{free_port, poll_until_blocking, require_tool_in, try_poll_until_blocking};
 
 const INSTALL: &str = "apt-get install -y --no-install-recommends mosquitto mosquitto-clients";
 
@@ -68,16 +68,15 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Starts a broker; `None` (after a SKIPPED line) when mosquitto is not installed, unless
-    /// `FERRY_REQUIRE_ALL=1`, which panics with the install step.
-    pub fn start(opts: MosquittoOptions) -> Option<Mosquitto> {
-        let bin = require_tool_in("mosquitto", &["/usr/sbin"], INSTALL)?;
+    /// Starts a broker; panics with the install step when mosquitto is not installed.
+    pub fn start(opts: MosquittoOptions) -> Mosquitto {
+        let bin = require_tool_in("mosquitto", &["/usr/sbin"], INSTALL);
         let mut dir = tempfile::Builder::new()
             .prefix("ferry-mosquitto-")
             .tempdir()
             .expect("temp dir");
         if !opts.users.is_empty() {
-            let passwd = require_tool_in("mosquitto_passwd", &["/usr/bin"], INSTALL)?;
+            let passwd = require_tool_in("mosquitto_passwd", &["/usr/bin"], INSTALL);
             let file = dir.path().join("passwd");
             for (i, (user, pass)) in opts.users.iter().enumerate() {
                 let mut cmd = Command::new(&passwd);
@@ -105,7 +104,7 @@ impl Mosquitto {
                 child: None,
             };
             if m.spawn().is_ok() {
-                return Some(m);
+                return m;
             }
             dir = std::mem::replace(&mut m.dir, tempfile::TempDir::new().expect("temp dir"));
         }
@@ -143,15 +142,18 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             signal(&c, nix::sys::signal::Signal::SIGTERM);
-            let t0 = Instant::now();
-            while matches!(c.try_wait(), Ok(None)) {
-                if t0.elapsed() > Duration::from_secs(10) {
-                    let _ = c.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            // Waited for on a thread, not polled: the exit is seen at once, so a restart's
+            // downtime is mosquitto's own (tests set it against their clients' reconnect backoff).
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let (exited, wait) = std::sync::mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                let _ = c.wait();
+                let _ = exited.send(());
+            });
+            if wait.recv_timeout(Duration::from_secs(10)).is_err() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            let _ = c.wait();
+            let _ = waiter.join();
         }
     }
 
@@ -167,16 +169,8 @@ impl Mosquitto {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "mosquitto is still running");
         // The port may linger briefly after the old process; retry for a few seconds.
-        let t0 = Instant::now();
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(e) if t0.elapsed() > Duration::from_secs(10) => {
-                    panic!("mosquitto did not restart on port {}: {e}", self.port)
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        let what = format!("mosquitto to restart on port {}", self.port);
+        poll_until_blocking(Duration::from_secs(10), what, || self.spawn());
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -189,24 +183,25 @@ impl Mosquitto {
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let t0 = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("mosquitto exited ({status}); log:\n{}", self.log()));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        let listening = try_poll_until_blocking(
+            Duration::from_secs(10),
+            format_args!("mosquitto to listen on {addr}"),
+            || match child.try_wait() {
+                Ok(Some(status)) => Ok(Err(format!("mosquitto exited ({status})"))),
+                _ => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(Ok),
+            },
+        );
+        match listening {
+            Ok(Ok(_)) => {
                 self.child = Some(child);
-                return Ok(());
+                Ok(())
             }
-            if t0.elapsed() > Duration::from_secs(10) {
+            Ok(Err(exited)) => Err(format!("{exited}; log:\n{}", self.log())),
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "mosquitto not listening after 10 s; log:\n{}",
-                    self.log()
-                ));
+                Err(format!("{e}; log:\n{}", self.log()))
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

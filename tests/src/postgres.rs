@@ -11,9 +11,9 @@
 //! removes the dir.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, missing_tool, poll_until_blocking, try_poll_until_blocking};
 
 const INSTALL: &str = "apt-get install -y --no-install-recommends postgresql";
 
@@ -61,15 +61,14 @@ pub fn postgres_bin_dir() -> Option<PathBuf> {
 }
 
 impl Postgres {
-    /// Starts a cluster; `None` (after a SKIPPED line) when PostgreSQL is not installed, unless
-    /// `FERRY_REQUIRE_ALL=1`, which panics with the install step.
-    pub fn start(opts: PostgresOptions) -> Option<Postgres> {
+    /// Starts a cluster; panics with the install step when PostgreSQL is not installed.
+    pub fn start(opts: PostgresOptions) -> Postgres {
         let Some(bin) = postgres_bin_dir().filter(|b| b.join("postgres").is_file()) else {
-            if std::env::var("FERRY_REQUIRE_ALL").as_deref() == Ok("1") {
-                panic!("PostgreSQL (initdb, postgres) is required (FERRY_REQUIRE_ALL=1) but not found; install it: {INSTALL}");
-            }
-            eprintln!("SKIPPED: PostgreSQL (initdb) not found; install it with: {INSTALL}");
-            return None;
+            missing_tool(
+                "initdb",
+                "looked on PATH, in /usr/local/bin and /usr/lib/postgresql/*/bin",
+                INSTALL,
+            )
         };
         let dir = tempfile::Builder::new()
             .prefix("ferry-pg-")
@@ -125,7 +124,7 @@ impl Postgres {
             match pg.spawn() {
                 Ok(()) => {
                     pg.create_database();
-                    return Some(pg);
+                    return pg;
                 }
                 Err(e) => eprintln!("postgres did not start on port {}: {e}", pg.port),
             }
@@ -171,27 +170,21 @@ impl Postgres {
     /// Starts the server again on the same port.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "postgres is still running");
-        let t0 = Instant::now();
-        while let Err(e) = self.spawn() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "postgres did not restart: {e}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        poll_until_blocking(Duration::from_secs(20), "postgres to restart", || {
+            self.spawn()
+        });
     }
 
     fn stop_with(&mut self, sig: nix::sys::signal::Signal) {
         if let Some(mut c) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(c.id() as i32);
             let _ = nix::sys::signal::kill(pid, sig);
-            let t0 = Instant::now();
-            while matches!(c.try_wait(), Ok(None)) {
-                if t0.elapsed() > Duration::from_secs(10) {
-                    let _ = c.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let exited =
+                try_poll_until_blocking(Duration::from_secs(10), "postgres to exit", || {
+                    !matches!(c.try_wait(), Ok(None))
+                });
+            if exited.is_err() {
+                let _ = c.kill();
             }
             let _ = c.wait();
         }
@@ -215,26 +208,28 @@ impl Postgres {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawning postgres: {e}"))?;
-        let t0 = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("postgres exited ({status}); log:\n{}", self.log()));
-            }
-            // Line 8 of postmaster.pid is the status; "ready" once it accepts connections.
-            let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
-            if pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
+        let ready =
+            try_poll_until_blocking(Duration::from_secs(30), "postgres to be ready", || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Err(format!("postgres exited ({status})")));
+                }
+                // Line 8 of postmaster.pid is the status; "ready" once it accepts connections.
+                let pid_file =
+                    std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+                let ready = pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready");
+                ready.then_some(Ok(()))
+            });
+        match ready {
+            Ok(Ok(())) => {
                 self.child = Some(child);
-                return Ok(());
+                Ok(())
             }
-            if t0.elapsed() > Duration::from_secs(30) {
+            Ok(Err(exited)) => Err(format!("{exited}; log:\n{}", self.log())),
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "postgres not ready after 30 s; log:\n{}",
-                    self.log()
-                ));
+                Err(format!("{e}; log:\n{}", self.log()))
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -7,13 +7,13 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::repo_root;
+use crate::{repo_root, try_poll_until_blocking};
 
 /// Builds (once per test process) and returns the release ELF of the lm3s6965 board.
 pub fn lm3s6965_image() -> anyhow::Result<PathBuf> {
@@ -210,16 +210,9 @@ impl FirmwareReport {
     /// Connects to the report backend on loopback `port` (retrying for up to `timeout`); the
     /// guest starts running once this returns.
     pub fn connect(port: u16, timeout: Duration) -> anyhow::Result<FirmwareReport> {
-        let start = Instant::now();
-        let mut sock = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => break s,
-                Err(e) if start.elapsed() > timeout => {
-                    return Err(e).context("connecting to the firmware report port")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let mut sock = try_poll_until_blocking(timeout, "the firmware report port", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+        })?;
         let lines: Arc<Mutex<Vec<(SystemTime, ReportLine)>>> = Arc::default();
         let problems: Arc<Mutex<Vec<String>>> = Arc::default();
         let (out, bad) = (lines.clone(), problems.clone());
@@ -270,13 +263,9 @@ impl FirmwareReport {
     /// that did not parse are an error.
     pub fn finish(mut self, timeout: Duration) -> anyhow::Result<Vec<(SystemTime, ReportLine)>> {
         let reader = self.reader.take().expect("finished once");
-        let start = Instant::now();
-        while !reader.is_finished() {
-            if start.elapsed() > timeout {
-                bail!("the firmware report did not end within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        try_poll_until_blocking(timeout, "the firmware report to end", || {
+            reader.is_finished()
+        })?;
         reader
             .join()
             .map_err(|_| anyhow::anyhow!("report reader panicked"))?;

@@ -12,13 +12,13 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use ferry_tests::agent::AgentProc;
 use ferry_tests::bridge::http_get;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
-use ferry_tests::workspace_bin;
+use ferry_tests::{poll_until, try_poll_until, workspace_bin};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -147,15 +147,13 @@ impl SimProc {
             .expect("ferry-sim exits within 30 s of SIGINT")
             .expect("wait for ferry-sim");
         assert!(status.success(), "ferry-sim exit status {status}");
-        // The pipe closes with the process; the reader may still be appending.
-        let t = Instant::now();
-        loop {
-            let out = self.stdout.lock().unwrap().clone();
-            if out.contains("elapsed (s)") || t.elapsed() > WAIT {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // The pipe closes with the process; the reader may still be appending (at the deadline,
+        // the caller's checks of the report fail with what arrived).
+        let _ = try_poll_until(WAIT, "ferry-sim's report", async || {
+            self.stdout.lock().unwrap().contains("elapsed (s)")
+        })
+        .await;
+        self.stdout.lock().unwrap().clone()
     }
 }
 
@@ -208,21 +206,6 @@ async fn get_json(api: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).expect("JSON")
 }
 
-/// Polls `probe` every 50 ms until it returns `Some`; panics naming `what` at the deadline.
-async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut probe: impl FnMut() -> F,
-) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(t.elapsed() < WAIT, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `(online, boot_id, boots, events)` of a device.
 async fn device(api: SocketAddr, id: &str) -> (bool, u64, u64, u64) {
     let d = get_json(api, &format!("/api/v1/devices/{id}")).await;
@@ -251,7 +234,7 @@ async fn start(dir: &std::path::Path, uplink: &str) -> (AgentProc, SocketAddr, S
     let api = logged_addr(&mut agent, "Serving the local API").await;
     let sim = SimProc::start(devices);
     for id in ["sim-0000", "sim-0001"] {
-        wait_for(&format!("{id} online"), || async move {
+        poll_until(WAIT, format!("{id} online"), || async move {
             let (status, body) = http_get(api, &format!("/api/v1/devices/{id}")).await.ok()?;
             let d: Value = serde_json::from_str(&body).ok()?;
             (status == 200 && d["online"] == true).then_some(())
@@ -263,7 +246,7 @@ async fn start(dir: &std::path::Path, uplink: &str) -> (AgentProc, SocketAddr, S
 
 /// After a reboot command was answered: the device is back online in a new boot.
 async fn rebooted(api: SocketAddr, before: (bool, u64, u64, u64)) -> (bool, u64, u64, u64) {
-    wait_for("sim-0001 back online in a new boot", || async move {
+    poll_until(WAIT, "sim-0001 back online in a new boot", || async move {
         let now = device(api, "sim-0001").await;
         (now.0 && now.2 == before.2 + 1 && now.1 != before.1).then_some(now)
     })
@@ -273,9 +256,15 @@ async fn rebooted(api: SocketAddr, before: (bool, u64, u64, u64)) -> (bool, u64,
 /// The simulator kept serving sim-0000 through the reboots, and reports the run when stopped.
 async fn check_the_rest(api: SocketAddr, sim: SimProc) {
     let (_, _, _, events) = device(api, "sim-0000").await;
-    wait_for(
+    poll_until(
+        WAIT,
         "sim-0000 still streaming after the reboots",
-        || async move { (device(api, "sim-0000").await.3 > events + 20).then_some(()) },
+        async || {
+            let now = device(api, "sim-0000").await.3;
+            (now > events + 20)
+                .then_some(())
+                .ok_or(format!("{now} events, was {events}"))
+        },
     )
     .await;
     let report = sim.interrupt().await;
@@ -298,12 +287,9 @@ async fn api_commands_reach_every_status_and_reboot_answers_before_resetting() {
 
     let outcome = |device: &'static str, id: &'static str| async move {
         let path = format!("/api/v1/devices/{device}/commands/{id}");
-        wait_for(&format!("{id} done"), || {
-            let path = path.clone();
-            async move {
-                let r = get_json(api, &path).await;
-                (r["status"] == "done").then(|| r["outcome"].clone())
-            }
+        poll_until(WAIT, format!("{id} done"), async || {
+            let r = get_json(api, &path).await;
+            (r["status"] == "done").then(|| r["outcome"].clone())
         })
         .await
     };
@@ -341,10 +327,9 @@ async fn api_commands_reach_every_status_and_reboot_answers_before_resetting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
 async fn mqtt_commands_reach_every_status_and_reboot_answers_before_resetting() {
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return;
-    };
+    let broker = Mosquitto::start(MosquittoOptions::default());
     let dir = tempfile::Builder::new()
         .prefix("ferry-cmd-mqtt-")
         .tempdir()
@@ -391,23 +376,22 @@ async fn mqtt_commands_reach_every_status_and_reboot_answers_before_resetting() 
     let outcome = |id: &'static str| {
         let outcomes = outcomes.clone();
         async move {
-            wait_for(&format!("the outcome of {id} on MQTT"), || {
-                let outcomes = outcomes.clone();
-                async move {
-                    let all = outcomes.lock().unwrap();
-                    all.iter().find(|o| o["id"] == id).cloned()
-                }
+            poll_until(WAIT, format!("the outcome of {id} on MQTT"), async || {
+                let all = outcomes.lock().unwrap();
+                all.iter().find(|o| o["id"] == id).cloned()
             })
             .await
         }
     };
     // The agent subscribes after it connects: probe until a command is answered ("rejected").
-    let t = Instant::now();
-    while !outcomes.lock().unwrap().iter().any(|o| o["id"] == "probe") {
-        publish("sim-0000", body("probe", r#""explode""#)).await;
-        assert!(t.elapsed() < WAIT, "the agent never answered on MQTT");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_until(WAIT, "the agent to answer on MQTT", async || {
+        let answered = outcomes.lock().unwrap().iter().any(|o| o["id"] == "probe");
+        if !answered {
+            publish("sim-0000", body("probe", r#""explode""#)).await;
+        }
+        answered
+    })
+    .await;
 
     for c in &CASES {
         publish(c.device, body(c.id, c.command)).await;

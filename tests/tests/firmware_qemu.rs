@@ -14,13 +14,12 @@ const COUNTER: u8 = 2;
 const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs qemu-system-arm and the thumbv7m-none-eabi target"]
 async fn lm3s6965_image_in_qemu_speaks_the_protocol() -> anyhow::Result<()> {
-    let Some(qemu) = require_tool(
+    let qemu = require_tool(
         "qemu-system-arm",
         "apt-get install -y --no-install-recommends qemu-system-arm",
-    ) else {
-        return Ok(());
-    };
+    );
     let elf = lm3s6965_image()?;
     let vm = Qemu::boot(&qemu, &elf, "qemu-test-1").await?;
     let port = tokio_serial::new(vm.pty.to_string_lossy(), 115_200).open_native_async()?;

@@ -86,13 +86,10 @@ fn compare(which: &str, exposition: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and PostgreSQL"]
 async fn agent_and_bridge_metrics_keep_their_names_and_labels() {
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return;
-    };
-    let Some(pg) = Postgres::start(PostgresOptions::default()) else {
-        return;
-    };
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let pg = Postgres::start(PostgresOptions::default());
     ferry_bridge_bin().expect("build ferry-bridge");
     let bridge = BridgeProcess::start_healthy(&broker.addr(), "bridge-names", &pg.conn_str(), 20)
         .await

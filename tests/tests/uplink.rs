@@ -1,10 +1,12 @@
-//! Agent → mosquitto: the store-and-forward uplink through broker restarts.
+//! Agent → MQTT broker: the store-and-forward uplink and the downlink of commands.
 //!
-//! Simulated devices stream into the real agent (in-process, real SQLite store); the uplink
-//! forwards to a real mosquitto that is stopped and restarted several times mid-stream; a
-//! subscriber with a persistent session collects every batch. Afterwards every stored event has
-//! arrived (duplicates on the wire are allowed and counted), and the saved forwarding position
-//! covers the whole store.
+//! Simulated devices stream into the real agent (in-process or the `ferry` binary, real SQLite
+//! store); the uplink forwards to a broker; test clients collect batches and send commands.
+//! Tests of what any MQTT 5 broker must do run twice: against a real mosquitto and against
+//! Ferry's own ferry-broker (what `ferry demo` uses). Tests that stop and restart the broker
+//! mid-stream and count on it to keep sessions and queued messages across the restart run on
+//! mosquitto only: ferry-broker keeps no state across a restart, by design. (One file of some
+//! 750 lines: the scenarios share the batch collector and the shape of the agent under test.)
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,9 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio_util::sync::CancellationToken;
 
+use ferry_tests::broker::{BrokerKind, TestBroker};
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
+use ferry_tests::{poll_until, try_poll_until};
 
 /// Collects (device, boot, seq) → times seen, from a persistent-session subscriber.
 type Seen = std::sync::Arc<std::sync::Mutex<HashMap<(String, u32, u32), u32>>>;
@@ -53,11 +57,12 @@ async fn subscriber(port: u16, stop: CancellationToken, seen: Seen) {
     }
 }
 
+/// Mosquitto only: the subscriber's persistent session and the messages queued in it must
+/// survive the broker's restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
 async fn uplink_forwards_everything_through_broker_restarts() {
-    let Some(mut broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return;
-    };
+    let mut broker = Mosquitto::start(MosquittoOptions::default());
     let dir = std::env::temp_dir().join(format!("ferry-uplink-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -99,24 +104,21 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     let head: i64 = conn
         .query_row("SELECT max(id) FROM events", [], |r| r.get(0))
         .unwrap();
-    let t = Instant::now();
-    loop {
-        let pos: i64 = conn
-            .query_row(
-                "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0)",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if pos >= head {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "forwarding position {pos} did not reach the head {head}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(
+        Duration::from_secs(30),
+        "the forwarding position to reach the head",
+        async || {
+            let pos: i64 = conn
+                .query_row(
+                    "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0)",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (pos >= head).then_some(()).ok_or(format!("position {pos}, head {head}"))
+        },
+    )
+    .await;
     let stats = agent.uplink_stats.clone();
     agent.stop().await.unwrap();
     // Every stored event arrived at least once.
@@ -130,11 +132,14 @@ async fn uplink_forwards_everything_through_broker_restarts() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    // Acked by the broker means queued for the subscriber's session: wait for delivery.
-    let t = Instant::now();
-    while seen.lock().unwrap().len() < stored.len() && t.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Acked by the broker means queued for the subscriber's session: wait for delivery (at the
+    // deadline, the checks below say what is missing).
+    let _ = try_poll_until(
+        Duration::from_secs(10),
+        "every stored event at the subscriber",
+        async || seen.lock().unwrap().len() >= stored.len(),
+    )
+    .await;
     sub_stop.cancel();
     sub.await.unwrap();
     let seen = seen.lock().unwrap().clone();
@@ -166,15 +171,26 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn downlink_commands_reach_the_device_and_results_come_back_on_mosquitto() {
+    downlink_commands_reach_the_device_and_results_come_back(BrokerKind::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downlink_commands_reach_the_device_and_results_come_back_on_ferry_broker() {
+    downlink_commands_reach_the_device_and_results_come_back(BrokerKind::FerryBroker).await;
+}
+
 /// Downlink: commands published to `ferry/v1/{gw}/{device}/commands` reach a simulated device over
 /// its link, and outcomes come back on `.../commands/result`; a command for a device that never
 /// connects expires after its TTL; a malformed one is rejected with a reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downlink_commands_reach_the_device_and_results_come_back() {
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return;
-    };
-    let dir = std::env::temp_dir().join(format!("ferry-downlink-agent-{}", std::process::id()));
+async fn downlink_commands_reach_the_device_and_results_come_back(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let dir = std::env::temp_dir().join(format!(
+        "ferry-downlink-agent-{kind}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let toml = format!(
@@ -222,18 +238,17 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     };
     let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
     // Wait until the agent's uplink is connected (the birth message is out).
-    let t = Instant::now();
-    while !agent
-        .uplink_stats
-        .connected
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "uplink never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        Duration::from_secs(10),
+        "the uplink to connect",
+        async || {
+            agent
+                .uplink_stats
+                .connected
+                .load(std::sync::atomic::Ordering::Relaxed)
+        },
+    )
+    .await;
     let send = |device: &str, body: &str| {
         let (client, topic, body) = (
             client.clone(),
@@ -249,22 +264,25 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
     };
     // The agent subscribes right after connecting; a probe that must be answered ('rejected')
     // shows the subscription is in place, instead of guessing with a fixed sleep.
-    let t = Instant::now();
-    'probe: loop {
-        send("sim-0000", r#"{"v":1,"id":"probe","command":"explode"}"#).await;
-        let wait = tokio::time::sleep(Duration::from_millis(200));
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                o = res_rx.recv() => if o.is_some_and(|o| o.id == "probe") { break 'probe },
-                _ = &mut wait => break,
-            }
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the agent never answered a command"
-        );
-    }
+    poll_until(
+        Duration::from_secs(10),
+        "the agent to answer a command",
+        async || {
+            send("sim-0000", r#"{"v":1,"id":"probe","command":"explode"}"#).await;
+            let answered = async {
+                while let Some(o) = res_rx.recv().await {
+                    if o.id == "probe" {
+                        return true;
+                    }
+                }
+                false
+            };
+            tokio::time::timeout(Duration::from_millis(200), answered)
+                .await
+                .unwrap_or(false)
+        },
+    )
+    .await;
     while res_rx.try_recv().is_ok() {} // later answers to repeated probes
                                        // Topics naming no device (a bad escape, an empty level): acked, not answered, counted.
     let refused_topic = || async {
@@ -285,15 +303,15 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
             .await
             .unwrap();
     }
-    let t = Instant::now();
-    while refused_topic().await != Some(2.0) {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "ferry_uplink_commands_refused_topic_total is {:?}, want 2",
-            refused_topic().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        Duration::from_secs(10),
+        "ferry_uplink_commands_refused_topic_total to be 2",
+        async || {
+            let n = refused_topic().await;
+            (n == Some(2.0)).then_some(()).ok_or(format!("{n:?}"))
+        },
+    )
+    .await;
     // Device ids the device link cannot carry (D3) and a too-long request id: rejected, and the
     // detail names the field.
     let long_id = "i".repeat(65);
@@ -417,16 +435,16 @@ async fn downlink_commands_reach_the_device_and_results_come_back() {
 /// Downlink across crashes: a command published while the agent is down waits at the broker
 /// (persistent session) and reaches the device after the agent restarts; an outcome stored while
 /// the broker was down survives a SIGKILL of the agent and is published after the restart.
+/// Mosquitto only: the agent's session must survive the broker's restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
 async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
     use ferry_contract::{CommandOutcome, OutcomeStatus};
     use ferry_tests::agent::AgentProc;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;
 
-    let Some(mut broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return;
-    };
+    let mut broker = Mosquitto::start(MosquittoOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ferry.db");
     let tcp = ferry_tests::free_port();
@@ -497,13 +515,15 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
         )
         .ok()
     };
-    async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-        let t = Instant::now();
-        while !ok() {
-            assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    const WAIT: Duration = Duration::from_secs(20);
+    // (done, outcome_published) of the command crash-1.
+    let crash_1_becomes = async |want: (i64, i64), what: &str| {
+        poll_until(WAIT, what, async || {
+            let row = command_row("crash-1");
+            (row == Some(want)).then_some(()).ok_or(format!("{row:?}"))
+        })
+        .await
+    };
     let device = |secs| {
         tokio::spawn(ferry_sim::run(
             ferry_sim::SimConfig {
@@ -520,22 +540,21 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
 
     // 1. A command for a device that is not connected yet: stored, pending (resent until the
     //    agent's subscription is in place).
-    let t = Instant::now();
-    while command_row("crash-1").is_none() {
-        send("crash-1", "c1").await;
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the agent never stored the command"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    poll_until(WAIT, "the agent to store the command", async || {
+        let stored = command_row("crash-1").is_some();
+        if !stored {
+            send("crash-1", "c1").await;
+        }
+        stored
+    })
+    .await;
     assert_eq!(command_row("crash-1"), Some((0, 0)), "pending");
 
     // 2. The broker goes away; the device connects and answers. The outcome is stored, not
     //    published. Then the agent is SIGKILLed.
     broker.stop();
     device(2).await.unwrap();
-    wait_for("crash-1 done", || command_row("crash-1") == Some((1, 0))).await;
+    crash_1_becomes((1, 0), "crash-1 done").await;
     agent.kill().await;
 
     // 3. The broker is back; a command is published while the agent is down and waits in the
@@ -543,7 +562,7 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
     broker.start_again();
     let acked_before = pubacks.load(SeqCst);
     send("offline-1", "0f").await;
-    wait_for("broker acked offline-1", || {
+    poll_until(WAIT, "the broker to ack offline-1", async || {
         pubacks.load(SeqCst) > acked_before
     })
     .await;
@@ -575,23 +594,37 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
     );
     assert_eq!(got["offline-1"].data_hex.as_deref(), Some("0f"));
     // Delivery of the stored outcome is recorded, so the next start does not publish it again.
-    wait_for("crash-1 marked published", || {
-        command_row("crash-1") == Some((1, 1))
-    })
-    .await;
+    crash_1_becomes((1, 1), "crash-1 marked published").await;
     dev.await.unwrap();
     agent.terminate().await;
     poller.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forwarded_on_mosquitto() {
+    stored_events_the_contract_refuses_are_quarantined_and_the_rest_forwarded(
+        BrokerKind::Mosquitto,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forwarded_on_ferry_broker()
+{
+    stored_events_the_contract_refuses_are_quarantined_and_the_rest_forwarded(
+        BrokerKind::FerryBroker,
+    )
+    .await;
+}
+
 /// Stored events the contract refuses (here: times outside years 1..=9999, as a store written
 /// before those bounds existed may hold) are quarantined by the uplink with the reason, and the
 /// rest of their batch is forwarded: published, they would make the cloud refuse the whole batch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forwarded() {
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return;
-    };
+async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forwarded(
+    kind: BrokerKind,
+) {
+    let broker = TestBroker::start(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ferry.db");
     let toml = |uplink: &str| {
@@ -660,11 +693,10 @@ async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forward
             }
         }
     });
-    let t = Instant::now();
-    while seen.lock().unwrap().is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no SUBACK");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(Duration::from_secs(10), "the SUBACK", async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
     let settings = ferry_agent::config::Settings::from_toml(
         &toml(&format!(
             "[uplink]\nbroker = \"127.0.0.1:{}\"\n",
@@ -676,26 +708,25 @@ async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forward
     .unwrap();
     let agent = ferry_agent::Agent::start(&settings).await.unwrap();
     let reader = ferry_agent::store::open_reader(&db).unwrap();
-    let t = Instant::now();
-    loop {
-        let (pos, head): (i64, i64) = reader
-            .query_row(
-                "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0), \
-                 (SELECT max(id) FROM events)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        let got = seen.lock().unwrap().len() - 1;
-        if pos >= head && got >= 18 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "position {pos} of {head}, {got} events received"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        Duration::from_secs(20),
+        "the whole store forwarded and 18 events received",
+        async || {
+            let (pos, head): (i64, i64) = reader
+                .query_row(
+                    "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0), \
+                     (SELECT max(id) FROM events)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            let got = seen.lock().unwrap().len() - 1;
+            let done = pos >= head && got >= 18;
+            done.then_some(())
+                .ok_or(format!("position {pos} of {head}, {got} events received"))
+        },
+    )
+    .await;
     let stats = agent.uplink_stats.clone();
     agent.stop().await.unwrap();
     stop.cancel();

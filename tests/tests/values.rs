@@ -6,14 +6,14 @@
 //! becomes the quiet NaN 0x7FF8000000000000, and -0.0 becomes +0.0.
 //!
 //! The seed is printed; `FERRY_VALUES_SEED=<n>` repeats a run.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_tests::agent::AgentProc;
 use ferry_tests::bridge::BridgeProcess;
-use ferry_tests::free_port;
 use ferry_tests::link::DeviceLink;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use ferry_tests::postgres::{Postgres, PostgresOptions};
+use ferry_tests::{free_port, try_poll_until};
 
 const RANDOM_VALUES: usize = 10_000;
 const T: Duration = Duration::from_secs(120);
@@ -66,13 +66,10 @@ fn expected_bits(v: f32) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and PostgreSQL"]
 async fn every_f32_lands_in_postgres_with_its_bits_in_both_encodings() {
-    let Some(broker) = Mosquitto::start(MosquittoOptions::default()) else {
-        return;
-    };
-    let Some(pg) = Postgres::start(PostgresOptions::default()) else {
-        return;
-    };
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let pg = Postgres::start(PostgresOptions::default());
     let seed = std::env::var("FERRY_VALUES_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -121,33 +118,33 @@ async fn every_f32_lands_in_postgres_with_its_bits_in_both_encodings() {
         }
         // Every sample is durable at the gateway: wait until PostgreSQL holds all of them.
         let n = values.len() as i64;
-        let t0 = Instant::now();
-        loop {
-            let have: i64 = db
-                .query_one(
-                    "SELECT count(*) FROM ferry_events WHERE gateway = $1",
-                    &[&gateway],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if have == n {
-                break;
-            }
-            if t0.elapsed() > T {
-                let dead = db
-                    .query("SELECT reason FROM ferry_dead_letters LIMIT 5", &[])
+        let stored = try_poll_until(
+            T,
+            format!("{encoding}: {n} rows in PostgreSQL"),
+            async || {
+                let have: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM ferry_events WHERE gateway = $1",
+                        &[&gateway],
+                    )
                     .await
-                    .unwrap();
-                let dead: Vec<String> = dead.iter().map(|r| r.get(0)).collect();
-                panic!(
-                    "{encoding}: {have} of {n} rows in PostgreSQL; dead letters {dead:?}\n\
-                     agent log:\n{}\nbridge log:\n{}",
-                    agent.log(),
-                    bridge.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+                    .unwrap()
+                    .get(0);
+                (have == n).then_some(()).ok_or(format!("{have} rows"))
+            },
+        )
+        .await;
+        if let Err(e) = stored {
+            let dead = db
+                .query("SELECT reason FROM ferry_dead_letters LIMIT 5", &[])
+                .await
+                .unwrap();
+            let dead: Vec<String> = dead.iter().map(|r| r.get(0)).collect();
+            panic!(
+                "{e}; dead letters {dead:?}\nagent log:\n{}\nbridge log:\n{}",
+                agent.log(),
+                bridge.logs()
+            );
         }
         agent.terminate().await;
         let rows = db

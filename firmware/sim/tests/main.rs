@@ -8,6 +8,12 @@ use ferry_sim::{run, SimConfig, Transport};
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
+// The one wait-until helper of ferry-tests, by path: ferry-tests depends on this crate.
+#[path = "../../../tests/src/poll.rs"]
+#[allow(dead_code)]
+mod poll;
+use poll::poll_until;
+
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -63,7 +69,7 @@ async fn devices_on_ptys_are_serial_ports() {
     let sim = tokio::spawn(run(cfg, CancellationToken::new()));
     // Open each port the way the agent will: by the symlink, as a serial port.
     let mut attached = [false; 4];
-    for _ in 0..100 {
+    poll_until(Duration::from_secs(5), "every simulated port", async || {
         for (i, done) in attached.iter_mut().enumerate().filter(|(_, d)| !**d) {
             let path = dir.join(format!("sim-{i:04}"));
             if let Ok(port) = tokio_serial::new(path.to_string_lossy(), 115_200).open_native_async()
@@ -72,15 +78,10 @@ async fn devices_on_ptys_are_serial_ports() {
                 *done = true;
             }
         }
-        if attached.iter().all(|d| *d) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        attached.iter().all(|d| *d),
-        "every simulated port appeared: {attached:?}"
-    );
+        let all = attached.iter().all(|d| *d);
+        all.then_some(()).ok_or(format!("attached {attached:?}"))
+    })
+    .await;
     let report = sim.await.unwrap();
     let state = rx.stop().await;
     let st = state.lock().unwrap();
@@ -197,9 +198,8 @@ fn reboot_command_is_answered_then_the_device_reboots_and_the_others_keep_going(
                 ..SimConfig::default()
             };
             let sim = tokio::spawn(run(cfg, CancellationToken::new()));
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
             // Once sim-0001 streams, command its reboot.
-            loop {
+            poll_until(Duration::from_secs(10), "sim-0001 to stream", async || {
                 let streaming = rx
                     .state
                     .lock()
@@ -207,15 +207,9 @@ fn reboot_command_is_answered_then_the_device_reboots_and_the_others_keep_going(
                     .boots
                     .iter()
                     .any(|((d, _), log)| d == "sim-0001" && log.stored > 0);
-                if streaming && rx.command("sim-0001", 41, ferry_wire::CommandKind::Reboot) {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "sim-0001 never streamed"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+                streaming && rx.command("sim-0001", 41, ferry_wire::CommandKind::Reboot)
+            })
+            .await;
             let report = sim.await.unwrap();
             let state = rx.stop().await;
             let st = state.lock().unwrap();
@@ -299,31 +293,29 @@ async fn commands_reach_every_status() {
         (5, CommandKind::Opaque(b"fail:disk full")),
         (6, CommandKind::Opaque(&[0x0a, 0x0b])),
     ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !rx.command("sim-0000", 0, CommandKind::Opaque(b"")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the device never said Hello"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    const WAIT: Duration = Duration::from_secs(10);
+    poll_until(WAIT, "the device to say Hello", async || {
+        rx.command("sim-0000", 0, CommandKind::Opaque(b""))
+    })
+    .await;
     // One at a time: a device queues at most 4 results (a gateway re-sends a command whose result
     // it missed; this receiver does not).
     for (id, kind) in commands {
         assert!(rx.command("sim-0000", id, kind));
-        while !rx.state.lock().unwrap().results.iter().any(|r| r.id == id) {
-            assert!(std::time::Instant::now() < deadline, "no answer to {id}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        poll_until(WAIT, format!("the answer to {id}"), async || {
+            rx.state.lock().unwrap().results.iter().any(|r| r.id == id)
+        })
+        .await;
     }
-    let answered = loop {
+    let answered = poll_until(WAIT, "7 answers", async || {
         let results = rx.state.lock().unwrap().results.clone();
         if results.len() == 7 {
-            break results;
+            Ok(results)
+        } else {
+            Err(format!("{results:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "answers: {results:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     // By id: an opaque command is answered by the board loop, so it may come after later ones.
     let mut got: Vec<(u32, CommandStatus, &[u8])> = answered
         .iter()
