@@ -88,6 +88,17 @@ impl AgentProc {
 
     /// Waits until a log line contains every one of `needles`: that line, or `None` at the
     /// deadline or when the process has exited.
+    /// The `addr=` of the log line that contains `message` (e.g. "Serving the local API"), waiting
+    /// up to `timeout` for it.
+    pub async fn logged_addr(&mut self, message: &str, timeout: Duration) -> SocketAddr {
+        let line = self.wait_log_line(&[message, "addr="], timeout).await;
+        let line = line.unwrap_or_else(|| panic!("no {message:?} line; log:\n{}", self.log()));
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix("addr="))
+            .and_then(|a| a.trim_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+    }
+
     pub async fn wait_log_line(&mut self, needles: &[&str], timeout: Duration) -> Option<String> {
         let (log, child) = (&self.log, &mut self.child);
         let line = try_poll_until(

@@ -198,12 +198,29 @@ pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
 
 /// A minimal HTTP/1.1 GET (Connection: close): (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, &format!("GET {path} HTTP/1.1\r\n"), "").await
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body (Connection: close): (status, body).
+pub async fn http_post_json(
+    addr: SocketAddr,
+    path: &str,
+    json: &str,
+) -> anyhow::Result<(u16, String)> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        json.len()
+    );
+    http_request(addr, &head, json).await
+}
+
+/// Sends `head` (request line and headers, each ending in CRLF) with `Host` and
+/// `Connection: close` added, then `body`; reads the whole answer: (status, body).
+async fn http_request(addr: SocketAddr, head: &str, body: &str) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    s.write_all(format!("{head}Host: {addr}\r\nConnection: close\r\n\r\n{body}").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf);

@@ -14,7 +14,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use ferry_tests::agent::AgentProc;
 use ferry_tests::bridge::http_get;
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
@@ -23,7 +22,7 @@ use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Deadline of each wait (2 shared cores; the agent and the simulator are debug builds).
 const WAIT: Duration = Duration::from_secs(30);
@@ -165,41 +164,6 @@ fn report_row(report: &str, row: &str) -> Option<u64> {
     })
 }
 
-/// The `addr=` of the agent's log line that contains `message`.
-async fn logged_addr(agent: &mut AgentProc, message: &str) -> SocketAddr {
-    let line = agent.wait_log_line(&[message, "addr="], WAIT).await;
-    let line = line.unwrap_or_else(|| panic!("no {message:?} line; log:\n{}", agent.log()));
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix("addr="))
-        .and_then(|a| a.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
-}
-
-/// A minimal HTTP/1.1 POST of a JSON body (Connection: close): (status, body).
-async fn http_post(addr: SocketAddr, path: &str, json: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await??;
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-            json.len()
-        )
-        .as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_owned()))
-}
-
 async fn get_json(api: SocketAddr, path: &str) -> Value {
     let (status, body) = http_get(api, path).await.expect("GET");
     assert_eq!(status, 200, "GET {path}: {body}");
@@ -230,8 +194,10 @@ async fn start(dir: &std::path::Path, uplink: &str) -> (AgentProc, SocketAddr, S
         None,
     );
     agent.start().await;
-    let devices = logged_addr(&mut agent, "Listening for devices over TCP").await;
-    let api = logged_addr(&mut agent, "Serving the local API").await;
+    let devices = agent
+        .logged_addr("Listening for devices over TCP", WAIT)
+        .await;
+    let api = agent.logged_addr("Serving the local API", WAIT).await;
     let sim = SimProc::start(devices);
     for id in ["sim-0000", "sim-0001"] {
         poll_until(WAIT, format!("{id} online"), || async move {
@@ -294,7 +260,7 @@ async fn api_commands_reach_every_status_and_reboot_answers_before_resetting() {
         .await
     };
     let post = |device: &'static str, id: &'static str, command: &'static str| async move {
-        let (status, reply) = http_post(
+        let (status, reply) = ferry_tests::bridge::http_post_json(
             api,
             &format!("/api/v1/devices/{device}/commands"),
             &body(id, command),

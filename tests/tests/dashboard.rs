@@ -5,7 +5,6 @@
 //! error. Every check waits for a condition with a deadline; a timeout fails with the page's
 //! state, its console and a screenshot. The final screenshot is
 //! `<target>/test-output/dashboard/dashboard.png`.
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,16 +28,6 @@ fn output_dir() -> PathBuf {
         .nth(3)
         .expect("test binary is in <target>/<profile>/deps");
     target.join("test-output").join("dashboard")
-}
-
-/// The `addr=` of the agent's log line that contains `message`.
-async fn logged_addr(agent: &mut AgentProc, message: &str) -> SocketAddr {
-    let line = agent.wait_log_line(&[message, "addr="], WAIT).await;
-    let line = line.unwrap_or_else(|| panic!("no {message:?} line; log:\n{}", agent.log()));
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix("addr="))
-        .and_then(|a| a.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
 }
 
 /// Evaluates `script` in the page until `check` accepts the result (a script error,
@@ -104,8 +93,10 @@ async fn dashboard_shows_devices_values_and_live_charts() {
         None,
     );
     agent.start().await;
-    let devices_addr = logged_addr(&mut agent, "Listening for devices over TCP").await;
-    let api = logged_addr(&mut agent, "Serving the local API").await;
+    let devices_addr = agent
+        .logged_addr("Listening for devices over TCP", WAIT)
+        .await;
+    let api = agent.logged_addr("Serving the local API", WAIT).await;
 
     // Three devices, three channels each (temperature, humidity, counter) at 20 Hz.
     let stop = CancellationToken::new();
