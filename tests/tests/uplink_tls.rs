@@ -106,6 +106,48 @@ fn tls(pki: &TestPki, require_certificate: bool) -> MosquittoTls {
     }
 }
 
+/// One test's broker: mosquitto with a TLS listener made by `tls` from a fresh PKI, plus a plain
+/// listener on `plain_port` for the test's own subscriber. Fields drop in order: the broker stops
+/// before the PKI's directory goes.
+struct TlsBroker {
+    broker: Mosquitto,
+    pki: TestPki,
+    plain_port: u16,
+    _pki_dir: tempfile::TempDir,
+}
+
+impl TlsBroker {
+    fn start(tls: impl FnOnce(&TestPki) -> MosquittoTls, users: Vec<(String, String)>) -> Self {
+        let pki_dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::generate(pki_dir.path());
+        let plain_port = free_port();
+        let broker = Mosquitto::start(MosquittoOptions {
+            tls: Some(tls(&pki)),
+            users,
+            extra: format!("listener {plain_port} 127.0.0.1\n"),
+            ..MosquittoOptions::default()
+        });
+        TlsBroker {
+            broker,
+            pki,
+            plain_port,
+            _pki_dir: pki_dir,
+        }
+    }
+}
+
+/// `devices` simulated devices with 2 sensors each, streaming to the agent's TCP listener.
+fn sim(agent: &AgentProc, devices: usize, interval_ms: u32, secs: u64) -> ferry_sim::SimConfig {
+    ferry_sim::SimConfig {
+        devices,
+        sensors: 2,
+        interval_ms,
+        duration: Some(Duration::from_secs(secs)),
+        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
+        ..ferry_sim::SimConfig::default()
+    }
+}
+
 fn path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
@@ -128,15 +170,7 @@ async fn every_acked_event_arrives(
     )
     .await;
     let mut agent = start_agent(dir.path(), "gw-tls", &uplink).await;
-    let sim = ferry_sim::SimConfig {
-        devices: 4,
-        sensors: 2,
-        interval_ms: 10,
-        duration: Some(Duration::from_secs(3)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
-        ..ferry_sim::SimConfig::default()
-    };
-    let report = ferry_sim::run(sim, CancellationToken::new()).await;
+    let report = ferry_sim::run(sim(&agent, 4, 10, 3), CancellationToken::new()).await;
     let t = &report.totals;
     assert!(t.acked > 1_000, "devices streamed: {t:?}");
     assert_eq!((t.dropped, t.unacked_at_end), (0, 0), "{t:?}");
@@ -198,40 +232,38 @@ async fn every_acked_event_arrives(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn uplink_over_tls_with_a_custom_ca_and_a_password_delivers_every_acked_event() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(pki_dir.path());
-    let plain_port = free_port();
-    let broker = Mosquitto::start(MosquittoOptions {
-        tls: Some(tls(&pki, false)),
-        users: vec![
+    let TlsBroker {
+        broker,
+        pki,
+        plain_port,
+        ..
+    } = &TlsBroker::start(
+        |pki| tls(pki, false),
+        vec![
             ("gw-tls".into(), "gw-s3cret".into()),
             ("sub".into(), "sub-pass".into()),
         ],
-        extra: format!("listener {plain_port} 127.0.0.1\n"),
-        ..MosquittoOptions::default()
-    });
+    );
     let uplink = format!(
         "broker = \"127.0.0.1:{}\"\nca_file = {}\nusername = \"gw-tls\"\npassword = \"gw-s3cret\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
         broker.port(),
         path(&pki.ca)
     );
-    every_acked_event_arrives(plain_port, Some(("sub", "sub-pass")), uplink).await;
+    every_acked_event_arrives(*plain_port, Some(("sub", "sub-pass")), uplink).await;
     // The agent's connection was the TLS listener's, authenticated by its password.
-    let line = agent_connection(&broker, "ferry-gw-tls");
+    let line = agent_connection(broker, "ferry-gw-tls");
     assert!(line.contains("p5") && line.contains("u'gw-tls'"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn uplink_over_mutual_tls_with_mqtt_3_1_1_delivers_every_acked_event() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(pki_dir.path());
-    let plain_port = free_port();
-    let broker = Mosquitto::start(MosquittoOptions {
-        tls: Some(tls(&pki, true)),
-        extra: format!("listener {plain_port} 127.0.0.1\n"),
-        ..MosquittoOptions::default()
-    });
+    let TlsBroker {
+        broker,
+        pki,
+        plain_port,
+        ..
+    } = &TlsBroker::start(|pki| tls(pki, true), vec![]);
     let uplink = format!(
         "broker = \"127.0.0.1:{}\"\nprotocol = \"3.1.1\"\nca_file = {}\ncert_file = {}\nkey_file = {}\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
         broker.port(),
@@ -239,8 +271,8 @@ async fn uplink_over_mutual_tls_with_mqtt_3_1_1_delivers_every_acked_event() {
         path(&pki.client_cert),
         path(&pki.client_key)
     );
-    every_acked_event_arrives(plain_port, None, uplink).await;
-    let line = agent_connection(&broker, "ferry-gw-tls");
+    every_acked_event_arrives(*plain_port, None, uplink).await;
+    let line = agent_connection(broker, "ferry-gw-tls");
     assert!(
         line.contains("(p2,"),
         "MQTT 3.1.1 (mosquitto logs it as p2): {line}"
@@ -279,15 +311,7 @@ async fn agent_sends_nothing(plain_port: u16, uplink: String) -> String {
     let stop = CancellationToken::new();
     let got = capture(plain_port, "tls-neg-sub", None, "ferry/v1/#", stop.clone()).await;
     let mut agent = start_agent(dir.path(), "gw-tls", &uplink).await;
-    let sim = ferry_sim::SimConfig {
-        devices: 1,
-        sensors: 2,
-        interval_ms: 20,
-        duration: Some(Duration::from_secs(2)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
-        ..ferry_sim::SimConfig::default()
-    };
-    let report = ferry_sim::run(sim, CancellationToken::new()).await;
+    let report = ferry_sim::run(sim(&agent, 1, 20, 2), CancellationToken::new()).await;
     assert!(report.totals.acked > 50, "{:?}", report.totals);
     let line = agent
         .wait_log_line(&["Uplink cannot reach the broker"], Duration::from_secs(10))
@@ -324,27 +348,28 @@ async fn agent_sends_nothing(plain_port: u16, uplink: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn a_broker_certificate_from_another_ca_is_refused_and_the_log_says_why() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(pki_dir.path());
-    let plain_port = free_port();
     // The broker presents a certificate for the right names, signed by a CA the agent does not
     // trust.
-    let broker = Mosquitto::start(MosquittoOptions {
-        tls: Some(MosquittoTls {
+    let TlsBroker {
+        broker,
+        pki,
+        plain_port,
+        ..
+    } = &TlsBroker::start(
+        |pki| MosquittoTls {
             cafile: pki.other_ca.clone(),
             certfile: pki.other_server_cert.clone(),
             keyfile: pki.other_server_key.clone(),
             require_certificate: false,
-        }),
-        extra: format!("listener {plain_port} 127.0.0.1\n"),
-        ..MosquittoOptions::default()
-    });
+        },
+        vec![],
+    );
     let uplink = format!(
         "broker = \"127.0.0.1:{}\"\nca_file = {}\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"\n",
         broker.port(),
         path(&pki.ca)
     );
-    let line = agent_sends_nothing(plain_port, uplink).await;
+    let line = agent_sends_nothing(*plain_port, uplink).await;
     eprintln!("agent log: {line}");
     assert!(
         line.contains("UnknownIssuer") && line.contains("not signed by a CA in uplink.ca_file"),
@@ -355,20 +380,18 @@ async fn a_broker_certificate_from_another_ca_is_refused_and_the_log_says_why() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn mutual_tls_without_a_client_certificate_is_refused_and_the_log_says_why() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(pki_dir.path());
-    let plain_port = free_port();
-    let broker = Mosquitto::start(MosquittoOptions {
-        tls: Some(tls(&pki, true)),
-        extra: format!("listener {plain_port} 127.0.0.1\n"),
-        ..MosquittoOptions::default()
-    });
+    let TlsBroker {
+        broker,
+        pki,
+        plain_port,
+        ..
+    } = &TlsBroker::start(|pki| tls(pki, true), vec![]);
     let uplink = format!(
         "broker = \"127.0.0.1:{}\"\nca_file = {}\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"\n",
         broker.port(),
         path(&pki.ca)
     );
-    let line = agent_sends_nothing(plain_port, uplink).await;
+    let line = agent_sends_nothing(*plain_port, uplink).await;
     eprintln!("agent log: {line}");
     assert!(
         line.contains("client certificate") && line.contains("uplink.cert_file"),
