@@ -69,6 +69,25 @@ pub fn require_tool_in(tool: &str, extra_dirs: &[&str], install: &str) -> PathBu
 
 /// A loopback TCP port that was free a moment ago (for servers that cannot report the port
 /// they bound, like mosquitto).
+/// The end of starting a server process: `child`, once `waited` (the poll for it to be up) says
+/// it is; otherwise why not, with the server's `log`. A child still running when the poll timed
+/// out is killed and reaped first.
+pub(crate) fn started<T>(
+    mut child: std::process::Child,
+    waited: Result<Result<T, String>, poll::TimedOut>,
+    log: impl FnOnce() -> String,
+) -> Result<std::process::Child, String> {
+    match waited {
+        Ok(Ok(_)) => Ok(child),
+        Ok(Err(exited)) => Err(format!("{exited}; log:\n{}", log())),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("{e}; log:\n{}", log()))
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -191,18 +191,8 @@ impl Mosquitto {
                 _ => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(Ok),
             },
         );
-        match listening {
-            Ok(Ok(_)) => {
-                self.child = Some(child);
-                Ok(())
-            }
-            Ok(Err(exited)) => Err(format!("{exited}; log:\n{}", self.log())),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!("{e}; log:\n{}", self.log()))
-            }
-        }
+        self.child = Some(crate::started(child, listening, || self.log())?);
+        Ok(())
     }
 }
 

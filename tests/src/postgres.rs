@@ -219,18 +219,8 @@ impl Postgres {
                 let ready = pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready");
                 ready.then_some(Ok(()))
             });
-        match ready {
-            Ok(Ok(())) => {
-                self.child = Some(child);
-                Ok(())
-            }
-            Ok(Err(exited)) => Err(format!("{exited}; log:\n{}", self.log())),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!("{e}; log:\n{}", self.log()))
-            }
-        }
+        self.child = Some(crate::started(child, ready, || self.log())?);
+        Ok(())
     }
 
     fn create_database(&self) {
