@@ -57,22 +57,33 @@ async fn subscriber(port: u16, stop: CancellationToken, seen: Seen) {
     }
 }
 
+/// Starts an in-process agent on `toml`, the text of a `ferry.toml`.
+async fn start_agent(toml: &str) -> ferry_agent::Agent {
+    let settings = ferry_agent::config::Settings::from_toml(toml, "test.toml", |_| None).unwrap();
+    ferry_agent::Agent::start(&settings).await.unwrap()
+}
+
+/// `name` under the system's temp directory, emptied of what an earlier run left there.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Mosquitto only: the subscriber's persistent session and the messages queued in it must
 /// survive the broker's restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn uplink_forwards_everything_through_broker_restarts() {
     let mut broker = Mosquitto::start(MosquittoOptions::default());
-    let dir = std::env::temp_dir().join(format!("ferry-uplink-agent-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir(&format!("ferry-uplink-agent-{}", std::process::id()));
     let toml = format!(
         "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\nmax_batch_events = 200\n",
         dir.join("ferry.db").display().to_string(),
         broker.port()
     );
-    let settings = ferry_agent::config::Settings::from_toml(&toml, "test.toml", |_| None).unwrap();
-    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    let agent = start_agent(&toml).await;
     let sub_stop = CancellationToken::new();
     let seen: Seen = Default::default();
     let sub = tokio::spawn(subscriber(broker.port(), sub_stop.clone(), seen.clone()));
@@ -187,19 +198,16 @@ async fn downlink_commands_reach_the_device_and_results_come_back_on_ferry_broke
 /// connects expires after its TTL; a malformed one is rejected with a reason.
 async fn downlink_commands_reach_the_device_and_results_come_back(kind: BrokerKind) {
     let broker = TestBroker::start(kind).await;
-    let dir = std::env::temp_dir().join(format!(
+    let dir = fresh_dir(&format!(
         "ferry-downlink-agent-{kind}-{}",
         std::process::id()
     ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let toml = format!(
         "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"test-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\n",
         dir.join("ferry.db").display().to_string(),
         broker.port()
     );
-    let settings = ferry_agent::config::Settings::from_toml(&toml, "test.toml", |_| None).unwrap();
-    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    let agent = start_agent(&toml).await;
     // The operator's client: sends commands, collects results.
     let (client, mut el) = AsyncClient::new(
         {
@@ -635,9 +643,7 @@ async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forward
         )
     };
     // 1. Twenty samples stored with forwarding off.
-    let settings =
-        ferry_agent::config::Settings::from_toml(&toml(""), "test.toml", |_| None).unwrap();
-    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    let agent = start_agent(&toml("")).await;
     let io = tokio::net::TcpStream::connect(agent.tcp_addr.unwrap())
         .await
         .unwrap();
@@ -697,16 +703,11 @@ async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forward
         !seen.lock().unwrap().is_empty()
     })
     .await;
-    let settings = ferry_agent::config::Settings::from_toml(
-        &toml(&format!(
-            "[uplink]\nbroker = \"127.0.0.1:{}\"\n",
-            broker.port()
-        )),
-        "test.toml",
-        |_| None,
-    )
-    .unwrap();
-    let agent = ferry_agent::Agent::start(&settings).await.unwrap();
+    let agent = start_agent(&toml(&format!(
+        "[uplink]\nbroker = \"127.0.0.1:{}\"\n",
+        broker.port()
+    )))
+    .await;
     let reader = ferry_agent::store::open_reader(&db).unwrap();
     poll_until(
         Duration::from_secs(20),
