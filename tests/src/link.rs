@@ -11,13 +11,62 @@ use ferry_wire::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Decodes device frames from `io` and sends gateway frames to it.
-pub struct GatewayLink<S> {
+/// The plumbing both sides share: frames encoded to `io`, bytes read from it into `buf` and
+/// decoded (`buf[start..end]` is read but not yet fed to the decoder).
+struct Frames<S> {
     io: S,
     decoder: Box<Decoder>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Frames<S> {
+    fn new(io: S) -> Self {
+        Frames {
+            io,
+            decoder: Box::new(Decoder::new()),
+            buf: vec![0; 4096],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    async fn send(&mut self, m: &Message<'_>) -> anyhow::Result<()> {
+        let mut out = [0u8; MAX_ENCODED_LEN];
+        let n = encode(m, &mut out).map_err(|e| anyhow!("encode: {e}"))?;
+        self.io.write_all(&out[..n]).await?;
+        Ok(())
+    }
+
+    /// Feeds frames to `on` until it returns an outcome; reads from `io` when the buffer runs
+    /// dry, and fails when the link closes.
+    async fn next<T>(
+        &mut self,
+        mut on: impl FnMut(Result<Message<'_>, Rejected<'_>>) -> Option<anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        loop {
+            let mut input = &self.buf[self.start..self.end];
+            let before = input.len();
+            let got = self.decoder.feed(&mut input).and_then(&mut on);
+            self.start += before - input.len();
+            match got {
+                Some(r) => return r,
+                None if self.start < self.end => continue,
+                None => {}
+            }
+            self.start = 0;
+            self.end = self.io.read(&mut self.buf).await?;
+            if self.end == 0 {
+                return Err(anyhow!("link closed"));
+            }
+        }
+    }
+}
+
+/// Decodes device frames from `io` and sends gateway frames to it.
+pub struct GatewayLink<S> {
+    frames: Frames<S>,
     /// Rejected frames seen so far.
     pub rejected: u64,
 }
@@ -26,11 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GatewayLink<S> {
     /// Wraps an open link.
     pub fn new(io: S) -> Self {
         GatewayLink {
-            io,
-            decoder: Box::new(Decoder::new()),
-            buf: vec![0; 4096],
-            start: 0,
-            end: 0,
+            frames: Frames::new(io),
             rejected: 0,
         }
     }
@@ -43,38 +88,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GatewayLink<S> {
     }
 
     async fn recv_inner(&mut self) -> anyhow::Result<DeviceMessage> {
-        loop {
-            let mut input = &self.buf[self.start..self.end];
-            let before = input.len();
-            let got = match self.decoder.feed(&mut input) {
-                Some(Ok(m)) => Some(DeviceMessage::from_message(&m)),
-                Some(Err(Rejected { .. })) => {
-                    self.rejected += 1;
+        let rejected = &mut self.rejected;
+        self.frames
+            .next(|frame| match frame {
+                Ok(m) => Some(
+                    DeviceMessage::from_message(&m)
+                        .ok_or_else(|| anyhow!("device sent a gateway-direction message")),
+                ),
+                Err(Rejected { .. }) => {
+                    *rejected += 1;
                     None
                 }
-                None => None,
-            };
-            self.start += before - input.len();
-            match got {
-                Some(Some(u)) => return Ok(u),
-                Some(None) => return Err(anyhow!("device sent a gateway-direction message")),
-                None if self.start < self.end => continue,
-                None => {}
-            }
-            self.start = 0;
-            self.end = self.io.read(&mut self.buf).await?;
-            if self.end == 0 {
-                return Err(anyhow!("link closed"));
-            }
-        }
+            })
+            .await
     }
 
     /// Sends one message.
     pub async fn send(&mut self, m: &Message<'_>) -> anyhow::Result<()> {
-        let mut out = [0u8; MAX_ENCODED_LEN];
-        let n = encode(m, &mut out).map_err(|e| anyhow!("encode: {e}"))?;
-        self.io.write_all(&out[..n]).await?;
-        Ok(())
+        self.frames.send(m).await
     }
 }
 
@@ -94,31 +125,20 @@ pub enum Downlink {
 /// Encodes device frames to `io` and decodes gateway frames from it: a device that sends exactly
 /// the samples a test chooses.
 pub struct DeviceLink<S> {
-    io: S,
-    decoder: Box<Decoder>,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    frames: Frames<S>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> DeviceLink<S> {
     /// Wraps an open link.
     pub fn new(io: S) -> Self {
         DeviceLink {
-            io,
-            decoder: Box::new(Decoder::new()),
-            buf: vec![0; 4096],
-            start: 0,
-            end: 0,
+            frames: Frames::new(io),
         }
     }
 
     /// Sends one message.
     pub async fn send(&mut self, m: &Message<'_>) -> anyhow::Result<()> {
-        let mut out = [0u8; MAX_ENCODED_LEN];
-        let n = encode(m, &mut out).map_err(|e| anyhow!("encode: {e}"))?;
-        self.io.write_all(&out[..n]).await?;
-        Ok(())
+        self.frames.send(m).await
     }
 
     /// Next valid gateway message within `timeout`; `Ok(None)` when none came in time.
@@ -130,32 +150,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceLink<S> {
     }
 
     async fn recv_inner(&mut self) -> anyhow::Result<Downlink> {
-        loop {
-            let mut input = &self.buf[self.start..self.end];
-            let before = input.len();
-            let got = match self.decoder.feed(&mut input) {
-                Some(Ok(Message::Welcome(w))) => Some(Ok(Downlink::Welcome(w))),
-                Some(Ok(Message::Ack(a))) => Some(Ok(Downlink::Ack(a))),
-                Some(Ok(Message::Command(c))) => Some(Ok(Downlink::Command(c.id))),
-                Some(Ok(Message::HelloRequest)) => Some(Ok(Downlink::HelloRequest)),
-                Some(Ok(other)) => Some(Err(anyhow!("gateway sent a device message: {other:?}"))),
-                Some(Err(Rejected { reason, .. })) => {
+        self.frames
+            .next(|frame| match frame {
+                Ok(Message::Welcome(w)) => Some(Ok(Downlink::Welcome(w))),
+                Ok(Message::Ack(a)) => Some(Ok(Downlink::Ack(a))),
+                Ok(Message::Command(c)) => Some(Ok(Downlink::Command(c.id))),
+                Ok(Message::HelloRequest) => Some(Ok(Downlink::HelloRequest)),
+                Ok(other) => Some(Err(anyhow!("gateway sent a device message: {other:?}"))),
+                Err(Rejected { reason, .. }) => {
                     Some(Err(anyhow!("gateway sent a bad frame: {reason:?}")))
                 }
-                None => None,
-            };
-            self.start += before - input.len();
-            match got {
-                Some(r) => return r,
-                None if self.start < self.end => continue,
-                None => {}
-            }
-            self.start = 0;
-            self.end = self.io.read(&mut self.buf).await?;
-            if self.end == 0 {
-                return Err(anyhow!("link closed"));
-            }
-        }
+            })
+            .await
     }
 
     /// Plays one boot of a device with one sensor (`sensor`, index 0, 1 kHz ticks) that sends
