@@ -51,6 +51,30 @@ pub async fn agent(db: &Path, store_extra: &str) -> Agent {
     Agent::start(&settings(&toml)).await.expect("agent starts")
 }
 
+/// Sensor descriptions for a Hello: `sensors` as `(name, unit)`, indexed in order, each sampled
+/// every 100 ms.
+pub fn sensor_infos<'a, C: FromIterator<ferry_wire::SensorInfo<'a>>>(
+    sensors: &[(&'a str, &'a str)],
+) -> C {
+    sensors
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, unit))| ferry_wire::SensorInfo {
+            index: i as u8,
+            name,
+            unit,
+            interval_ms: 100,
+        })
+        .collect()
+}
+
+/// `m` encoded as one frame.
+pub fn frame(m: &ferry_wire::Message<'_>) -> Vec<u8> {
+    let mut buf = [0u8; ferry_wire::MAX_ENCODED_LEN];
+    let n = ferry_wire::encode(m, &mut buf).expect("test message encodes");
+    buf[..n].to_vec()
+}
+
 /// A free loopback TCP port (bound and released; good enough for tests on loopback).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -172,7 +196,7 @@ impl DeviceLink {
         boot_id: u32,
         sensors: &[(&str, &str)],
     ) -> DeviceLink {
-        use ferry_wire::{Hello, Message, SensorInfo};
+        use ferry_wire::{Hello, Message};
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let tick0 = 1_000;
         let mut link = DeviceLink {
@@ -189,16 +213,7 @@ impl DeviceLink {
             tick_hz: 1000,
             ticks: tick0,
             next_seq: 0,
-            sensors: sensors
-                .iter()
-                .enumerate()
-                .map(|(i, &(name, unit))| SensorInfo {
-                    index: i as u8,
-                    name,
-                    unit,
-                    interval_ms: 100,
-                })
-                .collect(),
+            sensors: sensor_infos(sensors),
         });
         link.write(&hello).await;
         link.wait(

@@ -18,16 +18,13 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::metrics::{Metrics, REASONS};
 use ferry_agent::store::{open_reader, read};
-use ferry_wire::{
-    crc32, encode, Decoder, Hello, Message, Sample, Samples, SensorInfo, MAX_ENCODED_LEN,
-    MAX_FRAME_LEN,
-};
+use ferry_wire::{crc32, Decoder, Hello, Message, Sample, Samples, MAX_FRAME_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::common::{agent, TempDir};
+use crate::common::{agent, frame, sensor_infos, TempDir};
 use crate::poll::poll_until;
 
 const DEVICE: &str = "garbage-dev";
@@ -78,12 +75,6 @@ fn seed() -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 // Frames, written from PROTOCOL.md: 00 | COBS(version · message · crc32-le) | 00.
-
-fn frame(m: &Message<'_>) -> Vec<u8> {
-    let mut buf = [0u8; MAX_ENCODED_LEN];
-    let n = encode(m, &mut buf).expect("test message encodes");
-    buf[..n].to_vec()
-}
 
 fn cobs_encode(body: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8];
@@ -177,16 +168,7 @@ fn hello_frame() -> Vec<u8> {
         tick_hz: 1000,
         ticks: TICK0,
         next_seq: 0,
-        sensors: names
-            .iter()
-            .enumerate()
-            .map(|(i, &name)| SensorInfo {
-                index: i as u8,
-                name,
-                unit: "u",
-                interval_ms: 100,
-            })
-            .collect(),
+        sensors: sensor_infos(&names.map(|n| (n, "u"))),
     }))
 }
 

@@ -7,22 +7,16 @@ use std::time::Duration;
 
 use ferry_agent::metrics::Metrics;
 use ferry_agent::store::query::{self, Agg, EventFilter};
-use ferry_wire::{encode, Decoder, Hello, Message, Sample, Samples, SensorInfo, MAX_ENCODED_LEN};
+use ferry_wire::{Decoder, Hello, Message, Sample, Samples};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{agent, TempDir};
+use crate::common::{agent, frame, sensor_infos, TempDir};
 use crate::poll::poll_until;
 
 const WAIT: Duration = Duration::from_secs(10);
 /// Ticks of the Hello (the session's first anchor).
 const TICK0: u64 = 1_000;
-
-fn frame(m: &Message<'_>) -> Vec<u8> {
-    let mut buf = [0u8; MAX_ENCODED_LEN];
-    let n = encode(m, &mut buf).unwrap();
-    buf[..n].to_vec()
-}
 
 /// A scripted device on one TCP connection.
 struct Device {
@@ -45,16 +39,7 @@ impl Device {
             acked: 0,
             acks: 0,
         };
-        let sensors = ["s0", "s1"]
-            .iter()
-            .enumerate()
-            .map(|(i, &name)| SensorInfo {
-                index: i as u8,
-                name,
-                unit: "u",
-                interval_ms: 100,
-            })
-            .collect();
+        let sensors = sensor_infos(&[("s0", "u"), ("s1", "u")]);
         let hello = frame(&Message::Hello(Hello {
             device_id: id,
             firmware: "odd-1",
