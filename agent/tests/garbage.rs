@@ -10,6 +10,7 @@
 //!
 //! Two smaller tests check the `quarantine_max_rows` bound: newest rows kept while the metrics count
 //! every rejection (also across a restart), and the bound after a rolled-back transaction.
+//! One module: all three run the same scripted device and the same offline decode of its bytes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};

@@ -1,7 +1,9 @@
 //! Agent integration tests: real ptys, real TCP, real SQLite files, the real `ferry` binary where a
 //! process must be killed. One binary; one module per scenario.
 mod api;
+mod api_contract;
 mod api_hostile;
+mod api_values;
 mod cli;
 mod common;
 mod config;

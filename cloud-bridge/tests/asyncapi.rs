@@ -1,14 +1,17 @@
-//! `cloud-bridge/asyncapi.yaml` against `contract.rs`: the document is read as it is (YAML →
+//! `cloud-bridge/asyncapi.yaml` against the `ferry-contract` crate: the document is read as it is (YAML →
 //! JSON), each message's payload schema is resolved through its `$ref` and compiled (JSON Schema
 //! draft 7, the base of AsyncAPI's schema format; no network), and then
-//! - payloads made by contract.rs's own encoders validate, for every message and variant;
-//! - every `examples` entry validates and decodes with contract.rs;
+//! - payloads made by the contract's own encoders validate, for every message and variant;
+//! - every `examples` entry validates and decodes with the contract;
 //! - payloads that break a rule (missing required field, unknown field, wrong enum, out of range)
-//!   fail validation *and* are refused by contract.rs;
-//! - channel addresses, subscriptions and limits in the document equal contract.rs's;
+//!   fail validation *and* are refused by the contract;
+//! - channel addresses, subscriptions and limits in the document equal the contract's;
 //! - readings keep their bits through every encoding (non-finite ones included), binary and
 //!   deflate payloads are refused unless canonical and complete;
 //! - the PostgreSQL tables the document describes are the ones ferry-bridge creates.
+//!
+//! One file on purpose: it walks one document top to bottom, and its checks share the loaded
+//! document and the compiled schemas.
 use std::sync::OnceLock;
 
 use ferry_contract::{

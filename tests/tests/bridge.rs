@@ -2,7 +2,8 @@
 //! with its own broker and cluster: exactly-once through duplicates, resends and broker
 //! restarts; SIGTERM and SIGKILL of the bridge mid-stream; dead letters; two replicas sharing
 //! the load; the jsonl sink; health and metrics through database and broker outages; TLS; flag
-//! errors.
+//! errors. One module, because every scenario runs the same rig (broker, cluster, bridge
+//! process, publisher) and the same exactly-once check.
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
