@@ -21,7 +21,6 @@
 //! last ack. RSS is the agent's peak resident set (VmHWM); CPU is the agent's user+system time.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -136,31 +135,16 @@ struct AgentProc {
 }
 
 async fn start_agent(tag: &str, durability: &str) -> AgentProc {
-    let dir = std::env::temp_dir().join(format!("ferry-bench-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let api: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let cfg = dir.join("ferry.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let dir = common::fresh_dir(tag);
+    let addr = common::free_addr();
+    let api = common::free_addr();
+    let child = common::spawn_agent(
+        &dir,
+        &format!(
             "[api]\nlisten = \"{api}\"\n[gateway]\nid = \"bench\"\n[store]\npath = {:?}\ndurability = \"{durability}\"\nmax_db_size = \"0\"\n[devices]\ntcp_listen = \"{addr}\"\n",
             dir.join("ferry.db").display().to_string()
         ),
-    )
-    .unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["--log", "warn", "run", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ferry");
+    );
     let start = Instant::now();
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         assert!(

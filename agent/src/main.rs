@@ -18,12 +18,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand};
 use ferry_agent::cli::commands::{self, finish};
 use ferry_agent::cli::{
     ApiClient, CliError, Endpoint, EventsQuery, Format, SeriesQuery, TailOptions,
 };
 use ferry_agent::config::{ConfigError, Settings};
+use ferry_agent::store::query::Agg;
 use ferry_agent::{shutdown, Agent};
 
 #[derive(Parser)]
@@ -156,8 +158,8 @@ enum QueryCmd {
         #[arg(long, value_name = "DURATION")]
         bucket: Option<String>,
         /// Aggregate per bucket [agent default: avg]
-        #[arg(long, value_enum)]
-        agg: Option<Agg>,
+        #[arg(long, value_parser = PossibleValuesParser::new(Agg::ALL.map(Agg::name)))]
+        agg: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -186,23 +188,6 @@ struct Range {
     /// End, exclusive (same forms).
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     until: Option<String>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Agg {
-    Avg,
-    Min,
-    Max,
-    Count,
-    Last,
-}
-
-impl Agg {
-    fn name(self) -> String {
-        self.to_possible_value()
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default()
-    }
 }
 
 fn init_logs(filter: &str) {
@@ -313,7 +298,7 @@ async fn main() -> ExitCode {
                 since: range.since,
                 until: range.until,
                 bucket,
-                agg: agg.map(Agg::name),
+                agg,
             };
             let r = async {
                 commands::query_series(&client(&api)?, &q, api.format, &mut stdout()).await

@@ -75,14 +75,9 @@ pub fn frame(m: &ferry_wire::Message<'_>) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-/// A free loopback TCP port (bound and released; good enough for tests on loopback).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../benches/common/port.rs"]
+mod port;
+pub use port::free_port;
 
 /// Writes `dir/ferry.toml` for a `ferry` process: store `dir/ferry.db` with `durability = "full"`,
 /// the API on an ephemeral port, the device listener on a free port. Returns (config, db, device

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ferry_agent::metrics::Metrics;
 use ferry_agent::Agent;
-use ferry_sim::{SimConfig, Transport};
+use ferry_sim::SimConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{assert_acked_stored_once_in_order, settings, TempDir};
@@ -27,17 +27,10 @@ async fn pty_devices_are_ingested_through_unplug_replug_and_late_arrival() {
 
     // Two devices whose ports vanish and come back (a new /dev/pts/N behind the same name).
     let flaky = SimConfig {
-        devices: 2,
-        transport: Transport::Pty {
-            link_dir: Some(ports.clone()),
-        },
-        sensors: 3,
-        interval_ms: 10,
         disconnect_every: Some(Duration::from_millis(1500)),
         reconnect_after: Duration::from_millis(300),
-        duration: Some(Duration::from_secs(6)),
         id_prefix: "flaky-".into(),
-        ..SimConfig::default()
+        ..SimConfig::pty(ports.clone(), 2, 3, 10).for_secs(6)
     };
     let flaky = tokio::spawn(ferry_sim::run(flaky, CancellationToken::new()));
     poll_until(
@@ -49,15 +42,8 @@ async fn pty_devices_are_ingested_through_unplug_replug_and_late_arrival() {
 
     // A device plugged in later, matching the same glob.
     let late = SimConfig {
-        devices: 1,
-        transport: Transport::Pty {
-            link_dir: Some(ports.clone()),
-        },
-        sensors: 2,
-        interval_ms: 20,
-        duration: Some(Duration::from_secs(3)),
         id_prefix: "late-".into(),
-        ..SimConfig::default()
+        ..SimConfig::pty(ports.clone(), 1, 2, 20).for_secs(3)
     };
     let late = ferry_sim::run(late, CancellationToken::new()).await;
     let flaky = flaky.await.unwrap();

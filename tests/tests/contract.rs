@@ -81,14 +81,7 @@ async fn real_agent_payloads_match_the_asyncapi_document() {
         ),
     )
     .await;
-    let sim = ferry_sim::SimConfig {
-        devices: 2,
-        sensors: 2,
-        interval_ms: 20,
-        duration: Some(Duration::from_secs(4)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
-        ..ferry_sim::SimConfig::default()
-    };
+    let sim = ferry_sim::SimConfig::tcp(agent.tcp().unwrap(), 2, 2, 20).for_secs(4);
     let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
 
     // The cloud command sender.

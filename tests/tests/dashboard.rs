@@ -101,13 +101,7 @@ async fn dashboard_shows_devices_values_and_live_charts() {
     // Three devices, three channels each (temperature, humidity, counter) at 20 Hz.
     let stop = CancellationToken::new();
     let sim = tokio::spawn(ferry_sim::run(
-        ferry_sim::SimConfig {
-            devices: 3,
-            sensors: 3,
-            interval_ms: 50,
-            transport: ferry_sim::Transport::Tcp(devices_addr),
-            ..ferry_sim::SimConfig::default()
-        },
+        ferry_sim::SimConfig::tcp(devices_addr, 3, 3, 50),
         stop.clone(),
     ));
 

@@ -110,14 +110,8 @@ async fn agent_and_bridge_metrics_keep_their_names_and_labels() {
         Some(tcp),
     );
     agent.start().await;
-    let sim = ferry_sim::SimConfig {
-        devices: 2,
-        sensors: 2,
-        interval_ms: 10,
-        duration: Some(Duration::from_secs(2)),
-        transport: ferry_sim::Transport::Tcp(format!("127.0.0.1:{tcp}").parse().unwrap()),
-        ..ferry_sim::SimConfig::default()
-    };
+    let sim = ferry_sim::SimConfig::tcp(format!("127.0.0.1:{tcp}").parse().unwrap(), 2, 2, 10)
+        .for_secs(2);
     let report = ferry_sim::run(sim, CancellationToken::new()).await;
     assert!(report.devices.iter().all(|d| !d.boots.is_empty()));
     bridge

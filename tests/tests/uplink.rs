@@ -8,6 +8,8 @@
 //! mosquitto only: ferry-broker keeps no state across a restart, by design. (One file of some
 //! 750 lines: the scenarios share the batch collector and the shape of the agent under test.)
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_contract::EventBatch;
@@ -23,8 +25,25 @@ use ferry_tests::{poll_until, try_poll_until};
 /// Collects (device, boot, seq) → times seen, from a persistent-session subscriber.
 type Seen = std::sync::Arc<std::sync::Mutex<HashMap<(String, u32, u32), u32>>>;
 
-async fn subscriber(port: u16, stop: CancellationToken, seen: Seen) {
-    let mut o = MqttOptions::new("uplink-test-sub", "127.0.0.1", port);
+/// Counts each event of an event batch payload in `seen`, by (device, boot, seq).
+fn count_batch(seen: &Seen, payload: &[u8]) {
+    let b = EventBatch::decode(payload).expect("valid batch");
+    let mut seen = seen.lock().unwrap();
+    for e in b.events {
+        *seen.entry((b.device.clone(), b.boot, e.seq)).or_default() += 1;
+    }
+}
+
+/// Counts every event published on `filter` into `seen` until `stop`, as client `id` with a
+/// session that outlives broker restarts; `subscribed` turns true at the SUBACK.
+async fn subscriber(
+    port: u16,
+    (id, filter): (&str, &str),
+    stop: CancellationToken,
+    seen: Seen,
+    subscribed: Arc<AtomicBool>,
+) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
     let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
     props.session_expiry_interval = Some(3600);
     o.set_clean_start(false)
@@ -32,21 +51,13 @@ async fn subscriber(port: u16, stop: CancellationToken, seen: Seen) {
         .set_connect_properties(props)
         .set_max_packet_size(Some(16 << 20));
     let (client, mut el) = AsyncClient::new(o, 100);
-    client
-        .subscribe("ferry/v1/test-gw/+/events", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             ev = el.poll() => match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let b = EventBatch::decode(&p.payload).expect("valid batch");
-                    let mut seen = seen.lock().unwrap();
-                    for e in b.events {
-                        *seen.entry((b.device.clone(), b.boot, e.seq)).or_default() += 1;
-                    }
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) => count_batch(&seen, &p.payload),
+                Ok(Event::Incoming(Packet::SubAck(_))) => subscribed.store(true, SeqCst),
                 Ok(_) => {}
                 Err(e) => {
                     eprintln!("subscriber: {e}");
@@ -86,16 +97,15 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     let agent = start_agent(&toml).await;
     let sub_stop = CancellationToken::new();
     let seen: Seen = Default::default();
-    let sub = tokio::spawn(subscriber(broker.port(), sub_stop.clone(), seen.clone()));
+    let sub = tokio::spawn(subscriber(
+        broker.port(),
+        ("uplink-test-sub", "ferry/v1/test-gw/+/events"),
+        sub_stop.clone(),
+        seen.clone(),
+        Arc::default(),
+    ));
     // Devices stream for 6 s while the broker goes down three times.
-    let sim = ferry_sim::SimConfig {
-        devices: 8,
-        sensors: 2,
-        interval_ms: 5,
-        duration: Some(Duration::from_secs(6)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp_addr.unwrap()),
-        ..ferry_sim::SimConfig::default()
-    };
+    let sim = ferry_sim::SimConfig::tcp(agent.tcp_addr.unwrap(), 8, 2, 5).for_secs(6);
     let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -236,14 +246,7 @@ async fn downlink_commands_reach_the_device_and_results_come_back(kind: BrokerKi
         }
     });
     // One device streams for a few seconds.
-    let sim = ferry_sim::SimConfig {
-        devices: 1,
-        sensors: 2,
-        interval_ms: 20,
-        duration: Some(Duration::from_secs(4)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp_addr.unwrap()),
-        ..ferry_sim::SimConfig::default()
-    };
+    let sim = ferry_sim::SimConfig::tcp(agent.tcp_addr.unwrap(), 1, 2, 20).for_secs(4);
     let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
     // Wait until the agent's uplink is connected (the birth message is out).
     poll_until(
@@ -534,14 +537,8 @@ async fn downlink_commands_and_outcomes_survive_agent_kill_and_broker_outage() {
     };
     let device = |secs| {
         tokio::spawn(ferry_sim::run(
-            ferry_sim::SimConfig {
-                devices: 1,
-                sensors: 1,
-                interval_ms: 50,
-                duration: Some(Duration::from_secs(secs)),
-                transport: ferry_sim::Transport::Tcp(format!("127.0.0.1:{tcp}").parse().unwrap()),
-                ..ferry_sim::SimConfig::default()
-            },
+            ferry_sim::SimConfig::tcp(format!("127.0.0.1:{tcp}").parse().unwrap(), 1, 1, 50)
+                .for_secs(secs),
             CancellationToken::new(),
         ))
     };
@@ -668,39 +665,16 @@ async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forward
     // 3. Forwarding on: 18 events arrive, two are quarantined.
     let stop = CancellationToken::new();
     let seen: Seen = Default::default();
-    let mut o = MqttOptions::new("q-sub", "127.0.0.1", broker.port());
-    o.set_keep_alive(Duration::from_secs(5));
-    let (client, mut el) = AsyncClient::new(o, 100);
-    client
-        .subscribe("ferry/v1/q-gw/+/events", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let sub = tokio::spawn({
-        let (seen, stop) = (seen.clone(), stop.clone());
-        async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let b = EventBatch::decode(&p.payload).expect("valid batch");
-                            let mut seen = seen.lock().unwrap();
-                            for e in b.events {
-                                *seen.entry((b.device.clone(), b.boot, e.seq)).or_default() += 1;
-                            }
-                        }
-                        Ok(Event::Incoming(Packet::SubAck(_))) => {
-                            seen.lock().unwrap().insert(("subscribed".into(), 0, 0), 1);
-                        }
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-            }
-        }
-    });
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let sub = tokio::spawn(subscriber(
+        broker.port(),
+        ("q-sub", "ferry/v1/q-gw/+/events"),
+        stop.clone(),
+        seen.clone(),
+        subscribed.clone(),
+    ));
     poll_until(Duration::from_secs(10), "the SUBACK", async || {
-        !seen.lock().unwrap().is_empty()
+        subscribed.load(SeqCst)
     })
     .await;
     let agent = start_agent(&toml(&format!(
@@ -721,7 +695,7 @@ async fn stored_events_the_contract_refuses_are_quarantined_and_the_rest_forward
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .unwrap();
-            let got = seen.lock().unwrap().len() - 1;
+            let got = seen.lock().unwrap().len();
             let done = pos >= head && got >= 18;
             done.then_some(())
                 .ok_or(format!("position {pos} of {head}, {got} events received"))

@@ -134,18 +134,20 @@ impl TlsBroker {
             _pki_dir: pki_dir,
         }
     }
+
+    /// The agent's `[uplink]` table: this broker's TLS listener, trusting the test CA, plus `extra`.
+    fn uplink(&self, extra: &str) -> String {
+        format!(
+            "broker = \"127.0.0.1:{}\"\nca_file = {}\n{extra}",
+            self.broker.port(),
+            path(&self.pki.ca)
+        )
+    }
 }
 
 /// `devices` simulated devices with 2 sensors each, streaming to the agent's TCP listener.
 fn sim(agent: &AgentProc, devices: usize, interval_ms: u32, secs: u64) -> ferry_sim::SimConfig {
-    ferry_sim::SimConfig {
-        devices,
-        sensors: 2,
-        interval_ms,
-        duration: Some(Duration::from_secs(secs)),
-        transport: ferry_sim::Transport::Tcp(agent.tcp().unwrap()),
-        ..ferry_sim::SimConfig::default()
-    }
+    ferry_sim::SimConfig::tcp(agent.tcp().unwrap(), devices, 2, interval_ms).for_secs(secs)
 }
 
 fn path(p: &Path) -> String {
@@ -232,47 +234,33 @@ async fn every_acked_event_arrives(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn uplink_over_tls_with_a_custom_ca_and_a_password_delivers_every_acked_event() {
-    let TlsBroker {
-        broker,
-        pki,
-        plain_port,
-        ..
-    } = &TlsBroker::start(
+    let b = &TlsBroker::start(
         |pki| tls(pki, false),
         vec![
             ("gw-tls".into(), "gw-s3cret".into()),
             ("sub".into(), "sub-pass".into()),
         ],
     );
-    let uplink = format!(
-        "broker = \"127.0.0.1:{}\"\nca_file = {}\nusername = \"gw-tls\"\npassword = \"gw-s3cret\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
-        broker.port(),
-        path(&pki.ca)
+    let uplink = b.uplink(
+        "username = \"gw-tls\"\npassword = \"gw-s3cret\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
     );
-    every_acked_event_arrives(*plain_port, Some(("sub", "sub-pass")), uplink).await;
+    every_acked_event_arrives(b.plain_port, Some(("sub", "sub-pass")), uplink).await;
     // The agent's connection was the TLS listener's, authenticated by its password.
-    let line = agent_connection(broker, "ferry-gw-tls");
+    let line = agent_connection(&b.broker, "ferry-gw-tls");
     assert!(line.contains("p5") && line.contains("u'gw-tls'"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn uplink_over_mutual_tls_with_mqtt_3_1_1_delivers_every_acked_event() {
-    let TlsBroker {
-        broker,
-        pki,
-        plain_port,
-        ..
-    } = &TlsBroker::start(|pki| tls(pki, true), vec![]);
-    let uplink = format!(
-        "broker = \"127.0.0.1:{}\"\nprotocol = \"3.1.1\"\nca_file = {}\ncert_file = {}\nkey_file = {}\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
-        broker.port(),
-        path(&pki.ca),
-        path(&pki.client_cert),
-        path(&pki.client_key)
-    );
-    every_acked_event_arrives(*plain_port, None, uplink).await;
-    let line = agent_connection(broker, "ferry-gw-tls");
+    let b = &TlsBroker::start(|pki| tls(pki, true), vec![]);
+    let uplink = b.uplink(&format!(
+        "protocol = \"3.1.1\"\ncert_file = {}\nkey_file = {}\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
+        path(&b.pki.client_cert),
+        path(&b.pki.client_key)
+    ));
+    every_acked_event_arrives(b.plain_port, None, uplink).await;
+    let line = agent_connection(&b.broker, "ferry-gw-tls");
     assert!(
         line.contains("(p2,"),
         "MQTT 3.1.1 (mosquitto logs it as p2): {line}"
@@ -350,12 +338,7 @@ async fn agent_sends_nothing(plain_port: u16, uplink: String) -> String {
 async fn a_broker_certificate_from_another_ca_is_refused_and_the_log_says_why() {
     // The broker presents a certificate for the right names, signed by a CA the agent does not
     // trust.
-    let TlsBroker {
-        broker,
-        pki,
-        plain_port,
-        ..
-    } = &TlsBroker::start(
+    let b = &TlsBroker::start(
         |pki| MosquittoTls {
             cafile: pki.other_ca.clone(),
             certfile: pki.other_server_cert.clone(),
@@ -364,12 +347,8 @@ async fn a_broker_certificate_from_another_ca_is_refused_and_the_log_says_why() 
         },
         vec![],
     );
-    let uplink = format!(
-        "broker = \"127.0.0.1:{}\"\nca_file = {}\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"\n",
-        broker.port(),
-        path(&pki.ca)
-    );
-    let line = agent_sends_nothing(*plain_port, uplink).await;
+    let uplink = b.uplink("backoff_min = \"50ms\"\nbackoff_max = \"200ms\"\n");
+    let line = agent_sends_nothing(b.plain_port, uplink).await;
     eprintln!("agent log: {line}");
     assert!(
         line.contains("UnknownIssuer") && line.contains("not signed by a CA in uplink.ca_file"),
@@ -380,18 +359,9 @@ async fn a_broker_certificate_from_another_ca_is_refused_and_the_log_says_why() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn mutual_tls_without_a_client_certificate_is_refused_and_the_log_says_why() {
-    let TlsBroker {
-        broker,
-        pki,
-        plain_port,
-        ..
-    } = &TlsBroker::start(|pki| tls(pki, true), vec![]);
-    let uplink = format!(
-        "broker = \"127.0.0.1:{}\"\nca_file = {}\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"\n",
-        broker.port(),
-        path(&pki.ca)
-    );
-    let line = agent_sends_nothing(*plain_port, uplink).await;
+    let b = &TlsBroker::start(|pki| tls(pki, true), vec![]);
+    let uplink = b.uplink("backoff_min = \"50ms\"\nbackoff_max = \"200ms\"\n");
+    let line = agent_sends_nothing(b.plain_port, uplink).await;
     eprintln!("agent log: {line}");
     assert!(
         line.contains("client certificate") && line.contains("uplink.cert_file"),

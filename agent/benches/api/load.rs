@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::common::{free_port, stop_and_measure};
+use crate::common::{free_addr, fresh_dir, spawn_agent, stop_and_measure};
 use crate::report::{route_of, LoadRow, PacedStats, Stats};
 
 pub struct AgentProc {
@@ -32,29 +31,18 @@ impl AgentProc {
 
 /// `ferry run` on `store` (a fresh file in a temp dir when `None`), waiting until `/healthz` answers.
 pub async fn start_agent(tag: &str, store: Option<&Path>) -> AgentProc {
-    let dir = std::env::temp_dir().join(format!("ferry-bench-api-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir(&format!("api-{tag}"));
     let store = store.map_or_else(|| dir.join("ferry.db"), Path::to_path_buf);
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = dir.join("ferry.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let api = free_addr();
+    let tcp = free_addr();
+    let t = Instant::now();
+    let mut child = spawn_agent(
+        &dir,
+        &format!(
             "[gateway]\nid = \"bench\"\n[api]\nlisten = \"{api}\"\n[store]\npath = {:?}\ndurability = \"full\"\nmax_db_size = \"0\"\n[devices]\ntcp_listen = \"{tcp}\"\n",
             store.display().to_string()
         ),
-    )
-    .unwrap();
-    let t = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["--log", "warn", "run", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ferry");
+    );
     let client = http_client();
     loop {
         if let Ok(r) = client.get(format!("http://{api}/healthz")).send().await {

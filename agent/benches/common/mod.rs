@@ -25,13 +25,34 @@ fn cpu_seconds_of(path: &str) -> f64 {
     ticks / 100.0
 }
 
-/// A loopback port free right now (for an agent's listeners).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+#[path = "port.rs"]
+mod port;
+pub use port::free_port;
+
+/// A loopback address whose port is free right now.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// An empty scratch directory `ferry-bench-{name}-{pid}` under the temp dir.
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `toml` to `dir/ferry.toml` and starts `ferry --log warn run` on it, killed on drop.
+pub fn spawn_agent(dir: &std::path::Path, toml: &str) -> tokio::process::Child {
+    let cfg = dir.join("ferry.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--log", "warn", "run", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ferry")
 }
 
 /// CPU seconds (user + system) of the threads of process `pid` named `comm`, alive now.

@@ -20,73 +20,39 @@ pub struct EnvOverride {
 }
 
 /// Every override, in the order they are applied.
+#[rustfmt::skip]
 pub const ENV_OVERRIDES: &[EnvOverride] = &[
-    EnvOverride {
-        var: "FERRY_GATEWAY_ID",
-        key: "gateway.id",
-        set: |c, v| c.gateway.id = Some(v),
-    },
-    EnvOverride {
-        var: "FERRY_STORE_PATH",
-        key: "store.path",
-        set: |c, v| c.store.path = v.into(),
-    },
-    EnvOverride {
-        var: "FERRY_DURABILITY",
-        key: "store.durability",
-        set: |c, v| c.store.durability = Word::parse(v),
-    },
-    EnvOverride {
-        var: "FERRY_MAX_DB_SIZE",
-        key: "store.max_db_size",
-        set: |c, v| c.store.max_db_size = v,
-    },
-    EnvOverride {
-        var: "FERRY_WHEN_FULL",
-        key: "store.when_full",
-        set: |c, v| c.store.when_full = Word::parse(v),
-    },
-    EnvOverride {
-        var: "FERRY_TCP_LISTEN",
-        key: "devices.tcp_listen",
-        set: |c, v| c.devices.tcp_listen = v,
-    },
-    EnvOverride {
-        var: "FERRY_UPLINK_BROKER",
-        key: "uplink.broker",
-        set: |c, v| c.uplink.broker = v,
-    },
-    EnvOverride {
-        var: "FERRY_UPLINK_PASSWORD",
-        key: "uplink.password",
-        set: |c, v| c.uplink.password = Some(v),
-    },
-    EnvOverride {
-        var: "FERRY_API_LISTEN",
-        key: "api.listen",
-        set: |c, v| c.api.listen = v,
-    },
-    EnvOverride {
-        var: "FERRY_API_TOKEN",
-        key: "api.token",
-        set: |c, v| c.api.token = Some(v),
-    },
+    row("FERRY_GATEWAY_ID", "gateway.id", |c, v| c.gateway.id = Some(v)),
+    row("FERRY_STORE_PATH", "store.path", |c, v| c.store.path = v.into()),
+    row("FERRY_DURABILITY", "store.durability", |c, v| c.store.durability = Word::parse(v)),
+    row("FERRY_MAX_DB_SIZE", "store.max_db_size", |c, v| c.store.max_db_size = v),
+    row("FERRY_WHEN_FULL", "store.when_full", |c, v| c.store.when_full = Word::parse(v)),
+    row("FERRY_TCP_LISTEN", "devices.tcp_listen", |c, v| c.devices.tcp_listen = v),
+    row("FERRY_UPLINK_BROKER", "uplink.broker", |c, v| c.uplink.broker = v),
+    row("FERRY_UPLINK_PASSWORD", "uplink.password", |c, v| c.uplink.password = Some(v)),
+    row("FERRY_API_LISTEN", "api.listen", |c, v| c.api.listen = v),
+    row("FERRY_API_TOKEN", "api.token", |c, v| c.api.token = Some(v)),
     // Comma-separated paths or globs, each at the default baud rate.
-    EnvOverride {
-        var: "FERRY_SERIAL",
-        key: "devices.serial",
-        set: |c, v| {
-            c.devices.serial = v
-                .split(',')
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| SerialConfig {
-                    path: p.trim().to_owned(),
-                    baud: default_baud(),
-                })
-                .collect()
-        },
-    },
+    row("FERRY_SERIAL", "devices.serial", |c, v| {
+        c.devices.serial = v
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| SerialConfig {
+                path: p.trim().to_owned(),
+                baud: default_baud(),
+            })
+            .collect()
+    }),
 ];
+
+/// A row of [`ENV_OVERRIDES`].
+const fn row(
+    var: &'static str,
+    key: &'static str,
+    set: fn(&mut FerryConfig, String),
+) -> EnvOverride {
+    EnvOverride { var, key, set }
+}
 
 /// Applies every variable that `env` finds; returns, per key it overrode, where the value came
 /// from (`environment variable NAME`) for validation's messages.

@@ -457,6 +457,9 @@ pub enum Agg {
 }
 
 impl Agg {
+    /// Every aggregate, in the order help texts list them.
+    pub const ALL: [Agg; 5] = [Agg::Avg, Agg::Min, Agg::Max, Agg::Count, Agg::Last];
+
     /// Parses `avg|min|max|count|last`.
     pub fn parse(s: &str) -> Option<Agg> {
         Some(match s {

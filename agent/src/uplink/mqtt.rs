@@ -279,34 +279,74 @@ macro_rules! drive_fn {
     };
 }
 
+/// Sets credentials and TLS from [`LinkOptions`]: the same calls on either version's
+/// `MqttOptions` (different types, so a macro rather than a function).
+macro_rules! credentials_and_tls {
+    ($m:ident, $o:ident) => {
+        if let Some((u, p)) = &$o.credentials {
+            $m.set_credentials(u, p);
+        }
+        if let Some(t) = &$o.tls {
+            $m.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Simple {
+                    ca: t.ca.clone(),
+                    alpn: None,
+                    client_auth: t.client.clone(),
+                },
+            ));
+        }
+    };
+}
+
+/// A received PUBLISH as the event the core sees.
+fn message(pkid: u16, needs_ack: bool, topic: String, payload: Bytes) -> LinkEvent {
+    let ack = AckToken { pkid, needs_ack };
+    LinkEvent::Message {
+        topic,
+        payload,
+        ack,
+    }
+}
+
+/// `Publisher` for either version's `AsyncClient`: `$payload` converts the payload, `$ack` is a
+/// PUBLISH whose packet id is set to the one acknowledged.
+macro_rules! publisher_impl {
+    (|$payload:ident| $convert:expr, $ack:expr) => {
+        impl Publisher for AsyncClient {
+            fn publish(&self, topic: &str, $payload: Bytes, retain: bool) -> Result<(), String> {
+                self.try_publish(topic, QoS::AtLeastOnce, retain, $convert)
+                    .map_err(|e| e.to_string())
+            }
+            fn subscribe(&self, filter: &str) -> Result<(), String> {
+                self.try_subscribe(filter, QoS::AtLeastOnce)
+                    .map_err(|e| e.to_string())
+            }
+            fn disconnect(&self) -> Result<(), String> {
+                self.try_disconnect().map_err(|e| e.to_string())
+            }
+            fn ack(&self, token: AckToken) -> Result<(), String> {
+                if !token.needs_ack {
+                    return Ok(());
+                }
+                let mut p = $ack;
+                p.pkid = token.pkid;
+                self.try_ack(&p).map_err(|e| e.to_string())
+            }
+        }
+    };
+}
+
 mod v4 {
     use super::*;
     use rumqttc::{
         AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-        Publish, QoS, Request, TlsConfiguration, Transport,
+        Publish, QoS, Request, Transport,
     };
 
-    impl Publisher for AsyncClient {
-        fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), String> {
-            self.try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
-                .map_err(|e| e.to_string())
-        }
-        fn subscribe(&self, filter: &str) -> Result<(), String> {
-            self.try_subscribe(filter, QoS::AtLeastOnce)
-                .map_err(|e| e.to_string())
-        }
-        fn disconnect(&self) -> Result<(), String> {
-            self.try_disconnect().map_err(|e| e.to_string())
-        }
-        fn ack(&self, token: AckToken) -> Result<(), String> {
-            if !token.needs_ack {
-                return Ok(());
-            }
-            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
-            p.pkid = token.pkid;
-            self.try_ack(&p).map_err(|e| e.to_string())
-        }
-    }
+    publisher_impl!(
+        |payload| payload.to_vec(),
+        Publish::new("", QoS::AtLeastOnce, Vec::new())
+    );
 
     pub(super) fn client(o: &LinkOptions) -> (AsyncClient, EventLoop) {
         let mut m = MqttOptions::new(&o.client_id, &o.host, o.port);
@@ -317,9 +357,6 @@ mod v4 {
             .set_manual_acks(true)
             .set_inflight(o.inflight)
             .set_max_packet_size(o.max_incoming, o.max_incoming);
-        if let Some((u, p)) = &o.credentials {
-            m.set_credentials(u, p);
-        }
         if let Some((topic, payload)) = &o.will {
             m.set_last_will(LastWill::new(
                 topic,
@@ -328,22 +365,12 @@ mod v4 {
                 true,
             ));
         }
-        if let Some(t) = &o.tls {
-            m.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca: t.ca.clone(),
-                alpn: None,
-                client_auth: t.client.clone(),
-            }));
-        }
+        credentials_and_tls!(m, o);
         AsyncClient::new(m, o.queue)
     }
 
     fn refused(_: &ConnectionError) -> Option<String> {
         None // MQTT 3.1.1 PUBACKs carry no reason code
-    }
-
-    fn transport(el: &EventLoop) -> Transport {
-        el.mqtt_options.transport()
     }
 
     fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
@@ -353,17 +380,17 @@ mod v4 {
                 Some(LinkEvent::Connected { max_packet: None })
             }
             Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
-            Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
-                ack: AckToken {
-                    pkid: p.pkid,
-                    needs_ack: p.qos != QoS::AtMostOnce,
-                },
-                topic: p.topic,
-                payload: p.payload,
-            }),
+            Event::Incoming(Packet::Publish(p)) => {
+                let topic = p.topic;
+                Some(message(p.pkid, p.qos != QoS::AtMostOnce, topic, p.payload))
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Sent(pkid)),
             _ => None,
         }
+    }
+
+    fn transport(el: &EventLoop) -> Transport {
+        el.mqtt_options.transport()
     }
 
     drive_fn!();
@@ -376,29 +403,12 @@ mod v5 {
     use rumqttc::v5::{
         AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
     };
-    use rumqttc::{Outgoing, TlsConfiguration, Transport};
+    use rumqttc::{Outgoing, Transport};
 
-    impl Publisher for AsyncClient {
-        fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), String> {
-            self.try_publish(topic, QoS::AtLeastOnce, retain, payload)
-                .map_err(|e| e.to_string())
-        }
-        fn subscribe(&self, filter: &str) -> Result<(), String> {
-            self.try_subscribe(filter, QoS::AtLeastOnce)
-                .map_err(|e| e.to_string())
-        }
-        fn disconnect(&self) -> Result<(), String> {
-            self.try_disconnect().map_err(|e| e.to_string())
-        }
-        fn ack(&self, token: AckToken) -> Result<(), String> {
-            if !token.needs_ack {
-                return Ok(());
-            }
-            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
-            p.pkid = token.pkid;
-            self.try_ack(&p).map_err(|e| e.to_string())
-        }
-    }
+    publisher_impl!(
+        |payload| payload,
+        Publish::new("", QoS::AtLeastOnce, Vec::new(), None)
+    );
 
     pub(super) fn client(o: &LinkOptions) -> (AsyncClient, EventLoop) {
         let mut m = MqttOptions::new(&o.client_id, &o.host, o.port);
@@ -412,9 +422,6 @@ mod v5 {
         props.session_expiry_interval = Some(SESSION_EXPIRY_S);
         props.max_packet_size = Some(o.max_incoming as u32);
         m.set_connect_properties(props);
-        if let Some((u, p)) = &o.credentials {
-            m.set_credentials(u, p);
-        }
         if let Some((topic, payload)) = &o.will {
             m.set_last_will(LastWill::new(
                 topic,
@@ -424,13 +431,7 @@ mod v5 {
                 None,
             ));
         }
-        if let Some(t) = &o.tls {
-            m.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca: t.ca.clone(),
-                alpn: None,
-                client_auth: t.client.clone(),
-            }));
-        }
+        credentials_and_tls!(m, o);
         AsyncClient::new(m, o.queue)
     }
 
@@ -441,10 +442,6 @@ mod v5 {
             }
             _ => None,
         }
-    }
-
-    fn transport(el: &EventLoop) -> Transport {
-        el.options.transport()
     }
 
     fn map(ev: Event, backoff: &mut Backoff) -> Option<LinkEvent> {
@@ -462,17 +459,17 @@ mod v5 {
                     LinkEvent::Acked(a.pkid)
                 },
             ),
-            Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
-                ack: AckToken {
-                    pkid: p.pkid,
-                    needs_ack: p.qos != QoS::AtMostOnce,
-                },
-                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                payload: p.payload,
-            }),
+            Event::Incoming(Packet::Publish(p)) => {
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                Some(message(p.pkid, p.qos != QoS::AtMostOnce, topic, p.payload))
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Sent(pkid)),
             _ => None,
         }
+    }
+
+    fn transport(el: &EventLoop) -> Transport {
+        el.options.transport()
     }
 
     drive_fn!();

@@ -201,6 +201,14 @@ impl C5 {
         }
     }
 
+    /// Sends a QoS 1 PUBLISH (its PUBACK comes through [`C5::puback`]).
+    async fn publish1(&self, topic: &str, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, Q5::AtLeastOnce, retain, payload.into())
+            .await
+            .unwrap();
+    }
+
     async fn puback(&mut self) -> bool {
         self.expect("PUBACK", |s| match s {
             Seen::PubAck { unrouted, .. } => Some(*unrouted),
@@ -294,10 +302,7 @@ async fn v4_and_v5_clients_exchange_messages_through_wildcards() {
         matches!(p, rumqttc::Packet::SubAck(_))
     })
     .await;
-    sub.client
-        .publish("back/1", Q5::AtLeastOnce, false, b"hi".to_vec())
-        .await
-        .unwrap();
+    sub.publish1("back/1", false, b"hi".to_vec()).await;
     let p = v4_next_publish(&mut rx4).await;
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("back/1", &b"hi"[..]));
     rig.stop().await;
@@ -318,10 +323,7 @@ async fn shared_subscription_splits_messages_across_members() {
     let n = 40;
     for i in 0..n {
         let topic = ferry_contract::events_topic("gw", &format!("d{}", i % 3));
-        p.client
-            .publish(topic, Q5::AtLeastOnce, false, format!("{i}").into_bytes())
-            .await
-            .unwrap();
+        p.publish1(&topic, false, format!("{i}").into_bytes()).await;
     }
     for _ in 0..n {
         assert!(!p.puback().await, "a shared group is a subscriber");
@@ -357,15 +359,8 @@ async fn retained_messages_reach_later_subscribers_until_cleared() {
     let rig = Rig::start().await;
     let mut p = C5::start(v5_options("p", rig.addr, false));
     p.connack().await;
-    p.client
-        .publish(
-            "ferry/v1/gw/status",
-            Q5::AtLeastOnce,
-            true,
-            b"online".to_vec(),
-        )
-        .await
-        .unwrap();
+    p.publish1("ferry/v1/gw/status", true, b"online".to_vec())
+        .await;
     assert!(p.puback().await, "no subscriber yet: reason 0x10");
     let mut s = C5::start(v5_options("s", rig.addr, false));
     s.connack().await;
@@ -373,22 +368,12 @@ async fn retained_messages_reach_later_subscribers_until_cleared() {
     let got = s.publishes(1).await;
     assert_eq!((&got[0].1[..], got[0].2), (&b"online"[..], true));
     // A live message is forwarded without the retain flag.
-    p.client
-        .publish(
-            "ferry/v1/gw/status",
-            Q5::AtLeastOnce,
-            true,
-            b"again".to_vec(),
-        )
-        .await
-        .unwrap();
+    p.publish1("ferry/v1/gw/status", true, b"again".to_vec())
+        .await;
     let got = s.publishes(1).await;
     assert_eq!((&got[0].1[..], got[0].2), (&b"again"[..], false));
     // An empty retained payload clears it.
-    p.client
-        .publish("ferry/v1/gw/status", Q5::AtLeastOnce, true, Vec::new())
-        .await
-        .unwrap();
+    p.publish1("ferry/v1/gw/status", true, Vec::new()).await;
     s.publishes(1).await;
     let mut late = C5::start(v5_options("late", rig.addr, false));
     late.connack().await;
@@ -463,28 +448,14 @@ async fn qos1_publish_without_subscriber_is_acked_with_0x10() {
     let rig = Rig::start().await;
     let mut p = C5::start(v5_options("gw", rig.addr, false));
     p.connack().await;
-    p.client
-        .publish(
-            "ferry/v1/gw/d/events",
-            Q5::AtLeastOnce,
-            false,
-            b"{}".to_vec(),
-        )
-        .await
-        .unwrap();
+    p.publish1("ferry/v1/gw/d/events", false, b"{}".to_vec())
+        .await;
     assert!(p.puback().await, "no subscriber: reason 0x10");
     let mut s = C5::start(v5_options("bridge", rig.addr, false));
     s.connack().await;
     s.subscribe(ferry_contract::EVENTS_SHARED_FILTER).await;
-    p.client
-        .publish(
-            "ferry/v1/gw/d/events",
-            Q5::AtLeastOnce,
-            false,
-            b"{}".to_vec(),
-        )
-        .await
-        .unwrap();
+    p.publish1("ferry/v1/gw/d/events", false, b"{}".to_vec())
+        .await;
     assert!(!p.puback().await, "a subscriber now: success");
     s.publishes(1).await;
     assert_eq!(rig.stats.unrouted.load(Relaxed), 1);
@@ -500,20 +471,14 @@ async fn persistent_sessions_get_unacked_and_queued_messages_after_reconnect() {
     let mut p = C5::start(v5_options("pub", rig.addr, false));
     p.connack().await;
     for i in 0..3u8 {
-        p.client
-            .publish("t/a", Q5::AtLeastOnce, false, vec![i])
-            .await
-            .unwrap();
+        p.publish1("t/a", false, vec![i]).await;
     }
     // Received but never acked (manual acks), then the connection drops.
     let first = sub.publishes(3).await;
     assert!(first.iter().all(|p| !p.3));
     sub.kill();
     for i in 3..6u8 {
-        p.client
-            .publish("t/b", Q5::AtLeastOnce, false, vec![i])
-            .await
-            .unwrap();
+        p.publish1("t/b", false, vec![i]).await;
     }
     for _ in 0..6 {
         assert!(
@@ -555,11 +520,7 @@ async fn persistent_sessions_get_unacked_and_queued_messages_after_reconnect() {
     }
     // The broker handles a connection's packets in order: once this PUBACK is back, so are
     // the acks before it.
-    again
-        .client
-        .publish("sync", Q5::AtLeastOnce, false, Vec::new())
-        .await
-        .unwrap();
+    again.publish1("sync", false, Vec::new()).await;
     again.puback().await;
     again.client.disconnect().await.unwrap();
     again
@@ -581,10 +542,7 @@ async fn persistent_sessions_get_unacked_and_queued_messages_after_reconnect() {
     })
     .await;
     t4.abort();
-    p.client
-        .publish("cmd/x", Q5::AtLeastOnce, false, b"reboot".to_vec())
-        .await
-        .unwrap();
+    p.publish1("cmd/x", false, b"reboot".to_vec()).await;
     assert!(!p.puback().await);
     let (_c4, mut rx4, _t4) = v4_client("agent", rig.addr, false);
     let got = v4_next_publish(&mut rx4).await;
@@ -648,10 +606,7 @@ async fn malformed_bytes_and_qos2_close_only_that_connection() {
     let mut c = C5::start(v5_options("fine", rig.addr, false));
     c.connack().await;
     c.subscribe("ok").await;
-    c.client
-        .publish("ok", Q5::AtLeastOnce, false, vec![0u8; 1 << 20])
-        .await
-        .unwrap();
+    c.publish1("ok", false, vec![0u8; 1 << 20]).await;
     let got = c.publishes(1).await;
     assert_eq!(got[0].1.len(), 1 << 20, "a 1 MiB message goes through");
     rig.stop().await;

@@ -170,46 +170,7 @@ impl Metrics {
         for (name, help, c) in counters {
             r.register(name, help, c.clone());
         }
-        r.register(
-            "ferry_bridge_dead_letters",
-            "Messages refused, by reason class",
-            m.dead.clone(),
-        );
-        r.register(
-            "ferry_bridge_insert_seconds",
-            "Time to commit one batch",
-            m.insert_seconds.clone(),
-        );
-        r.register(
-            "ferry_bridge_up",
-            "Whether a connection is up (mqtt, database)",
-            m.up.clone(),
-        );
-        r.register(
-            "ferry_bridge_gateway_lag_seconds",
-            "Now minus the newest event time stored for the gateway",
-            m.lag.clone(),
-        );
-        r.register(
-            "ferry_bridge_gateway_last_message_age_seconds",
-            "Time since the gateway's last stored message",
-            m.age.clone(),
-        );
-        r.register(
-            "ferry_bridge_gateway_lag_max_seconds",
-            "Largest gateway lag, over every gateway",
-            m.lag_max.clone(),
-        );
-        r.register(
-            "ferry_bridge_gateway_last_message_age_max_seconds",
-            "Largest last-message age, over every gateway",
-            m.age_max.clone(),
-        );
-        r.register(
-            "ferry_bridge_gateways_unlabelled",
-            format!("Gateways beyond the label limit ({MAX_GATEWAY_LABELS})"),
-            m.unlabelled.clone(),
-        );
+        register_the_rest(&mut r, &m);
         Metrics { registry: r, ..m }
     }
 
@@ -307,6 +268,19 @@ impl Metrics {
         self.age_max.set(max(&age));
         self.unlabelled.set(g.unlabelled as i64);
     }
+}
+
+/// The metrics other than the plain counters, one line each.
+#[rustfmt::skip]
+fn register_the_rest(r: &mut Registry, m: &Metrics) {
+    r.register("ferry_bridge_dead_letters", "Messages refused, by reason class", m.dead.clone());
+    r.register("ferry_bridge_insert_seconds", "Time to commit one batch", m.insert_seconds.clone());
+    r.register("ferry_bridge_up", "Whether a connection is up (mqtt, database)", m.up.clone());
+    r.register("ferry_bridge_gateway_lag_seconds", "Now minus the newest event time stored for the gateway", m.lag.clone());
+    r.register("ferry_bridge_gateway_last_message_age_seconds", "Time since the gateway's last stored message", m.age.clone());
+    r.register("ferry_bridge_gateway_lag_max_seconds", "Largest gateway lag, over every gateway", m.lag_max.clone());
+    r.register("ferry_bridge_gateway_last_message_age_max_seconds", "Largest last-message age, over every gateway", m.age_max.clone());
+    r.register("ferry_bridge_gateways_unlabelled", format!("Gateways beyond the label limit ({MAX_GATEWAY_LABELS})"), m.unlabelled.clone());
 }
 
 /// Escapes a label value (backslash, quote, newline): `prometheus-client` 0.24 writes label

@@ -138,6 +138,38 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// `devices` devices of `sensors` sensors each, one sample per sensor every `interval_ms`,
+    /// over TCP to `addr`; the rest as [`SimConfig::default`] (no end: see [`SimConfig::for_secs`]).
+    pub fn tcp(addr: SocketAddr, devices: usize, sensors: usize, interval_ms: u32) -> SimConfig {
+        SimConfig::over(Transport::Tcp(addr), devices, sensors, interval_ms)
+    }
+
+    /// The same over pseudo-terminals whose names are linked in `link_dir` (`sim-0000`, ...).
+    pub fn pty(link_dir: PathBuf, devices: usize, sensors: usize, interval_ms: u32) -> SimConfig {
+        let link_dir = Some(link_dir);
+        SimConfig::over(Transport::Pty { link_dir }, devices, sensors, interval_ms)
+    }
+
+    fn over(transport: Transport, devices: usize, sensors: usize, interval_ms: u32) -> SimConfig {
+        SimConfig {
+            devices,
+            transport,
+            sensors,
+            interval_ms,
+            ..SimConfig::default()
+        }
+    }
+
+    /// Stops generating after `secs` seconds (then drains the acks).
+    pub fn for_secs(self, secs: u64) -> SimConfig {
+        SimConfig {
+            duration: Some(Duration::from_secs(secs)),
+            ..self
+        }
+    }
+}
+
 /// Runs every device until generation stops and acks drain (or `shutdown`), then reports.
 pub async fn run(cfg: SimConfig, shutdown: CancellationToken) -> Report {
     let cfg = Arc::new(cfg);

@@ -57,14 +57,8 @@ async fn devices_on_ptys_are_serial_ports() {
     std::fs::create_dir_all(&dir).unwrap();
     let rx = Receiver::bind(loopback(), true).await.unwrap();
     let cfg = SimConfig {
-        devices: 4,
-        transport: Transport::Pty {
-            link_dir: Some(dir.clone()),
-        },
-        sensors: 3,
-        interval_ms: 5,
         total_samples: Some(8_000),
-        ..SimConfig::default()
+        ..SimConfig::pty(dir.clone(), 4, 3, 5)
     };
     let sim = tokio::spawn(run(cfg, CancellationToken::new()));
     // Open each port the way the agent will: by the symlink, as a serial port.
