@@ -14,6 +14,8 @@ command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
 command -v python3 >/dev/null || need+=(python3)
 command -v size >/dev/null || need+=(binutils)
 command -v strace >/dev/null || need+=(strace)  # agent/tests/sync.rs: the store syncs with fdatasync
+# tests/powercut: a FUSE filesystem (as root it mounts through /dev/fuse; otherwise via fusermount3)
+command -v fusermount3 >/dev/null || need+=(fuse3)
 export PATH="$PATH:/usr/sbin"  # mosquitto lives in /usr/sbin
 command -v mosquitto >/dev/null || need+=(mosquitto)
 # ferry-bridge tests: a private PostgreSQL cluster (initdb lives in /usr/lib/postgresql/NN/bin).
