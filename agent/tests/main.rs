@@ -16,6 +16,7 @@ mod odd_device;
 #[path = "../../tests/src/poll.rs"]
 #[allow(dead_code)]
 mod poll;
+mod power_cut;
 mod reboots;
 mod serial;
 mod sync;
