@@ -108,6 +108,24 @@ pub fn spawn_ferry(config: &Path) -> tokio::process::Child {
         .expect("spawn ferry")
 }
 
+/// Stops an agent process with SIGTERM and asserts it exits 0 within 20 s (its store then
+/// checkpointed and closed).
+pub async fn stop_cleanly(agent: &mut tokio::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), agent.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM stops the agent cleanly: {status}"
+    );
+}
+
 /// Waits until `addr` accepts TCP connections.
 pub async fn wait_listening(addr: std::net::SocketAddr, within: Duration) {
     let what = format!("something listening on {addr}");

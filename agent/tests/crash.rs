@@ -8,7 +8,8 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    assert_acked_stored_once_in_order, process_config, spawn_ferry, wait_listening, TempDir,
+    assert_acked_stored_once_in_order, process_config, spawn_ferry, stop_cleanly, wait_listening,
+    TempDir,
 };
 
 const KILLS: usize = 22;
@@ -42,19 +43,7 @@ async fn sigkill_at_random_moments_loses_no_acked_sample() {
     }
     let report = sim.await.unwrap();
     // Orderly stop of the last agent (SIGTERM) to read a checkpointed store; exit code 0.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), agent.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM stops the agent cleanly: {status}"
-    );
+    stop_cleanly(&mut agent).await;
 
     println!("{}", report.table());
     let t = &report.totals;

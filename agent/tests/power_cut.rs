@@ -15,7 +15,8 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    assert_acked_stored_once_in_order, process_config, spawn_ferry, wait_listening, TempDir,
+    assert_acked_stored_once_in_order, process_config, spawn_ferry, stop_cleanly, wait_listening,
+    TempDir,
 };
 
 /// Cuts in the test command; `FERRY_POWER_CUTS` sets another count (the docs report a long run).
@@ -75,19 +76,7 @@ async fn power_cuts_at_random_moments_lose_no_acked_sample() {
         wait_listening(addr, Duration::from_secs(20)).await;
     }
     let report = sim.await.unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), agent.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM stops the agent cleanly: {status}"
-    );
+    stop_cleanly(&mut agent).await;
     // One more cut after the clean stop: what it synced must be all there is.
     pc.freeze();
     tokio::task::block_in_place(|| pc.cut()).unwrap();

@@ -66,6 +66,22 @@ fn attr(ino: u64, md: &Metadata, size: u64) -> FileAttr {
     }
 }
 
+/// Answers a request for attributes.
+fn attr_reply(reply: ReplyAttr, ino: u64, r: io::Result<(Metadata, u64)>) {
+    match r {
+        Ok((md, size)) => reply.attr(&TTL, &attr(ino, &md, size)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+/// Answers a request that returns nothing.
+fn empty(reply: ReplyEmpty, r: io::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 impl PowerCutFs {
     fn vol(&self) -> std::sync::MutexGuard<'_, Volume> {
         self.vol.lock().unwrap_or_else(|p| p.into_inner())
@@ -89,10 +105,7 @@ impl Filesystem for PowerCutFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vol().getattr(ino.0) {
-            Ok((md, size)) => reply.attr(&TTL, &attr(ino.0, &md, size)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr_reply(reply, ino.0, self.vol().getattr(ino.0));
     }
 
     fn setattr(
@@ -123,10 +136,7 @@ impl Filesystem for PowerCutFs {
             }
             v.getattr(ino.0)
         })();
-        match r {
-            Ok((md, size)) => reply.attr(&TTL, &attr(ino.0, &md, size)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr_reply(reply, ino.0, r);
     }
 
     fn mkdir(
@@ -146,17 +156,11 @@ impl Filesystem for PowerCutFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.vol().remove(parent.0, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.vol().remove(parent.0, name, false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.vol().remove(parent.0, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.vol().remove(parent.0, name, true));
     }
 
     fn rename(
@@ -172,10 +176,10 @@ impl Filesystem for PowerCutFs {
         if !flags.is_empty() {
             return reply.error(Errno::from_i32(22)); // EINVAL: no RENAME_NOREPLACE/EXCHANGE
         }
-        match self.vol().rename(parent.0, name, newparent.0, newname) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(
+            reply,
+            self.vol().rename(parent.0, name, newparent.0, newname),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -289,10 +293,7 @@ impl Filesystem for PowerCutFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vol().fsync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.vol().fsync(ino.0));
     }
 
     fn readdir(
@@ -334,10 +335,7 @@ impl Filesystem for PowerCutFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vol().fsyncdir() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.vol().fsyncdir());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

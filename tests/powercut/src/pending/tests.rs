@@ -162,6 +162,18 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op, 0..20)
 }
 
+/// The operations on a `Pending` over `disk`.
+fn replay(disk: &[u8], ops: &[Op]) -> Pending {
+    let mut p = Pending::new(disk.len() as u64);
+    for op in ops {
+        match op {
+            Op::Write(off, data) => write(&mut p, disk, *off, data),
+            Op::SetSize(n) => p.set_size(*n),
+        }
+    }
+    p
+}
+
 /// The same operations on plain bytes: what a reader must see.
 fn reference(disk: &[u8], ops: &[Op]) -> Vec<u8> {
     let mut f = disk.to_vec();
@@ -186,13 +198,7 @@ proptest! {
         disk in prop::collection::vec(any::<u8>(), 0..5000),
         ops in ops(),
     ) {
-        let mut p = Pending::new(disk.len() as u64);
-        for op in &ops {
-            match op {
-                Op::Write(off, data) => write(&mut p, &disk, *off, data),
-                Op::SetSize(n) => p.set_size(*n),
-            }
-        }
+        let mut p = replay(&disk, &ops);
         let want = reference(&disk, &ops);
         prop_assert_eq!(read_all(&p, &disk), want.clone());
         let mut synced = disk.clone();
@@ -210,13 +216,7 @@ proptest! {
         keep_size in any::<bool>(),
         big_blocks in any::<bool>(),
     ) {
-        let mut p = Pending::new(disk.len() as u64);
-        for op in &ops {
-            match op {
-                Op::Write(off, data) => write(&mut p, &disk, *off, data),
-                Op::SetSize(n) => p.set_size(*n),
-            }
-        }
+        let mut p = replay(&disk, &ops);
         let new = reference(&disk, &ops);
         let block = if big_blocks { 4096 } else { SECTOR };
         let mut after = disk.clone();
