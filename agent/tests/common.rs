@@ -135,12 +135,25 @@ pub async fn wait_listening(addr: std::net::SocketAddr, within: Duration) {
     .await;
 }
 
-/// For every device and boot in the report: every seq the device saw acked is stored exactly
-/// once, and the stored seqs of each boot are strictly increasing in store order. Returns the
-/// number of acked samples checked.
-pub fn assert_acked_stored_once_in_order(db: &Path, report: &Report) -> u64 {
+/// Acked samples of one device boot that the store does not hold.
+#[derive(Debug)]
+pub struct Missing {
+    /// Device id.
+    pub device: String,
+    /// Boot id.
+    pub boot_id: u32,
+    /// Acked seqs not stored.
+    pub missing: u64,
+    /// Samples the device dropped from its ring before sending (they may be among the missing).
+    pub dropped: u64,
+}
+
+/// Compares the store with what the devices saw acked: asserts that the stored seqs of each boot
+/// are strictly increasing in store order (no duplicate), and returns the number of acked
+/// samples stored and, per boot, the acked ones missing.
+pub fn acked_in_store(db: &Path, report: &Report) -> (u64, Vec<Missing>) {
     let conn = ferry_agent::store::open_reader(db).unwrap();
-    let mut checked = 0;
+    let (mut present_total, mut gaps) = (0, Vec::new());
     for d in &report.devices {
         let keys = ferry_agent::store::read::event_keys(&conn, &d.device_id).unwrap();
         let mut per_boot: std::collections::HashMap<u32, Vec<u32>> = Default::default();
@@ -156,19 +169,38 @@ pub fn assert_acked_stored_once_in_order(db: &Path, report: &Report) -> u64 {
         }
         for b in &d.boots {
             let stored = per_boot.get(&b.boot_id).map(Vec::as_slice).unwrap_or(&[]);
-            // Every acked seq below acked_next is stored, except those the device dropped
-            // from its ring before sending (b.dropped bounds them).
             let present = stored.iter().filter(|&&s| s < b.acked_next).count() as u64;
+            present_total += present;
             let missing = u64::from(b.acked_next) - present;
-            assert!(
-                missing <= u64::from(b.dropped),
-                "{} boot {:08x}: {missing} acked seqs missing (device dropped {})",
-                d.device_id,
-                b.boot_id,
-                b.dropped
-            );
-            checked += present;
+            if missing > 0 {
+                gaps.push(Missing {
+                    device: d.device_id.clone(),
+                    boot_id: b.boot_id,
+                    missing,
+                    dropped: u64::from(b.dropped),
+                });
+            }
         }
+    }
+    (present_total, gaps)
+}
+
+/// For every device and boot in the report: every seq the device saw acked is stored exactly
+/// once, and the stored seqs of each boot are strictly increasing in store order. Returns the
+/// number of acked samples checked.
+pub fn assert_acked_stored_once_in_order(db: &Path, report: &Report) -> u64 {
+    let (checked, gaps) = acked_in_store(db, report);
+    for g in gaps {
+        // Every acked seq below acked_next is stored, except those the device dropped from its
+        // ring before sending (`dropped` bounds them).
+        assert!(
+            g.missing <= g.dropped,
+            "{} boot {:08x}: {} acked seqs missing (device dropped {})",
+            g.device,
+            g.boot_id,
+            g.missing,
+            g.dropped
+        );
     }
     checked
 }
