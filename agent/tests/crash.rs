@@ -3,7 +3,7 @@
 //! exactly once, in seq order per device boot.
 use std::time::Duration;
 
-use ferry_sim::{SimConfig, Transport};
+use ferry_sim::SimConfig;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
@@ -21,15 +21,12 @@ async fn sigkill_at_random_moments_loses_no_acked_sample() {
     let mut agent = spawn_ferry(&config);
     wait_listening(addr, Duration::from_secs(10)).await;
 
+    // 10 devices × 3 sensors every 5 ms: 6,000 samples/s in total.
     let sim_cfg = SimConfig {
-        devices: 10,
-        transport: Transport::Tcp(addr),
-        sensors: 3,
-        interval_ms: 5, // 6,000 samples/s in total
         duration: Some(Duration::from_secs(14)),
         drain_timeout: Duration::from_secs(20),
         seed: 42,
-        ..SimConfig::default()
+        ..SimConfig::tcp(addr, 10, 3, 5)
     };
     let sim = tokio::spawn(ferry_sim::run(sim_cfg, CancellationToken::new()));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);

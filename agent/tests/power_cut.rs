@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_powercut::{CutReport, Policy, PowerCut};
-use ferry_sim::{Report, SimConfig, Transport};
+use ferry_sim::{Report, SimConfig};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
@@ -63,15 +63,12 @@ async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
     let mut agent = spawn_ferry(&config);
     wait_listening(addr, Duration::from_secs(10)).await;
 
+    // 10 devices × 3 sensors every 5 ms: 6,000 samples/s in total.
     let sim_cfg = SimConfig {
-        devices: 10,
-        transport: Transport::Tcp(addr),
-        sensors: 3,
-        interval_ms: 5, // 6,000 samples/s in total
         duration: Some(Duration::from_millis(350 * n as u64 + 2_000)),
         drain_timeout: Duration::from_secs(30),
         seed: 43,
-        ..SimConfig::default()
+        ..SimConfig::tcp(addr, 10, 3, 5)
     };
     let sim = tokio::spawn(ferry_sim::run(sim_cfg, CancellationToken::new()));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
