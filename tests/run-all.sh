@@ -54,3 +54,6 @@ size firmware/boards/lm3s6965/target/thumbv7m-none-eabi/release/ferry-board-lm3s
 
 step "Tests (including those that need the tools above)"
 cargo test --locked --workspace -- --include-ignored
+
+step "Fuzzing every outside input (30 s per target; tests/fuzz/README.md)"
+tests/fuzz/run.sh

@@ -11,8 +11,11 @@ mod crash;
 mod demo;
 mod full_disk;
 mod garbage;
-// The one wait-until helper of ferry-tests, by path: ferry-tests depends on this crate.
 mod odd_device;
+// The Python device and the one wait-until helper of ferry-tests, by path: ferry-tests depends
+// on this crate.
+#[path = "../../tests/src/peer.rs"]
+mod peer;
 #[path = "../../tests/src/poll.rs"]
 #[allow(dead_code)]
 mod poll;

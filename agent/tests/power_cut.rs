@@ -1,9 +1,11 @@
 //! Power cuts, not just kills: the real `ferry` process runs on a `ferry-powercut` volume while
-//! simulated devices stream; at random moments the power is cut (every write not yet synced is
-//! kept or lost as a disk may do, unsynced renames and creates may be undone), the agent is
-//! killed and started again on what the disk kept. With `durability = "full"` every sample a
-//! device saw acked is then in the store exactly once; with `"normal"` the test reports what the
-//! cuts cost. Both stores pass `PRAGMA integrity_check`.
+//! simulated devices and the independent Python device (`peer_device.py`) stream; the power is
+//! cut (every write not yet synced is kept or lost as a disk may do, unsynced renames and creates
+//! may be undone), the agent is killed and started again on what the disk kept. The cuts fall in
+//! turn at a random moment, in a checkpoint's writes to the database, at the checkpoint's sync, at
+//! a WAL restart, and on a full disk (the agent is started again on it, then the space returns).
+//! With `durability = "full"` every sample a device saw acked is then in the store exactly once;
+//! with `"normal"` the test reports what the cuts cost. Both stores pass `PRAGMA integrity_check`.
 //!
 //! The filesystem runs in this process, the agent in its own (see `tests/powercut`: a program
 //! mapping a file of the volume must not share the server's process). The final checks read the
@@ -11,15 +13,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_powercut::{CutReport, Policy, PowerCut};
+use ferry_powercut::{CutReport, Moment, Policy, PowerCut, Schedule};
 use ferry_sim::{Report, SimConfig};
-use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
     acked_in_store, assert_acked_stored_once_in_order, process_config, spawn_ferry, stop_cleanly,
     wait_listening, TempDir,
 };
+use crate::peer::PythonPeer;
 
 fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
     std::env::var(var)
@@ -36,7 +38,8 @@ struct Run {
     _dir: TempDir,
 }
 
-/// `n` cuts at random moments under 10 devices × 3 sensors at 200 Hz, the agent on `durability`;
+/// `n` cuts (see [`Schedule`]) under 10 simulated devices × 3 sensors at 200 Hz and the Python
+/// device, the agent on `durability`;
 /// then a clean stop, one more cut, and the volume unmounted.
 async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
     let dir = TempDir::new(&format!("power-cut-{durability}"));
@@ -65,49 +68,77 @@ async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
 
     // 10 devices × 3 sensors every 5 ms: 6,000 samples/s in total.
     let sim_cfg = SimConfig {
-        duration: Some(Duration::from_millis(350 * n as u64 + 2_000)),
+        // Long enough that the devices still stream at the last cut (a trigger waits up to 5 s).
+        duration: Some(Duration::from_millis(1_500 * n as u64 + 2_000)),
         drain_timeout: Duration::from_secs(30),
         seed: 43,
         ..SimConfig::tcp(addr, 10, 3, 5)
     };
+    let generating = sim_cfg.duration.unwrap();
     let sim = tokio::spawn(ferry_sim::run(sim_cfg, CancellationToken::new()));
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    // The independent Python device beside them: 4 sensors every 10 ms.
+    let peer = PythonPeer::beside_the_simulator(addr, generating, dir.path());
     let mut totals = CutReport::default();
+    let mut schedule = Schedule::new("ferry.db", seed);
     for i in 0..n {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..500))).await;
-        pc.freeze(); // the power goes: nothing written from here on reaches the disk
+        let (kind, settle, moment) = schedule.next_cut();
+        tokio::time::sleep(settle).await;
+        let reached = tokio::task::block_in_place(|| pc.freeze_at(&moment, Duration::from_secs(5)))
+            .expect("volume");
+        schedule.record(kind, reached);
         agent.start_kill().unwrap();
         agent.wait().await.unwrap();
         let r = tokio::task::block_in_place(|| pc.cut()).expect("cut");
-        println!("cut {i}: {r:?}");
-        totals.dirty_files += r.dirty_files;
-        totals.sectors_kept += r.sectors_kept;
-        totals.sectors_lost += r.sectors_lost;
-        totals.changes_kept += r.changes_kept;
-        totals.changes_undone += r.changes_undone;
+        println!("cut {i} at {moment:?} (reached: {reached}): {r:?}");
+        totals += &r;
         agent = spawn_ferry(&config);
         // The agent refuses a store that fails its open-time check: it would exit, not listen.
+        // After a cut on a full disk it starts on the full disk.
         tokio::select! {
             () = wait_listening(addr, Duration::from_secs(20)) => {}
-            status = agent.wait() => panic!("after cut {i} the agent exited: {:?}", status),
+            status = agent.wait() => panic!("after cut {i} ({moment:?}) the agent exited: {:?}", status),
+        }
+        if matches!(moment, Moment::DiskFull { .. }) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            pc.set_capacity(None);
         }
     }
-    let report = sim.await.unwrap();
+    let mut report = sim.await.unwrap();
+    let peer = peer.finish().await;
+    println!("Python peer: {peer:?}");
+    for b in &peer.boots {
+        report.totals.generated += b.generated;
+        report.totals.acked += b.acked;
+        report.totals.dropped += u64::from(b.dropped);
+        report.totals.unacked_at_end += b.generated - b.acked - u64::from(b.dropped);
+    }
+    // Cuts in quick succession can fall while it is still reconnecting: at least one.
+    assert!(peer.disconnects > 0, "the peer saw the cuts: {peer:?}");
+    report.devices.push(peer);
     stop_cleanly(&mut agent).await;
     // One more cut after the clean stop: what it synced must be all there is.
     pc.freeze();
     tokio::task::block_in_place(|| pc.cut()).unwrap();
     let disk_db = pc.disk().join(db.strip_prefix(pc.path()).unwrap());
+    let pc_enospc = pc.enospc_count();
     pc.unmount().unwrap();
 
     println!("{}", report.table());
     println!("{n} cuts, durability {durability}, in total: {totals:?}");
+    println!(
+        "cuts (kind, at the moment, at the deadline): {:?}; writes refused by the full disk: {pc_enospc}",
+        schedule.tally()
+    );
     let t = &report.totals;
     assert!(t.disconnects >= n as u64, "devices saw the cuts: {t:?}");
     assert!(
         totals.sectors_lost > 0,
         "the cuts lost unsynced writes (else this tests nothing): {totals:?}"
     );
+    schedule.assert_each_reached();
+    if n >= ferry_powercut::schedule::KINDS.len() {
+        assert!(pc_enospc > 0, "the agent met the full disk");
+    }
     assert_eq!(t.unacked_at_end, 0, "the last agent acked everything");
     assert_eq!(t.dropped, 0);
     let conn = rusqlite::Connection::open(&disk_db).unwrap();
@@ -125,7 +156,7 @@ async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs /dev/fuse and root"]
-async fn power_cuts_at_random_moments_lose_no_acked_sample() {
+async fn power_cuts_lose_no_acked_sample() {
     // `FERRY_POWER_CUTS` sets another count (the docs report a run of 100).
     let run = run_power_cuts(
         "full",

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod browser;
 pub mod link;
 pub mod mosquitto;
+pub mod peer;
 pub mod poll;
 pub mod postgres;
 pub mod qemu;

@@ -7,6 +7,7 @@ mod firmware_pipeline;
 mod firmware_qemu;
 mod metrics_names;
 mod pipeline;
+mod power_cut;
 mod uplink;
 mod uplink_tls;
 mod values;

@@ -183,6 +183,11 @@ mod tests {
                 "broker = \"h:1\"\nca_file = \"/nonexistent/ca.pem\"",
                 "uplink.ca_file",
             ),
+            // An endless file is refused at 1 MiB, not read into memory.
+            (
+                "broker = \"h:1\"\nca_file = \"/dev/zero\"",
+                "uplink.ca_file",
+            ),
             ("broker = \"h:1\"\ninflight = 0", "uplink.inflight"),
             (
                 "broker = \"h:1\"\nmax_message_bytes = \"10\"",

@@ -201,8 +201,7 @@ fn uplink_settings(
     let read = |key: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
         p.as_ref()
             .map(|p| {
-                std::fs::read(p)
-                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
+                read_pem(p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
             })
             .transpose()
     };
@@ -344,6 +343,25 @@ pub fn parse_size(s: &str) -> Result<Option<u64>, String> {
     };
     let bytes = (n * mult) as u64;
     Ok((bytes > 0).then_some(bytes))
+}
+
+/// Largest certificate or key file read (a PEM chain is a few KiB; a wrong path such as a device
+/// or a database must not be read whole into memory).
+pub const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// Reads a certificate or key file of at most [`MAX_PEM_FILE`] bytes.
+fn read_pem(p: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(p)?
+        .take(MAX_PEM_FILE + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_PEM_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_PEM_FILE} bytes, not a certificate or key file"
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

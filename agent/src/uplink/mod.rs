@@ -517,46 +517,18 @@ impl<S: EventSource> Uplink<S> {
         payload: &[u8],
         receipt: Completion,
     ) {
-        let (gateway, device) = match contract::try_parse_topic(topic) {
-            Ok(contract::Topic::Commands { gateway, device })
-                if gateway == self.settings.gateway =>
-            {
-                (gateway, device)
-            }
-            other => {
+        let (device, request) = match downlinked(&self.settings.gateway, topic, payload) {
+            Downlinked::Command { device, request } => (device, request),
+            Downlinked::NotOurs(why) => {
                 // No outcome can be addressed to a device the topic does not name: drop it,
                 // acked so the broker does not deliver it again, and count it.
-                let why = other
-                    .err()
-                    .unwrap_or_else(|| "not a command topic of this gateway".into());
                 self.stats.commands_refused_topic.fetch_add(1, Relaxed);
                 tracing::warn!(%topic, reason = %why, "Ignoring a command on an invalid topic.");
                 receipt.done();
                 return;
             }
-        };
-        let decoded = contract::check_device_id(&device)
-            .map_err(|m| contract::ContractError::InvalidCommand(format!("device {m}")))
-            .and_then(|()| contract::CommandRequest::decode(payload));
-        let request = match decoded {
-            Ok(r) => r,
-            Err(e) => {
-                // Answer even a malformed request, with its id if one can be found.
-                let id = serde_json::from_slice::<serde_json::Value>(payload)
-                    .ok()
-                    .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                tracing::warn!(%device, error = %e, "Command rejected.");
-                let o = contract::CommandOutcome {
-                    v: contract::SCHEMA_VERSION,
-                    id,
-                    gateway,
-                    device,
-                    status: contract::OutcomeStatus::Rejected,
-                    detail: Some(e.to_string()),
-                    data_hex: None,
-                    at_ms: crate::utc_now_ms(),
-                };
+            Downlinked::Rejected(o) => {
+                tracing::warn!(device = %o.device, error = o.detail.as_deref().unwrap_or(""), "Command rejected.");
                 // The request is acked once its answer is: a crash in between redelivers it.
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 self.publish_outcome(client, &o, Some(tx));
@@ -602,5 +574,56 @@ impl<S: EventSource> Uplink<S> {
         self.ledger.position_saved(p, Instant::now());
         self.stats.position.store(p.backlog, Relaxed);
         Ok(())
+    }
+}
+
+/// What a publish on the downlink subscription is, decided without I/O.
+#[derive(Debug)]
+pub enum Downlinked {
+    /// Not a command topic of this gateway (the reason): dropped, acked, counted.
+    NotOurs(String),
+    /// A command topic of this gateway with an invalid device id or request: answered with this
+    /// `rejected` outcome (its `id` is the request's when one can be found).
+    Rejected(contract::CommandOutcome),
+    /// A valid command for `device`.
+    Command {
+        /// The device the topic names.
+        device: String,
+        /// The checked request.
+        request: contract::CommandRequest,
+    },
+}
+
+/// Decides what a downlink publish on `topic` is for the gateway `own_gateway`.
+pub fn downlinked(own_gateway: &str, topic: &str, payload: &[u8]) -> Downlinked {
+    let (gateway, device) = match contract::try_parse_topic(topic) {
+        Ok(contract::Topic::Commands { gateway, device }) if gateway == own_gateway => {
+            (gateway, device)
+        }
+        Ok(_) => return Downlinked::NotOurs("not a command topic of this gateway".into()),
+        Err(why) => return Downlinked::NotOurs(why),
+    };
+    let decoded = contract::check_device_id(&device)
+        .map_err(|m| contract::ContractError::InvalidCommand(format!("device {m}")))
+        .and_then(|()| contract::CommandRequest::decode(payload));
+    match decoded {
+        Ok(request) => Downlinked::Command { device, request },
+        Err(e) => {
+            // Answer even a malformed request, with its id if one can be found.
+            let id = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Downlinked::Rejected(contract::CommandOutcome {
+                v: contract::SCHEMA_VERSION,
+                id,
+                gateway,
+                device,
+                status: contract::OutcomeStatus::Rejected,
+                detail: Some(e.to_string()),
+                data_hex: None,
+                at_ms: crate::utc_now_ms(),
+            })
+        }
     }
 }

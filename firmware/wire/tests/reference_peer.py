@@ -92,13 +92,22 @@ def samples(oldest, first_seq, items):
     return out
 
 
+def heartbeat(ticks, dropped, ring_depth, read_errors):
+    return varint(2) + varint(ticks) + varint(dropped) + varint(ring_depth) + varint(read_errors)
+
+
+def command_result(command_id, status, data=b""):
+    """status: 0 Ok, 1 UnknownSensor, 2 InvalidArgument, 3 Unsupported, 4 Failed."""
+    return varint(3) + varint(command_id) + varint(status) + varint(len(data)) + bytes(data)
+
+
 # Messages of the ```hex golden=NAME blocks, field by field as section 8 describes them.
 GOLDEN = {
     "hello": hello("dev-01", "1.0.0", 0x12345678, 1000, 1500, 0,
                    [(0, "temperature", "°C", 1000), (1, "humidity", "%", 2000)]),
     "samples": samples(40, 42, [(123456, 0, f32(21.5)), (123456, 1, f32(40.25))]),
-    "heartbeat": varint(2) + varint(200000) + varint(3) + varint(17) + varint(0),
-    "command_result": varint(3) + varint(7) + varint(0) + varint(2) + b"\x01\x02",
+    "heartbeat": heartbeat(200000, 3, 17, 0),
+    "command_result": command_result(7, 0, b"\x01\x02"),
     "welcome": varint(4) + varint(0x12345678) + varint(1767225600000) + varint(40),
     "ack": varint(5) + varint(0x12345678) + varint(300),
     "command_set_interval": varint(6) + varint(7) + varint(0) + bytes([2]) + varint(250),
@@ -260,17 +269,18 @@ def parse_message(data):
         msg = ("welcome", r.varint(32), r.varint(64), r.varint(32))
     elif tag == 5:  # Ack
         msg = ("ack", r.varint(32), r.varint(32))
-    elif tag == 6:  # Command
-        msg = ("command", r.varint(32))
+    elif tag == 6:  # Command: ("command", id, kind, fields...)
+        command_id = r.varint(32)
         kind = r.varint(32)
-        if kind == 0:
-            r.byte()
-            r.varint(32)
-        elif kind == 1:
-            r.varint(32)
-        elif kind == 3:
-            r.bytes(128)
-        elif kind != 2:
+        if kind == 0:  # SetInterval
+            msg = ("command", command_id, kind, r.byte(), r.varint(32))
+        elif kind == 1:  # Identify
+            msg = ("command", command_id, kind, r.varint(32))
+        elif kind == 2:  # Reboot
+            msg = ("command", command_id, kind)
+        elif kind == 3:  # Opaque
+            msg = ("command", command_id, kind, r.bytes(128))
+        else:
             raise Malformed("command kind")
     elif tag == 7:
         msg = ("hello_request",)

@@ -16,14 +16,19 @@
 pub mod fuse;
 pub mod journal;
 pub mod pending;
+pub mod schedule;
+pub mod trigger;
 pub mod volume;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
+pub use schedule::Schedule;
+pub use trigger::Trigger;
 use volume::Volume;
 pub use volume::{CutReport, Policy};
 
@@ -83,6 +88,67 @@ impl PowerCut {
         self.lock().freeze();
     }
 
+    /// Freezes the volume at the operation `t` names (see [`trigger`]); [`fired`](Self::fired)
+    /// tells when. A cut disarms it.
+    pub fn arm(&self, t: Trigger) {
+        self.lock().arm(t);
+    }
+
+    /// Whether the armed trigger fired: the power is out, [`cut`](Self::cut) is next.
+    pub fn fired(&self) -> bool {
+        self.lock().fired()
+    }
+
+    /// A disk of `bytes` (`None`: unlimited): growing the files past it fails with `ENOSPC`.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.lock().set_capacity(bytes);
+    }
+
+    /// Total size of the files on the volume, synced or not.
+    pub fn used(&self) -> io::Result<u64> {
+        self.lock().used()
+    }
+
+    /// Writes refused with `ENOSPC` so far.
+    pub fn enospc_count(&self) -> u64 {
+        self.lock().enospc_count()
+    }
+
+    /// Waits (blocking) for `moment`, at most `wait`, and freezes the volume there; returns
+    /// whether the moment came (else it froze at the deadline). A [`Moment::DiskFull`] leaves
+    /// the capacity set: lift it with [`set_capacity`](Self::set_capacity)`(None)`.
+    pub fn freeze_at(&self, moment: &Moment, wait: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + wait;
+        let until = |done: &dyn Fn() -> bool| {
+            while !done() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            true
+        };
+        let reached = match moment {
+            Moment::After(d) => {
+                std::thread::sleep(*d);
+                true
+            }
+            Moment::At(t) => {
+                self.arm(t.clone());
+                until(&|| self.fired())
+            }
+            Moment::DiskFull { headroom, then } => {
+                let refused = self.enospc_count();
+                self.set_capacity(Some(self.used()? + headroom));
+                let full = until(&|| self.enospc_count() > refused);
+                std::thread::sleep(*then);
+                full
+            }
+        };
+        self.freeze();
+        Ok(reached)
+    }
+
     /// After [`freeze`](Self::freeze) and after every program using the volume has exited:
     /// unmounts, leaves on the disk what a power cut may leave, and mounts again.
     pub fn cut(&mut self) -> io::Result<CutReport> {
@@ -102,6 +168,23 @@ impl PowerCut {
             None => Ok(()),
         }
     }
+}
+
+/// When a cut falls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moment {
+    /// After this long, whatever the program is doing.
+    After(Duration),
+    /// At the operation the trigger names.
+    At(Trigger),
+    /// While the disk is full: the capacity is set `headroom` bytes above what the files use,
+    /// and the cut falls `then` after the first write it refuses.
+    DiskFull {
+        /// Room left when the disk is made full.
+        headroom: u64,
+        /// How long the program runs on the full disk before the cut.
+        then: Duration,
+    },
 }
 
 impl Drop for PowerCut {

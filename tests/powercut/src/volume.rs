@@ -9,6 +9,10 @@
 //! - While frozen (from the instant of the cut until [`Volume::cut`] returns), every operation
 //!   that would change the disk fails with `EIO`: nothing written after the cut can reach it, and
 //!   no `fsync` after it can claim success.
+//! - An armed [`Trigger`] freezes the volume at the operation it names (see [`crate::trigger`]
+//!   for where that operation ends).
+//! - With a capacity set, a write or size change that would make the visible files (synced or
+//!   not) larger than it fails with `ENOSPC` and changes nothing: a full disk.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -21,6 +25,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::journal::{Change, Journal};
 use crate::pending::{CutChoice, Flush, Pending, SECTOR};
+use crate::trigger::{Armed, Op, Trigger};
 
 /// The root directory's inode number (FUSE's).
 pub const ROOT: u64 = 1;
@@ -38,6 +43,16 @@ pub struct CutReport {
     pub changes_kept: usize,
     /// See `changes_kept`.
     pub changes_undone: usize,
+}
+
+impl std::ops::AddAssign<&CutReport> for CutReport {
+    fn add_assign(&mut self, r: &CutReport) {
+        self.dirty_files += r.dirty_files;
+        self.sectors_kept += r.sectors_kept;
+        self.sectors_lost += r.sectors_lost;
+        self.changes_kept += r.changes_kept;
+        self.changes_undone += r.changes_undone;
+    }
 }
 
 /// What a cut keeps of the unsynced state.
@@ -63,6 +78,10 @@ pub struct Volume {
     frozen: bool,
     rng: SmallRng,
     lose_all: bool,
+    armed: Option<Armed>,
+    fired: bool,
+    capacity: Option<u64>,
+    enospc: u64,
 }
 
 fn frozen_err() -> io::Error {
@@ -96,6 +115,10 @@ impl Volume {
                 Policy::LoseAll => 0,
             }),
             lose_all: policy == Policy::LoseAll,
+            armed: None,
+            fired: false,
+            capacity: None,
+            enospc: 0,
         };
         v.paths.insert(ROOT, data.clone());
         v.inos.insert(data, ROOT);
@@ -110,6 +133,78 @@ impl Volume {
     /// From now on nothing reaches the disk (the instant of the power cut).
     pub fn freeze(&mut self) {
         self.frozen = true;
+    }
+
+    /// Freezes the volume at `t`'s operation (replaces an armed trigger; a cut disarms it).
+    pub fn arm(&mut self, t: Trigger) {
+        self.armed = Some(Armed::new(t));
+        self.fired = false;
+    }
+
+    /// Whether the armed trigger fired (the volume froze at its operation).
+    pub fn fired(&self) -> bool {
+        self.fired
+    }
+
+    /// Counts `op` on `ino` against the armed trigger; freezes when it fires.
+    fn trigger(&mut self, ino: u64, op: Op) -> bool {
+        let Some(a) = self.armed.as_mut() else {
+            return false;
+        };
+        let name = self
+            .paths
+            .get(&ino)
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        if !name.is_some_and(|n| a.fires(&n, op)) {
+            return false;
+        }
+        self.armed = None;
+        self.fired = true;
+        self.frozen = true;
+        true
+    }
+
+    /// Limits the visible files' total size (`None`: unlimited).
+    pub fn set_capacity(&mut self, bytes: Option<u64>) {
+        self.capacity = bytes;
+    }
+
+    /// Writes and size changes refused with `ENOSPC` so far.
+    pub fn enospc_count(&self) -> u64 {
+        self.enospc
+    }
+
+    /// Total visible size of the regular files (synced or not).
+    pub fn used(&self) -> io::Result<u64> {
+        let mut total = 0;
+        let mut dirs = vec![self.data.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d)? {
+                let e = e?;
+                let md = e.metadata()?;
+                if md.is_dir() {
+                    dirs.push(e.path());
+                    continue;
+                }
+                let pending = self.inos.get(&e.path()).and_then(|i| self.pending.get(i));
+                total += pending.map_or(md.len(), Pending::size);
+            }
+        }
+        Ok(total)
+    }
+
+    /// `ENOSPC` if growing `ino` to `new_size` would pass the capacity.
+    fn room_for(&mut self, ino: u64, new_size: u64) -> io::Result<()> {
+        let Some(cap) = self.capacity else {
+            return Ok(());
+        };
+        let size = self.pending_mut(ino)?.size();
+        if new_size > size && self.used()? + (new_size - size) > cap {
+            self.enospc += 1;
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -196,16 +291,21 @@ impl Volume {
     /// Writes `data` at `off` (held in memory until synced).
     pub fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> io::Result<()> {
         self.writable()?;
+        self.room_for(ino, off + data.len() as u64)?;
         self.pending_mut(ino)?;
         let file = self.files.get(&ino).expect("opened by pending_mut");
         let p = self.pending.get_mut(&ino).expect("present");
-        p.write(off, data, &mut |o, buf| read_at(file, o, buf))
+        p.write(off, data, &mut |o, buf| read_at(file, o, buf))?;
+        self.trigger(ino, Op::Write { off });
+        Ok(())
     }
 
     /// `ftruncate`.
     pub fn set_size(&mut self, ino: u64, size: u64) -> io::Result<()> {
         self.writable()?;
+        self.room_for(ino, size)?;
         self.pending_mut(ino)?.set_size(size);
+        self.trigger(ino, Op::SetSize);
         Ok(())
     }
 
@@ -214,6 +314,9 @@ impl Volume {
         self.writable()?;
         if fs::symlink_metadata(self.path(ino)?)?.is_dir() {
             return self.fsyncdir();
+        }
+        if self.trigger(ino, Op::Sync) {
+            return Err(frozen_err()); // the power went before the sync completed
         }
         let flush = self.pending_mut(ino)?.sync();
         apply(self.file(ino)?, &flush)
@@ -433,6 +536,7 @@ impl Volume {
         }
         self.paths.retain(|&i, _| i == ROOT);
         self.inos.retain(|_, &mut i| i == ROOT);
+        self.armed = None;
         self.frozen = false;
         Ok(report)
     }

@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use ferry_powercut::{Policy, PowerCut};
+use ferry_powercut::{Policy, PowerCut, Trigger};
 
 fn volume(name: &str, policy: Policy) -> (tempfile::TempDir, PowerCut) {
     let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
@@ -84,6 +84,69 @@ fn after_the_freeze_nothing_is_written_and_no_sync_succeeds() {
     drop(f);
     pc.cut().unwrap();
     File::create(m.join("g")).expect("writable again after the cut");
+}
+
+#[test]
+#[ignore = "needs /dev/fuse and root"]
+fn a_trigger_cuts_at_the_sync_it_names_and_the_sync_fails() {
+    let (_d, mut pc) = volume("pc-trigger", Policy::LoseAll);
+    let m = pc.path().to_path_buf();
+    pc.arm(Trigger::checkpoint_sync("data.db", 2));
+    let mut f = File::create(m.join("data.db")).unwrap();
+    sync_dir(&m);
+    f.write_all(b"first").unwrap();
+    f.sync_all().unwrap();
+    assert!(!pc.fired(), "the first sync is not the second");
+    // Another file's sync does not count.
+    File::create(m.join("data.db-wal"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    f.write_all(b" second").unwrap();
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(5),
+        "the interrupted sync fails with EIO: {e}"
+    );
+    assert!(pc.fired());
+    assert!(f.write_all(b"x").is_err(), "frozen after the trigger");
+    drop(f);
+    pc.cut().unwrap();
+    assert_eq!(
+        fs::read(m.join("data.db")).unwrap(),
+        b"first",
+        "the second sync never happened"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/fuse and root"]
+fn a_full_disk_refuses_growth_until_space_returns() {
+    let (_d, pc) = volume("pc-full", Policy::LoseAll);
+    let m = pc.path().to_path_buf();
+    fs::write(m.join("a"), vec![1u8; 8192]).unwrap();
+    pc.set_capacity(Some(12 * 1024));
+    let mut f = File::create(m.join("b")).unwrap();
+    f.write_all(&[2u8; 4096]).unwrap();
+    let e = f.write_all(&[3u8; 4096]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(28), "ENOSPC: {e}");
+    assert_eq!(pc.enospc_count(), 1);
+    assert_eq!(
+        fs::metadata(m.join("b")).unwrap().len(),
+        4096,
+        "the refused write changed nothing"
+    );
+    // Overwriting in place needs no room.
+    OpenOptions::new()
+        .write(true)
+        .open(m.join("a"))
+        .unwrap()
+        .write_all(&[9u8; 8192])
+        .unwrap();
+    pc.set_capacity(None);
+    f.write_all(&[3u8; 4096]).unwrap();
+    assert_eq!(pc.used().unwrap(), 8192 + 8192);
 }
 
 #[test]
