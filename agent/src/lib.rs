@@ -71,6 +71,32 @@ pub struct Agent {
     pub uplink_stats: Arc<crate::uplink::UplinkStats>,
 }
 
+/// How long the agent retries opening a store the disk refuses (full, an I/O error) before it
+/// gives up with that error.
+pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Opens the store; while it is [`store::StoreError::Unavailable`] (a full disk, an I/O error)
+/// retries every second for up to [`OPEN_RETRY_FOR`]: a gateway restarted on a full disk comes
+/// back by itself when space returns.
+async fn open_store(s: &config::StoreSettings) -> Result<rusqlite::Connection, store::StoreError> {
+    let deadline = std::time::Instant::now() + OPEN_RETRY_FOR;
+    let mut logged = false;
+    loop {
+        match store::open_writer(s) {
+            Err(e @ store::StoreError::Unavailable { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    tracing::warn!(error = %e, "Cannot open the store yet; retrying every second.");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Agent {
     /// Opens the store and starts ingest. Fails (with context) on a bad store or an unusable address.
     pub async fn start(settings: &Settings) -> anyhow::Result<Agent> {
@@ -80,7 +106,8 @@ impl Agent {
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
-        let conn = store::open_writer(&settings.store)
+        let conn = open_store(&settings.store)
+            .await
             .with_context(|| format!("opening the store {}", settings.store.path.display()))?;
         let spawned = store::writer::spawn(conn, settings.store.clone(), metrics.clone())
             .context("starting the store writer thread")?;

@@ -58,6 +58,20 @@ fn corrupt_and_foreign_databases_are_refused_at_open() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("corrupt or not a database"), "{e}");
+    // A store SQLite cannot open (here a directory in its place; a full disk or an I/O error
+    // alike) is not called damaged, and the agent is not told to move it aside.
+    let blocked = dir.path().join("blocked.db");
+    std::fs::create_dir(&blocked).unwrap();
+    let s = crate::common::settings(&format!(
+        "[store]\npath = {:?}\n",
+        blocked.display().to_string()
+    ));
+    let e = ferry_agent::store::open_writer(&s.store).unwrap_err();
+    assert!(
+        matches!(e, ferry_agent::store::StoreError::Unavailable { .. }),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("move it aside"), "{e}");
     let foreign = dir.path().join("foreign.db");
     let c = rusqlite::Connection::open(&foreign).unwrap();
     c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")

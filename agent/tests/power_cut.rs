@@ -92,15 +92,18 @@ async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
         println!("cut {i} at {moment:?} (reached: {reached}): {r:?}");
         totals += &r;
         agent = spawn_ferry(&config);
+        if matches!(moment, Moment::DiskFull { .. }) {
+            // Started on the full disk: it may open the store or wait for space, never exit.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Some(status) = agent.try_wait().unwrap() {
+                panic!("after cut {i} on a full disk the agent exited: {status}");
+            }
+            pc.set_capacity(None);
+        }
         // The agent refuses a store that fails its open-time check: it would exit, not listen.
-        // After a cut on a full disk it starts on the full disk.
         tokio::select! {
             () = wait_listening(addr, Duration::from_secs(20)) => {}
             status = agent.wait() => panic!("after cut {i} ({moment:?}) the agent exited: {:?}", status),
-        }
-        if matches!(moment, Moment::DiskFull { .. }) {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            pc.set_capacity(None);
         }
     }
     let mut report = sim.await.unwrap();
@@ -187,4 +190,47 @@ async fn power_cuts_with_durability_normal_report_what_they_cost() {
         stored,
         gaps.len()
     );
+}
+
+/// A gateway whose disk filled while the agent was down: the agent started on it cannot create
+/// its WAL and shared-memory files. It must say so and wait for space, not call the store
+/// corrupt (as it once did, advising to move it aside) or exit; once space returns it opens the
+/// store with everything in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs /dev/fuse and root"]
+async fn an_agent_started_on_a_full_disk_waits_for_space() {
+    let dir = TempDir::new("power-cut-full-start");
+    let pc = PowerCut::mount(
+        &dir.path().join("disk"),
+        &dir.path().join("mnt"),
+        Policy::LoseAll,
+    )
+    .expect("mount the power-cut volume");
+    let (on_volume, db, addr) = process_config(pc.path(), "full-start");
+    let config = dir.path().join("ferry.toml");
+    std::fs::copy(&on_volume, &config).unwrap();
+    std::fs::remove_file(on_volume).unwrap();
+    let mut agent = spawn_ferry(&config);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    let report = ferry_sim::run(
+        SimConfig::tcp(addr, 2, 2, 10).for_secs(1),
+        CancellationToken::new(),
+    )
+    .await;
+    stop_cleanly(&mut agent).await; // closes the store: the WAL and -shm files are gone
+                                    // Not a byte more: the next start cannot create them.
+    pc.set_capacity(Some(pc.used().unwrap()));
+    let mut agent = spawn_ferry(&config);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(status) = agent.try_wait().unwrap() {
+        panic!("the agent exited on a full disk ({status}) instead of waiting for space");
+    }
+    assert!(pc.enospc_count() > 0, "the start met the full disk");
+    pc.set_capacity(None);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    stop_cleanly(&mut agent).await;
+    let disk_db = pc.disk().join(db.strip_prefix(pc.path()).unwrap());
+    pc.unmount().unwrap();
+    let stored = assert_acked_stored_once_in_order(&disk_db, &report);
+    assert_eq!(stored, report.totals.acked);
 }

@@ -36,6 +36,15 @@ pub enum StoreError {
         /// What SQLite said.
         detail: String,
     },
+    /// The store cannot be opened now, for a reason outside the file: a full disk, an I/O error,
+    /// missing permissions. Nothing says the database is damaged.
+    #[error("{path}: cannot open the store now ({detail}); the database is not known to be damaged: check free space, the disk and permissions")]
+    Unavailable {
+        /// File.
+        path: String,
+        /// What SQLite said.
+        detail: String,
+    },
     /// A SQLite database that belongs to another application.
     #[error("{path}: not a Ferry database (application_id {found:#x})")]
     Foreign {
@@ -96,10 +105,24 @@ pub fn fs_free_bytes(db: &Path) -> Option<u64> {
     Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
-fn corrupt(path: &Path, e: impl std::fmt::Display) -> StoreError {
+/// An error opening or checking the file: damage only when SQLite says so (corrupt, not a
+/// database); a full disk or an I/O error is [`StoreError::Unavailable`], never advice to move a
+/// good store aside.
+fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) | None => damaged(path, e.to_string()),
+        Some(_) => StoreError::Unavailable {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn damaged(path: &Path, detail: String) -> StoreError {
     StoreError::Corrupt {
         path: path.display().to_string(),
-        detail: e.to_string(),
+        detail,
     }
 }
 
@@ -205,7 +228,7 @@ fn check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| corrupt(path, e))?;
     if verdict != "ok" {
-        return Err(corrupt(path, verdict));
+        return Err(damaged(path, verdict));
     }
     Ok(())
 }
