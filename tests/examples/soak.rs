@@ -18,7 +18,6 @@
 //! `--minutes M` sets the length (e.g. `--minutes 1` for a try); `--seed S` the randomness.
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +28,7 @@ use ferry_tests::bridge::{ferry_bridge_bin, http_get, parse_metric, BridgeProces
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
 use ferry_tests::peer::PythonPeer;
 use ferry_tests::postgres::{Postgres, PostgresOptions};
+use ferry_tests::tmpfs::Tmpfs;
 use ferry_tests::{free_port, try_poll_until};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -143,7 +143,7 @@ async fn main() {
         }
         if Instant::now() >= next_full {
             let hold = Duration::from_secs(rng.gen_range(5..15));
-            let filled = fill(&disk.join("ballast"));
+            let filled = Tmpfs::fill(&disk.join("ballast"));
             tokio::time::sleep(hold).await;
             let full = metric(api, "ferry_disk_full").await;
             std::fs::remove_file(disk.join("ballast")).unwrap();
@@ -321,42 +321,4 @@ async fn api_client(
 async fn metric(api: SocketAddr, series: &str) -> Option<f64> {
     let (_, body) = http_get(api, "/metrics").await.ok()?;
     parse_metric(&body, series)
-}
-
-/// Writes zeros to `path` until the filesystem is full; returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    let mut written = 0;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) | Err(_) => return written,
-            Ok(n) => written += n as u64,
-        }
-    }
-}
-
-/// A tmpfs of `mib` MiB mounted on `dir` for the run (needs root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, mib: u64) -> Tmpfs {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }

@@ -15,6 +15,7 @@ pub mod peer;
 pub mod poll;
 pub mod postgres;
 pub mod qemu;
+pub mod tmpfs;
 
 pub use poll::{poll_until, poll_until_blocking, try_poll_until, try_poll_until_blocking};
 

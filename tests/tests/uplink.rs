@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_tests::broker::{BrokerKind, TestBroker};
 use ferry_tests::mosquitto::{Mosquitto, MosquittoOptions};
+use ferry_tests::tmpfs::Tmpfs;
 use ferry_tests::{poll_until, try_poll_until};
 
 /// Collects (device, boot, seq) → times seen, from a persistent-session subscriber.
@@ -189,6 +190,85 @@ async fn uplink_forwards_everything_through_broker_restarts() {
         stats.connects.load(std::sync::atomic::Ordering::Relaxed) >= 4,
         "the broker restarts were seen"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A full disk refuses the uplink's position writes for a while: forwarding goes on and
+/// catches up once space returns. (The uplink once stopped on the first refused write and
+/// forwarded nothing more until the agent restarted; the soak found it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and root (mounts a tmpfs)"]
+async fn forwarding_goes_on_through_a_full_disk() {
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let dir = fresh_dir(&format!("ferry-uplink-full-{}", std::process::id()));
+    let disk = Tmpfs::mount(&dir.join("disk"), 16);
+    let db = dir.join("disk/ferry.db");
+    let toml = format!(
+        "[api]\nlisten = \"\"\n[gateway]\nid = \"full-gw\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n[uplink]\nbroker = \"127.0.0.1:{}\"\nmax_batch_events = 200\n",
+        db.display().to_string(),
+        broker.port()
+    );
+    let agent = start_agent(&toml).await;
+    let (sub_stop, seen, subscribed) = (CancellationToken::new(), Seen::default(), Arc::default());
+    let sub = tokio::spawn(subscriber(
+        broker.port(),
+        ("uplink-full-sub", "ferry/v1/full-gw/+/events"),
+        sub_stop.clone(),
+        seen.clone(),
+        Arc::clone(&subscribed),
+    ));
+    poll_until(Duration::from_secs(10), "the subscription", async || {
+        subscribed.load(SeqCst)
+    })
+    .await;
+    let sim = ferry_sim::SimConfig::tcp(agent.tcp_addr.unwrap(), 4, 2, 5).for_secs(8);
+    let devices = tokio::spawn(ferry_sim::run(sim, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ballast = dir.join("disk/ballast");
+    Tmpfs::fill(&ballast);
+    poll_until(Duration::from_secs(10), "the disk to be full", async || {
+        agent
+            .metrics
+            .disk_full
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::remove_file(&ballast).unwrap();
+    let report = devices.await.unwrap();
+    assert_eq!(report.totals.unacked_at_end, 0, "{:?}", report.totals);
+    let conn = ferry_agent::store::open_reader(&db).unwrap();
+    let head: i64 = conn
+        .query_row("SELECT max(id) FROM events", [], |r| r.get(0))
+        .unwrap();
+    poll_until(
+        Duration::from_secs(30),
+        "the forwarding position to reach the head",
+        async || {
+            let pos: i64 = conn
+                .query_row(
+                    "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0)",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (pos >= head).then_some(()).ok_or(format!("position {pos}, head {head}"))
+        },
+    )
+    .await;
+    let stored: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    poll_until(
+        Duration::from_secs(10),
+        "every stored event at the subscriber",
+        async || seen.lock().unwrap().len() as i64 >= stored,
+    )
+    .await;
+    agent.stop().await.unwrap();
+    sub_stop.cancel();
+    sub.await.unwrap();
+    drop(disk);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

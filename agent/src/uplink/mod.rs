@@ -28,6 +28,8 @@
 //!   the in-flight window, while new data goes out at full speed.
 //! - **Bounded.** At most `inflight` messages are unacked (one read may overshoot by the messages
 //!   it makes); reads are `read_limit` events.
+//! - **Store failures pass.** A failed store read or write (a full disk, an I/O error) changes
+//!   nothing in the ledger and is retried on the next tick; only shutdown ends the uplink.
 //!
 //! Shutdown: stop reading on the timer, wait up to `drain_timeout` for outstanding PUBACKs (a
 //! PUBACK in that time still triggers a read, so the drain can forward what is left up to the
@@ -232,7 +234,12 @@ pub struct Uplink<S: EventSource> {
     stats: Arc<UplinkStats>,
     ledger: Ledger<tokio::sync::oneshot::Sender<()>>,
     downlink: Option<Downlink>,
+    /// Store failures since the last warning, and when that was.
+    store_trouble: (u64, Option<Instant>),
 }
+
+/// Least time between two warnings about the store failing the uplink.
+const STORE_TROUBLE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl<S: EventSource> Uplink<S> {
     /// Prepares the uplink; reads the saved position.
@@ -249,6 +256,7 @@ impl<S: EventSource> Uplink<S> {
             src,
             stats,
             downlink: None,
+            store_trouble: (0, None),
         })
     }
 
@@ -289,7 +297,11 @@ impl<S: EventSource> Uplink<S> {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(ev, &client).await?,
+                    Some(ev) => {
+                        if let Err(e) = self.on_event(ev, &client).await {
+                            self.store_failed(&e);
+                        }
+                    }
                     None => break Ok(()),
                 },
                 o = async { self.downlink.as_mut().expect("guarded").outcomes.recv().await },
@@ -298,12 +310,9 @@ impl<S: EventSource> Uplink<S> {
                     None => self.downlink = None,
                 },
                 _ = tick.tick() => {
-                    if self.ledger.is_connected() {
-                        self.ledger.retry_due(Instant::now());
-                        self.pump(client.as_ref());
-                        self.fill(client.as_ref()).await?;
+                    if let Err(e) = self.on_tick(client.as_ref()).await {
+                        self.store_failed(&e);
                     }
-                    self.maybe_save(false).await?;
                 }
             }
         };
@@ -499,6 +508,30 @@ impl<S: EventSource> Uplink<S> {
             }
         }
         Ok(())
+    }
+
+    /// Every `linger`: republishes what is due, reads what is new, saves the position.
+    async fn on_tick(&mut self, client: &dyn Publisher) -> Result<(), UplinkError> {
+        if self.ledger.is_connected() {
+            self.ledger.retry_due(Instant::now());
+            self.pump(client);
+            self.fill(client).await?;
+        }
+        self.maybe_save(false).await
+    }
+
+    /// A store read or write failed (a full disk, an I/O error). Nothing is lost: the ledger
+    /// changes only after a store operation succeeded, so the next tick repeats what failed.
+    /// The uplink never stops on it (it once did, and forwarding stayed off after a disk-full
+    /// episode until the agent restarted). Warns at most every [`STORE_TROUBLE_LOG_EVERY`].
+    fn store_failed(&mut self, e: &UplinkError) {
+        let (failures, warned) = &mut self.store_trouble;
+        *failures += 1;
+        if warned.is_none_or(|t| t.elapsed() >= STORE_TROUBLE_LOG_EVERY) {
+            tracing::warn!(error = %e, failures = *failures, "The uplink could not read or write the store; retrying.");
+            *failures = 0;
+            *warned = Some(Instant::now());
+        }
     }
 
     /// A message is acked by the broker: count it, tell who waits.
