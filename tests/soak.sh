@@ -11,5 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
-cargo build --locked --release -q -p ferry-agent --bin ferry -p ferry-cloud-bridge --bin ferry-bridge
+# One package per build, as the harness builds them (together, cargo would unify their features
+# and the harness would build both again).
+cargo build --locked --release -q -p ferry-agent --bin ferry
+cargo build --locked --release -q -p ferry-cloud-bridge --bin ferry-bridge
 cargo run --locked --release -q -p ferry-tests --example soak -- "$@"
