@@ -75,6 +75,25 @@ async fn start_agent(toml: &str) -> ferry_agent::Agent {
     ferry_agent::Agent::start(&settings).await.unwrap()
 }
 
+/// Waits (≤ 30 s) until the uplink's saved position reaches event id `head`.
+async fn wait_forwarded_to(conn: &rusqlite::Connection, head: i64) {
+    poll_until(
+        Duration::from_secs(30),
+        "the forwarding position to reach the head",
+        async || {
+            let pos: i64 = conn
+                .query_row(
+                    "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0)",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (pos >= head).then_some(()).ok_or(format!("position {pos}, head {head}"))
+        },
+    )
+    .await;
+}
+
 /// `name` under the system's temp directory, emptied of what an earlier run left there.
 fn fresh_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(name);
@@ -126,21 +145,7 @@ async fn uplink_forwards_everything_through_broker_restarts() {
     let head: i64 = conn
         .query_row("SELECT max(id) FROM events", [], |r| r.get(0))
         .unwrap();
-    poll_until(
-        Duration::from_secs(30),
-        "the forwarding position to reach the head",
-        async || {
-            let pos: i64 = conn
-                .query_row(
-                    "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0)",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            (pos >= head).then_some(()).ok_or(format!("position {pos}, head {head}"))
-        },
-    )
-    .await;
+    wait_forwarded_to(&conn, head).await;
     let stats = agent.uplink_stats.clone();
     agent.stop().await.unwrap();
     // Every stored event arrived at least once.
@@ -241,21 +246,7 @@ async fn forwarding_goes_on_through_a_full_disk() {
     let head: i64 = conn
         .query_row("SELECT max(id) FROM events", [], |r| r.get(0))
         .unwrap();
-    poll_until(
-        Duration::from_secs(30),
-        "the forwarding position to reach the head",
-        async || {
-            let pos: i64 = conn
-                .query_row(
-                    "SELECT coalesce((SELECT event_id FROM forward_cursor WHERE name = 'uplink'), 0)",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            (pos >= head).then_some(()).ok_or(format!("position {pos}, head {head}"))
-        },
-    )
-    .await;
+    wait_forwarded_to(&conn, head).await;
     let stored: i64 = conn
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
         .unwrap();
