@@ -5,7 +5,15 @@
 //! [`Device::poll_transmit`] (next frame to send, until `None`) and [`Device::take_action`]
 //! (board-level effects of commands). Time is passed in as milliseconds since boot.
 //!
-//! Transmission priority: Hello (while connecting) > command results > heartbeat > samples.
+//! Transmission priority: Hello (while connecting) > command results > update status > heartbeat >
+//! samples.
+//!
+//! Firmware updates (PROTOCOL.md section 9): [`Device::receive_with`] hands the update messages to
+//! an [`Updates`] implementation (the updater over the board's flash) and sends its answer, the
+//! latest status replacing an unsent older one; after each `Welcome` of this boot it sends the
+//! updater's status. A commit that marked a new image is answered first and then handed to the
+//! owner as [`Action::Reboot`]. [`Device::receive`] is for devices that cannot be updated: update
+//! messages are ignored and no status is ever sent.
 //!
 //! Commands (PROTOCOL.md section 6): `SetInterval` answers `UnknownSensor` for a sensor the table
 //! lacks and `InvalidArgument` for an interval outside the channel's `min_interval_ms ..=`
@@ -27,8 +35,8 @@
 
 use ferry_wire::{
     encode, Command, CommandKind, CommandResult, CommandStatus, Decoder, Heartbeat, Hello, Message,
-    Sample, SensorInfo, LAST_SEQ, MAX_DEVICE_ID_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME,
-    MAX_SENSORS,
+    Sample, SensorInfo, UpdateStatus, LAST_SEQ, MAX_DEVICE_ID_LEN, MAX_OPAQUE_LEN,
+    MAX_SAMPLES_PER_FRAME, MAX_SENSORS,
 };
 use heapless::{Deque, String, Vec};
 
@@ -36,10 +44,11 @@ use crate::ring::SampleRing;
 use crate::rtt::RttEstimator;
 use crate::schedule::Schedule;
 use crate::sensors::{Sensors, MAX_INTERVAL_MS};
+use crate::update::{NoUpdates, Updates};
 use crate::TICK_HZ;
 
-/// Gateway → device frames are small; this bounds the device's receive buffers.
-const RX_FRAME_MAX: usize = 256;
+/// The longest gateway → device frame is a firmware chunk; this bounds the receive buffer.
+const RX_FRAME_MAX: usize = ferry_wire::update::MAX_DOWNLINK_FRAME_LEN;
 /// Command ids remembered for de-duplication.
 const RECENT_COMMANDS: usize = 8;
 
@@ -235,6 +244,7 @@ pub struct Device<const RING: usize = { crate::DEFAULT_RING }> {
     actions: Deque<Action, 4>,
     reboot_pending: bool,
     reboot_handed_out: bool,
+    update_status: Option<UpdateStatus>,
     decoder: Decoder<RX_FRAME_MAX>,
     stats: DeviceStats,
 }
@@ -278,6 +288,7 @@ impl<const RING: usize> Device<RING> {
             actions: Deque::new(),
             reboot_pending: false,
             reboot_handed_out: false,
+            update_status: None,
             decoder: Decoder::new(),
             stats: DeviceStats::default(),
             cfg,
@@ -365,8 +376,13 @@ impl<const RING: usize> Device<RING> {
         }
     }
 
-    /// Feeds bytes received from the gateway.
+    /// Feeds bytes received from the gateway (a device that cannot be updated).
     pub fn receive(&mut self, now_ms: u64, bytes: &[u8]) {
+        self.receive_with(now_ms, bytes, &mut NoUpdates)
+    }
+
+    /// Feeds bytes received from the gateway; update messages go to `updates`.
+    pub fn receive_with(&mut self, now_ms: u64, bytes: &[u8], updates: &mut impl Updates) {
         let mut input = bytes;
         loop {
             let msg = match self.decoder.feed(&mut input) {
@@ -375,16 +391,34 @@ impl<const RING: usize> Device<RING> {
                     self.stats.frames_rejected += 1;
                     continue;
                 }
+                Some(Ok(
+                    m @ (Message::UpdateBegin(_)
+                    | Message::UpdateChunk(_)
+                    | Message::UpdateCommit(_)
+                    | Message::UpdateAbort(_)),
+                )) => {
+                    self.last_rx_ms = now_ms;
+                    if let Some(reply) = updates.handle(now_ms, &m) {
+                        self.update_status = Some(reply.status);
+                        self.reboot_pending |= reply.reboot;
+                    }
+                    continue;
+                }
                 Some(Ok(m)) => Downlink::from_message(m),
             };
-            self.handle(now_ms, msg);
+            if self.handle(now_ms, msg) {
+                if let Some(status) = updates.welcomed(now_ms) {
+                    self.update_status = Some(status);
+                }
+            }
         }
     }
 
-    fn handle(&mut self, now_ms: u64, msg: Downlink) {
+    /// Applies one message; true when it was this boot's `Welcome`.
+    fn handle(&mut self, now_ms: u64, msg: Downlink) -> bool {
         if matches!(msg, Downlink::Unexpected) {
             self.stats.unexpected += 1;
-            return;
+            return false;
         }
         self.last_rx_ms = now_ms;
         match msg {
@@ -398,6 +432,7 @@ impl<const RING: usize> Device<RING> {
                 // The gateway may have lost frames in flight: resend everything held.
                 self.send_seq = self.ring.oldest();
                 self.inflight_since = None;
+                return true;
             }
             Downlink::Ack { boot_id, next_seq } if boot_id == self.cfg.boot_id => {
                 self.apply_ack(now_ms, next_seq)
@@ -410,6 +445,7 @@ impl<const RING: usize> Device<RING> {
             // Welcome/Ack for another boot: stale, ignore.
             _ => {}
         }
+        false
     }
 
     fn apply_ack(&mut self, now_ms: u64, next_seq: u32) {
@@ -509,13 +545,13 @@ impl<const RING: usize> Device<RING> {
     }
 
     /// The next board-level action to carry out. `Reboot` comes only after every command result
-    /// was handed to the transmitter, and only once: an owner that drains this in a loop before
+    /// and update status was handed to the transmitter, and only once: an owner that drains this in a loop before
     /// resetting (or replacing) the device must see the loop end.
     pub fn take_action(&mut self) -> Option<Action> {
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
         }
-        if self.reboot_handed_out || !self.results.is_empty() {
+        if self.reboot_handed_out || !self.results.is_empty() || self.update_status.is_some() {
             return None;
         }
         let used_up = self.ring.next_seq() > LAST_SEQ
@@ -556,6 +592,8 @@ impl<const RING: usize> Device<RING> {
                 data: &r.data,
             });
             encode(&msg, out).ok()
+        } else if let Some(status) = self.update_status.take() {
+            encode(&Message::UpdateStatus(status), out).ok()
         } else if now_ms >= self.next_heartbeat_ms {
             self.next_heartbeat_ms = now_ms + u64::from(self.cfg.heartbeat_interval_ms);
             let msg = Message::Heartbeat(Heartbeat {

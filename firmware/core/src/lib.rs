@@ -16,12 +16,18 @@
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
+#[cfg(all(feature = "ram-flash", not(test)))]
+extern crate std;
+
 mod device;
+#[cfg(feature = "ram-flash")]
+pub mod ram_flash;
 mod ring;
 mod rtt;
 pub mod runner;
 mod schedule;
 pub mod sensors;
+pub mod update;
 
 pub use device::{Action, Device, DeviceConfig, DeviceStats, LinkState};
 pub use ring::SampleRing;

@@ -8,6 +8,7 @@
 use embedded_io::{Read, ReadReady, Write};
 use ferry_wire::{CommandStatus, MAX_ENCODED_LEN, MAX_OPAQUE_LEN};
 
+use crate::update::{NoUpdates, Updates};
 use crate::{Action, Device, Sensors};
 
 /// What a board provides besides its serial port and sensors.
@@ -39,7 +40,7 @@ pub trait Board {
     fn observe<const RING: usize>(&mut self, _now_ms: u64, _device: &Device<RING>) {}
 }
 
-/// Runs the device forever over `port`.
+/// Runs a device that cannot be updated forever over `port`.
 pub fn run<P, S, B, const RING: usize>(
     device: &mut Device<RING>,
     port: &mut P,
@@ -51,6 +52,25 @@ where
     S: Sensors,
     B: Board,
 {
+    run_with_updates(device, port, sensors, board, &mut NoUpdates)
+}
+
+/// Runs the device forever over `port`, with firmware updates through `updates` (an
+/// [`crate::update::Updater`] over the board's flash). A new image on trial that the gateway does
+/// not welcome in time resets the board, and the bootloader restores the old image.
+pub fn run_with_updates<P, S, B, U, const RING: usize>(
+    device: &mut Device<RING>,
+    port: &mut P,
+    sensors: &mut S,
+    board: &mut B,
+    updates: &mut U,
+) -> !
+where
+    P: Read + ReadReady + Write,
+    S: Sensors,
+    B: Board,
+    U: Updates,
+{
     let mut rx = [0u8; 64];
     let mut tx = [0u8; MAX_ENCODED_LEN];
     let mut reply = [0u8; MAX_OPAQUE_LEN];
@@ -59,7 +79,7 @@ where
         device.step(now, sensors);
         while let Ok(true) = port.read_ready() {
             match port.read(&mut rx) {
-                Ok(n) if n > 0 => device.receive(now, &rx[..n]),
+                Ok(n) if n > 0 => device.receive_with(now, &rx[..n], updates),
                 _ => break,
             }
         }
@@ -81,6 +101,10 @@ where
                     device.complete_command(id, status, &reply[..n]);
                 }
             }
+        }
+        if updates.poll(now) {
+            let _ = port.flush();
+            board.reboot()
         }
         board.idle(now);
     }

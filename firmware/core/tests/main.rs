@@ -1,4 +1,5 @@
 //! Device state machine driven by a minimal in-test gateway.
+mod update;
 use ferry_firmware::sensors::synthetic::Synthetic;
 use ferry_firmware::{Action, Device, DeviceConfig, LinkState};
 use ferry_wire::*;

@@ -33,11 +33,16 @@ mod decoder;
 mod message;
 #[cfg(feature = "alloc")]
 pub mod owned;
+pub mod update;
 
 pub use accept::{Accepted, Acceptor};
 pub use codec::{decode_body, encode, EncodeError};
 pub use decoder::{Decoder, Rejected};
 pub use message::*;
+pub use update::{
+    UpdateAbort, UpdateBegin, UpdateChunk, UpdateCommit, UpdateError, UpdateState, UpdateStatus,
+    MAX_CHUNK_LEN,
+};
 
 /// Protocol version carried in the first byte of every frame body.
 pub const PROTOCOL_VERSION: u8 = 1;

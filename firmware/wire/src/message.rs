@@ -1,16 +1,20 @@
 //! Every message of the device link, in one tag space for both directions.
 //!
 //! The postcard encoding of these types *is* the protocol: field order, enum variant order and
-//! integer widths must never change within a protocol version. Tags 0..=3 travel device → gateway,
-//! 4..=7 gateway → device; a side that receives a message meant for the other direction treats it
-//! as unexpected (this catches echoing links such as a pty left in cooked mode).
+//! integer widths must never change within a protocol version. Tags 0..=3 and 8 travel device →
+//! gateway, 4..=7 and 9..=12 gateway → device; a side that receives a message meant for the other
+//! direction treats it as unexpected (this catches echoing links such as a pty left in cooked mode).
+//! Tags 8..=12 are the firmware update messages (section 9), added after the others: new variants
+//! only ever go at the end.
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
+use crate::update::{begin_is_valid, chunk_is_valid, status_is_valid};
 use crate::{
-    LAST_SEQ, MAX_DEVICE_ID_LEN, MAX_FIRMWARE_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME,
-    MAX_SENSORS, MAX_SENSOR_NAME_LEN, MAX_UNIT_LEN,
+    UpdateAbort, UpdateBegin, UpdateChunk, UpdateCommit, UpdateStatus, LAST_SEQ, MAX_DEVICE_ID_LEN,
+    MAX_FIRMWARE_LEN, MAX_OPAQUE_LEN, MAX_SAMPLES_PER_FRAME, MAX_SENSORS, MAX_SENSOR_NAME_LEN,
+    MAX_UNIT_LEN,
 };
 
 /// Names never contain U+0000 (decision D3: ids, names and units travel into C strings, SQL and
@@ -38,10 +42,20 @@ pub enum Message<'a> {
     Command(#[serde(borrow)] Command<'a>),
     /// Tag 7, gateway → device: "who are you?" — the device answers with a Hello at once.
     HelloRequest,
+    /// Tag 8, device → gateway: where the device's firmware update stands.
+    UpdateStatus(UpdateStatus),
+    /// Tag 9, gateway → device: start or resume writing an image.
+    UpdateBegin(#[serde(borrow)] UpdateBegin<'a>),
+    /// Tag 10, gateway → device: image bytes.
+    UpdateChunk(#[serde(borrow)] UpdateChunk<'a>),
+    /// Tag 11, gateway → device: verify the written image, mark it and reset into it.
+    UpdateCommit(UpdateCommit),
+    /// Tag 12, gateway → device: forget a transfer.
+    UpdateAbort(UpdateAbort),
 }
 
 impl Message<'_> {
-    /// True for messages a device sends (tags 0..=3).
+    /// True for messages a device sends (tags 0..=3 and 8).
     pub const fn is_uplink(&self) -> bool {
         matches!(
             self,
@@ -49,12 +63,13 @@ impl Message<'_> {
                 | Message::Samples(_)
                 | Message::Heartbeat(_)
                 | Message::CommandResult(_)
+                | Message::UpdateStatus(_)
         )
     }
 
     /// Checks the limits postcard cannot express (PROTOCOL.md section 1, "Limits"): string lengths,
     /// empty ids, NUL in strings, unique sensor indexes, `tick_hz > 0`, `oldest <= first_seq`, and
-    /// no sequence number above [`LAST_SEQ`].
+    /// no sequence number above [`LAST_SEQ`]; for the update messages, the limits of section 9.
     pub fn is_valid(&self) -> bool {
         match self {
             Message::Hello(h) => {
@@ -85,6 +100,11 @@ impl Message<'_> {
                 CommandKind::Opaque(d) => d.len() <= MAX_OPAQUE_LEN,
                 _ => true,
             },
+            Message::UpdateStatus(s) => status_is_valid(s),
+            Message::UpdateBegin(b) => begin_is_valid(b),
+            Message::UpdateChunk(c) => chunk_is_valid(c),
+            Message::UpdateCommit(c) => c.id != 0,
+            Message::UpdateAbort(a) => a.id != 0,
             Message::Heartbeat(_)
             | Message::Welcome(_)
             | Message::Ack(_)
