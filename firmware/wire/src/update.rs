@@ -95,13 +95,11 @@ pub fn compare_versions(a: &str, b: &str) -> Option<core::cmp::Ordering> {
     }
     fn parts(v: &str) -> Option<[u32; 4]> {
         let mut out = [0u32; 4];
-        let mut count = 0;
-        for p in core_part(v).split('.') {
-            if count == 4 || p.is_empty() || p.len() > 9 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        for (i, p) in core_part(v).split('.').enumerate() {
+            if i == 4 || p.is_empty() || p.len() > 9 || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            out[count] = p.parse().ok()?;
-            count += 1;
+            out[i] = p.parse().ok()?;
         }
         Some(out)
     }
