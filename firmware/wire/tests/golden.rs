@@ -8,6 +8,28 @@ use ferry_wire::*;
 
 const SPEC: &str = include_str!("../PROTOCOL.md");
 
+/// Section 9.6's example image: 65,536 bytes, byte `i` = `i mod 251`.
+fn example_image() -> Vec<u8> {
+    (0..65_536u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// RFC 8032's first test key (section 7.1, TEST 1): a published key, for vectors only.
+const TEST_SECRET: [u8; 32] = [
+    0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4,
+    0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60,
+];
+
+/// SHA-256 of [`example_image`] and the test key's signature of its signed message.
+fn example_signature() -> ([u8; 32], [u8; 64]) {
+    use ed25519_dalek::Signer;
+    use sha2::Digest;
+    let sha: [u8; 32] = sha2::Sha256::digest(example_image()).into();
+    let mut msg = [0u8; update::MAX_SIGNED_LEN];
+    let n = update::signed_message(65_536, "1.1.0", "microbit", &sha, &mut msg).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&TEST_SECRET);
+    (sha, key.sign(&msg[..n]).to_bytes())
+}
+
 fn golden_messages() -> Vec<(&'static str, Message<'static>)> {
     let mut sensors = heapless::Vec::new();
     sensors
@@ -77,6 +99,10 @@ fn golden_messages() -> Vec<(&'static str, Message<'static>)> {
             value: 21.1,
         })
         .collect();
+    let (sha, sig) = example_signature();
+    let sha: &'static [u8] = Vec::leak(sha.to_vec());
+    let sig: &'static [u8] = Vec::leak(sig.to_vec());
+    let chunk: &'static [u8] = Vec::leak(example_image()[1536..1568].to_vec());
     vec![
         (
             "hello",
@@ -201,7 +227,97 @@ fn golden_messages() -> Vec<(&'static str, Message<'static>)> {
                 samples: piece,
             }),
         ),
+        (
+            "update_status",
+            Message::UpdateStatus(UpdateStatus {
+                id: 7,
+                state: UpdateState::Receiving,
+                offset: 1536,
+                error: UpdateError::None,
+                max_chunk: 512,
+                window: 1024,
+            }),
+        ),
+        (
+            "update_status_rolled_back",
+            Message::UpdateStatus(UpdateStatus {
+                id: 7,
+                state: UpdateState::Failed,
+                offset: 0,
+                error: UpdateError::RolledBack,
+                max_chunk: 512,
+                window: 1024,
+            }),
+        ),
+        (
+            "update_begin",
+            Message::UpdateBegin(example_begin(sha, sig)),
+        ),
+        (
+            "update_chunk",
+            Message::UpdateChunk(UpdateChunk {
+                id: 7,
+                offset: 1536,
+                data: chunk,
+            }),
+        ),
+        (
+            "update_commit",
+            Message::UpdateCommit(UpdateCommit { id: 7 }),
+        ),
+        ("update_abort", Message::UpdateAbort(UpdateAbort { id: 7 })),
     ]
+}
+
+fn example_begin<'a>(sha256: &'a [u8], signature: &'a [u8]) -> UpdateBegin<'a> {
+    UpdateBegin {
+        id: 7,
+        slot: 1,
+        length: 65_536,
+        version: "1.1.0",
+        board: "microbit",
+        sha256,
+        signature,
+        force: false,
+    }
+}
+
+#[test]
+fn the_example_signature_verifies_with_the_test_public_key() {
+    use ed25519_dalek::Verifier;
+    let (sha, sig) = example_signature();
+    let key = ed25519_dalek::SigningKey::from_bytes(&TEST_SECRET).verifying_key();
+    let spec_key = spec_hex_after("public key: `");
+    assert_eq!(
+        key.to_bytes().to_vec(),
+        spec_key,
+        "section 9.6's public key"
+    );
+    assert_eq!(
+        sha.to_vec(),
+        spec_hex_after("SHA-256: `"),
+        "section 9.6's image hash"
+    );
+    assert_eq!(
+        sig.to_vec(),
+        spec_hex_after("signature: `"),
+        "section 9.6's signature"
+    );
+    let mut msg = [0u8; update::MAX_SIGNED_LEN];
+    let n = update::signed_message(65_536, "1.1.0", "microbit", &sha, &mut msg).unwrap();
+    assert_eq!(msg[..n].to_vec(), spec_hex_after("signed message: `"));
+    let sig = ed25519_dalek::Signature::from_bytes(&sig);
+    key.verify(&msg[..n], &sig).unwrap();
+}
+
+/// The hex bytes in backquotes after `label` in PROTOCOL.md.
+fn spec_hex_after(label: &str) -> Vec<u8> {
+    let at = SPEC
+        .find(label)
+        .unwrap_or_else(|| panic!("PROTOCOL.md has no `{label}`"))
+        + label.len();
+    let end = SPEC[at..].find('`').unwrap();
+    parse_hex(&SPEC[at..at + end])
 }
 
 /// `(name, reason, frame)` of every rejected vector, built here from its description (the spec's
@@ -266,6 +382,56 @@ fn rejected_frames() -> Vec<(&'static str, RejectReason, Vec<u8>)> {
             RejectReason::Malformed,
             unchecked_frame(&hello("dev\u{0}01", 1000)),
         ),
+        (
+            "update_chunk_empty",
+            RejectReason::Malformed,
+            unchecked_frame(&Message::UpdateChunk(UpdateChunk {
+                id: 7,
+                offset: 1536,
+                data: &[],
+            })),
+        ),
+        (
+            "update_begin_short_signature",
+            RejectReason::Malformed,
+            unchecked_frame(&Message::UpdateBegin(example_begin(
+                &[0x11; 32],
+                &[0x22; 63],
+            ))),
+        ),
+        (
+            "update_begin_force_2",
+            RejectReason::Malformed,
+            // `force` is the message's last byte: 2 is not a postcard bool.
+            unchecked_frame_with_last_byte(
+                &Message::UpdateBegin(example_begin(&[0x11; 32], &[0x22; 64])),
+                2,
+            ),
+        ),
+        (
+            "update_status_idle_with_id",
+            RejectReason::Malformed,
+            unchecked_frame(&Message::UpdateStatus(UpdateStatus {
+                id: 3,
+                state: UpdateState::Idle,
+                offset: 0,
+                error: UpdateError::None,
+                max_chunk: 512,
+                window: 1024,
+            })),
+        ),
+        (
+            "update_status_max_chunk_100",
+            RejectReason::Malformed,
+            unchecked_frame(&Message::UpdateStatus(UpdateStatus {
+                id: 7,
+                state: UpdateState::Receiving,
+                offset: 0,
+                error: UpdateError::None,
+                max_chunk: 100,
+                window: 1024,
+            })),
+        ),
     ]
 }
 
@@ -276,6 +442,20 @@ fn unchecked_frame(m: &Message<'_>) -> Vec<u8> {
     let mut body = [0u8; MAX_BODY_LEN];
     body[0] = PROTOCOL_VERSION;
     let n = 1 + postcard::to_slice(m, &mut body[1..]).unwrap().len();
+    cobs_frame(&mut body, n)
+}
+
+/// [`unchecked_frame`] with the message's last byte replaced.
+fn unchecked_frame_with_last_byte(m: &Message<'_>, last: u8) -> Vec<u8> {
+    let mut body = [0u8; MAX_BODY_LEN];
+    body[0] = PROTOCOL_VERSION;
+    let n = 1 + postcard::to_slice(m, &mut body[1..]).unwrap().len();
+    body[n - 1] = last;
+    cobs_frame(&mut body, n)
+}
+
+/// Appends the CRC to `body[..n]` and COBS-frames it.
+fn cobs_frame(body: &mut [u8; MAX_BODY_LEN], n: usize) -> Vec<u8> {
     let crc = crc32(&body[..n]);
     body[n..n + 4].copy_from_slice(&crc.to_le_bytes());
     let mut out = vec![0u8];
@@ -411,12 +591,14 @@ fn independent_python_encoder_agrees() {
     let mut encoded = Vec::new();
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
+    let mut checked = Vec::new();
     for line in text.lines() {
         let mut words = line.splitn(3, ' ');
         match (words.next(), words.next(), words.next()) {
             (Some("encode"), Some(name), Some(hex)) => encoded.push((name, parse_hex(hex))),
             (Some("accept"), Some(name), None) => accepted.push(name),
             (Some("reject"), Some(name), Some(reason)) => rejected.push((name, reason)),
+            (Some("check"), Some(what), None) => checked.push(what),
             _ => panic!("unexpected line from the python peer: {line}"),
         }
     }
@@ -445,5 +627,10 @@ fn independent_python_encoder_agrees() {
             .map(|(n, r, _)| (n.as_str(), r.as_str()))
             .collect::<Vec<_>>(),
         "the python decoder rejects every rejected vector for the spec's reason"
+    );
+    assert_eq!(
+        checked,
+        ["signature"],
+        "the python peer made and verified section 9.6's signature"
     );
 }

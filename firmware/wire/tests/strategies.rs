@@ -33,6 +33,24 @@ pub enum Owned {
         kind: OwnedKind,
     },
     HelloRequest,
+    UpdateStatus(UpdateStatus),
+    UpdateBegin {
+        id: u32,
+        slot: u8,
+        length: u32,
+        version: String,
+        board: String,
+        sha256: Vec<u8>,
+        signature: Vec<u8>,
+        force: bool,
+    },
+    UpdateChunk {
+        id: u32,
+        offset: u32,
+        data: Vec<u8>,
+    },
+    UpdateCommit(u32),
+    UpdateAbort(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +126,33 @@ impl Owned {
                 },
             }),
             Owned::HelloRequest => Message::HelloRequest,
+            Owned::UpdateStatus(s) => Message::UpdateStatus(*s),
+            Owned::UpdateBegin {
+                id,
+                slot,
+                length,
+                version,
+                board,
+                sha256,
+                signature,
+                force,
+            } => Message::UpdateBegin(UpdateBegin {
+                id: *id,
+                slot: *slot,
+                length: *length,
+                version,
+                board,
+                sha256,
+                signature,
+                force: *force,
+            }),
+            Owned::UpdateChunk { id, offset, data } => Message::UpdateChunk(UpdateChunk {
+                id: *id,
+                offset: *offset,
+                data,
+            }),
+            Owned::UpdateCommit(id) => Message::UpdateCommit(UpdateCommit { id: *id }),
+            Owned::UpdateAbort(id) => Message::UpdateAbort(UpdateAbort { id: *id }),
         }
     }
 }
@@ -205,6 +250,23 @@ pub fn owned() -> impl Strategy<Value = Owned> {
     ];
     let command = (any::<u32>(), kind).prop_map(|(id, kind)| Owned::Command { id, kind });
     prop_oneof![
+        8 => plain(hello, samples, heartbeat, result, welcome, ack, command),
+        2 => update(),
+    ]
+}
+
+/// The messages of sections 2 to 6 (also what a device without an updater sends and takes).
+#[allow(clippy::too_many_arguments)]
+fn plain(
+    hello: impl Strategy<Value = Owned> + 'static,
+    samples: impl Strategy<Value = Owned> + 'static,
+    heartbeat: impl Strategy<Value = Owned> + 'static,
+    result: impl Strategy<Value = Owned> + 'static,
+    welcome: impl Strategy<Value = Owned> + 'static,
+    ack: impl Strategy<Value = Owned> + 'static,
+    command: impl Strategy<Value = Owned> + 'static,
+) -> impl Strategy<Value = Owned> {
+    prop_oneof![
         hello,
         samples,
         heartbeat,
@@ -213,6 +275,94 @@ pub fn owned() -> impl Strategy<Value = Owned> {
         ack,
         command,
         Just(Owned::HelloRequest)
+    ]
+}
+
+pub fn update_state() -> impl Strategy<Value = UpdateState> {
+    prop_oneof![
+        Just(UpdateState::Receiving),
+        Just(UpdateState::Rebooting),
+        Just(UpdateState::Trial),
+        Just(UpdateState::Done),
+        Just(UpdateState::Failed),
+    ]
+}
+
+pub fn update_error() -> impl Strategy<Value = UpdateError> {
+    (0u8..14).prop_map(|i| {
+        [
+            UpdateError::None,
+            UpdateError::Busy,
+            UpdateError::BadSlot,
+            UpdateError::TooBig,
+            UpdateError::WrongBoard,
+            UpdateError::NotNewer,
+            UpdateError::BadVersion,
+            UpdateError::BadHash,
+            UpdateError::BadSignature,
+            UpdateError::Flash,
+            UpdateError::RolledBack,
+            UpdateError::Aborted,
+            UpdateError::UnknownId,
+            UpdateError::Incomplete,
+        ][usize::from(i)]
+    })
+}
+
+/// Valid firmware update messages (section 9).
+pub fn update() -> impl Strategy<Value = Owned> {
+    use ferry_wire::update::{
+        CHUNK_ALIGN, MAX_BOARD_LEN, MAX_VERSION_LEN, SHA256_LEN, SIGNATURE_LEN,
+    };
+    let status = (
+        prop_oneof![Just((0, UpdateState::Idle)), (1..=u32::MAX, update_state())],
+        any::<u32>(),
+        update_error(),
+        1..=(MAX_CHUNK_LEN / CHUNK_ALIGN) as u16,
+        any::<u16>(),
+    )
+        .prop_map(|((id, state), offset, error, chunks, extra)| {
+            let max_chunk = chunks * CHUNK_ALIGN as u16;
+            Owned::UpdateStatus(UpdateStatus {
+                id,
+                state,
+                offset,
+                error,
+                max_chunk,
+                window: max_chunk.saturating_add(extra),
+            })
+        });
+    let begin = (
+        (1..=u32::MAX, any::<u8>(), 1..=u32::MAX, any::<bool>()),
+        text(MAX_VERSION_LEN).prop_filter("non-empty", |s| !s.is_empty()),
+        text(MAX_BOARD_LEN).prop_filter("non-empty", |s| !s.is_empty()),
+        vec(any::<u8>(), SHA256_LEN),
+        vec(any::<u8>(), SIGNATURE_LEN),
+    )
+        .prop_map(
+            |((id, slot, length, force), version, board, sha256, signature)| Owned::UpdateBegin {
+                id,
+                slot,
+                length,
+                version,
+                board,
+                sha256,
+                signature,
+                force,
+            },
+        );
+    let chunk = (
+        1..=u32::MAX,
+        0..=u32::MAX - MAX_CHUNK_LEN as u32,
+        vec(any::<u8>(), 1..=MAX_CHUNK_LEN),
+    )
+        .prop_map(|(id, offset, data)| Owned::UpdateChunk { id, offset, data });
+    prop_oneof![
+        status,
+        begin,
+        chunk,
+        (1..=u32::MAX).prop_map(Owned::UpdateCommit),
+        (1..=u32::MAX).prop_map(Owned::UpdateAbort),
     ]
 }
 
