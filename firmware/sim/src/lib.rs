@@ -16,12 +16,14 @@
 //! seq below `acked_next` except at most `dropped` of them.
 #![warn(missing_docs)]
 
+pub mod firmware;
 pub mod pty;
 pub mod receiver;
 pub mod report;
 pub mod sensors;
 mod sim;
 
+pub use firmware::SimUpdate;
 pub use report::{BootReport, DeviceReport, Report};
 pub use sim::{run, SimConfig, Transport, COMMANDS_HELP, OPAQUE_FAIL_PREFIX};
 

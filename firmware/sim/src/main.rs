@@ -4,6 +4,8 @@
 //! ferry-sim --devices 50 --rate 333 --samples 1000000            # TCP to 127.0.0.1:7879
 //! ferry-sim --devices 4 --pty --pty-dir /tmp/ferry-ports         # ptys, symlinked for globbing
 //! ferry-sim --devices 50 --rate 333 --samples 1000000 --loopback # against the built-in receiver
+//! ferry-sim --devices 50 --update-key vendor.pub --firmware 1.0.0  # devices that take updates
+//! ferry-sim image --version 1.1.0 --size 65536 --out app.bin      # an image for them
 //! ```
 //!
 //! `--help` ends with how the devices answer commands ([`ferry_sim::COMMANDS_HELP`]).
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ferry_sim::receiver::{verify, Receiver};
 use ferry_sim::{run, SimConfig, Transport};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,10 @@ use tokio_util::sync::CancellationToken;
     about = "Simulated Ferry devices (the real firmware core on the host)",
     after_help = ferry_sim::COMMANDS_HELP
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Number of devices.
     #[arg(long, default_value_t = 1)]
     devices: usize,
@@ -83,6 +88,65 @@ struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Devices take firmware updates signed by this key (PEM public key or 64 hex digits).
+    #[arg(long, value_name = "FILE")]
+    update_key: Option<PathBuf>,
+    /// With --update-key: the version every device's first image has.
+    #[arg(long, default_value = "1.0.0")]
+    firmware: String,
+    /// With --update-key: a new image not welcomed by the gateway within this many seconds
+    /// resets, and the bootloader restores the old one.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    trial_timeout: f64,
+    /// Pace each link to this serial line rate, in baud with 8N1 framing (10 bits per byte), in
+    /// both directions. TCP and ptys have no baud rate of their own.
+    #[arg(long)]
+    baud: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a firmware image for simulated devices (sign it with `ferry firmware sign --board
+    /// ferry-sim`).
+    Image {
+        /// The image's version (dot-separated numbers, e.g. 1.1.0).
+        #[arg(long)]
+        version: String,
+        /// Size in bytes (the simulated slot holds 131,072).
+        #[arg(long, default_value_t = 65_536)]
+        size: usize,
+        /// An image that never confirms itself once booted (its self-test "fails"): the
+        /// bootloader rolls it back.
+        #[arg(long)]
+        never_confirm: bool,
+        /// Where to write it.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+/// Reads an ed25519 public key: a PEM file (`-----BEGIN PUBLIC KEY-----`, as written by `ferry
+/// firmware keygen` or `openssl pkey -pubout`) or 64 hex digits.
+fn read_public_key(path: &std::path::Path) -> Result<[u8; 32], String> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--update-key {}: {e}", path.display()))?;
+    let hex = text.trim();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut key = [0u8; 32];
+        for (i, k) in key.iter_mut().enumerate() {
+            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        return Ok(key);
+    }
+    ed25519_dalek::VerifyingKey::from_public_key_pem(&text)
+        .map(|k| k.to_bytes())
+        .map_err(|e| {
+            format!(
+                "--update-key {}: not an ed25519 public key (PEM \"BEGIN PUBLIC KEY\" or 64 hex digits): {e}",
+                path.display()
+            )
+        })
 }
 
 fn config(a: &Args) -> Result<SimConfig, String> {
@@ -130,6 +194,15 @@ fn config(a: &Args) -> Result<SimConfig, String> {
         seed: a.seed,
         measure_latency: a.latency,
         lockstep: a.lockstep,
+        update: match &a.update_key {
+            Some(path) => Some(ferry_sim::SimUpdate {
+                public_key: read_public_key(path)?,
+                version: a.firmware.clone(),
+                trial_timeout_ms: (a.trial_timeout * 1000.0) as u32,
+            }),
+            None => None,
+        },
+        line_rate: a.baud.map(|b| b / 10),
         ..SimConfig::default()
     })
 }
@@ -143,6 +216,31 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Command::Image {
+        version,
+        size,
+        never_confirm,
+        out,
+    }) = &args.command
+    {
+        let written =
+            ferry_sim::firmware::make_image(version, *size, !never_confirm).and_then(|img| {
+                std::fs::write(out, img).map_err(|e| format!("{}: {e}", out.display()))
+            });
+        return match written {
+            Ok(()) => {
+                eprintln!(
+                    "ferry-sim: wrote {} ({size} bytes, version {version})",
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry-sim: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut cfg = match config(&args) {
         Ok(c) => c,
         Err(e) => {

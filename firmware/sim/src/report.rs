@@ -21,11 +21,15 @@ pub struct BootReport {
     pub unacked_at_end: u64,
     /// Go-back-N rewinds.
     pub retransmits: u32,
+    /// The firmware version this boot ran (what its Hello said).
+    pub firmware: String,
 }
 
 /// One simulated device.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DeviceReport {
+    /// Why the device stopped for good: its flash held no bootable image (never expected).
+    pub bricked: Option<String>,
     /// Device id.
     pub device_id: String,
     /// Boots in order; more than one after reboot injection.

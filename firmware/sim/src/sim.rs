@@ -10,6 +10,12 @@
 //! and `Reboot`; `Identify` is `unsupported` (nothing to blink); `Opaque` is echoed (`ok`) unless
 //! its payload starts with [`OPAQUE_FAIL_PREFIX`] (`failed`, the rest of the payload as result
 //! data). A reboot, commanded or injected, keeps the link and starts a new boot with a new id.
+//!
+//! With [`SimConfig::update`] each device has a flash with the real updater and bootloader
+//! ([`crate::firmware`]): it reports its update status after each Welcome, takes images, and a
+//! reset runs the bootloader, so an update, a rollback and the new version in the Hello are the
+//! real thing. [`SimConfig::line_rate`] paces each link to a serial line's rate both ways (neither
+//! TCP nor a pty has a baud rate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,10 +32,12 @@ use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::firmware::{Firmware, SimUpdate};
 use crate::pty::Pty;
 use crate::report::{BootReport, DeviceReport, Report};
 use crate::sensors::SimSensors;
 use crate::SIM_RING;
+use ferry_firmware::update::Updates;
 
 /// Outgoing bytes buffered per device before it stops handing out frames.
 const HIGH_WATER: usize = 64 * 1024;
@@ -111,6 +119,11 @@ pub struct SimConfig {
     /// transmits at once). Off by default: independent microcontrollers tick in unrelated phases,
     /// so each device's ticks are offset by a fixed fraction of the tick.
     pub lockstep: bool,
+    /// Devices take firmware updates (a flash, the updater and the bootloader per device).
+    pub update: Option<SimUpdate>,
+    /// Pace each link to this many bytes per second in each direction (115,200 baud 8N1 moves
+    /// 11,520); `None` = as fast as the transport goes.
+    pub line_rate: Option<u32>,
 }
 
 impl Default for SimConfig {
@@ -134,6 +147,8 @@ impl Default for SimConfig {
             retransmit_timeout_ms: 500,
             measure_latency: false,
             lockstep: false,
+            update: None,
+            line_rate: None,
         }
     }
 }
@@ -257,22 +272,31 @@ struct Sim {
     dev: Device<SIM_RING>,
     sensors: SimSensors,
     booted: Instant,
+    firmware: Option<Firmware>,
 }
 
 impl Sim {
-    fn boot(cfg: &SimConfig, id: &str, boot_id: u32) -> Self {
+    fn boot(cfg: &SimConfig, id: &str, boot_id: u32, firmware: Option<Firmware>) -> Self {
         let sensors = SimSensors::new(cfg.sensors, cfg.interval_ms);
-        let mut dc = DeviceConfig::new(
-            id,
+        let version = firmware.as_ref().map_or(
             concat!("ferry-sim-", env!("CARGO_PKG_VERSION")),
-            boot_id,
+            Firmware::version,
         );
+        let mut dc = DeviceConfig::new(id, version, boot_id);
         dc.retransmit_timeout_ms = cfg.retransmit_timeout_ms;
         dc.identify = false;
         Sim {
             dev: Device::new(dc, &sensors, 0),
             sensors,
             booted: Instant::now(),
+            firmware,
+        }
+    }
+
+    fn receive(&mut self, now_ms: u64, bytes: &[u8]) {
+        match &mut self.firmware {
+            Some(f) => self.dev.receive_with(now_ms, bytes, &mut f.updater),
+            None => self.dev.receive(now_ms, bytes),
         }
     }
 
@@ -291,6 +315,7 @@ impl Sim {
             lost_on_reboot: 0,
             unacked_at_end: self.dev.ring_depth() as u64,
             retransmits: s.retransmits,
+            firmware: self.dev.config().firmware.to_owned(),
         }
     }
 }
@@ -308,7 +333,16 @@ async fn run_device(
         device_id: id.clone(),
         ..Default::default()
     };
-    let mut sim = Sim::boot(&cfg, &id, rng.gen());
+    let firmware = match cfg.update.as_ref().map(Firmware::new) {
+        Some(Err(e)) => {
+            tracing::error!(device = %id, "{e}");
+            report.bricked = Some(e);
+            return (report, Instant::now());
+        }
+        f => f.map(|f| f.expect("checked")),
+    };
+    let mut sim = Sim::boot(&cfg, &id, rng.gen(), firmware);
+    let mut pace = cfg.line_rate.map(Pace::new);
     let started = Instant::now();
     let gen_deadline = cfg.duration.map(|d| started + d);
     let mut gen_end: Option<Instant> = None;
@@ -346,6 +380,13 @@ async fn run_device(
         out.clear();
         out_pos = 0;
         loop {
+            if let Some(p) = &mut pace {
+                p.refill();
+            }
+            let rx_allow = pace
+                .as_ref()
+                .map_or(rbuf.len(), |p| (p.rx as usize).min(rbuf.len()));
+            let tx_allow = pace.as_ref().map_or(usize::MAX, |p| p.tx as usize);
             // Hand out frames while the outgoing buffer has room.
             let now = sim.now_ms();
             while out.len() - out_pos < HIGH_WATER {
@@ -387,15 +428,18 @@ async fn run_device(
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'link,
-                r = rd.read(&mut rbuf) => match r {
+                r = rd.read(&mut rbuf[..rx_allow]), if rx_allow > 0 => match r {
                     Ok(0) | Err(_) => {
                         report.disconnects += 1;
                         continue 'link;
                     }
                     Ok(n) => {
+                        if let Some(p) = &mut pace {
+                            p.rx -= n as f64;
+                        }
                         corrupt(&mut rng, &mut rbuf[..n], cfg.noise_downlink);
                         let now = sim.now_ms();
-                        sim.dev.receive(now, &rbuf[..n]);
+                        sim.receive(now, &rbuf[..n]);
                         let acked = sim.dev.acked_next();
                         while inflight.front().is_some_and(|(s, _)| *s <= acked) {
                             let (_, t) = inflight.pop_front().expect("checked");
@@ -403,8 +447,11 @@ async fn run_device(
                         }
                     }
                 },
-                r = wr.write(&out[out_pos..]), if out_pos < out.len() => match r {
+                r = wr.write(&out[out_pos..out.len().min(out_pos.saturating_add(tx_allow))]), if out_pos < out.len() && tx_allow > 0 => match r {
                     Ok(n) if n > 0 => {
+                        if let Some(p) = &mut pace {
+                            p.tx -= n as f64;
+                        }
                         out_pos += n;
                         if out_pos == out.len() {
                             out.clear();
@@ -426,13 +473,26 @@ async fn run_device(
                             gen_end = Some(now_i);
                         }
                     }
+                    if let Some(f) = &mut sim.firmware {
+                        if f.updater.poll(sim.booted.elapsed().as_millis() as u64) {
+                            // A new image the gateway did not welcome in time: reset, and the
+                            // bootloader restores the old one.
+                            next_reboot = Some(now_i);
+                        }
+                    }
                     if next_reboot.is_some_and(|t| now_i >= t) {
                         let mut b = sim.boot_report();
                         b.lost_on_reboot = b.unacked_at_end;
                         b.unacked_at_end = 0;
                         generated_before += b.generated;
                         report.boots.push(b);
-                        sim = Sim::boot(&cfg, &id, rng.gen());
+                        let mut firmware = sim.firmware.take();
+                        if let Some(Err(e)) = firmware.as_mut().map(Firmware::reboot) {
+                            tracing::error!(device = %id, "{e}");
+                            report.bricked = Some(e);
+                            break 'link;
+                        }
+                        sim = Sim::boot(&cfg, &id, rng.gen(), firmware);
                         inflight.clear();
                         timed_to = 0;
                         next_reboot = cfg.reboot_every.map(|m| now_i + jittered(&mut rng, m));
@@ -455,4 +515,35 @@ async fn run_device(
     report.frames_rejected = u64::from(sim.dev.stats().frames_rejected);
     report.boots.push(sim.boot_report());
     (report, gen_end.unwrap_or_else(Instant::now))
+}
+
+/// A link paced to a line rate: a byte budget per direction, earned with time and capped at
+/// 10 ms of the rate (a UART holds no more than a small FIFO in each direction).
+struct Pace {
+    rate: f64,
+    cap: f64,
+    rx: f64,
+    tx: f64,
+    last: Instant,
+}
+
+impl Pace {
+    fn new(bytes_per_sec: u32) -> Self {
+        let rate = f64::from(bytes_per_sec.max(1));
+        Pace {
+            rate,
+            cap: (rate / 100.0).max(16.0),
+            rx: 0.0,
+            tx: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.last = now;
+        self.rx = (self.rx + earned).min(self.cap);
+        self.tx = (self.tx + earned).min(self.cap);
+    }
 }
