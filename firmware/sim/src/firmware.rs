@@ -57,7 +57,7 @@ pub fn make_image(version: &str, size: usize, confirms: bool) -> Result<Vec<u8>,
             "{version:?} is not a version (one to four dot-separated numbers, e.g. 1.2.0)"
         ));
     }
-    if size < HEADER_LEN || size > SLOT_PAGES * 1024 {
+    if !(HEADER_LEN..=SLOT_PAGES * 1024).contains(&size) {
         return Err(format!(
             "an image is {HEADER_LEN}..={} bytes",
             SLOT_PAGES * 1024
