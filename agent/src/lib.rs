@@ -18,6 +18,7 @@ pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod firmware;
 pub mod ingest;
 pub mod metrics;
 pub mod shutdown;
@@ -65,6 +66,9 @@ pub struct Agent {
     uplink: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     commands_stop: CancellationToken,
     commands_task: tokio::task::JoinHandle<()>,
+    firmware_task: tokio::task::JoinHandle<()>,
+    /// Firmware updates (the local API uploads bundles and starts rollouts here).
+    pub firmware: firmware::FirmwareHandle,
     /// Device commands (the local API submits here too).
     pub commands: commands::CommandsHandle,
     /// Uplink figures (all zero when forwarding is off).
@@ -131,11 +135,21 @@ impl Agent {
         )
         .await
         .context("loading pending commands")?;
+        let (firmware, firmware_task) = firmware::spawn(
+            store::open_reader(&settings.store.path)
+                .context("opening a read connection for firmware updates")?,
+            store.clone(),
+            Vec::new(),
+            commands_stop.clone(),
+        )
+        .await
+        .context("loading firmware update jobs")?;
         let ctx = LinkCtx {
             store: store.clone(),
             metrics: metrics.clone(),
             offline_after: settings.devices.offline_after,
             commands: commands.clone(),
+            firmware: firmware.clone(),
         };
         let mut tcp_addr = None;
         if let Some(addr) = settings.devices.tcp_listen {
@@ -227,6 +241,7 @@ impl Agent {
                         uplink: uplink_stats.clone(),
                         forwarding_on: settings.uplink.is_some(),
                         commands: commands.clone(),
+                        firmware: firmware.clone(),
                         gateway: settings.gateway_id.clone(),
                         store_settings: settings.store.clone(),
                         token: token.clone(),
@@ -254,6 +269,8 @@ impl Agent {
             uplink_stats,
             commands_stop,
             commands_task,
+            firmware_task,
+            firmware,
             commands,
         })
     }
@@ -300,6 +317,7 @@ impl Agent {
         }
         self.commands_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.commands_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.firmware_task).await;
         drop(self.commands);
         drop(self.store);
         let writer = self.writer;

@@ -9,6 +9,7 @@ mod common;
 mod config;
 mod crash;
 mod demo;
+mod firmware;
 mod full_disk;
 mod garbage;
 mod odd_device;

@@ -21,6 +21,7 @@
 
 pub mod dashboard;
 pub mod error;
+pub mod firmware;
 mod metrics;
 pub mod model;
 pub mod openapi;
@@ -70,6 +71,7 @@ struct Inner {
     uplink: Arc<crate::uplink::UplinkStats>,
     forwarding_on: bool,
     commands: CommandsHandle,
+    firmware: crate::firmware::FirmwareHandle,
     token: Option<String>,
     gateway: String,
     db_path: std::path::PathBuf,
@@ -93,6 +95,8 @@ pub struct ApiParts {
     pub forwarding_on: bool,
     /// Device commands.
     pub commands: CommandsHandle,
+    /// Firmware updates.
+    pub firmware: crate::firmware::FirmwareHandle,
     /// Gateway id.
     pub gateway: String,
     /// Store settings (path, cap).
@@ -112,6 +116,7 @@ impl ApiState {
                 uplink: p.uplink,
                 forwarding_on: p.forwarding_on,
                 commands: p.commands,
+                firmware: p.firmware,
                 token: p.token,
                 gateway: p.gateway,
                 db_path: p.store_settings.path,
@@ -136,6 +141,23 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/devices/{id}/commands/{request_id}",
             get(routes::command_state),
+        )
+        .route(
+            "/api/v1/firmware/bundles",
+            post(firmware::post_bundle)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    firmware::MAX_BUNDLE_BODY,
+                ))
+                .get(firmware::bundles),
+        )
+        .route(
+            "/api/v1/firmware/updates",
+            post(firmware::post_update).get(firmware::updates),
+        )
+        .route("/api/v1/firmware/updates/{id}", get(firmware::update))
+        .route(
+            "/api/v1/firmware/updates/{id}/cancel",
+            post(firmware::cancel_update),
         )
         .route("/api/v1/latest", get(routes::all_latest))
         .route("/api/v1/events", get(routes::events))

@@ -10,7 +10,7 @@ use super::model::*;
 /// The document's source.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Ferry local API", description = "Query the gateway's store, follow live samples, send device commands. Human guide: agent/API.md."),
+    info(title = "Ferry local API", description = "Query the gateway's store, follow live samples, send device commands, update device firmware. Human guide: agent/API.md."),
     paths(
         super::routes::devices,
         super::routes::device,
@@ -20,6 +20,12 @@ use super::model::*;
         super::routes::series,
         super::routes::post_command,
         super::routes::command_state,
+        super::firmware::post_bundle,
+        super::firmware::bundles,
+        super::firmware::post_update,
+        super::firmware::updates,
+        super::firmware::update,
+        super::firmware::cancel_update,
         super::stream::stream,
         super::ops::status,
         super::ops::healthz,
@@ -27,7 +33,9 @@ use super::model::*;
         super::ops::metrics,
         document,
     ),
-    components(schemas(ErrorDoc, DevicesDoc, DeviceDoc, LatestDoc, AllLatestDoc, EventsPage, EventDoc, SeriesDoc, PointDoc, CommandAccepted, CommandStateDoc, HealthDoc, ReadyDoc, StatusDoc)),
+    components(schemas(ErrorDoc, DevicesDoc, DeviceDoc, LatestDoc, AllLatestDoc, EventsPage, EventDoc, SeriesDoc, PointDoc, CommandAccepted, CommandStateDoc, HealthDoc, ReadyDoc, StatusDoc,
+        super::firmware::BundleStored, super::firmware::BundlesDoc, super::firmware::UpdatesDoc,
+        crate::firmware::BundleInfo, crate::firmware::RolloutSpec, crate::firmware::RolloutView, crate::firmware::JobView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -311,6 +311,14 @@ mod tests {
         )
         .await
         .unwrap();
+        let (firmware, _) = crate::firmware::spawn(
+            crate::store::open_reader(&settings.path).unwrap(),
+            spawned.handle.clone(),
+            Vec::new(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
         let s = ApiState::new(
             ApiParts {
                 store: spawned.handle,
@@ -318,6 +326,7 @@ mod tests {
                 uplink: Arc::default(),
                 forwarding_on: false,
                 commands,
+                firmware,
                 gateway: "gw".into(),
                 store_settings: settings,
                 token: None,

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{Action, Frame, LinkProtocol};
 use super::LinkCtx;
 use crate::commands::DeviceCommand;
+use crate::firmware::UpdateFrame;
 use crate::metrics::Metrics;
 use crate::store::writer::Op;
 use crate::store::StoreError;
@@ -28,6 +29,8 @@ use crate::store::StoreError;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Commands the actor may queue for a link before it keeps them for the next reconnect.
 const COMMAND_QUEUE: usize = 32;
+/// Update messages the firmware actor may queue for a link (a window's worth of chunks is a few).
+const UPDATE_QUEUE: usize = 16;
 
 /// Serves one link until it closes or `shutdown` fires.
 pub async fn serve<S>(io: S, name: String, ctx: LinkCtx, shutdown: CancellationToken)
@@ -37,7 +40,9 @@ where
     Metrics::add(&ctx.metrics.links_open, 1);
     Metrics::add(&ctx.metrics.links_total, 1);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<DeviceCommand>(COMMAND_QUEUE);
+    let (upd_tx, mut upd_rx) = mpsc::channel::<UpdateFrame>(UPDATE_QUEUE);
     let mut link = Link {
+        upd_tx,
         proto: LinkProtocol::new(name, ctx.metrics.clone(), ctx.offline_after, Instant::now()),
         ctx,
         cmd_tx,
@@ -81,6 +86,15 @@ where
                 link.proto.command(&c);
                 Ok(None)
             }
+            Some(f) = upd_rx.recv() => {
+                // Acks first: a commit published meanwhile goes out ahead of the chunk.
+                if ack_rx.has_changed().unwrap_or(false) {
+                    let a = *ack_rx.borrow_and_update();
+                    link.proto.committed(Instant::now(), a);
+                }
+                link.proto.update(&f);
+                Ok(None)
+            }
             _ = idle.tick() => {
                 let close = link.proto.tick(Instant::now());
                 link.act().await.map(|()| close)
@@ -113,6 +127,8 @@ struct Link {
     ctx: LinkCtx,
     /// Where the commands actor sends this link's commands.
     cmd_tx: mpsc::Sender<DeviceCommand>,
+    /// Where the firmware actor sends this link's update messages.
+    upd_tx: mpsc::Sender<UpdateFrame>,
 }
 
 impl Link {
@@ -189,6 +205,12 @@ impl Link {
                     status,
                     data,
                 } => self.ctx.commands.result(device_id, id, status, data).await,
+                Action::UpdateStatus { device_id, status } => {
+                    self.ctx
+                        .firmware
+                        .status(device_id, status, self.upd_tx.clone())
+                        .await
+                }
             }
         }
         Ok(())

@@ -30,4 +30,6 @@ pub struct LinkCtx {
     pub offline_after: Duration,
     /// Device commands (sent to the device once its Hello is registered).
     pub commands: crate::commands::CommandsHandle,
+    /// Firmware updates (a device's update status goes there; update messages come back).
+    pub firmware: crate::firmware::FirmwareHandle,
 }

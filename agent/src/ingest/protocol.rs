@@ -7,7 +7,8 @@
 //! [`LinkProtocol::welcomed`] or [`LinkProtocol::not_welcomed`] with the store's answer to an
 //! [`Action::Register`], [`LinkProtocol::committed`] when the store writer publishes the link's
 //! committed position, [`LinkProtocol::command`] for each command the commands actor hands the
-//! link, [`LinkProtocol::tick`] periodically and [`LinkProtocol::close`] at the end. After each
+//! link, [`LinkProtocol::update`] for each firmware update message the firmware actor hands it,
+//! [`LinkProtocol::tick`] periodically and [`LinkProtocol::close`] at the end. After each
 //! call it carries out [`LinkProtocol::poll_action`] in order (an `Action::Register` is answered
 //! before the next frame is fed) and writes [`LinkProtocol::outgoing`]. Time is passed in: a
 //! monotonic `now`, and the UTC milliseconds at which the bytes of a frame arrived.
@@ -30,6 +31,8 @@
 //!   the excess and acks stay prompt.
 //! - A command is written at most once per session (the actor writes pending commands again
 //!   after every Hello); every CommandResult of the session goes to the actor, which decides.
+//! - Every UpdateStatus of the session goes to the firmware actor with the session's device id;
+//!   update messages are written as the actor hands them (it paces them by the device's window).
 //! - The device is online from its Welcome (or its next frame) until `offline_after` of silence
 //!   or the end of the link; after three times that the link asks to be closed.
 //!
@@ -49,8 +52,10 @@ use tokio::sync::watch;
 
 use super::session::Session;
 use crate::commands::DeviceCommand;
+use crate::firmware::UpdateFrame;
 use crate::metrics::{reason_index, Metrics};
 use crate::store::writer::{AckSlot, AckState, LinkBudget, Op, Row, SamplesOp, Welcomed};
+use ferry_wire::{UpdateAbort, UpdateBegin, UpdateChunk, UpdateCommit};
 
 #[cfg(test)]
 mod tests;
@@ -108,6 +113,13 @@ pub enum Action {
         device_id: String,
         /// Its boot.
         boot_id: u32,
+    },
+    /// The device reported its firmware update status: hand it to the firmware actor.
+    UpdateStatus {
+        /// Device id.
+        device_id: String,
+        /// The status.
+        status: ferry_wire::UpdateStatus,
     },
     /// The device answered a command: hand it to the commands actor.
     CommandResult {
@@ -326,6 +338,12 @@ impl LinkProtocol {
                 self.actions
                     .push_back(Action::Store(Op::Heartbeat { device, hb }));
             }
+            (DeviceMessage::UpdateStatus(status), Some(s)) => {
+                self.actions.push_back(Action::UpdateStatus {
+                    device_id: s.device_id.clone(),
+                    status,
+                });
+            }
             (DeviceMessage::CommandResult { id, status, data }, Some(s)) => {
                 tracing::info!(device = %s.device_id, id, ?status, "Command result.");
                 self.written.remove(&id);
@@ -405,6 +423,34 @@ impl LinkProtocol {
             self.written.pop_first();
         }
         push_command(&mut self.out, c);
+    }
+
+    /// A firmware update message for the device (only with a session: the actor answers a status
+    /// of this session).
+    pub fn update(&mut self, f: &UpdateFrame) {
+        if self.session.is_none() {
+            return;
+        }
+        let m = match f {
+            UpdateFrame::Begin(o) => Message::UpdateBegin(UpdateBegin {
+                id: o.id,
+                slot: 1,
+                length: o.length,
+                version: &o.version,
+                board: &o.board,
+                sha256: &o.sha256,
+                signature: &o.signature,
+                force: o.force,
+            }),
+            UpdateFrame::Chunk { id, offset, data } => Message::UpdateChunk(UpdateChunk {
+                id: *id,
+                offset: *offset,
+                data,
+            }),
+            UpdateFrame::Commit(id) => Message::UpdateCommit(UpdateCommit { id: *id }),
+            UpdateFrame::Abort(id) => Message::UpdateAbort(UpdateAbort { id: *id }),
+        };
+        push(&mut self.out, &m);
     }
 
     /// Periodic check at `now`: marks a silent device offline; `Some(reason)` when the link

@@ -168,6 +168,45 @@ UPDATE sqlite_schema SET sql = replace(sql, 'REAL    NOT NULL', 'REAL')
  WHERE type = 'table' AND name IN ('events', 'latest', 'rollup_10s');
 PRAGMA writable_schema = RESET;
 "#,
+    // v8: firmware updates (PROTOCOL.md section 9). A bundle is stored once, by its image's SHA-256;
+    // a rollout names a bundle and devices; one job per device, whose id is the transfer id on the
+    // wire (so it stays below 2^32).
+    r#"
+CREATE TABLE firmware_bundles (
+    sha256     TEXT    NOT NULL PRIMARY KEY,    -- hex SHA-256 of the image
+    version    TEXT    NOT NULL,
+    board      TEXT    NOT NULL,
+    length     INTEGER NOT NULL,
+    signature  BLOB    NOT NULL,                -- ed25519, 64 bytes
+    public_key BLOB    NOT NULL,                -- the key that signed it, 32 bytes
+    image      BLOB    NOT NULL,
+    added_ms   INTEGER NOT NULL
+);
+CREATE TABLE firmware_rollouts (
+    id           INTEGER PRIMARY KEY,
+    bundle       TEXT    NOT NULL,              -- firmware_bundles.sha256
+    targets      TEXT    NOT NULL,              -- JSON: the device ids and globs as requested
+    force        INTEGER NOT NULL,
+    concurrency  INTEGER NOT NULL,
+    max_failures INTEGER NOT NULL,
+    state        TEXT    NOT NULL,              -- running | done | stopped | cancelled
+    created_ms   INTEGER NOT NULL,
+    finished_ms  INTEGER
+);
+CREATE TABLE firmware_jobs (
+    id          INTEGER PRIMARY KEY,            -- the transfer id on the wire
+    rollout     INTEGER NOT NULL,
+    device_id   TEXT    NOT NULL,
+    state       TEXT    NOT NULL,               -- queued | transferring | rebooting | done | failed | cancelled
+    bytes_done  INTEGER NOT NULL DEFAULT 0,     -- what the device last reported holding
+    attempts    INTEGER NOT NULL DEFAULT 0,     -- UpdateBegins sent
+    last_error  TEXT,
+    updated_ms  INTEGER NOT NULL,
+    finished_ms INTEGER
+);
+CREATE INDEX firmware_jobs_rollout ON firmware_jobs (rollout);
+CREATE INDEX firmware_jobs_device ON firmware_jobs (device_id, id);
+"#,
 ];
 
 /// Schema version this build writes.

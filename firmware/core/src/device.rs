@@ -19,7 +19,10 @@
 //! lacks and `InvalidArgument` for an interval outside the channel's `min_interval_ms ..=`
 //! [`MAX_INTERVAL_MS`] (0 always disables); `Identify` is `Unsupported` unless
 //! [`DeviceConfig::identify`]; `Reboot` is answered `Ok` and handed to the owner as
-//! [`Action::Reboot`] once its result has been handed to the transmitter; `Opaque` goes to the
+//! [`Action::Reboot`] once its result has been handed to the transmitter and the gateway has
+//! acked every sample held (at most [`REBOOT_DRAIN_MS`]; no reading is taken meanwhile, each is
+//! counted in [`DeviceStats::skipped`]), so a commanded reset or a firmware update loses no
+//! reading the device took; `Opaque` goes to the
 //! owner, who answers with [`Device::complete_command`].
 //!
 //! The end of a boot's sequence space: after [`LAST_SEQ`] the device takes no new sample (each due
@@ -51,6 +54,9 @@ use crate::TICK_HZ;
 const RX_FRAME_MAX: usize = ferry_wire::update::MAX_DOWNLINK_FRAME_LEN;
 /// Command ids remembered for de-duplication.
 const RECENT_COMMANDS: usize = 8;
+/// Before a reset it was asked for (a `Reboot` command, a new firmware image), the device waits
+/// at most this long for the gateway to ack what it holds, taking no new readings meanwhile.
+pub const REBOOT_DRAIN_MS: u64 = 2000;
 
 /// Identity and timing of a device.
 #[derive(Debug, Clone)]
@@ -160,8 +166,10 @@ pub struct DeviceStats {
     /// Valid frames that a device should never receive (uplink messages: an echoing link).
     pub unexpected: u32,
     /// Due readings not taken because this boot has used its last sequence number
-    /// ([`ferry_wire::LAST_SEQ`]) and waits to reset.
+    /// ([`ferry_wire::LAST_SEQ`]), or a reset it was asked for is coming, and waits to reset.
     pub skipped: u32,
+    /// Firmware image bytes received in `UpdateChunk`s (written or not).
+    pub update_bytes: u64,
 }
 
 struct PendingResult {
@@ -244,6 +252,9 @@ pub struct Device<const RING: usize = { crate::DEFAULT_RING }> {
     actions: Deque<Action, 4>,
     reboot_pending: bool,
     reboot_handed_out: bool,
+    /// When the reset was asked for, and whether the wait for acks is over.
+    draining_since: Option<u64>,
+    drain_over: bool,
     update_status: Option<UpdateStatus>,
     decoder: Decoder<RX_FRAME_MAX>,
     stats: DeviceStats,
@@ -288,6 +299,8 @@ impl<const RING: usize> Device<RING> {
             actions: Deque::new(),
             reboot_pending: false,
             reboot_handed_out: false,
+            draining_since: None,
+            drain_over: false,
             update_status: None,
             decoder: Decoder::new(),
             stats: DeviceStats::default(),
@@ -352,9 +365,14 @@ impl<const RING: usize> Device<RING> {
     /// Takes every sample due at `now_ms` into the ring.
     pub fn step(&mut self, now_ms: u64, sensors: &mut impl Sensors) {
         sensors.poll(now_ms);
+        if self.reboot_pending {
+            let since = *self.draining_since.get_or_insert(now_ms);
+            self.drain_over |= now_ms.saturating_sub(since) >= REBOOT_DRAIN_MS;
+        }
         while let Some((index, due_ms)) = self.schedule.next_due(now_ms) {
-            if self.ring.next_seq() > LAST_SEQ {
-                // No sequence number left in this boot; take_action asks for the reset.
+            if self.ring.next_seq() > LAST_SEQ || self.reboot_pending {
+                // No sequence number left in this boot, or a reset is coming: readings taken
+                // now could not be acked before it. take_action asks for the reset.
                 self.stats.skipped = self.stats.skipped.saturating_add(1);
                 continue;
             }
@@ -398,6 +416,9 @@ impl<const RING: usize> Device<RING> {
                     | Message::UpdateAbort(_)),
                 )) => {
                     self.last_rx_ms = now_ms;
+                    if let Message::UpdateChunk(c) = &m {
+                        self.stats.update_bytes += c.data.len() as u64;
+                    }
                     if let Some(reply) = updates.handle(now_ms, &m) {
                         self.update_status = Some(reply.status);
                         self.reboot_pending |= reply.reboot;
@@ -544,6 +565,13 @@ impl<const RING: usize> Device<RING> {
         let _ = self.results.push_back(PendingResult { id, status, data });
     }
 
+    /// Asks for a reset (a new image on trial that was not confirmed in time, say): handed out as
+    /// [`Action::Reboot`] like a commanded one, once what the device holds is acked (at most
+    /// [`REBOOT_DRAIN_MS`]).
+    pub fn request_reboot(&mut self) {
+        self.reboot_pending = true;
+    }
+
     /// The next board-level action to carry out. `Reboot` comes only after every command result
     /// and update status was handed to the transmitter, and only once: an owner that drains this in a loop before
     /// resetting (or replacing) the device must see the loop end.
@@ -556,7 +584,10 @@ impl<const RING: usize> Device<RING> {
         }
         let used_up = self.ring.next_seq() > LAST_SEQ
             && (self.ring.is_empty() || self.stats.skipped as usize >= RING);
-        if self.reboot_pending || used_up {
+        // A reset asked for waits for the gateway to ack what is held (a reading lost to a reset
+        // is a reading lost), at most REBOOT_DRAIN_MS.
+        let drained = self.ring.is_empty() || self.drain_over;
+        if (self.reboot_pending && drained) || used_up {
             self.reboot_handed_out = true;
             return Some(Action::Reboot);
         }

@@ -29,7 +29,7 @@ mod schedule;
 pub mod sensors;
 pub mod update;
 
-pub use device::{Action, Device, DeviceConfig, DeviceStats, LinkState};
+pub use device::{Action, Device, DeviceConfig, DeviceStats, LinkState, REBOOT_DRAIN_MS};
 pub use ring::SampleRing;
 pub use sensors::{ReadError, SensorSpec, Sensors, MAX_INTERVAL_MS};
 

@@ -103,8 +103,7 @@ where
             }
         }
         if updates.poll(now) {
-            let _ = port.flush();
-            board.reboot()
+            device.request_reboot();
         }
         board.idle(now);
     }

@@ -371,7 +371,50 @@ fn board_actions_identify_reboot_opaque() {
         status: CommandStatus::Ok,
         data: vec![]
     }));
+    assert_eq!(
+        b.dev.take_action(),
+        None,
+        "and until the gateway acked what the device holds"
+    );
+    let held = b.dev.ring_depth();
+    assert!(held > 0);
+    let next = b.dev.next_seq();
+    b.ack(next);
     assert_eq!(b.dev.take_action(), Some(Action::Reboot));
+    b.run_until(b.now + 100);
+    assert_eq!(
+        b.dev.next_seq(),
+        next,
+        "no reading taken while waiting to reset"
+    );
+}
+
+/// A gateway that never acks: the reset comes after REBOOT_DRAIN_MS all the same, and the
+/// readings due meanwhile are counted as skipped, not taken (they could not be acked).
+#[test]
+fn a_reset_waits_for_acks_at_most_the_drain_time() {
+    let mut b = Bench::new();
+    b.run_until(0);
+    b.welcome(0);
+    b.run_until(50);
+    b.send(Message::Command(Command {
+        id: 4,
+        kind: CommandKind::Reboot,
+    }));
+    let asked = b.now;
+    let mut at = None;
+    while at.is_none() && b.now < asked + 5000 {
+        b.run_until(b.now + 10);
+        if b.dev.take_action() == Some(Action::Reboot) {
+            at = Some(b.now);
+        }
+    }
+    let waited = at.expect("the reset came") - asked;
+    assert!(
+        (ferry_firmware::REBOOT_DRAIN_MS..ferry_firmware::REBOOT_DRAIN_MS + 50).contains(&waited),
+        "{waited} ms"
+    );
+    assert!(b.dev.stats().skipped > 0);
 }
 
 /// An owner that carries out `Reboot` by replacing the device (as `ferry-sim` does) drains
@@ -389,6 +432,8 @@ fn reboot_is_handed_out_once_after_its_result() {
     assert_eq!(b.dev.take_action(), None, "not before the result is sent");
     let seen = b.run_until(1);
     assert!(seen.contains(&result(9, CommandStatus::Ok)), "{seen:?}");
+    let next = b.dev.next_seq();
+    b.ack(next);
     let mut actions = Vec::new();
     while let Some(a) = b.dev.take_action() {
         actions.push(a);

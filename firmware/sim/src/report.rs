@@ -23,6 +23,8 @@ pub struct BootReport {
     pub retransmits: u32,
     /// The firmware version this boot ran (what its Hello said).
     pub firmware: String,
+    /// Firmware image bytes the gateway sent this boot (in update chunks).
+    pub update_bytes: u64,
 }
 
 /// One simulated device.

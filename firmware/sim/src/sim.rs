@@ -316,6 +316,7 @@ impl Sim {
             unacked_at_end: self.dev.ring_depth() as u64,
             retransmits: s.retransmits,
             firmware: self.dev.config().firmware.to_owned(),
+            update_bytes: s.update_bytes,
         }
     }
 }
@@ -475,9 +476,9 @@ async fn run_device(
                     }
                     if let Some(f) = &mut sim.firmware {
                         if f.updater.poll(sim.booted.elapsed().as_millis() as u64) {
-                            // A new image the gateway did not welcome in time: reset, and the
-                            // bootloader restores the old one.
-                            next_reboot = Some(now_i);
+                            // A new image not confirmed in time: reset (once what is held is
+                            // acked), and the bootloader restores the old one.
+                            sim.dev.request_reboot();
                         }
                     }
                     if next_reboot.is_some_and(|t| now_i >= t) {

@@ -6,7 +6,7 @@ use alloc::borrow::ToOwned;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::{CommandStatus, Heartbeat, Message, Sample};
+use crate::{CommandStatus, Heartbeat, Message, Sample, UpdateStatus};
 
 /// A device → gateway message, owned.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +48,8 @@ pub enum DeviceMessage {
         /// Result payload.
         data: Vec<u8>,
     },
+    /// See [`crate::UpdateStatus`].
+    UpdateStatus(UpdateStatus),
 }
 
 impl DeviceMessage {
@@ -78,6 +80,7 @@ impl DeviceMessage {
                 status: r.status,
                 data: r.data.to_vec(),
             },
+            Message::UpdateStatus(s) => DeviceMessage::UpdateStatus(*s),
             _ => return None,
         })
     }

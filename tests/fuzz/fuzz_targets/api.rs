@@ -71,6 +71,7 @@ fn harness() -> &'static Harness {
                     uplink: agent.uplink_stats.clone(),
                     forwarding_on: false,
                     commands: agent.commands.clone(),
+                    firmware: agent.firmware.clone(),
                     gateway: settings.gateway_id.clone(),
                     store_settings: settings.store.clone(),
                     token: Some(TOKEN.into()),

@@ -1,0 +1,258 @@
+//! Firmware updates through the real `ferry` process: simulated devices run the real updater and
+//! embassy-boot's bootloader over a RAM flash (`ferry-sim --update-key`), so an update, a
+//! rollback and a resumed transfer are the device's real behaviour; the agent is the real binary,
+//! driven over its local API, SIGKILLed where the test says.
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use ferry_agent::firmware::bundle::Bundle;
+use ferry_sim::firmware::make_image;
+use ferry_sim::{SimConfig, SimUpdate};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{
+    assert_acked_stored_once_in_order, process_config_with_api, spawn_ferry, stop_cleanly,
+    wait_listening, TempDir,
+};
+
+fn vendor() -> SigningKey {
+    SigningKey::from_bytes(&[0x42; 32])
+}
+
+fn bundle(version: &str, size: usize, confirms: bool) -> Vec<u8> {
+    let img = make_image(version, size, confirms).unwrap();
+    Bundle::sign(img, version, ferry_sim::firmware::SIM_BOARD, &vendor())
+        .unwrap()
+        .to_bytes()
+}
+
+fn sims(addr: SocketAddr, devices: usize) -> SimConfig {
+    SimConfig {
+        update: Some(SimUpdate {
+            public_key: vendor().verifying_key().to_bytes(),
+            version: "1.0.0".into(),
+            trial_timeout_ms: 3000,
+        }),
+        duration: Some(Duration::from_secs(600)),
+        drain_timeout: Duration::from_secs(20),
+        seed: 16,
+        ..SimConfig::tcp(addr, devices, 3, 20)
+    }
+}
+
+async fn post(url: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Uploads a bundle; its SHA-256.
+async fn upload(api: SocketAddr, b: Vec<u8>) -> String {
+    let (status, v) = post(&format!("http://{api}/api/v1/firmware/bundles"), b).await;
+    assert!(status == 201 || status == 200, "{status} {v}");
+    v["sha256"].as_str().unwrap().to_owned()
+}
+
+async fn start(api: SocketAddr, spec: Value) -> i64 {
+    let (status, v) = post(
+        &format!("http://{api}/api/v1/firmware/updates"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    v["id"].as_i64().unwrap()
+}
+
+/// Polls an update until it is no longer running.
+async fn finished(api: SocketAddr, id: i64, within: Duration) -> Value {
+    let until = Instant::now() + within;
+    loop {
+        let v = get(&format!("http://{api}/api/v1/firmware/updates/{id}")).await;
+        if v["state"] != "running" {
+            return v;
+        }
+        assert!(Instant::now() < until, "update {id} still running: {v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn devices_known(api: SocketAddr, n: usize) -> Value {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = get(&format!("http://{api}/api/v1/devices")).await;
+        let online = v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["online"] == true)
+            .count();
+        if online >= n {
+            return v;
+        }
+        assert!(Instant::now() < until, "devices online: {v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn firmware_of(devices: &Value, id: &str) -> String {
+    devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .map(|d| d["firmware"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_updates_every_device_refuses_a_downgrade_and_rolls_back_a_bad_image() {
+    let dir = TempDir::new("fw-rollout");
+    let (config, db, addr, api) = process_config_with_api(dir.path(), "fw");
+    let mut agent = spawn_ferry(&config);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    let stop = CancellationToken::new();
+    let sim = tokio::spawn(ferry_sim::run(sims(addr, 6), stop.clone()));
+    devices_known(api, 6).await;
+
+    // Stored once, by its hash.
+    let good = bundle("1.1.0", 64 * 1024, true);
+    let sha = upload(api, good.clone()).await;
+    let (status, again) = post(&format!("http://{api}/api/v1/firmware/bundles"), good).await;
+    assert_eq!((status, &again["created"]), (200, &json!(false)), "{again}");
+    let mut damaged = bundle("1.1.0", 4096, true);
+    let n = damaged.len();
+    damaged[n - 1] ^= 1;
+    let (status, err) = post(&format!("http://{api}/api/v1/firmware/bundles"), damaged).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap()
+            .contains("changed after signing"),
+        "{err}"
+    );
+
+    let id = start(
+        api,
+        json!({"devices": ["sim-*"], "bundle": sha, "concurrency": 3}),
+    )
+    .await;
+    let done = finished(api, id, Duration::from_secs(90)).await;
+    assert_eq!(done["state"], "done", "{done:#}");
+    let jobs = done["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 6);
+    for j in jobs {
+        assert_eq!(j["state"], "done", "{j}");
+        assert_eq!(j["offset"], 64 * 1024);
+    }
+    let devs = devices_known(api, 6).await;
+    for i in 0..6 {
+        assert_eq!(
+            firmware_of(&devs, &format!("sim-{i:04}")),
+            "1.1.0",
+            "{devs:#}"
+        );
+    }
+
+    // A downgrade is refused by the device; forced, it is installed.
+    let old = upload(api, bundle("1.0.5", 8 * 1024, true)).await;
+    let id = start(api, json!({"devices": ["sim-0001"], "bundle": old})).await;
+    let v = finished(api, id, Duration::from_secs(30)).await;
+    assert_eq!(v["state"], "stopped", "{v:#}");
+    assert_eq!(v["jobs"][0]["error"], "not_newer", "{v:#}");
+
+    // An image that never confirms itself: rolled back, reported failed, the old version runs.
+    let bad = upload(api, bundle("1.2.0", 16 * 1024, false)).await;
+    let id = start(api, json!({"devices": ["sim-0002"], "bundle": bad})).await;
+    let v = finished(api, id, Duration::from_secs(60)).await;
+    assert_eq!(v["jobs"][0]["state"], "failed", "{v:#}");
+    assert_eq!(v["jobs"][0]["error"], "rolled_back", "{v:#}");
+    let devs = devices_known(api, 6).await;
+    assert_eq!(firmware_of(&devs, "sim-0002"), "1.1.0", "{devs:#}");
+
+    stop.cancel();
+    let report = sim.await.unwrap();
+    stop_cleanly(&mut agent).await;
+    println!("{}", report.table());
+    for d in &report.devices {
+        assert_eq!(d.bricked, None, "{}", d.device_id);
+    }
+    // Data kept flowing through the updates and the reboots: every acked sample is stored once.
+    let checked = assert_acked_stored_once_in_order(&db, &report);
+    assert!(checked > 1000, "{checked} samples checked");
+    let boots: Vec<String> = report.devices[2]
+        .boots
+        .iter()
+        .map(|b| b.firmware.clone())
+        .collect();
+    assert_eq!(
+        boots,
+        ["1.0.0", "1.1.0", "1.2.0", "1.1.0"],
+        "sim-0002 ran the new image on trial, then the old one again"
+    );
+}
+
+/// The agent is SIGKILLed in the middle of a transfer over a line paced at 115,200 baud: after
+/// the restart the job goes on from what the device holds, not from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_resumes_from_the_device_offset_after_the_agent_is_killed() {
+    let dir = TempDir::new("fw-kill");
+    let (config, db, addr, api) = process_config_with_api(dir.path(), "fwk");
+    let mut agent = spawn_ferry(&config);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    let stop = CancellationToken::new();
+    let cfg = SimConfig {
+        line_rate: Some(11_520),
+        ..sims(addr, 1)
+    };
+    let sim = tokio::spawn(ferry_sim::run(cfg, stop.clone()));
+    devices_known(api, 1).await;
+    let size = 64 * 1024;
+    let sha = upload(api, bundle("2.0.0", size, true)).await;
+    let id = start(api, json!({"devices": ["sim-0000"], "bundle": sha})).await;
+    // Until the device holds about half of it.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get(&format!("http://{api}/api/v1/firmware/updates/{id}")).await;
+        if v["jobs"][0]["offset"].as_u64().unwrap() >= (size / 2) as u64 {
+            break;
+        }
+        assert!(Instant::now() < until, "{v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.start_kill().unwrap();
+    agent.wait().await.unwrap();
+    agent = spawn_ferry(&config);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    let v = finished(api, id, Duration::from_secs(60)).await;
+    assert_eq!(v["state"], "done", "{v:#}");
+    stop.cancel();
+    let report = sim.await.unwrap();
+    stop_cleanly(&mut agent).await;
+    let sent: u64 = report.devices[0].boots.iter().map(|b| b.update_bytes).sum();
+    println!(
+        "{}\nimage bytes sent: {sent} for a {size}-byte image",
+        report.table()
+    );
+    assert!(
+        sent < (size + size / 4) as u64,
+        "the transfer went on from the device's offset: {sent} bytes sent"
+    );
+    assert_eq!(report.devices[0].boots.last().unwrap().firmware, "2.0.0");
+    assert_acked_stored_once_in_order(&db, &report);
+}
