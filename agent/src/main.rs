@@ -8,6 +8,9 @@
 //! ferry query events|series          stored events, page by page; aggregated series
 //! ferry tail                         follow samples as they are stored
 //! ferry status                       ingest, uplink, backlog, disk and drops at a glance
+//! ferry flash DEVICE… BUNDLE         update devices' firmware through the agent, with progress
+//! ferry firmware keygen|sign         vendor keys and signed bundles (offline)
+//! ferry firmware status|cancel       firmware updates in progress and done
 //! ferry demo                         the whole pipeline on one machine
 //! ```
 //! The API commands take `--api URL` (else `FERRY_API_URL`, else `http://127.0.0.1:7878`),
@@ -98,6 +101,30 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Update the firmware of devices through the agent: uploads the bundle, starts the update,
+    /// and shows a progress bar per device until every device ran or failed. Exit 0 when every
+    /// device runs the new image, 1 when one failed.
+    Flash {
+        /// Device ids or globs (`line-2-*`), then the bundle file last.
+        #[arg(required = true, num_args = 2.., value_name = "DEVICE… BUNDLE")]
+        args: Vec<String>,
+        /// Install even when the version is not newer than the device's.
+        #[arg(long)]
+        force: bool,
+        /// Devices updated at once.
+        #[arg(long, default_value_t = ferry_agent::firmware::rollout::DEFAULT_CONCURRENCY)]
+        concurrency: u32,
+        /// Stop starting devices once more than this many failed.
+        #[arg(long, default_value_t = 0)]
+        max_failures: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Vendor keys, signed bundles, and the agent's firmware updates.
+    Firmware {
+        #[command(subcommand)]
+        cmd: FirmwareCmd,
+    },
     /// Simulated devices -> agent -> in-process MQTT broker -> ferry-bridge, with live figures
     /// and a final exactly-once check.
     Demo {
@@ -113,6 +140,50 @@ enum Cmd {
         /// Keep the store and the bridged events (bridged.jsonl) in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirmwareCmd {
+    /// Make a vendor key pair: OUT.key (private, PKCS#8 PEM, mode 0600) and OUT.pub (public PEM).
+    Keygen {
+        #[arg(long, default_value = "vendor")]
+        out: PathBuf,
+    },
+    /// Sign an image (offline): writes a bundle for `ferry flash` and the local API.
+    Sign {
+        /// The raw image (the binary the bootloader copies into the active slot).
+        image: PathBuf,
+        /// The vendor's private key (PEM, "BEGIN PRIVATE KEY").
+        #[arg(long)]
+        key: PathBuf,
+        /// The image's version (dot-separated numbers, e.g. 1.2.0); devices refuse older ones.
+        #[arg(long)]
+        version: String,
+        /// The board it is built for (e.g. microbit, stm32f407-disco, ferry-sim).
+        #[arg(long)]
+        board: String,
+        /// The bundle to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Store a bundle in the agent without starting an update.
+    Upload {
+        bundle: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Firmware updates: one (by id) or the recent ones, with every device's progress.
+    Status {
+        id: Option<i64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel an update: queued devices are skipped, transfers in progress aborted.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -320,6 +391,69 @@ async fn main() -> ExitCode {
             };
             let r =
                 async { commands::tail(&client(&api)?, &opts, api.format, &mut stdout()).await };
+            done(r.await)
+        }
+        Cmd::Flash {
+            mut args,
+            force,
+            concurrency,
+            max_failures,
+            api,
+        } => {
+            let bundle = PathBuf::from(args.pop().unwrap_or_default());
+            let r = async {
+                let c = client(&api)?;
+                ferry_agent::cli::firmware::flash(
+                    &c,
+                    args,
+                    &bundle,
+                    force,
+                    concurrency,
+                    max_failures,
+                    &mut stdout(),
+                )
+                .await
+            };
+            match r.await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => done(Err(e)),
+            }
+        }
+        Cmd::Firmware { cmd } => {
+            use ferry_agent::cli::firmware as fw;
+            let r = async {
+                match cmd {
+                    FirmwareCmd::Keygen { out } => fw::keygen(&out, &mut stdout()),
+                    FirmwareCmd::Sign {
+                        image,
+                        key,
+                        version,
+                        board,
+                        out,
+                    } => fw::sign(&image, &key, &version, &board, &out, &mut stdout()),
+                    FirmwareCmd::Upload { bundle, api } => {
+                        let info = fw::upload(&client(&api)?, &bundle).await?;
+                        use std::io::Write;
+                        writeln!(
+                            stdout(),
+                            "stored: version {} for board {}, {} bytes, sha256 {}",
+                            info.version,
+                            info.board,
+                            info.length,
+                            info.sha256
+                        )?;
+                        Ok(())
+                    }
+                    FirmwareCmd::Status { id, api } => {
+                        let json = matches!(api.format, Format::Json);
+                        fw::status(&client(&api)?, id, json, &mut stdout()).await
+                    }
+                    FirmwareCmd::Cancel { id, api } => {
+                        fw::cancel(&client(&api)?, id, &mut stdout()).await
+                    }
+                }
+            };
             done(r.await)
         }
         Cmd::Status { api } => {

@@ -316,6 +316,35 @@ impl ApiClient {
         })
     }
 
+    /// `POST` a body (`content_type`), a JSON answer.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: Vec<u8>,
+        content_type: &str,
+        timeout: std::time::Duration,
+    ) -> Result<T, CliError> {
+        let url = self.endpoint.url(segments, &[]);
+        let req = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .timeout(timeout)
+            .body(body);
+        let resp = self.send(url.clone(), req).await?;
+        let body = resp.bytes().await.map_err(|e| self.send_error(&url, e))?;
+        serde_json::from_slice(&body).map_err(|e| CliError::BadAnswer {
+            url: url.to_string(),
+            reason: format!(
+                "{e} in {:?}",
+                quote(&String::from_utf8_lossy(
+                    &body[..body.len().min(4 * QUOTE_LIMIT)]
+                ))
+            ),
+        })
+    }
+
     /// Opens the event stream (`GET /api/v1/stream`), resuming after `last_event_id` if given.
     pub async fn stream(
         &self,

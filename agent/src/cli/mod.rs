@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod firmware;
 pub mod format;
 pub mod sse;
 pub mod types;
