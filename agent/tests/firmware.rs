@@ -256,3 +256,101 @@ async fn a_transfer_resumes_from_the_device_offset_after_the_agent_is_killed() {
     assert_eq!(report.devices[0].boots.last().unwrap().firmware, "2.0.0");
     assert_acked_stored_once_in_order(&db, &report);
 }
+
+fn ferry(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// The command line a vendor and an operator use: keygen and sign offline, `ferry flash` through
+/// the agent (exit 0 when every device runs the image, 1 when one failed), `ferry firmware status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_flash_updates_devices_from_the_command_line() {
+    let dir = TempDir::new("fw-cli");
+    let d = dir.path();
+    let (config, _db, addr, api) = process_config_with_api(d, "fwc");
+    let out = ferry(&["firmware", "keygen", "--out", "vendor"], d);
+    assert!(out.status.success(), "{out:?}");
+    let again = ferry(&["firmware", "keygen", "--out", "vendor"], d);
+    assert_eq!(again.status.code(), Some(2), "never overwrites a key");
+    let public = ferry_agent::firmware::bundle::read_public_key(
+        &std::fs::read_to_string(d.join("vendor.pub")).unwrap(),
+    )
+    .unwrap();
+    for (version, name) in [("1.1.0", "new"), ("0.9.0", "old")] {
+        std::fs::write(
+            d.join(format!("{name}.bin")),
+            make_image(version, 32 * 1024, true).unwrap(),
+        )
+        .unwrap();
+        let out = ferry(
+            &[
+                "firmware",
+                "sign",
+                &format!("{name}.bin"),
+                "--key",
+                "vendor.key",
+                "--version",
+                version,
+                "--board",
+                "ferry-sim",
+                "-o",
+                &format!("{name}.fwb"),
+            ],
+            d,
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    let mut agent = spawn_ferry(&config);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    let stop = CancellationToken::new();
+    let mut cfg = sims(addr, 3);
+    if let Some(u) = cfg.update.as_mut() {
+        u.public_key = public;
+    }
+    let sim = tokio::spawn(ferry_sim::run(cfg, stop.clone()));
+    devices_known(api, 3).await;
+    let api_url = format!("http://{api}");
+    let out = tokio::task::spawn_blocking({
+        let d = d.to_owned();
+        let api_url = api_url.clone();
+        move || ferry(&["flash", "sim-*", "new.fwb", "--api", &api_url], &d)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("  done").count(), 3, "{text}");
+    let out = tokio::task::spawn_blocking({
+        let d = d.to_owned();
+        let api_url = api_url.clone();
+        move || ferry(&["flash", "sim-0001", "old.fwb", "--api", &api_url], &d)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a refused update fails the command: {text}"
+    );
+    assert!(text.contains("not_newer"), "{text}");
+    let status = ferry(&["firmware", "status", "--api", &api_url], d);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success()
+            && text.contains("update 1: done")
+            && text.contains("update 2: stopped"),
+        "{text}"
+    );
+    stop.cancel();
+    sim.await.unwrap();
+    stop_cleanly(&mut agent).await;
+}
