@@ -109,6 +109,37 @@ async fn devices_known(api: SocketAddr, n: usize) -> Value {
     }
 }
 
+/// The `firmware` events of `/api/v1/stream?device=…` until the job is done (at most 60 s).
+async fn firmware_events(api: SocketAddr, device: &str) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let r = reqwest::get(format!("http://{api}/api/v1/stream?device={device}"))
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let (mut text, mut seen) = (String::new(), Vec::new());
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(until, body.next()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            if block.starts_with("event: firmware\n") {
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap();
+                assert!(!block.contains("\nid:"), "progress carries no id: {block}");
+                let j: Value = serde_json::from_str(data).unwrap();
+                let done = j["state"] == "done";
+                seen.push(j);
+                if done {
+                    return seen;
+                }
+            }
+        }
+    }
+    seen
+}
+
 fn firmware_of(devices: &Value, id: &str) -> String {
     devices["devices"]
         .as_array()
@@ -147,6 +178,9 @@ async fn a_rollout_updates_every_device_refuses_a_downgrade_and_rolls_back_a_bad
         "{err}"
     );
 
+    // The live stream of one device carries its job's progress (`event: firmware`).
+    let progress = tokio::spawn(firmware_events(api, "sim-0003"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let id = start(
         api,
         json!({"devices": ["sim-*"], "bundle": sha, "concurrency": 3}),
@@ -160,6 +194,14 @@ async fn a_rollout_updates_every_device_refuses_a_downgrade_and_rolls_back_a_bad
         assert_eq!(j["state"], "done", "{j}");
         assert_eq!(j["offset"], 64 * 1024);
     }
+    let seen = progress.await.unwrap();
+    assert!(seen.iter().all(|j| j["device"] == "sim-0003"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|j| j["state"] == "transferring" && j["offset"].as_u64() > Some(0)),
+        "progress on the stream: {seen:?}"
+    );
+    assert_eq!(seen.last().unwrap()["state"], "done", "{seen:?}");
     let devs = devices_known(api, 6).await;
     for i in 0..6 {
         assert_eq!(

@@ -98,10 +98,48 @@ async fn dashboard_shows_devices_values_and_live_charts() {
         .await;
     let api = agent.logged_addr("Serving the local API", WAIT).await;
 
-    // Three devices, three channels each (temperature, humidity, counter) at 20 Hz.
+    // A vendor key and a signed image for the firmware panel (the CLI, as a vendor would).
+    let ferry = ferry_tests::workspace_bin("ferry-agent", "ferry").unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&ferry)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ferry {args:?}: {out:?}");
+    };
+    run(&["firmware", "keygen", "--out", "vendor"]);
+    let image = ferry_sim::firmware::make_image("1.1.0", 96 * 1024, true).unwrap();
+    std::fs::write(dir.path().join("app.bin"), image).unwrap();
+    run(&[
+        "firmware",
+        "sign",
+        "app.bin",
+        "--key",
+        "vendor.key",
+        "--version",
+        "1.1.0",
+        "--board",
+        "ferry-sim",
+        "-o",
+        "app.fwb",
+    ]);
+    let public = std::fs::read_to_string(dir.path().join("vendor.pub")).unwrap();
+    let public = ferry_agent::firmware::bundle::read_public_key(&public).unwrap();
+
+    // Three devices, three channels each (temperature, humidity, counter) at 20 Hz, on links
+    // paced like a 115,200 baud UART (so an update takes seconds, long enough to watch).
     let stop = CancellationToken::new();
     let sim = tokio::spawn(ferry_sim::run(
-        ferry_sim::SimConfig::tcp(devices_addr, 3, 3, 50),
+        ferry_sim::SimConfig {
+            update: Some(ferry_sim::SimUpdate {
+                public_key: public,
+                version: "1.0.0".into(),
+                trial_timeout_ms: 10_000,
+            }),
+            line_rate: Some(11_520),
+            ..ferry_sim::SimConfig::tcp(devices_addr, 3, 3, 50)
+        },
         stop.clone(),
     ));
 
@@ -165,6 +203,43 @@ async fn dashboard_shows_devices_values_and_live_charts() {
     })
     .await;
     eprintln!("samples committed: {c0} then {c1}");
+
+    // A firmware update started from the command line shows up with live progress, then done.
+    let flash = tokio::process::Command::new(&ferry)
+        .args([
+            "flash",
+            "sim-0001",
+            "app.fwb",
+            "--api",
+            &format!("http://{api}"),
+            "--token",
+            TOKEN,
+        ])
+        .current_dir(dir.path())
+        .output();
+    let flash = tokio::spawn(flash);
+    let job = "const row = document.querySelector('#firmware-jobs tr[data-device=\"sim-0001\"]');
+        return row ? [row.querySelector('.badge').textContent, row.querySelector('progress').value]
+                   : null";
+    let moving = wait_until(&browser, "the update's progress on the page", job, |v| {
+        (v[0] == "transferring" && v[1].as_f64()? > 0.0).then(|| v.to_string())
+    })
+    .await;
+    eprintln!("firmware job on the page: {moving}");
+    wait_until(&browser, "the update done on the page", job, |v| {
+        (v[0] == "done").then_some(())
+    })
+    .await;
+    let out = flash.await.unwrap().unwrap();
+    assert!(out.status.success(), "ferry flash: {out:?}");
+    let firmware = "return document.querySelector('#devices tr[data-device=\"sim-0001\"] .muted')?.textContent";
+    wait_until(
+        &browser,
+        "the new version in the device table",
+        firmware,
+        |v| (v == "1.1.0").then_some(()),
+    )
+    .await;
 
     let state = browser
         .eval(

@@ -1,6 +1,7 @@
-//! `GET /api/v1/stream`: Server-Sent Events of samples as they commit.
+//! `GET /api/v1/stream`: Server-Sent Events of samples as they commit, and of firmware update
+//! progress.
 //!
-//! Invariant: the store is the only source. A stream holds a position (an `events.id`); when the
+//! Invariant for samples: the store is the only source. A stream holds a position (an `events.id`); when the
 //! writer announces a higher committed id it reads everything above its position from the store, in
 //! id order, and moves the position to what it sent. So a slow client never loses events (it just
 //! reads later), and a reconnect with `Last-Event-ID` resumes exactly after the last one it got.
@@ -90,7 +91,11 @@ impl Follow {
     }
 }
 
-/// Live samples as Server-Sent Events (`event: sample`, `id:` = event id, `data:` = the event).
+/// Live samples as Server-Sent Events (`event: sample`, `id:` = event id, `data:` = the event),
+/// and firmware update progress (`event: firmware`, no id, `data:` = the job as in
+/// `GET /api/v1/firmware/updates/{id}`), for the filtered device only when `device` is given.
+/// Progress events carry no id: they are live only, never replayed, and leave the client's
+/// Last-Event-ID (its sample position) as it was.
 #[utoipa::path(get, path = "/api/v1/stream", tag = "events",
     params(
         ("device" = Option<String>, Query, description = "Only this device"),
@@ -99,7 +104,7 @@ impl Follow {
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this id: replays stored events first"),
     ),
     responses(
-        (status = 200, description = "text/event-stream of `sample` events whose data is an Event", content_type = "text/event-stream", body = EventDoc),
+        (status = 200, description = "text/event-stream of `sample` events whose data is an Event, and `firmware` events whose data is a firmware job", content_type = "text/event-stream", body = EventDoc),
         (status = 400, body = ErrorDoc),
         (status = 503, body = ErrorDoc, description = "too many streams open")))]
 pub async fn stream(
@@ -117,6 +122,8 @@ pub async fn stream(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams(MAX_STREAMS))?;
+    let jobs = s.inner.firmware.subscribe();
+    let job_device = q.device.clone();
     let mut committed = s.inner.store.committed();
     let pos = match q.last_event_id {
         Some(id) => id,
@@ -149,7 +156,23 @@ pub async fn stream(
             .unwrap_or_else(|_| Event::default().comment("unencodable event"));
         Some((Ok(msg), f))
     });
-    Ok(Sse::new(start.chain(events)).keep_alive(
+    let progress = tokio_stream::wrappers::BroadcastStream::new(jobs).filter_map(move |j| {
+        // A lagging client skips progress it missed: the next event says where the job is.
+        let keep = j
+            .ok()
+            .filter(|j| job_device.as_ref().is_none_or(|d| *d == j.device))
+            .and_then(|j| Event::default().event("firmware").json_data(j).ok());
+        async move { keep.map(Ok::<Event, Infallible>) }
+    });
+    // The stream ends with the samples (agent stopping, store error), progress or not: the
+    // samples' end is marked by a `None` that stops the merged stream.
+    let samples = events
+        .map(Some)
+        .chain(futures_util::stream::once(async { None }));
+    let merged = futures_util::stream::select(samples, progress.map(Some))
+        .take_while(|x| futures_util::future::ready(x.is_some()))
+        .filter_map(futures_util::future::ready);
+    Ok(Sse::new(start.chain(merged)).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
             .text("keep-alive"),

@@ -1,11 +1,14 @@
 // Ferry dashboard: polls the agent's local API (agent/API.md) and draws live charts from its
 // Server-Sent Events stream. Plain ES2020, no framework, no build step: the agent embeds this file.
 //
-// Layout of this file: helpers, API access, status tiles, device table, live charts, start-up.
+// Layout of this file: helpers, API access, status tiles, device table, firmware updates, live
+// charts, start-up.
 "use strict";
 
 const STATUS_EVERY_MS = 2000;
 const DEVICES_EVERY_MS = 3000;
+const FIRMWARE_EVERY_MS = 1000;
+const FIRMWARE_UPDATES_SHOWN = 5; // the most recent updates' jobs are listed
 const WINDOW_MS = 10 * 60 * 1000; // a chart shows at most the last 10 minutes
 const LIVE_BUCKET_MS = 1000; // live samples are averaged per second
 const TOKEN_KEY = "ferry.api-token";
@@ -208,6 +211,43 @@ function unforwarded(f) {
   return f.lag_ms == null ? int(f.unforwarded) : `${int(f.unforwarded)} (${duration(f.lag_ms / 1000)} behind)`;
 }
 
+// ---- firmware updates: polled, and live from the selected device's stream ----------------------
+
+const ENDED = new Set(["done", "failed", "cancelled"]);
+
+async function refreshFirmware() {
+  const { updates } = await api("/api/v1/firmware/updates");
+  const shown = updates.slice(0, FIRMWARE_UPDATES_SHOWN);
+  const rows = shown.flatMap((u) => u.jobs.map((j) => jobRow(u, j)));
+  $("#firmware-jobs tbody").replaceChildren(...rows);
+  $("#firmware").hidden = rows.length === 0;
+}
+
+function jobRow(u, j) {
+  const row = el(
+    "tr",
+    { "data-job": String(j.id), "data-device": j.device },
+    el("td", {}, `#${u.id}`, el("div", { class: "muted" }, u.state)),
+    el("td", {}, j.device),
+    el("td", {}, j.version),
+    el("td", {}, el("span", { class: "badge", "data-state": j.state }, j.state)),
+    el("td", {}, el("progress", { max: String(j.length || 1), value: String(j.offset) }), " ", el("span", { class: "muted" }, ""))
+  );
+  showJob(row, j);
+  return row;
+}
+
+/** Puts a job's state into its row (from a poll or a live `firmware` event). */
+function showJob(row, j) {
+  const badge = row.querySelector(".badge");
+  badge.textContent = j.error ? `${j.state}: ${j.error}` : j.state;
+  badge.dataset.state = j.state;
+  const bar = row.querySelector("progress");
+  bar.value = j.offset;
+  const pct = j.length ? Math.floor((100 * j.offset) / j.length) : 0;
+  row.querySelector("td:last-child .muted").textContent = ENDED.has(j.state) ? "" : `${pct} %`;
+}
+
 // ---- live charts of the selected device -------------------------------------------------------
 
 let live = null; // { device, source: EventSource, charts: Map(sensor -> Chart), lastEventId }
@@ -248,6 +288,11 @@ function openStream(view) {
     const e = JSON.parse(message.data);
     view.lastEventId = message.lastEventId;
     chartOf(view, e.sensor, e.unit).add(e.ts_ms, toNumber(e.value));
+  });
+  source.addEventListener("firmware", (message) => {
+    const j = JSON.parse(message.data);
+    const row = document.querySelector(`#firmware-jobs tr[data-job="${j.id}"]`);
+    if (row) showJob(row, j);
   });
   source.onopen = () => report("stream", null);
   source.onerror = () => {
@@ -361,3 +406,4 @@ class Chart {
 
 every(STATUS_EVERY_MS, "status", refreshStatus);
 every(DEVICES_EVERY_MS, "devices", refreshDevices);
+every(FIRMWARE_EVERY_MS, "firmware", refreshFirmware);
