@@ -51,7 +51,12 @@ fn bundle(version: &str) -> Vec<u8> {
 }
 
 async fn post(url: &str, body: Vec<u8>) -> Value {
-    let r = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{url}: {}", r.status());
     r.json().await.unwrap()
 }
@@ -125,8 +130,10 @@ async fn update(api: SocketAddr, sha: &str, concurrency: u32) -> (f64, Value) {
     let t0 = Instant::now();
     let v = post(
         &format!("http://{api}/api/v1/firmware/updates"),
-        serde_json::to_vec(&json!({"devices": ["sim-*"], "bundle": sha, "concurrency": concurrency}))
-            .unwrap(),
+        serde_json::to_vec(
+            &json!({"devices": ["sim-*"], "bundle": sha, "concurrency": concurrency}),
+        )
+        .unwrap(),
     )
     .await;
     let id = v["id"].as_i64().unwrap();
@@ -248,7 +255,10 @@ async fn main() {
     let secs = r["seconds"].as_f64().unwrap_or(10.0);
     rows.push(rollout(n, None, secs).await);
     rows.push(r);
-    println!("\n{:<16} {:>9} {:>12} {:>8} {:>10} {:>10} {:>10}", "scenario", "seconds", "line limit", "ratio", "ack p50", "ack p99", "lost");
+    println!(
+        "\n{:<16} {:>9} {:>12} {:>8} {:>10} {:>10} {:>10}",
+        "scenario", "seconds", "line limit", "ratio", "ack p50", "ack p99", "lost"
+    );
     for r in &rows {
         let f = |k: &str| r[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
         println!(

@@ -135,11 +135,14 @@ impl Agent {
         )
         .await
         .context("loading pending commands")?;
+        let (results_tx, results_rx) = tokio::sync::mpsc::channel(64);
         let (firmware, firmware_task) = firmware::spawn(
             store::open_reader(&settings.store.path)
                 .context("opening a read connection for firmware updates")?,
             store.clone(),
             Vec::new(),
+            settings.gateway_id.clone(),
+            results_tx,
             commands_stop.clone(),
         )
         .await
@@ -185,6 +188,7 @@ impl Agent {
         }
         let uplink_stats = Arc::new(crate::uplink::UplinkStats::default());
         let mut outcomes_rx = Some(outcomes_rx);
+        let mut results_rx = Some(results_rx);
         let uplink = match &settings.uplink {
             None => {
                 tracing::warn!(
@@ -192,6 +196,9 @@ impl Agent {
                 );
                 // Outcomes stay in the store (the local API shows them); nobody publishes them.
                 if let Some(mut rx) = outcomes_rx.take() {
+                    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                }
+                if let Some(mut rx) = results_rx.take() {
                     tokio::spawn(async move { while rx.recv().await.is_some() {} });
                 }
                 None
@@ -207,6 +214,10 @@ impl Agent {
                     .with_downlink(crate::uplink::Downlink {
                         commands: in_tx,
                         outcomes: outcomes_rx.take().expect("taken once"),
+                        firmware: Some(firmware.clone()),
+                        messages: results_rx.take().expect("taken once"),
+                        outcomes_done: false,
+                        messages_done: false,
                     });
                 let c = commands.clone();
                 tokio::spawn(async move {

@@ -21,7 +21,16 @@ use ferry_contract::{
 use serde_json::{json, Value};
 
 /// The messages of the document, by their key under `components.messages`.
-const MESSAGES: [&str; 4] = ["eventBatch", "status", "commandRequest", "commandOutcome"];
+const MESSAGES: [&str; 8] = [
+    "eventBatch",
+    "status",
+    "commandRequest",
+    "commandOutcome",
+    "firmwareBundle",
+    "firmwareBundleResult",
+    "firmwareUpdateRequest",
+    "firmwareUpdateResult",
+];
 
 /// D2's range and D3's lengths (checked against contract.rs in
 /// `limits_in_the_schemas_are_the_contracts`).
@@ -116,6 +125,19 @@ fn decode(name: &str, payload: &Value) -> Result<(), String> {
             .map(drop)
             .map_err(|e| e.to_string()),
         "commandOutcome" => serde_json::from_slice::<CommandOutcome>(&bytes)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        // The bundle message is binary; its schema is the manifest line's.
+        "firmwareBundle" => serde_json::from_slice::<contract::BundleManifest>(&bytes)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        "firmwareBundleResult" => serde_json::from_slice::<contract::BundleResult>(&bytes)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        "firmwareUpdateRequest" => contract::UpdateRequest::decode(&bytes)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        "firmwareUpdateResult" => serde_json::from_slice::<contract::UpdateResult>(&bytes)
             .map(drop)
             .map_err(|e| e.to_string()),
         other => panic!("unknown message {other}"),
@@ -252,6 +274,38 @@ fn channel_addresses_and_subscriptions_are_the_contracts() {
                 device: dev.into(),
             },
         ),
+        (
+            "firmwareBundle",
+            contract::firmware_bundle_topic(gw),
+            Topic::Firmware {
+                gateway: gw.into(),
+                what: contract::FirmwareTopic::Bundle,
+            },
+        ),
+        (
+            "firmwareBundleResults",
+            contract::firmware_result_topic(gw, contract::FirmwareTopic::Bundle),
+            Topic::FirmwareResult {
+                gateway: gw.into(),
+                what: contract::FirmwareTopic::Bundle,
+            },
+        ),
+        (
+            "firmwareUpdates",
+            contract::firmware_update_topic(gw),
+            Topic::Firmware {
+                gateway: gw.into(),
+                what: contract::FirmwareTopic::Update,
+            },
+        ),
+        (
+            "firmwareUpdateResults",
+            contract::firmware_result_topic(gw, contract::FirmwareTopic::Update),
+            Topic::FirmwareResult {
+                gateway: gw.into(),
+                what: contract::FirmwareTopic::Update,
+            },
+        ),
     ] {
         let a = fill(&address(channel));
         assert_eq!(a, topic, "channel {channel}");
@@ -272,9 +326,22 @@ fn channel_addresses_and_subscriptions_are_the_contracts() {
     }
     assert_eq!(
         d["channels"].as_object().unwrap().len(),
-        4,
+        8,
         "no other channels"
     );
+    for (channel, topic) in [
+        ("firmwareBundle", contract::firmware_bundle_topic(gw)),
+        ("firmwareUpdates", contract::firmware_update_topic(gw)),
+    ] {
+        let sub = d["channels"][channel]["x-ferry-subscriptions"]["agent"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            fill(sub),
+            topic,
+            "the agent subscribes to {channel} by name"
+        );
+    }
     assert_eq!(
         d["channels"]["events"]["x-ferry-subscriptions"]["ferry-bridge"],
         contract::EVENTS_SHARED_FILTER
@@ -328,6 +395,10 @@ fn operations_are_the_agents_with_qos_1_and_retain_only_for_status() {
             ("commandResults", "send"),
             ("commands", "receive"),
             ("events", "send"),
+            ("firmwareBundle", "receive"),
+            ("firmwareBundleResults", "send"),
+            ("firmwareUpdateResults", "send"),
+            ("firmwareUpdates", "receive"),
             ("status", "send")
         ]
         .map(|(a, b)| (a.to_owned(), b.to_owned()))

@@ -3,6 +3,7 @@ mod bridge;
 mod command_statuses;
 mod contract;
 mod dashboard;
+mod firmware_mqtt;
 mod firmware_pipeline;
 mod firmware_qemu;
 mod metrics_names;

@@ -315,6 +315,8 @@ mod tests {
             crate::store::open_reader(&settings.path).unwrap(),
             spawned.handle.clone(),
             Vec::new(),
+            "gw".into(),
+            tokio::sync::mpsc::channel(1).0,
             stop.clone(),
         )
         .await

@@ -18,7 +18,6 @@
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use ferry_wire::update::{
@@ -26,27 +25,12 @@ use ferry_wire::update::{
 };
 
 /// First line of every bundle.
-pub const MAGIC: &str = "ferry-bundle 1";
+pub const MAGIC: &str = ferry_contract::BUNDLE_MAGIC;
 /// Largest image a bundle may carry (the local API and MQTT take whole bundles).
 pub const MAX_IMAGE_LEN: usize = 4 * 1024 * 1024;
 
-/// The described part of a bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// Image version (PROTOCOL.md section 9.5).
-    pub version: String,
-    /// Board the image is built for.
-    pub board: String,
-    /// Image length.
-    pub length: u32,
-    /// SHA-256 of the image, hex.
-    pub sha256: String,
-    /// ed25519 signature of the signed message, hex.
-    pub signature: String,
-    /// The public key that signed it, hex.
-    pub key: String,
-}
+/// The described part of a bundle (the MQTT contract's, as bundles also travel over MQTT).
+pub use ferry_contract::BundleManifest as Manifest;
 
 /// A parsed, self-consistent bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]

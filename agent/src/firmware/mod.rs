@@ -2,7 +2,7 @@
 //! rollouts to many devices, one job per device.
 //!
 //! Path of an image: a bundle ([`bundle`], signed offline) is uploaded (local API, `ferry flash`,
-//! MQTT) and stored once by its SHA-256 (table `firmware_bundles`) → a rollout (`firmware_rollouts`)
+//! or the MQTT topic `ferry/v1/{gateway}/firmware/bundle`) and stored once by its SHA-256 (table `firmware_bundles`) → a rollout (`firmware_rollouts`)
 //! names devices and the bundle → one job per device (`firmware_jobs`, its id is the transfer id on
 //! the wire) → this actor sends the job's Begin, chunks and Commit on the device's link, driven by
 //! the device's `UpdateStatus` through the sans-IO [`transfer::Transfer`] → the device writes its
@@ -17,6 +17,11 @@
 //!   say they are, not from zero.
 //! - At most one job per device is started at a time; at most `concurrency` jobs of a rollout are
 //!   started at once; once more than `max_failures` of its jobs failed, a rollout starts no more.
+//! - An update requested over MQTT (`.../firmware/update`) is stored with its request id before
+//!   the message is acked, so a redelivered request never starts a second update; its results
+//!   (`accepted` or `rejected` at once, the final one when every job ended) are published on
+//!   `.../firmware/update/result`, and a final result the broker never acked goes out again after
+//!   a restart.
 //! - Chunks go to a device's link only within its window (a few KiB per device), so an update
 //!   never takes the link from the device's samples and acks, and other devices' ingest never
 //!   waits for it.
@@ -34,8 +39,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::Completion;
 use crate::store::writer::StoreHandle;
 use bundle::Bundle;
+use ferry_contract::{self as contract, FirmwareTopic};
 use rollout::Rollout;
 use transfer::{Offer, Out, Outcome, Phase, Transfer};
 
@@ -149,7 +156,23 @@ pub struct RolloutView {
     pub jobs: Vec<JobView>,
 }
 
+/// A message for the uplink to publish (firmware results); `delivered` fires on its PUBACK.
+#[derive(Debug)]
+pub struct OutgoingMessage {
+    /// Topic.
+    pub topic: String,
+    /// Payload (JSON).
+    pub payload: Vec<u8>,
+    /// Told when the broker acked it.
+    pub delivered: Option<oneshot::Sender<()>>,
+}
+
 enum Req {
+    Mqtt {
+        what: FirmwareTopic,
+        payload: Vec<u8>,
+        completion: Completion,
+    },
     Status {
         device: String,
         status: UpdateStatus,
@@ -194,6 +217,19 @@ impl FirmwareHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(req(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// A message on this gateway's `firmware/bundle` or `firmware/update` topic; `completion`
+    /// (its PUBACK) runs once it is safe (stored, or answered).
+    pub async fn mqtt(&self, what: FirmwareTopic, payload: Vec<u8>, completion: Completion) {
+        let _ = self
+            .tx
+            .send(Req::Mqtt {
+                what,
+                payload,
+                completion,
+            })
+            .await;
     }
 
     /// Stores a verified bundle; `(info, true)` when it was new.
@@ -248,11 +284,14 @@ struct Job {
     updated_ms: i64,
 }
 
-/// Starts the actor over the store (`reader` for loading, `store` for every write).
+/// Starts the actor over the store (`reader` for loading, `store` for every write); results for
+/// the cloud go to `results` (the uplink publishes them).
 pub async fn spawn(
     reader: Connection,
     store: StoreHandle,
     trusted: Vec<[u8; 32]>,
+    gateway: String,
+    results: mpsc::Sender<OutgoingMessage>,
     shutdown: CancellationToken,
 ) -> rusqlite::Result<(FirmwareHandle, tokio::task::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(256);
@@ -266,8 +305,11 @@ pub async fn spawn(
         jobs: Vec::new(),
         links: HashMap::new(),
         events: events.clone(),
+        gateway,
+        results,
     };
     actor.load()?;
+    actor.republish_results()?;
     Ok((
         FirmwareHandle { tx, events },
         tokio::spawn(actor.run(rx, shutdown)),
@@ -285,6 +327,8 @@ struct Actor {
     jobs: Vec<Job>,
     links: HashMap<String, mpsc::Sender<UpdateFrame>>,
     events: broadcast::Sender<JobView>,
+    gateway: String,
+    results: mpsc::Sender<OutgoingMessage>,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -438,6 +482,13 @@ impl Actor {
                             let outs = self.jobs[i].t.status(now, &status);
                             self.send(i, outs);
                             self.after_change(i).await;
+                        }
+                        self.schedule().await;
+                    }
+                    Some(Req::Mqtt { what, payload, completion }) => {
+                        match what {
+                            FirmwareTopic::Bundle => self.mqtt_bundle(&payload, completion).await,
+                            FirmwareTopic::Update => self.mqtt_update(&payload, completion).await,
                         }
                         self.schedule().await;
                     }
@@ -654,6 +705,7 @@ impl Actor {
                 if done.is_ok() {
                     tracing::info!(rollout = rid, state, "Rollout finished.");
                     self.rollouts.remove(&rid);
+                    self.publish_final(rid);
                 }
             }
         }
@@ -734,6 +786,14 @@ impl Actor {
     }
 
     async fn start(&mut self, spec: RolloutSpec) -> Result<RolloutView, String> {
+        self.start_with(spec, None).await
+    }
+
+    async fn start_with(
+        &mut self,
+        spec: RolloutSpec,
+        request_id: Option<String>,
+    ) -> Result<RolloutView, String> {
         let sha = spec.bundle.to_ascii_lowercase();
         bundle::sha_from_hex(&sha).map_err(|_| {
             format!(
@@ -786,9 +846,9 @@ impl Actor {
         self.store
             .exec(move |tx| {
                 tx.execute(
-                    "INSERT INTO firmware_rollouts (bundle, targets, force, concurrency, max_failures, state, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
-                    params![bundle_sha, serde_json::to_string(&s.devices).unwrap_or_default(), s.force, s.concurrency, s.max_failures, utc],
+                    "INSERT INTO firmware_rollouts (bundle, targets, force, concurrency, max_failures, state, created_ms, request_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)",
+                    params![bundle_sha, serde_json::to_string(&s.devices).unwrap_or_default(), s.force, s.concurrency, s.max_failures, utc, request_id],
                 )?;
                 let rid = tx.last_insert_rowid();
                 for d in &list {
@@ -920,5 +980,213 @@ impl Actor {
             }
         }
         Ok(out)
+    }
+}
+
+impl Actor {
+    /// Queues a message for the cloud (dropped when no uplink is configured).
+    fn publish(&self, topic: String, payload: Vec<u8>, delivered: Option<oneshot::Sender<()>>) {
+        let m = OutgoingMessage {
+            topic,
+            payload,
+            delivered,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.results.try_send(m) {
+            tracing::warn!(
+                "Firmware result queue full; a stored final result goes out after the next start."
+            );
+        }
+    }
+
+    async fn mqtt_bundle(&mut self, payload: &[u8], completion: Completion) {
+        let gateway = self.gateway.clone();
+        let result = |status, b: Option<&BundleInfo>, detail| contract::BundleResult {
+            v: contract::SCHEMA_VERSION,
+            gateway: gateway.clone(),
+            status,
+            sha256: b.map(|b| b.sha256.clone()),
+            version: b.map(|b| b.version.clone()),
+            board: b.map(|b| b.board.clone()),
+            detail,
+            at_ms: crate::utc_now_ms(),
+        };
+        let topic = contract::firmware_result_topic(&self.gateway, FirmwareTopic::Bundle);
+        let stored = match Bundle::parse(payload) {
+            Ok(b) => self.add_bundle(b).await,
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok((info, _)) => {
+                completion.done();
+                let r = result(contract::BundleStatus::Stored, Some(&info), None);
+                self.publish(topic, serde_json::to_vec(&r).expect("serializes"), None);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Firmware bundle from MQTT rejected.");
+                let r = result(contract::BundleStatus::Rejected, None, Some(e));
+                self.answer_then_ack(topic, &r, completion);
+            }
+        }
+    }
+
+    /// Publishes `r` and acks the request once the broker has the answer (a crash in between
+    /// redelivers the request, which is answered again).
+    fn answer_then_ack<T: Serialize>(&self, topic: String, r: &T, completion: Completion) {
+        let (tx, rx) = oneshot::channel();
+        self.publish(topic, serde_json::to_vec(r).expect("serializes"), Some(tx));
+        tokio::spawn(async move {
+            if rx.await.is_ok() {
+                completion.done();
+            }
+        });
+    }
+
+    async fn mqtt_update(&mut self, payload: &[u8], completion: Completion) {
+        let topic = contract::firmware_result_topic(&self.gateway, FirmwareTopic::Update);
+        let gateway = self.gateway.clone();
+        let reject = |id: String, detail: String| contract::UpdateResult {
+            v: contract::SCHEMA_VERSION,
+            id,
+            gateway: gateway.clone(),
+            update: None,
+            status: contract::UpdateResultStatus::Rejected,
+            detail: Some(detail),
+            jobs: Vec::new(),
+            at_ms: crate::utc_now_ms(),
+        };
+        let req = match contract::UpdateRequest::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let id = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                tracing::warn!(request = %id, error = %e, "Firmware update request rejected.");
+                let r = reject(id, e.to_string());
+                self.answer_then_ack(topic, &r, completion);
+                return;
+            }
+        };
+        // A repeated request: answer with where that update stands.
+        let known: Option<i64> = self
+            .reader
+            .query_row(
+                "SELECT id FROM firmware_rollouts WHERE request_id = ?1",
+                params![req.id],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        if let Some(rid) = known {
+            if let Some(v) = self.list(Some(rid)).ok().and_then(|mut v| v.pop()) {
+                let r = self.result_of(&v, req.id.clone());
+                self.publish(topic, serde_json::to_vec(&r).expect("serializes"), None);
+            }
+            completion.done();
+            return;
+        }
+        let spec = RolloutSpec {
+            devices: req.devices.clone(),
+            bundle: req.bundle.clone(),
+            force: req.force,
+            concurrency: req.concurrency.unwrap_or(rollout::DEFAULT_CONCURRENCY),
+            max_failures: req.max_failures.unwrap_or(0),
+        };
+        match self.start_with(spec, Some(req.id.clone())).await {
+            Ok(v) => {
+                completion.done();
+                let r = self.result_of(&v, req.id);
+                self.publish(topic, serde_json::to_vec(&r).expect("serializes"), None);
+            }
+            Err(e) => {
+                tracing::warn!(request = %req.id, error = %e, "Firmware update request rejected.");
+                let r = reject(req.id, e);
+                self.answer_then_ack(topic, &r, completion);
+            }
+        }
+    }
+
+    /// The result message of an update as it stands.
+    fn result_of(&self, v: &RolloutView, id: String) -> contract::UpdateResult {
+        contract::UpdateResult {
+            v: contract::SCHEMA_VERSION,
+            id,
+            gateway: self.gateway.clone(),
+            update: Some(v.id),
+            status: match v.state.as_str() {
+                "done" => contract::UpdateResultStatus::Done,
+                "stopped" => contract::UpdateResultStatus::Stopped,
+                "cancelled" => contract::UpdateResultStatus::Cancelled,
+                _ => contract::UpdateResultStatus::Accepted,
+            },
+            detail: None,
+            jobs: v
+                .jobs
+                .iter()
+                .map(|j| contract::JobResult {
+                    device: j.device.clone(),
+                    state: j.state.clone(),
+                    error: j.error.clone(),
+                })
+                .collect(),
+            at_ms: crate::utc_now_ms(),
+        }
+    }
+
+    /// Publishes an ended update's final result if it came from MQTT; marks it published on
+    /// the broker's ack (until then a restart publishes it again).
+    fn publish_final(&self, rid: i64) {
+        let request: Option<String> = self
+            .reader
+            .query_row(
+                "SELECT request_id FROM firmware_rollouts WHERE id = ?1",
+                params![rid],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None)
+            .flatten();
+        let Some(request) = request else { return };
+        let Some(v) = self.list(Some(rid)).ok().and_then(|mut v| v.pop()) else {
+            return;
+        };
+        let r = self.result_of(&v, request);
+        let (tx, rx) = oneshot::channel::<()>();
+        self.publish(
+            contract::firmware_result_topic(&self.gateway, FirmwareTopic::Update),
+            serde_json::to_vec(&r).expect("serializes"),
+            Some(tx),
+        );
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if rx.await.is_ok() {
+                let _ = store
+                    .exec(move |c| {
+                        c.execute(
+                            "UPDATE firmware_rollouts SET result_published = 1 WHERE id = ?1",
+                            params![rid],
+                        )
+                        .map(|_| ())
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Final results of MQTT updates that ended while the broker was out of reach (or before a
+    /// crash): published again.
+    fn republish_results(&self) -> rusqlite::Result<()> {
+        let ids: Vec<i64> = {
+            let mut st = self.reader.prepare(
+                "SELECT id FROM firmware_rollouts
+                 WHERE request_id IS NOT NULL AND state != 'running' AND result_published = 0",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for rid in ids {
+            self.publish_final(rid);
+        }
+        Ok(())
     }
 }

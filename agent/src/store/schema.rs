@@ -191,7 +191,9 @@ CREATE TABLE firmware_rollouts (
     max_failures INTEGER NOT NULL,
     state        TEXT    NOT NULL,              -- running | done | stopped | cancelled
     created_ms   INTEGER NOT NULL,
-    finished_ms  INTEGER
+    finished_ms  INTEGER,
+    request_id   TEXT    UNIQUE,                -- the MQTT update request's id (NULL from the API)
+    result_published INTEGER NOT NULL DEFAULT 0 -- the final result reached the broker
 );
 CREATE TABLE firmware_jobs (
     id          INTEGER PRIMARY KEY,            -- the transfer id on the wire

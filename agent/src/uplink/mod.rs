@@ -191,13 +191,55 @@ fn puback(client: Arc<dyn Publisher>, token: mqtt::AckToken) -> Completion {
 }
 
 /// The agent's ends of the downlink: commands the uplink received, and outcomes to publish on
-/// `.../commands/result`.
-#[derive(Debug)]
+/// `.../commands/result`; firmware bundles and update requests (`.../firmware/{bundle,update}`),
+/// and their results to publish.
 pub struct Downlink {
     /// Where valid commands go, each with its PUBACK as the completion.
     pub commands: tokio::sync::mpsc::Sender<Submission>,
     /// Outcomes to publish.
     pub outcomes: tokio::sync::mpsc::Receiver<OutgoingOutcome>,
+    /// Where firmware messages go (with their PUBACK as the completion); `None`: not subscribed.
+    pub firmware: Option<crate::firmware::FirmwareHandle>,
+    /// Firmware results to publish.
+    pub messages: tokio::sync::mpsc::Receiver<crate::firmware::OutgoingMessage>,
+    /// The queues closed so far (set by the uplink).
+    pub outcomes_done: bool,
+    /// See `outcomes_done`.
+    pub messages_done: bool,
+}
+
+/// What the agent gives the uplink to publish.
+enum Outgoing {
+    Outcome(OutgoingOutcome),
+    Message(crate::firmware::OutgoingMessage),
+}
+
+impl Downlink {
+    /// The next thing to publish; `None` once both queues are closed.
+    async fn next_out(&mut self) -> Option<Outgoing> {
+        loop {
+            let (outcomes_open, messages_open) = (!self.outcomes_done, !self.messages_done);
+            if !outcomes_open && !messages_open {
+                return None;
+            }
+            tokio::select! {
+                o = self.outcomes.recv(), if outcomes_open => match o {
+                    Some(o) => return Some(Outgoing::Outcome(o)),
+                    None => self.outcomes_done = true,
+                },
+                m = self.messages.recv(), if messages_open => match m {
+                    Some(m) => return Some(Outgoing::Message(m)),
+                    None => self.messages_done = true,
+                },
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Downlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downlink").finish_non_exhaustive()
+    }
 }
 
 type Shared<S> = Arc<Mutex<S>>;
@@ -304,9 +346,13 @@ impl<S: EventSource> Uplink<S> {
                     }
                     None => break Ok(()),
                 },
-                o = async { self.downlink.as_mut().expect("guarded").outcomes.recv().await },
+                o = async { self.downlink.as_mut().expect("guarded").next_out().await },
                     if self.downlink.is_some() => match o {
-                    Some(o) => self.publish_outcome(client.as_ref(), &o.outcome, o.delivered),
+                    Some(Outgoing::Outcome(o)) => self.publish_outcome(client.as_ref(), &o.outcome, o.delivered),
+                    Some(Outgoing::Message(m)) => {
+                        self.ledger.push(m.topic, m.payload.into(), m.delivered);
+                        self.pump(client.as_ref());
+                    }
                     None => self.downlink = None,
                 },
                 _ = tick.tick() => {
@@ -375,10 +421,22 @@ impl<S: EventSource> Uplink<S> {
                 );
                 let topic = contract::status_topic(&self.settings.gateway);
                 self.ledger.on_connected(max_packet, topic, birth.into());
-                if self.downlink.is_some() {
+                if let Some(d) = &self.downlink {
                     let filter = contract::commands_filter(&self.settings.gateway);
                     if let Err(e) = client.subscribe(&filter) {
                         tracing::warn!(error = %e, "Could not subscribe to commands.");
+                    }
+                    if d.firmware.is_some() {
+                        // By name: `firmware/+` would also match a device called "firmware".
+                        let g = &self.settings.gateway;
+                        for topic in [
+                            contract::firmware_bundle_topic(g),
+                            contract::firmware_update_topic(g),
+                        ] {
+                            if let Err(e) = client.subscribe(&topic) {
+                                tracing::warn!(error = %e, %topic, "Could not subscribe to firmware updates.");
+                            }
+                        }
                     }
                 }
                 self.pump(client);
@@ -550,6 +608,18 @@ impl<S: EventSource> Uplink<S> {
         payload: &[u8],
         receipt: Completion,
     ) {
+        if let Ok(contract::Topic::Firmware { gateway, what }) = contract::try_parse_topic(topic) {
+            match self.downlink.as_ref().and_then(|d| d.firmware.as_ref()) {
+                Some(f) if gateway == self.settings.gateway => {
+                    f.mqtt(what, payload.to_vec(), receipt).await;
+                }
+                _ => {
+                    tracing::warn!(%topic, "Ignoring a firmware message not for this gateway.");
+                    receipt.done();
+                }
+            }
+            return;
+        }
         let (device, request) = match downlinked(&self.settings.gateway, topic, payload) {
             Downlinked::Command { device, request } => (device, request),
             Downlinked::NotOurs(why) => {

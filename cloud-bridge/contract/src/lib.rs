@@ -1,5 +1,5 @@
 //! The MQTT contract between gateways and the cloud: topic names, payloads and their codecs,
-//! commands and outcomes. This crate is the only place they are defined (no tokio, no I/O);
+//! commands and outcomes, firmware updates. This crate is the only place they are defined (no tokio, no I/O);
 //! `cloud-bridge/asyncapi.yaml` documents the same, and a test checks real payloads against it.
 //!
 //! Invariants:
@@ -31,6 +31,7 @@ mod addr;
 mod batch;
 mod commands;
 mod error;
+mod firmware;
 mod limits;
 pub mod reading;
 mod status;
@@ -46,14 +47,19 @@ pub use commands::{
     DEFAULT_COMMAND_TTL_S, MAX_COMMAND_ID_LEN, MAX_OPAQUE_LEN,
 };
 pub use error::ContractError;
+pub use firmware::{
+    BundleManifest, BundleResult, BundleStatus, JobResult, UpdateRequest, UpdateResult,
+    UpdateResultStatus, BUNDLE_MAGIC, MAX_UPDATE_ID_LEN,
+};
 pub use limits::{
     check_device_id, check_gateway_id, check_sensor_name, check_ts_ms, MAX_DEVICE_ID_LEN,
     MAX_GATEWAY_ID_LEN, MAX_NAME_LEN, MAX_TS_MS, MIN_TS_MS,
 };
 pub use status::{LinkState, Status};
 pub use topics::{
-    command_result_topic, commands_filter, commands_topic, events_topic, parse_topic, segment,
-    status_topic, try_parse_topic, unsegment, Topic, EVENTS_SHARED_FILTER,
+    command_result_topic, commands_filter, commands_topic, events_topic, firmware_bundle_topic,
+    firmware_result_topic, firmware_update_topic, parse_topic, segment, status_topic,
+    try_parse_topic, unsegment, FirmwareTopic, Topic, EVENTS_SHARED_FILTER,
 };
 
 /// Version of every payload in this module (`"v"` in JSON).

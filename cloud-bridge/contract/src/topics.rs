@@ -4,7 +4,11 @@
 //! - Every id is one topic level: [`segment`] percent-encodes `%`, `/`, `+`, `#` and NUL, and
 //!   [`unsegment`] reverses exactly those five escapes (anything else is refused), so an id is
 //!   never a wildcard and round-trips whatever it holds.
-//! - [`try_parse_topic`] knows exactly the four shapes the `*_topic` functions build.
+//! - [`try_parse_topic`] knows exactly the shapes the `*_topic` functions build. A device may be
+//!   called `firmware`: `ferry/v1/{gateway}/firmware/commands` is that device's commands, while
+//!   the firmware topics end in `bundle`, `update` or `result` after `firmware`. A gateway
+//!   subscribes to its two firmware topics by name, never with `firmware/+`, which would also
+//!   match such a device's own events.
 
 /// Shared subscription the cloud-side bridges use, so replicas split the load.
 pub const EVENTS_SHARED_FILTER: &str = "$share/ferry-bridge/ferry/v1/+/+/events";
@@ -38,6 +42,34 @@ pub fn command_result_topic(gateway: &str, device: &str) -> String {
     )
 }
 
+/// `ferry/v1/{gateway}/firmware/bundle`: a signed bundle for the gateway (cloud → gateway).
+pub fn firmware_bundle_topic(gateway: &str) -> String {
+    format!("ferry/v1/{}/firmware/bundle", segment(gateway))
+}
+
+/// `ferry/v1/{gateway}/firmware/update`: an update request (cloud → gateway).
+pub fn firmware_update_topic(gateway: &str) -> String {
+    format!("ferry/v1/{}/firmware/update", segment(gateway))
+}
+
+/// `ferry/v1/{gateway}/firmware/{bundle|update}/result` (gateway → cloud).
+pub fn firmware_result_topic(gateway: &str, what: FirmwareTopic) -> String {
+    let what = match what {
+        FirmwareTopic::Bundle => "bundle",
+        FirmwareTopic::Update => "update",
+    };
+    format!("ferry/v1/{}/firmware/{what}/result", segment(gateway))
+}
+
+/// The two firmware message kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirmwareTopic {
+    /// A bundle.
+    Bundle,
+    /// An update request.
+    Update,
+}
+
 /// What a `ferry/v1/...` topic names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic {
@@ -67,6 +99,20 @@ pub enum Topic {
         /// Gateway id (decoded).
         gateway: String,
     },
+    /// `ferry/v1/{gateway}/firmware/{bundle|update}`
+    Firmware {
+        /// Gateway id (decoded).
+        gateway: String,
+        /// Which.
+        what: FirmwareTopic,
+    },
+    /// `ferry/v1/{gateway}/firmware/{bundle|update}/result`
+    FirmwareResult {
+        /// Gateway id (decoded).
+        gateway: String,
+        /// Which.
+        what: FirmwareTopic,
+    },
 }
 
 /// Parses a topic of this contract; `None` for anything else ([`try_parse_topic`] says why).
@@ -89,6 +135,24 @@ pub fn try_parse_topic(topic: &str) -> Result<Topic, String> {
     };
     match parts.as_slice() {
         ["ferry", "v1", _, "status"] => Ok(Topic::Status { gateway: s(2)? }),
+        ["ferry", "v1", _, "firmware", w @ ("bundle" | "update")] => Ok(Topic::Firmware {
+            gateway: s(2)?,
+            what: if *w == "bundle" {
+                FirmwareTopic::Bundle
+            } else {
+                FirmwareTopic::Update
+            },
+        }),
+        ["ferry", "v1", _, "firmware", w @ ("bundle" | "update"), "result"] => {
+            Ok(Topic::FirmwareResult {
+                gateway: s(2)?,
+                what: if *w == "bundle" {
+                    FirmwareTopic::Bundle
+                } else {
+                    FirmwareTopic::Update
+                },
+            })
+        }
         ["ferry", "v1", _, _, "events"] => Ok(Topic::Events {
             gateway: s(2)?,
             device: s(3)?,

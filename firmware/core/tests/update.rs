@@ -571,3 +571,35 @@ fn a_transfer_resumes_from_the_device_offset_after_the_link_drops() {
     let mut u = dev.boot(2).unwrap();
     assert_eq!(u.welcomed(2).unwrap().state, UpdateState::Idle);
 }
+
+/// A record left by a build with a larger slot (its length does not fit this one) is no transfer:
+/// the updater forgets it at boot instead of hashing past the end of the flash.
+#[test]
+fn a_record_longer_than_the_slot_is_forgotten() {
+    use ferry_firmware::update::{Manifest, Record};
+    let (old, new) = old_and_new();
+    let dev = Device::new(old, new);
+    let mut rec = Record::new(dev.flash.slots().record);
+    rec.start(&Manifest {
+        id: 4,
+        length: (ACTIVE_PAGES as u32 + 5) * 1024,
+        force: false,
+        version: heapless::String::try_from(NEW).unwrap(),
+        board: heapless::String::try_from(BOARD).unwrap(),
+        sha256: [0; 32],
+        signature: [0; 64],
+    })
+    .unwrap();
+    rec.set_marked().unwrap();
+    let mut u = dev.boot(0).unwrap();
+    assert_eq!(u.welcomed(0).unwrap().state, UpdateState::Idle);
+    assert!(rec_is_empty(&dev));
+}
+
+fn rec_is_empty(dev: &Device) -> bool {
+    use ferry_firmware::update::Record;
+    Record::new(dev.flash.slots().record)
+        .load()
+        .unwrap()
+        .is_none()
+}

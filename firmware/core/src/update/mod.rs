@@ -227,6 +227,19 @@ where
             });
         };
         let length = s.manifest.length;
+        let room = self
+            .active
+            .capacity()
+            .min(self.dfu.capacity().saturating_sub(D::ERASE_SIZE));
+        if length as usize > room || length == 0 {
+            // Written by a build with another layout: nothing of it can be in this slot.
+            self.record.clear().map_err(|_| ())?;
+            return Ok(if boot == State::Swap {
+                Phase::Trial
+            } else {
+                Phase::Idle
+            });
+        }
         self.manifest = Some(s.manifest);
         Ok(match boot {
             State::Swap => {

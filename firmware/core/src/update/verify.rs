@@ -4,7 +4,8 @@
 use embedded_storage::nor_flash::ReadNorFlash;
 use sha2::{Digest, Sha256};
 
-/// SHA-256 of the first `length` bytes of `flash`, read back in small pieces.
+/// SHA-256 of the first `length` bytes of `flash`, read back in small pieces; `Err` when a read
+/// fails or `length` is past the end of the flash.
 pub fn sha256_of<F: ReadNorFlash>(flash: &mut F, length: u32) -> Result<[u8; 32], ()> {
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 64];
@@ -12,7 +13,10 @@ pub fn sha256_of<F: ReadNorFlash>(flash: &mut F, length: u32) -> Result<[u8; 32]
     let mut at = 0u32;
     while at < length {
         // Whole pieces keep reads aligned; the last one is cut after reading.
-        let n = (buf.len() as u32).min(capacity - at);
+        let n = (buf.len() as u32).min(capacity.saturating_sub(at));
+        if n == 0 {
+            return Err(()); // `length` is past the end of the flash
+        }
         flash.read(at, &mut buf[..n as usize]).map_err(|_| ())?;
         let take = n.min(length - at);
         hasher.update(&buf[..take as usize]);
