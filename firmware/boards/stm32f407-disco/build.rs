@@ -1,12 +1,227 @@
-//! Puts `memory.x` on the linker search path so cortex-m-rt's `link.x` can include it, and rebuilds
-//! when it changes.
+//! Build-time configuration of the application. Every input is checked here, so a bad one fails
+//! the build with the reason rather than producing an image that boots nowhere or cannot be
+//! updated.
+//!
+//! - `memory.x` must put FLASH exactly on the layout's ACTIVE slot (`flash/src/layout.rs`); it
+//!   is copied onto the linker search path, and `link.x` is passed to the linker here (not in
+//!   `.cargo/config.toml`, whose flags the bootloader's build in `bootloader/` would inherit).
+//! - `FERRY_FW_VERSION` (default: the crate version): the version the image reports and checks
+//!   updates against; a version of PROTOCOL.md section 9.5, at most 32 bytes.
+//! - `FERRY_UPDATE_KEY`: the vendor's ed25519 public key, as 64 hex digits or as the path of a
+//!   file holding them or the PEM public key (`-----BEGIN PUBLIC KEY-----`, an ed25519
+//!   SubjectPublicKeyInfo: the 12 bytes `30 2a 30 05 06 03 2b 65 70 03 21 00`, then the key's 32);
+//!   a relative path is taken from this directory. When it is set, the image takes updates
+//!   (cfg `ferry_updater`); when it is unset or empty, the image is built without the updater and
+//!   a warning says so. There is never a default key.
+//!
+//! Output: `$OUT_DIR/build_config.rs` (included by `src/main.rs`): `FIRMWARE`, the `firmware`
+//! of Hello (the version alone with the updater, as PROTOCOL.md section 9.5 asks of an updatable
+//! device; `stm32f407-disco/<version>` without), and with a key also `VERSION`, `BOARD` and
+//! `UPDATE_KEY` for the updater.
 
-use std::{env, fs, path::PathBuf};
+use std::path::{Path, PathBuf};
+use std::{env, fs};
+
+use ferry_stm32f407_flash::layout;
+
+/// DER of an ed25519 SubjectPublicKeyInfo up to the key: SEQUENCE (42 bytes) { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (33 bytes, no unused bits) }.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+/// The board name updates must be built for (`UpdateBegin::board`).
+const BOARD: &str = "stm32f407-disco";
 
 fn main() {
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    fs::copy("memory.x", out.join("memory.x")).expect("copy memory.x into OUT_DIR");
-    println!("cargo:rustc-link-search={}", out.display());
-    println!("cargo:rerun-if-changed=memory.x");
+    if let Err(message) = configure() {
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn configure() -> Result<(), String> {
+    let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("cargo did not set OUT_DIR")?);
+    let dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("no CARGO_MANIFEST_DIR")?);
     println!("cargo:rerun-if-changed=build.rs");
+
+    // memory.x: FLASH is the ACTIVE slot, nothing else.
+    println!("cargo:rerun-if-changed=memory.x");
+    let memory_x =
+        fs::read_to_string(dir.join("memory.x")).map_err(|e| format!("memory.x: {e}"))?;
+    let flash = layout::memory_x_flash(&memory_x).map_err(|e| format!("memory.x: {e}"))?;
+    let active = (layout::ACTIVE.start(), layout::ACTIVE.size());
+    if flash != active {
+        return Err(format!(
+            "memory.x: FLASH is ORIGIN = {:#010x}, LENGTH = {} but the layout's ACTIVE slot is \
+             ORIGIN = {:#010x}, LENGTH = {} (flash/src/layout.rs)",
+            flash.0, flash.1, active.0, active.1
+        ));
+    }
+    fs::write(out.join("memory.x"), memory_x).map_err(|e| format!("memory.x: {e}"))?;
+    println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rustc-link-arg-bins=--nmagic");
+    println!("cargo:rustc-link-arg-bins=-Tlink.x");
+
+    // The version.
+    println!("cargo:rerun-if-env-changed=FERRY_FW_VERSION");
+    let version = match env::var("FERRY_FW_VERSION") {
+        Ok(v) => v,
+        Err(env::VarError::NotPresent) => {
+            env::var("CARGO_PKG_VERSION").map_err(|e| e.to_string())?
+        }
+        Err(env::VarError::NotUnicode(_)) => return Err("FERRY_FW_VERSION is not UTF-8".into()),
+    };
+    let is_version = !version.is_empty()
+        && version.len() <= ferry_wire::update::MAX_VERSION_LEN
+        && ferry_wire::update::compare_versions(&version, "0").is_some();
+    if !is_version {
+        return Err(format!(
+            "FERRY_FW_VERSION={version:?} is not a firmware version: one to four dot-separated \
+             numbers such as 1.2.0 (PROTOCOL.md section 9.5), at most {} bytes",
+            ferry_wire::update::MAX_VERSION_LEN
+        ));
+    }
+
+    // The key, and with it the updater.
+    println!("cargo:rustc-check-cfg=cfg(ferry_updater)");
+    println!("cargo:rerun-if-env-changed=FERRY_UPDATE_KEY");
+    let key = match env::var("FERRY_UPDATE_KEY") {
+        Ok(v) if !v.trim().is_empty() => Some(update_key(v.trim(), &dir)?),
+        Ok(_) | Err(env::VarError::NotPresent) => None,
+        Err(env::VarError::NotUnicode(_)) => return Err("FERRY_UPDATE_KEY is not UTF-8".into()),
+    };
+
+    let mut config = String::from("// Generated by build.rs.\n");
+    config += "/// The `firmware` string of Hello.\n";
+    match key {
+        Some(key) => {
+            println!("cargo:rustc-cfg=ferry_updater");
+            // PROTOCOL.md section 9.5: an updatable device reports its version alone.
+            config += &format!("pub const FIRMWARE: &str = {version:?};\n");
+            config += "/// The running image's version (FERRY_FW_VERSION, or the crate version).\n";
+            config += "pub const VERSION: &str = FIRMWARE;\n";
+            config += "/// The board name update images must be built for.\n";
+            config += &format!("pub const BOARD: &str = {BOARD:?};\n");
+            config += "/// The vendor's ed25519 public key (FERRY_UPDATE_KEY): only images it signed are installed.\n";
+            config += &format!("pub const UPDATE_KEY: [u8; 32] = {key:?};\n");
+        }
+        None => {
+            println!(
+                "cargo:warning=FERRY_UPDATE_KEY is not set: building ferry-stm32f407-disco \
+                 WITHOUT the firmware updater (it cannot be updated over the link). Set it to the \
+                 vendor's public key (a PEM file or 64 hex digits) to build an updatable image."
+            );
+            // Not compared with any update's version: the board and the version, as before.
+            let firmware = format!("{BOARD}/{version}");
+            if firmware.len() > ferry_wire::MAX_FIRMWARE_LEN {
+                return Err(format!(
+                    "FERRY_FW_VERSION={version:?}: the firmware string {firmware:?} of an image \
+                     without the updater is longer than Hello's {} bytes",
+                    ferry_wire::MAX_FIRMWARE_LEN
+                ));
+            }
+            config += &format!("pub const FIRMWARE: &str = {firmware:?};\n");
+        }
+    }
+    fs::write(out.join("build_config.rs"), config).map_err(|e| format!("build_config.rs: {e}"))?;
+    Ok(())
+}
+
+/// `FERRY_UPDATE_KEY`'s key: 64 hex digits, or a file of 64 hex digits or a PEM public key.
+fn update_key(value: &str, dir: &Path) -> Result<[u8; 32], String> {
+    if let Some(key) = hex_key(value) {
+        return Ok(key);
+    }
+    let path = dir.join(value);
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text = fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "FERRY_UPDATE_KEY={value:?} is neither 64 hex digits nor a readable file ({}: {e}); \
+             a relative path is taken from {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    if let Some(key) = hex_key(text.trim()) {
+        return Ok(key);
+    }
+    pem_key(&text).map_err(|e| {
+        format!(
+            "FERRY_UPDATE_KEY file {}: {e}; expected an ed25519 public key, PEM (-----BEGIN \
+             PUBLIC KEY-----, as `ferry firmware keygen` and `openssl pkey -pubout` write) or \
+             64 hex digits",
+            path.display()
+        )
+    })
+}
+
+fn hex_key(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    // (`from_str_radix` alone would also take a `+` sign.)
+    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(key)
+}
+
+fn pem_key(text: &str) -> Result<[u8; 32], String> {
+    let (_, rest) = text
+        .split_once("-----BEGIN PUBLIC KEY-----")
+        .ok_or("no -----BEGIN PUBLIC KEY----- line")?;
+    let (body, _) = rest
+        .split_once("-----END PUBLIC KEY-----")
+        .ok_or("no -----END PUBLIC KEY----- line")?;
+    let der = base64(body)?;
+    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+        Some(key) if key.len() == 32 => {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(key);
+            Ok(out)
+        }
+        _ => Err(format!(
+            "the key is not ed25519: {} bytes of DER, expected 44 starting with {}",
+            der.len(),
+            ED25519_SPKI_PREFIX.map(|b| format!("{b:02x}")).join(" ")
+        )),
+    }
+}
+
+/// Standard base64 (RFC 4648 section 4) with `=` padding; line breaks and spaces are skipped.
+fn base64(text: &str) -> Result<Vec<u8>, String> {
+    let symbols: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if symbols.len() % 4 != 0 {
+        return Err(format!(
+            "{} base64 symbols, not a multiple of 4",
+            symbols.len()
+        ));
+    }
+    let padding = symbols.iter().rev().take_while(|&&b| b == b'=').count();
+    if padding > 2 || symbols[..symbols.len() - padding].contains(&b'=') {
+        return Err("misplaced base64 padding".into());
+    }
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::with_capacity(symbols.len() / 4 * 3);
+    for &symbol in &symbols[..symbols.len() - padding] {
+        let value = match symbol {
+            b'A'..=b'Z' => symbol - b'A',
+            b'a'..=b'z' => symbol - b'a' + 26,
+            b'0'..=b'9' => symbol - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            other => return Err(format!("{:?} is not a base64 symbol", other as char)),
+        };
+        bits = (bits << 6 | u32::from(value)) & 0xFFFF;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Ok(out)
 }

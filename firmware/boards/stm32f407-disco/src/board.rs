@@ -18,7 +18,9 @@ use stm32f4xx_hal::{
 use crate::clock;
 
 /// Watchdog period. The longest legitimate loop iteration is a full ring replay at 115200 baud
-/// (about a second for the ring size in `main.rs`), so this leaves ample margin.
+/// (about a second for the ring size in `main.rs`), plus, in an image with the updater, the erase
+/// of a 128 KiB flash sector for an update chunk (1–2 s, during which the core stalls), so this
+/// leaves margin.
 pub const WATCHDOG_MS: u32 = 4000;
 /// Identify blink half-period.
 const BLINK_HALF_PERIOD_MS: u64 = 125;

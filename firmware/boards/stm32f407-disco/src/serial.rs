@@ -27,7 +27,15 @@ use stm32f4xx_hal::{
 /// Capacity of the receive queue storage (it holds one byte less). The main loop drains the queue
 /// once per iteration; its longest iteration is a transmit burst (a full ring replay, about a second
 /// at 115200 baud), during which the gateway sends little more than an ack per frame it received.
+#[cfg(not(ferry_updater))]
 pub const RX_QUEUE_LEN: usize = 1024;
+/// Capacity of the receive queue storage (it holds one byte less). The main loop drains the queue
+/// once per iteration; its longest iteration is a transmit burst (a full ring replay, about a second
+/// at 115200 baud). An image with the updater also takes firmware chunks: the gateway may send a
+/// window of two 512-byte chunks (533 bytes each once framed) past the last status, plus acks,
+/// which must fit while the loop transmits.
+#[cfg(ferry_updater)]
+pub const RX_QUEUE_LEN: usize = 2048;
 
 /// Receive losses: one count per byte dropped on a full queue and per line error (an overrun loses
 /// at least one byte).
