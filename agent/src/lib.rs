@@ -140,7 +140,7 @@ impl Agent {
             store::open_reader(&settings.store.path)
                 .context("opening a read connection for firmware updates")?,
             store.clone(),
-            Vec::new(),
+            settings.firmware_keys.clone(),
             settings.gateway_id.clone(),
             results_tx,
             commands_stop.clone(),

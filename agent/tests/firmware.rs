@@ -396,3 +396,61 @@ async fn ferry_flash_updates_devices_from_the_command_line() {
     sim.await.unwrap();
     stop_cleanly(&mut agent).await;
 }
+
+/// `[firmware] keys`: a gateway that names its vendor's key takes only bundles signed with it;
+/// a key file that cannot be read is a config error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_trusted_keys_refuses_bundles_signed_by_others() {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    let dir = TempDir::new("fw-keys");
+    let d = dir.path();
+    let (config, _db, addr, api) = process_config_with_api(d, "fwk2");
+    let pem = vendor()
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .unwrap();
+    std::fs::write(d.join("vendor.pub"), pem).unwrap();
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{base}[firmware]\nkeys = [{:?}]\n",
+            d.join("vendor.pub").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut agent = spawn_ferry(&config);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    let url = format!("http://{api}/api/v1/firmware/bundles");
+    let (status, _) = post(&url, bundle("1.1.0", 4096, true)).await;
+    assert_eq!(status, 201);
+    let other = Bundle::sign(
+        make_image("1.1.0", 4096, true).unwrap(),
+        "1.1.0",
+        ferry_sim::firmware::SIM_BOARD,
+        &SigningKey::from_bytes(&[0x43; 32]),
+    )
+    .unwrap();
+    let (status, err) = post(&url, other.to_bytes()).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not one of [firmware] keys"),
+        "{err}"
+    );
+    stop_cleanly(&mut agent).await;
+
+    std::fs::write(
+        &config,
+        format!("{base}[firmware]\nkeys = [\"/nonexistent/vendor.pub\"]\n"),
+    )
+    .unwrap();
+    let out = ferry(&["config", "check", config.to_str().unwrap()], d);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("firmware.keys[0]"),
+        "{text}"
+    );
+}

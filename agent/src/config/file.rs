@@ -126,6 +126,19 @@ pub struct FerryConfig {
     /// `[api]`
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[firmware]`
+    #[serde(default)]
+    pub firmware: FirmwareConfig,
+}
+
+/// `[firmware]`: firmware updates of the devices behind the gateway.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareConfig {
+    /// Public key files (PEM, or 64 hex digits) of the vendors whose bundles the gateway takes;
+    /// empty: any bundle that verifies with the key it names (the devices check their own key).
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// `[api]`: the local HTTP API, live stream, metrics and dashboard.

@@ -117,4 +117,7 @@ pub struct Settings {
     pub uplink: Option<crate::uplink::UplinkSettings>,
     /// Local API; `None` when disabled.
     pub api: Option<ApiSettings>,
+    /// Vendor keys whose bundles are taken (`[firmware] keys`); empty: any bundle that verifies
+    /// with the key it names.
+    pub firmware_keys: Vec<[u8; 32]>,
 }

@@ -110,7 +110,17 @@ impl FerryConfig {
         }
         let uplink = uplink_settings(&self.uplink, &gateway_id, &invalid)?;
         let api = api_settings(&self.api, &invalid)?;
+        let mut firmware_keys = Vec::new();
+        for (i, path) in self.firmware.keys.iter().enumerate() {
+            let key = format!("firmware.keys[{i}]");
+            let text =
+                std::fs::read_to_string(path).map_err(|e| invalid(&key, format!("{path}: {e}")))?;
+            let k = crate::firmware::bundle::read_public_key(&text)
+                .map_err(|e| invalid(&key, format!("{path}: {e}")))?;
+            firmware_keys.push(k);
+        }
         Ok(Settings {
+            firmware_keys,
             source: file.to_owned(),
             uplink,
             api,
