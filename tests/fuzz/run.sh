@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded time: the agent's and the bridge's outside inputs
-# (tests/fuzz: config, api, mqtt_command, bridge_batch) and the device protocol's
+# (tests/fuzz: config, api, mqtt_command, firmware, bridge_batch) and the device protocol's
 # (firmware/wire/fuzz: decoder, roundtrip). Part of the README's test command.
 #
 #   FERRY_FUZZ_SECS=30   seconds per target (default 30)
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 secs="${FERRY_FUZZ_SECS:-30}"
-targets="${FERRY_FUZZ_TARGETS:-config api mqtt_command bridge_batch decoder roundtrip}"
+targets="${FERRY_FUZZ_TARGETS:-config api mqtt_command firmware bridge_batch decoder roundtrip}"
 out="$root/target/fuzz"
 
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2
