@@ -454,3 +454,43 @@ async fn a_gateway_with_trusted_keys_refuses_bundles_signed_by_others() {
         "{text}"
     );
 }
+
+/// Fifty simulated devices updated through one agent, ten at a time, while they keep sampling:
+/// every device ends on the new version and every sample any device saw acked is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_devices_are_updated_through_one_agent_while_they_sample() {
+    let dir = TempDir::new("fw-fifty");
+    let (config, db, addr, api) = process_config_with_api(dir.path(), "fw50");
+    let mut agent = spawn_ferry(&config);
+    wait_listening(addr, Duration::from_secs(10)).await;
+    let stop = CancellationToken::new();
+    let cfg = SimConfig {
+        sensors: 1,
+        interval_ms: 100,
+        ..sims(addr, 50)
+    };
+    let sim = tokio::spawn(ferry_sim::run(cfg, stop.clone()));
+    devices_known(api, 50).await;
+    let sha = upload(api, bundle("1.1.0", 16 * 1024, true)).await;
+    let id = start(
+        api,
+        json!({"devices": ["sim-*"], "bundle": sha, "concurrency": 10}),
+    )
+    .await;
+    let v = finished(api, id, Duration::from_secs(120)).await;
+    assert_eq!(v["state"], "done", "{v:#}");
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 50);
+    stop.cancel();
+    let report = sim.await.unwrap();
+    stop_cleanly(&mut agent).await;
+    println!("{}", report.table());
+    for d in &report.devices {
+        assert_eq!(d.boots.last().unwrap().firmware, "1.1.0", "{}", d.device_id);
+    }
+    assert_eq!(
+        report.totals.lost_on_reboot, 0,
+        "no reading lost to the reboots"
+    );
+    let checked = assert_acked_stored_once_in_order(&db, &report);
+    assert!(checked > 500, "{checked}");
+}
