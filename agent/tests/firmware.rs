@@ -165,6 +165,28 @@ async fn a_rollout_updates_every_device_refuses_a_downgrade_and_rolls_back_a_bad
     let sha = upload(api, good.clone()).await;
     let (status, again) = post(&format!("http://{api}/api/v1/firmware/bundles"), good).await;
     assert_eq!((status, &again["created"]), (200, &json!(false)), "{again}");
+    // The same image signed as another version: refused (a device reports the version it was
+    // built with, so that version could never show).
+    let relabelled = Bundle::sign(
+        make_image("1.1.0", 64 * 1024, true).unwrap(),
+        "1.1.1",
+        ferry_sim::firmware::SIM_BOARD,
+        &vendor(),
+    )
+    .unwrap();
+    let (status, err) = post(
+        &format!("http://{api}/api/v1/firmware/bundles"),
+        relabelled.to_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is stored as version 1.1.0"),
+        "{err}"
+    );
     let mut damaged = bundle("1.1.0", 4096, true);
     let n = damaged.len();
     damaged[n - 1] ^= 1;

@@ -175,6 +175,7 @@ enum Req {
     },
     Status {
         device: String,
+        firmware: String,
         status: UpdateStatus,
         link: mpsc::Sender<UpdateFrame>,
     },
@@ -196,10 +197,12 @@ pub struct FirmwareHandle {
 }
 
 impl FirmwareHandle {
-    /// A device reported its update status on a link (the link it came on carries the answer).
+    /// A device reported its update status on a link (the link it came on carries the answer);
+    /// `firmware` is the version its Hello reported.
     pub async fn status(
         &self,
         device: String,
+        firmware: String,
         status: UpdateStatus,
         link: mpsc::Sender<UpdateFrame>,
     ) {
@@ -207,6 +210,7 @@ impl FirmwareHandle {
             .tx
             .send(Req::Status {
                 device,
+                firmware,
                 status,
                 link,
             })
@@ -475,11 +479,11 @@ impl Actor {
                 _ = shutdown.cancelled() => break,
                 r = rx.recv() => match r {
                     None => break,
-                    Some(Req::Status { device, status, link }) => {
+                    Some(Req::Status { device, firmware, status, link }) => {
                         self.links.insert(device.clone(), link);
                         let now = Instant::now();
                         if let Some(i) = self.started_job_of(&device) {
-                            let outs = self.jobs[i].t.status(now, &status);
+                            let outs = self.jobs[i].t.status(now, &status, &firmware);
                             self.send(i, outs);
                             self.after_change(i).await;
                         }
@@ -728,6 +732,18 @@ impl Actor {
         }
         let sha = b.manifest.sha256.clone();
         if let Some(info) = self.bundle_info(&sha).map_err(|e| e.to_string())? {
+            let same = info.version == b.manifest.version
+                && info.board == b.manifest.board
+                && info.key == b.manifest.key;
+            if !same {
+                // One image, one description: a device reports the version it was built with,
+                // so the same bytes signed as another version could never show that version.
+                return Err(format!(
+                    "this image (sha256 {sha}) is stored as version {} for board {} (key {}); \
+                     an image is signed once: build the new version and sign that",
+                    info.version, info.board, info.key
+                ));
+            }
             return Ok((info, false));
         }
         let utc = crate::utc_now_ms();

@@ -95,6 +95,9 @@ pub enum Failure {
     Device(UpdateError),
     /// [`MAX_ATTEMPTS`] begins without success.
     TooManyAttempts,
+    /// The device reported the update done, but its Hello names another version than the
+    /// image's: what runs is not what was sent.
+    WrongVersion,
     /// No report within [`REBOOT_TIMEOUT`] of the reboot.
     NoReturn,
     /// The rollout was stopped before this job started.
@@ -107,6 +110,7 @@ impl Failure {
         match self {
             Failure::Device(e) => e.as_str(),
             Failure::TooManyAttempts => "too_many_attempts",
+            Failure::WrongVersion => "wrong_version",
             Failure::NoReturn => "no_return",
             Failure::RolloutStopped => "rollout_stopped",
         }
@@ -253,15 +257,23 @@ impl Transfer {
         }
     }
 
-    /// The device reported `s` on its link (after a Welcome, or answering us).
-    pub fn status(&mut self, now: Instant, s: &UpdateStatus) -> Vec<Out> {
+    /// The device reported `s` on its link (after a Welcome, or answering us); `running` is the
+    /// version its Hello reported.
+    pub fn status(&mut self, now: Instant, s: &UpdateStatus, running: &str) -> Vec<Out> {
         self.attached = true;
         self.last_heard = Some(now);
         let ours = s.id == self.offer.id;
+        let started = matches!(self.phase, Phase::Rebooting | Phase::Transferring);
+        if ours && s.state == UpdateState::Done && started {
+            return if running == self.offer.version {
+                self.end(Outcome::Done)
+            } else {
+                self.end(Outcome::Failed(Failure::WrongVersion))
+            };
+        }
         match self.phase {
             Phase::Queued | Phase::Ended(_) => Vec::new(),
             Phase::Rebooting => match (ours, s.state) {
-                (true, UpdateState::Done) => self.end(Outcome::Done),
                 (true, UpdateState::Failed) => self.end(Outcome::Failed(Failure::Device(s.error))),
                 // Still the old boot answering, or the new image on trial (it confirms once
                 // welcomed): wait.
@@ -308,7 +320,7 @@ impl Transfer {
                 self.rebooting_since.get_or_insert(now);
                 Vec::new()
             }
-            UpdateState::Done => self.end(Outcome::Done),
+            UpdateState::Done => unreachable!("handled in status"),
             UpdateState::Receiving => {
                 self.max_chunk = u32::from(s.max_chunk).clamp(32, ferry_wire::MAX_CHUNK_LEN as u32);
                 self.window = u32::from(s.window).max(self.max_chunk);

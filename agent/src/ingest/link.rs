@@ -205,10 +205,14 @@ impl Link {
                     status,
                     data,
                 } => self.ctx.commands.result(device_id, id, status, data).await,
-                Action::UpdateStatus { device_id, status } => {
+                Action::UpdateStatus {
+                    device_id,
+                    firmware,
+                    status,
+                } => {
                     self.ctx
                         .firmware
-                        .status(device_id, status, self.upd_tx.clone())
+                        .status(device_id, firmware, status, self.upd_tx.clone())
                         .await
                 }
             }

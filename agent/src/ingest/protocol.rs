@@ -118,6 +118,8 @@ pub enum Action {
     UpdateStatus {
         /// Device id.
         device_id: String,
+        /// The firmware version its Hello reported.
+        firmware: String,
         /// The status.
         status: ferry_wire::UpdateStatus,
     },
@@ -138,6 +140,7 @@ pub enum Action {
 #[derive(Debug)]
 struct Registering {
     device_id: String,
+    firmware: String,
     boot_id: u32,
     tick_hz: u32,
     ticks: u64,
@@ -153,6 +156,8 @@ pub struct LinkProtocol {
     ack: AckSlot,
     budget: Arc<LinkBudget>,
     session: Option<Session>,
+    /// The firmware version the session's Hello reported.
+    firmware: String,
     registering: Option<Registering>,
     online: bool,
     last_frame: Instant,
@@ -176,6 +181,7 @@ impl LinkProtocol {
             ack: Arc::new(watch::channel(AckState::default()).0),
             budget: Arc::default(),
             session: None,
+            firmware: String::new(),
             registering: None,
             online: false,
             last_frame: now,
@@ -279,6 +285,7 @@ impl LinkProtocol {
             ) => {
                 self.registering = Some(Registering {
                     device_id: device_id.clone(),
+                    firmware: firmware.clone(),
                     boot_id,
                     tick_hz,
                     ticks,
@@ -341,6 +348,7 @@ impl LinkProtocol {
             (DeviceMessage::UpdateStatus(status), Some(s)) => {
                 self.actions.push_back(Action::UpdateStatus {
                     device_id: s.device_id.clone(),
+                    firmware: self.firmware.clone(),
                     status,
                 });
             }
@@ -373,6 +381,7 @@ impl LinkProtocol {
             r.received_ms,
         );
         self.session = Some(s);
+        self.firmware = r.firmware.clone();
         self.online = true;
         self.written.clear();
         push(

@@ -603,3 +603,24 @@ fn rec_is_empty(dev: &Device) -> bool {
         .unwrap()
         .is_none()
 }
+
+/// A reset whose bootloader did not swap (STATE still asks for it): the old image is not on
+/// trial and must confirm nothing; it reports the update as waiting for the reset, and a working
+/// bootloader swaps at the next one.
+#[test]
+fn without_a_swap_the_old_image_never_confirms_the_new_one() {
+    let (old, new) = old_and_new();
+    let dev = Device::new(old, new.clone());
+    let offer = Offer::new(5, NEW, new);
+    let mut u = dev.boot(0).unwrap();
+    let (_, r) = transfer(&dev, &mut u, &offer);
+    assert!(r.unwrap().reboot);
+    drop(u);
+    let cfg = UpdaterConfig::new(key().verifying_key().to_bytes(), BOARD, OLD);
+    let mut u = Updater::new(dev.flash.slots(), cfg, 0);
+    let s = u.welcomed(0).unwrap();
+    assert_eq!((s.id, s.state), (5, UpdateState::Rebooting));
+    assert_eq!(dev.running(), OLD);
+    dev.flash.boot().unwrap();
+    assert_eq!(dev.running(), NEW, "the swap comes with a working bootloader");
+}

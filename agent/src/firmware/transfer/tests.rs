@@ -1,5 +1,16 @@
 use super::*;
 
+/// The device reports, its Hello naming the offer's version.
+trait Report {
+    fn report(&mut self, now: Instant, s: &UpdateStatus) -> Vec<Out>;
+}
+
+impl Report for Transfer {
+    fn report(&mut self, now: Instant, s: &UpdateStatus) -> Vec<Out> {
+        self.status(now, s, "1.1.0")
+    }
+}
+
 fn offer(length: u32) -> Offer {
     Offer {
         id: 7,
@@ -54,7 +65,7 @@ impl Dev {
                 Out::Commit => st(7, UpdateState::Rebooting, self.offset, UpdateError::None),
                 Out::Abort => st(0, UpdateState::Idle, 0, UpdateError::Aborted),
             };
-            next.extend(t.status(now, &s));
+            next.extend(t.report(now, &s));
         }
         next
     }
@@ -103,10 +114,10 @@ fn a_transfer_fills_the_window_commits_and_ends_done_after_the_reboot() {
     assert_eq!(t.phase(), Phase::Rebooting);
     // The old boot's status may come again; the new image reports Trial, then Done.
     assert!(t
-        .status(now, &st(7, UpdateState::Trial, 5000, UpdateError::None))
+        .report(now, &st(7, UpdateState::Trial, 5000, UpdateError::None))
         .is_empty());
     assert_eq!(t.phase(), Phase::Rebooting);
-    t.status(now, &st(7, UpdateState::Done, 5000, UpdateError::None));
+    t.report(now, &st(7, UpdateState::Done, 5000, UpdateError::None));
     assert_eq!(t.outcome(), Some(Outcome::Done));
 }
 
@@ -127,7 +138,7 @@ fn a_lost_chunk_is_sent_again_from_the_device_offset() {
 #[test]
 fn silence_resends_from_the_last_reported_offset() {
     let (mut t, now, _) = started(4096);
-    let outs = t.status(now, &receiving(0));
+    let outs = t.report(now, &receiving(0));
     assert_eq!(outs.len(), 2, "a window of two chunks");
     // Nothing comes back.
     assert!(t.tick(now + Duration::from_millis(500)).is_empty());
@@ -150,13 +161,13 @@ fn silence_resends_from_the_last_reported_offset() {
 #[test]
 fn after_a_device_reset_it_goes_on_from_what_the_device_kept() {
     let (mut t, now, _) = started(8192);
-    t.status(now, &receiving(0));
-    t.status(now, &receiving(512));
-    t.status(now, &receiving(1024));
-    t.status(now, &receiving(1536));
+    t.report(now, &receiving(0));
+    t.report(now, &receiving(512));
+    t.report(now, &receiving(1024));
+    t.report(now, &receiving(1536));
     // Reset: the device kept one whole page (1024) and says so after its Welcome.
     t.detach();
-    let outs = t.status(now, &receiving(1024));
+    let outs = t.report(now, &receiving(1024));
     assert_eq!(
         outs.first(),
         Some(&Out::Chunk {
@@ -170,11 +181,11 @@ fn after_a_device_reset_it_goes_on_from_what_the_device_kept() {
 #[test]
 fn a_device_that_lost_the_transfer_gets_a_begin_and_too_many_attempts_fail() {
     let (mut t, now, _) = started(4096);
-    t.status(now, &receiving(0));
+    t.report(now, &receiving(0));
     let idle = st(0, UpdateState::Idle, 0, UpdateError::None);
     let mut begins = 1;
     for _ in 0..20 {
-        let outs = t.status(now, &idle);
+        let outs = t.report(now, &idle);
         begins += outs.iter().filter(|o| **o == Out::Begin).count();
         if t.outcome().is_some() {
             break;
@@ -188,24 +199,24 @@ fn a_device_that_lost_the_transfer_gets_a_begin_and_too_many_attempts_fail() {
 #[test]
 fn refusals_rollbacks_and_silence_after_the_reboot_fail_the_job() {
     let (mut t, now, _) = started(4096);
-    t.status(now, &st(7, UpdateState::Failed, 0, UpdateError::NotNewer));
+    t.report(now, &st(7, UpdateState::Failed, 0, UpdateError::NotNewer));
     assert_eq!(
         t.outcome(),
         Some(Outcome::Failed(Failure::Device(UpdateError::NotNewer)))
     );
 
     let (mut t, now, _) = started(512);
-    t.status(now, &receiving(0));
-    assert_eq!(t.status(now, &receiving(512)), vec![Out::Commit]);
-    t.status(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
-    t.status(now, &st(7, UpdateState::Failed, 0, UpdateError::RolledBack));
+    t.report(now, &receiving(0));
+    assert_eq!(t.report(now, &receiving(512)), vec![Out::Commit]);
+    t.report(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
+    t.report(now, &st(7, UpdateState::Failed, 0, UpdateError::RolledBack));
     assert_eq!(
         t.outcome(),
         Some(Outcome::Failed(Failure::Device(UpdateError::RolledBack)))
     );
 
     let (mut t, now, _) = started(512);
-    t.status(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
+    t.report(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
     assert!(t
         .tick(now + REBOOT_TIMEOUT - Duration::from_secs(1))
         .is_empty());
@@ -216,12 +227,24 @@ fn refusals_rollbacks_and_silence_after_the_reboot_fail_the_job() {
 #[test]
 fn cancel_aborts_a_transfer_but_not_a_reboot() {
     let (mut t, now, _) = started(4096);
-    t.status(now, &receiving(0));
+    t.report(now, &receiving(0));
     assert_eq!(t.cancel(), (true, vec![Out::Abort]));
     assert_eq!(t.outcome(), Some(Outcome::Cancelled));
     let (mut t, now, _) = started(512);
-    t.status(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
+    t.report(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
     assert_eq!(t.cancel(), (false, vec![]));
     let mut q = Transfer::new(offer(10), Phase::Queued, 0);
     assert_eq!(q.cancel(), (true, vec![]));
+}
+
+#[test]
+fn done_with_another_version_in_the_hello_is_a_failure() {
+    let (mut t, now, _) = started(512);
+    t.report(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
+    t.status(
+        now,
+        &st(7, UpdateState::Done, 512, UpdateError::None),
+        "1.0.0",
+    );
+    assert_eq!(t.outcome(), Some(Outcome::Failed(Failure::WrongVersion)));
 }

@@ -242,10 +242,14 @@ where
         }
         self.manifest = Some(s.manifest);
         Ok(match boot {
-            State::Swap => {
+            // STATE says the bootloader swapped, and the running image is the new one: on trial.
+            // If it is not (a bootloader that did not swap), the old image must not confirm
+            // anything: the update waits for a swap that does not come (the gateway times out).
+            State::Swap if self.active_is_the_new_image()? => {
                 self.record.set_tried().map_err(|_| ())?;
                 Phase::Trial
             }
+            State::Swap => Phase::Rebooting,
             // The bootloader reverted. (embassy-boot also "reverts" without copying anything when
             // a cut confirmation left STATE as SWAP with its progress invalidated: then the new
             // image still runs, and it did confirm.)
