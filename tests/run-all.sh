@@ -46,11 +46,24 @@ for t in thumbv7m-none-eabi thumbv7em-none-eabihf thumbv6m-none-eabi; do
 done
 
 step "Firmware images (flash = text + data, static RAM = data + bss)"
-for b in lm3s6965 stm32f407-disco; do
+for b in lm3s6965 stm32f407-disco stm32f407-disco/bootloader; do
   (cd "firmware/boards/$b" && cargo build --locked --release -q)
 done
+# The STM32F407 image with its updater (built with the same test key as below; not run on hardware).
+(cd firmware/boards/stm32f407-disco &&
+  FERRY_UPDATE_KEY=d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a \
+    cargo build --locked --release -q --target-dir target/with-updater)
 size firmware/boards/lm3s6965/target/thumbv7m-none-eabi/release/ferry-board-lm3s6965 \
-  firmware/boards/stm32f407-disco/target/thumbv7em-none-eabihf/release/ferry-stm32f407-disco
+  firmware/boards/stm32f407-disco/target/thumbv7em-none-eabihf/release/ferry-stm32f407-disco \
+  firmware/boards/stm32f407-disco/target/with-updater/thumbv7em-none-eabihf/release/ferry-stm32f407-disco \
+  firmware/boards/stm32f407-disco/bootloader/target/thumbv7em-none-eabihf/release/ferry-stm32f407-bootloader
+# micro:bit v1 (nRF51822): the application and its bootloader. The update key here is RFC 8032's
+# first test key, for the sizes only (images for devices carry the vendor's key: its README).
+(cd firmware/boards/microbit &&
+  FERRY_UPDATE_KEY=d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a \
+    cargo build --locked --release -q)
+size firmware/boards/microbit/target/thumbv6m-none-eabi/release/ferry-board-microbit \
+  firmware/boards/microbit/target/thumbv6m-none-eabi/release/ferry-bootloader-microbit
 
 step "Tests (including those that need the tools above)"
 cargo test --locked --workspace -- --include-ignored

@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod broker;
 pub mod browser;
 pub mod link;
+pub mod microbit;
 pub mod mosquitto;
 pub mod peer;
 pub mod poll;

@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// Which published result a wait is for: `(topic, payload)`.
+type Wanted = Box<dyn Fn(&str, &Value) -> bool + Send>;
 const GW: &str = "gw-fw";
 
 fn vendor() -> ed25519_dalek::SigningKey {
@@ -120,7 +123,7 @@ async fn an_update_started_over_mqtt_reaches_every_device_and_reports_back() {
                 .unwrap()
         }
     };
-    let find = |pred: Box<dyn Fn(&str, &Value) -> bool + Send>| {
+    let find = |pred: Wanted| {
         let results = results.clone();
         async move {
             poll_until(WAIT, "a result on MQTT", async || {

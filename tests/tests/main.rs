@@ -6,6 +6,7 @@ mod dashboard;
 mod firmware_mqtt;
 mod firmware_pipeline;
 mod firmware_qemu;
+mod firmware_update_qemu;
 mod metrics_names;
 mod pipeline;
 mod power_cut;

@@ -622,5 +622,9 @@ fn without_a_swap_the_old_image_never_confirms_the_new_one() {
     assert_eq!((s.id, s.state), (5, UpdateState::Rebooting));
     assert_eq!(dev.running(), OLD);
     dev.flash.boot().unwrap();
-    assert_eq!(dev.running(), NEW, "the swap comes with a working bootloader");
+    assert_eq!(
+        dev.running(),
+        NEW,
+        "the swap comes with a working bootloader"
+    );
 }
