@@ -119,7 +119,9 @@ pub async fn updates(
     }))
 }
 
-fn update_id(id: &str) -> Result<i64, ApiError> {
+/// The path's update id (a positive integer), after checking the route takes no parameters.
+fn update_id(id: &str, raw: Option<&str>) -> Result<i64, ApiError> {
+    Params::parse(raw, &[])?;
     id.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
         ApiError::param(
             "id",
@@ -137,8 +139,7 @@ pub async fn update(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<RolloutView>, ApiError> {
-    Params::parse(raw.as_deref(), &[])?;
-    let id = update_id(&id)?;
+    let id = update_id(&id, raw.as_deref())?;
     s.inner
         .firmware
         .list(Some(id))
@@ -158,8 +159,7 @@ pub async fn cancel_update(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<RolloutView>, ApiError> {
-    Params::parse(raw.as_deref(), &[])?;
-    let id = update_id(&id)?;
+    let id = update_id(&id, raw.as_deref())?;
     s.inner
         .firmware
         .cancel(id)

@@ -304,7 +304,16 @@ impl ApiClient {
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(REQUEST_TIMEOUT);
         let resp = self.send(url.clone(), req).await?;
-        let body = resp.bytes().await.map_err(|e| self.send_error(&url, e))?;
+        self.json_answer(&url, resp).await
+    }
+
+    /// The JSON of an answer, or what was wrong with it (quoting its start).
+    async fn json_answer<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        resp: reqwest::Response,
+    ) -> Result<T, CliError> {
+        let body = resp.bytes().await.map_err(|e| self.send_error(url, e))?;
         serde_json::from_slice(&body).map_err(|e| CliError::BadAnswer {
             url: url.to_string(),
             reason: format!(
@@ -333,16 +342,7 @@ impl ApiClient {
             .timeout(timeout)
             .body(body);
         let resp = self.send(url.clone(), req).await?;
-        let body = resp.bytes().await.map_err(|e| self.send_error(&url, e))?;
-        serde_json::from_slice(&body).map_err(|e| CliError::BadAnswer {
-            url: url.to_string(),
-            reason: format!(
-                "{e} in {:?}",
-                quote(&String::from_utf8_lossy(
-                    &body[..body.len().min(4 * QUOTE_LIMIT)]
-                ))
-            ),
-        })
+        self.json_answer(&url, resp).await
     }
 
     /// Opens the event stream (`GET /api/v1/stream`), resuming after `last_event_id` if given.
