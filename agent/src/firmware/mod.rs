@@ -26,23 +26,27 @@
 //!   never takes the link from the device's samples and acks, and other devices' ingest never
 //!   waits for it.
 pub mod bundle;
+mod cloud;
+mod model;
+mod reads;
 pub mod rollout;
 pub mod transfer;
+
+pub use model::{BundleInfo, JobView, RolloutSpec, RolloutView};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_wire::UpdateStatus;
-use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
+use rusqlite::{params, Connection};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::Completion;
 use crate::store::writer::StoreHandle;
 use bundle::Bundle;
-use ferry_contract::{self as contract, FirmwareTopic};
+use ferry_contract::FirmwareTopic;
 use rollout::Rollout;
 use transfer::{Offer, Out, Outcome, Phase, Transfer};
 
@@ -67,93 +71,6 @@ pub enum UpdateFrame {
     Commit(u32),
     /// `UpdateAbort`.
     Abort(u32),
-}
-
-/// A stored bundle, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct BundleInfo {
-    /// SHA-256 of the image (hex): the bundle's id.
-    pub sha256: String,
-    /// Version.
-    pub version: String,
-    /// Board.
-    pub board: String,
-    /// Image bytes.
-    pub length: u32,
-    /// Signing key (hex).
-    pub key: String,
-    /// When it was stored (UTC ms).
-    pub added_ms: i64,
-}
-
-/// What a rollout is asked to do.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutSpec {
-    /// Device ids, or globs (`*`, `?`) matched against the devices the gateway knows.
-    pub devices: Vec<String>,
-    /// The bundle's SHA-256 (hex).
-    pub bundle: String,
-    /// Install even when the version is not newer.
-    #[serde(default)]
-    pub force: bool,
-    /// Devices updated at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: u32,
-    /// The rollout stops starting jobs once more than this many failed.
-    #[serde(default)]
-    pub max_failures: u32,
-}
-
-fn default_concurrency() -> u32 {
-    rollout::DEFAULT_CONCURRENCY
-}
-
-/// A job, as the API and the event stream show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct JobView {
-    /// Job id (the transfer id on the wire).
-    pub id: i64,
-    /// Its rollout.
-    pub rollout: i64,
-    /// Device id.
-    pub device: String,
-    /// `queued`, `transferring`, `rebooting`, `done`, `failed`, `cancelled`.
-    pub state: String,
-    /// Image bytes the device holds.
-    pub offset: u32,
-    /// Image length.
-    pub length: u32,
-    /// Begins sent.
-    pub attempts: u32,
-    /// Why it failed (a device error such as `not_newer`, or `too_many_attempts`, `no_return`,
-    /// `rollout_stopped`).
-    pub error: Option<String>,
-    /// The version being installed.
-    pub version: String,
-    /// Last change (UTC ms).
-    pub updated_ms: i64,
-}
-
-/// A rollout, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct RolloutView {
-    /// Rollout id.
-    pub id: i64,
-    /// The bundle.
-    pub bundle: String,
-    /// Its version.
-    pub version: String,
-    /// `running`, `done`, `stopped` (too many failures), `cancelled`.
-    pub state: String,
-    /// Devices at once.
-    pub concurrency: u32,
-    /// Failures tolerated.
-    pub max_failures: u32,
-    /// Created (UTC ms).
-    pub created_ms: i64,
-    /// Its jobs.
-    pub jobs: Vec<JobView>,
 }
 
 /// A message for the uplink to publish (firmware results); `delivered` fires on its PUBACK.
@@ -371,107 +288,6 @@ pub fn glob_match(pattern: &str, s: &str) -> bool {
 }
 
 impl Actor {
-    fn offer_of(
-        &mut self,
-        job_id: i64,
-        sha: &str,
-        force: bool,
-    ) -> rusqlite::Result<Option<Arc<Offer>>> {
-        let row = self
-            .reader
-            .query_row(
-                "SELECT version, board, length, signature, image FROM firmware_bundles WHERE sha256 = ?1",
-                params![sha],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, u32>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((version, board, length, signature, image)) = row else {
-            return Ok(None);
-        };
-        let (Ok(sha256), Ok(signature)) = (bundle::sha_from_hex(sha), signature.try_into()) else {
-            return Ok(None);
-        };
-        self.images
-            .entry(sha.to_owned())
-            .or_insert_with(|| Arc::new(image));
-        Ok(Some(Arc::new(Offer {
-            id: job_id as u32,
-            length,
-            version,
-            board,
-            sha256,
-            signature,
-            force,
-        })))
-    }
-
-    /// Open rollouts and jobs from the store.
-    fn load(&mut self) -> rusqlite::Result<()> {
-        let rollouts: Vec<(i64, u32, u32, String, bool)> = {
-            let mut st = self.reader.prepare(
-                "SELECT id, concurrency, max_failures, bundle, force FROM firmware_rollouts WHERE state = 'running'",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for (id, concurrency, max_failures, sha, force) in rollouts {
-            let failed: u32 = self.reader.query_row(
-                "SELECT count(*) FROM firmware_jobs WHERE rollout = ?1 AND state = 'failed'",
-                params![id],
-                |r| r.get(0),
-            )?;
-            let mut r = Rollout::new(id, concurrency, max_failures);
-            r.restore_failures(failed);
-            self.rollouts.insert(id, r);
-            let jobs: Vec<(i64, String, String, u32, u32, i64)> = {
-                let mut st = self.reader.prepare(
-                    "SELECT id, device_id, state, bytes_done, attempts, updated_ms FROM firmware_jobs
-                     WHERE rollout = ?1 AND state IN ('queued', 'transferring', 'rebooting') ORDER BY id",
-                )?;
-                let rows = st.query_map(params![id], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            for (job, device, state, offset, attempts, updated_ms) in jobs {
-                let Some(offer) = self.offer_of(job, &sha, force)? else {
-                    continue;
-                };
-                tracing::info!(job, device = %device, state = %state, "Firmware job resumed after a restart.");
-                self.jobs.push(Job {
-                    id: job,
-                    rollout: id,
-                    device,
-                    t: Transfer::new((*offer).clone(), phase_from(&state), attempts),
-                    offer,
-                    saved_offset: offset,
-                    saved_state: phase_name(phase_from(&state)),
-                    saved_attempts: attempts,
-                    saved_at: Instant::now(),
-                    updated_ms,
-                });
-            }
-        }
-        Ok(())
-    }
-
     async fn run(mut self, mut rx: mpsc::Receiver<Req>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -769,38 +585,6 @@ impl Actor {
         Ok((info, true))
     }
 
-    fn bundle_info(&self, sha: &str) -> rusqlite::Result<Option<BundleInfo>> {
-        self.reader
-            .query_row(
-                "SELECT sha256, version, board, length, public_key, added_ms FROM firmware_bundles WHERE sha256 = ?1",
-                params![sha],
-                |r| {
-                    Ok(BundleInfo {
-                        sha256: r.get(0)?,
-                        version: r.get(1)?,
-                        board: r.get(2)?,
-                        length: r.get(3)?,
-                        key: bundle::to_hex(&r.get::<_, Vec<u8>>(4)?),
-                        added_ms: r.get(5)?,
-                    })
-                },
-            )
-            .optional()
-    }
-
-    fn bundle_list(&self) -> rusqlite::Result<Vec<BundleInfo>> {
-        let mut st = self
-            .reader
-            .prepare("SELECT sha256 FROM firmware_bundles ORDER BY added_ms DESC")?;
-        let shas: Vec<String> = st
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(shas
-            .iter()
-            .filter_map(|s| self.bundle_info(s).ok().flatten())
-            .collect())
-    }
-
     async fn start(&mut self, spec: RolloutSpec) -> Result<RolloutView, String> {
         self.start_with(spec, None).await
     }
@@ -945,264 +729,5 @@ impl Actor {
             .map_err(|e| e.to_string())?
             .pop()
             .ok_or_else(|| format!("no rollout {rid}"))
-    }
-
-    /// Rollouts from the store, with live progress of open jobs.
-    fn list(&self, one: Option<i64>) -> rusqlite::Result<Vec<RolloutView>> {
-        let mut st = self.reader.prepare(
-            "SELECT r.id, r.bundle, coalesce(b.version, ''), r.state, r.concurrency, r.max_failures, r.created_ms
-             FROM firmware_rollouts r LEFT JOIN firmware_bundles b ON b.sha256 = r.bundle
-             WHERE ?1 IS NULL OR r.id = ?1 ORDER BY r.id DESC LIMIT 100",
-        )?;
-        let rows = st.query_map(params![one], |r| {
-            Ok(RolloutView {
-                id: r.get(0)?,
-                bundle: r.get(1)?,
-                version: r.get(2)?,
-                state: r.get(3)?,
-                concurrency: r.get(4)?,
-                max_failures: r.get(5)?,
-                created_ms: r.get(6)?,
-                jobs: Vec::new(),
-            })
-        })?;
-        let mut out: Vec<RolloutView> = rows.collect::<rusqlite::Result<_>>()?;
-        let mut jobs = self.reader.prepare(
-            "SELECT j.id, j.device_id, j.state, j.bytes_done, j.attempts, j.last_error, j.updated_ms,
-                    coalesce(b.length, 0), coalesce(b.version, '')
-             FROM firmware_jobs j JOIN firmware_rollouts r ON r.id = j.rollout
-             LEFT JOIN firmware_bundles b ON b.sha256 = r.bundle WHERE j.rollout = ?1 ORDER BY j.id",
-        )?;
-        for r in &mut out {
-            let rows = jobs.query_map(params![r.id], |x| {
-                Ok(JobView {
-                    id: x.get(0)?,
-                    rollout: r.id,
-                    device: x.get(1)?,
-                    state: x.get(2)?,
-                    offset: x.get(3)?,
-                    attempts: x.get(4)?,
-                    error: x.get(5)?,
-                    updated_ms: x.get(6)?,
-                    length: x.get(7)?,
-                    version: x.get(8)?,
-                })
-            })?;
-            r.jobs = rows.collect::<rusqlite::Result<_>>()?;
-            for v in &mut r.jobs {
-                if let Some(j) = self.jobs.iter().find(|j| j.id == v.id) {
-                    *v = self.view(j);
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl Actor {
-    /// Queues a message for the cloud (dropped when no uplink is configured).
-    fn publish(&self, topic: String, payload: Vec<u8>, delivered: Option<oneshot::Sender<()>>) {
-        let m = OutgoingMessage {
-            topic,
-            payload,
-            delivered,
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.results.try_send(m) {
-            tracing::warn!(
-                "Firmware result queue full; a stored final result goes out after the next start."
-            );
-        }
-    }
-
-    async fn mqtt_bundle(&mut self, payload: &[u8], completion: Completion) {
-        let gateway = self.gateway.clone();
-        let result = |status, b: Option<&BundleInfo>, detail| contract::BundleResult {
-            v: contract::SCHEMA_VERSION,
-            gateway: gateway.clone(),
-            status,
-            sha256: b.map(|b| b.sha256.clone()),
-            version: b.map(|b| b.version.clone()),
-            board: b.map(|b| b.board.clone()),
-            detail,
-            at_ms: crate::utc_now_ms(),
-        };
-        let topic = contract::firmware_result_topic(&self.gateway, FirmwareTopic::Bundle);
-        let stored = match Bundle::parse(payload) {
-            Ok(b) => self.add_bundle(b).await,
-            Err(e) => Err(e),
-        };
-        match stored {
-            Ok((info, _)) => {
-                completion.done();
-                let r = result(contract::BundleStatus::Stored, Some(&info), None);
-                self.publish(topic, serde_json::to_vec(&r).expect("serializes"), None);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Firmware bundle from MQTT rejected.");
-                let r = result(contract::BundleStatus::Rejected, None, Some(e));
-                self.answer_then_ack(topic, &r, completion);
-            }
-        }
-    }
-
-    /// Publishes `r` and acks the request once the broker has the answer (a crash in between
-    /// redelivers the request, which is answered again).
-    fn answer_then_ack<T: Serialize>(&self, topic: String, r: &T, completion: Completion) {
-        let (tx, rx) = oneshot::channel();
-        self.publish(topic, serde_json::to_vec(r).expect("serializes"), Some(tx));
-        tokio::spawn(async move {
-            if rx.await.is_ok() {
-                completion.done();
-            }
-        });
-    }
-
-    async fn mqtt_update(&mut self, payload: &[u8], completion: Completion) {
-        let topic = contract::firmware_result_topic(&self.gateway, FirmwareTopic::Update);
-        let gateway = self.gateway.clone();
-        let reject = |id: String, detail: String| contract::UpdateResult {
-            v: contract::SCHEMA_VERSION,
-            id,
-            gateway: gateway.clone(),
-            update: None,
-            status: contract::UpdateResultStatus::Rejected,
-            detail: Some(detail),
-            jobs: Vec::new(),
-            at_ms: crate::utc_now_ms(),
-        };
-        let req = match contract::UpdateRequest::decode(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                let id = serde_json::from_slice::<serde_json::Value>(payload)
-                    .ok()
-                    .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                tracing::warn!(request = %id, error = %e, "Firmware update request rejected.");
-                let r = reject(id, e.to_string());
-                self.answer_then_ack(topic, &r, completion);
-                return;
-            }
-        };
-        // A repeated request: answer with where that update stands.
-        let known: Option<i64> = self
-            .reader
-            .query_row(
-                "SELECT id FROM firmware_rollouts WHERE request_id = ?1",
-                params![req.id],
-                |r| r.get(0),
-            )
-            .optional()
-            .unwrap_or(None);
-        if let Some(rid) = known {
-            if let Some(v) = self.list(Some(rid)).ok().and_then(|mut v| v.pop()) {
-                let r = self.result_of(&v, req.id.clone());
-                self.publish(topic, serde_json::to_vec(&r).expect("serializes"), None);
-            }
-            completion.done();
-            return;
-        }
-        let spec = RolloutSpec {
-            devices: req.devices.clone(),
-            bundle: req.bundle.clone(),
-            force: req.force,
-            concurrency: req.concurrency.unwrap_or(rollout::DEFAULT_CONCURRENCY),
-            max_failures: req.max_failures.unwrap_or(0),
-        };
-        match self.start_with(spec, Some(req.id.clone())).await {
-            Ok(v) => {
-                completion.done();
-                let r = self.result_of(&v, req.id);
-                self.publish(topic, serde_json::to_vec(&r).expect("serializes"), None);
-            }
-            Err(e) => {
-                tracing::warn!(request = %req.id, error = %e, "Firmware update request rejected.");
-                let r = reject(req.id, e);
-                self.answer_then_ack(topic, &r, completion);
-            }
-        }
-    }
-
-    /// The result message of an update as it stands.
-    fn result_of(&self, v: &RolloutView, id: String) -> contract::UpdateResult {
-        contract::UpdateResult {
-            v: contract::SCHEMA_VERSION,
-            id,
-            gateway: self.gateway.clone(),
-            update: Some(v.id),
-            status: match v.state.as_str() {
-                "done" => contract::UpdateResultStatus::Done,
-                "stopped" => contract::UpdateResultStatus::Stopped,
-                "cancelled" => contract::UpdateResultStatus::Cancelled,
-                _ => contract::UpdateResultStatus::Accepted,
-            },
-            detail: None,
-            jobs: v
-                .jobs
-                .iter()
-                .map(|j| contract::JobResult {
-                    device: j.device.clone(),
-                    state: j.state.clone(),
-                    error: j.error.clone(),
-                })
-                .collect(),
-            at_ms: crate::utc_now_ms(),
-        }
-    }
-
-    /// Publishes an ended update's final result if it came from MQTT; marks it published on
-    /// the broker's ack (until then a restart publishes it again).
-    fn publish_final(&self, rid: i64) {
-        let request: Option<String> = self
-            .reader
-            .query_row(
-                "SELECT request_id FROM firmware_rollouts WHERE id = ?1",
-                params![rid],
-                |r| r.get(0),
-            )
-            .optional()
-            .unwrap_or(None)
-            .flatten();
-        let Some(request) = request else { return };
-        let Some(v) = self.list(Some(rid)).ok().and_then(|mut v| v.pop()) else {
-            return;
-        };
-        let r = self.result_of(&v, request);
-        let (tx, rx) = oneshot::channel::<()>();
-        self.publish(
-            contract::firmware_result_topic(&self.gateway, FirmwareTopic::Update),
-            serde_json::to_vec(&r).expect("serializes"),
-            Some(tx),
-        );
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if rx.await.is_ok() {
-                let _ = store
-                    .exec(move |c| {
-                        c.execute(
-                            "UPDATE firmware_rollouts SET result_published = 1 WHERE id = ?1",
-                            params![rid],
-                        )
-                        .map(|_| ())
-                    })
-                    .await;
-            }
-        });
-    }
-
-    /// Final results of MQTT updates that ended while the broker was out of reach (or before a
-    /// crash): published again.
-    fn republish_results(&self) -> rusqlite::Result<()> {
-        let ids: Vec<i64> = {
-            let mut st = self.reader.prepare(
-                "SELECT id FROM firmware_rollouts
-                 WHERE request_id IS NOT NULL AND state != 'running' AND result_published = 0",
-            )?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for rid in ids {
-            self.publish_final(rid);
-        }
-        Ok(())
     }
 }
