@@ -109,12 +109,19 @@ async fn devices_known(api: SocketAddr, n: usize) -> Value {
     }
 }
 
-/// The `firmware` events of `/api/v1/stream?device=…` until the job is done (at most 60 s).
-async fn firmware_events(api: SocketAddr, device: &str) -> Vec<Value> {
+/// The `firmware` events of `/api/v1/stream?device=…` until the job is done (at most 60 s);
+/// `open` is told once the stream is open.
+async fn firmware_events(
+    api: SocketAddr,
+    device: &str,
+    open: tokio::sync::oneshot::Sender<()>,
+) -> Vec<Value> {
     use futures_util::StreamExt;
     let r = reqwest::get(format!("http://{api}/api/v1/stream?device={device}"))
         .await
         .unwrap();
+    // The answer's head came: the stream is subscribed to the job events from now on.
+    let _ = open.send(());
     let mut body = r.bytes_stream();
     let (mut text, mut seen) = (String::new(), Vec::new());
     let until = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -201,8 +208,9 @@ async fn a_rollout_updates_every_device_refuses_a_downgrade_and_rolls_back_a_bad
     );
 
     // The live stream of one device carries its job's progress (`event: firmware`).
-    let progress = tokio::spawn(firmware_events(api, "sim-0003"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+    let progress = tokio::spawn(firmware_events(api, "sim-0003", open_tx));
+    open_rx.await.expect("the stream opened");
     let id = start(
         api,
         json!({"devices": ["sim-*"], "bundle": sha, "concurrency": 3}),
