@@ -17,7 +17,7 @@
 //! - A bundle is identified by its image's SHA-256 (content-addressed: stored once).
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use ferry_wire::update::{
@@ -154,6 +154,13 @@ impl Bundle {
         let sha256 = unhex::<32>("sha256", &manifest.sha256)?;
         let signature = unhex::<64>("signature", &manifest.signature)?;
         let key = unhex::<32>("key", &manifest.key)?;
+        // One spelling (lowercase hex) for what names the bundle and its key.
+        let manifest = Manifest {
+            sha256: hex(&sha256),
+            signature: hex(&signature),
+            key: hex(&key),
+            ..manifest
+        };
         let actual: [u8; 32] = Sha256::digest(&image).into();
         if actual != sha256 {
             return Err(format!(
@@ -187,7 +194,8 @@ impl Bundle {
         )
         .ok_or("version or board out of range")?;
         let sig = ed25519_dalek::Signature::from_bytes(&self.signature);
-        vk.verify(&msg[..n], &sig)
+        // Strict, as the devices verify: a signature they would refuse is refused here.
+        vk.verify_strict(&msg[..n], &sig)
             .map_err(|_| "the signature does not verify: the bundle was changed after signing, or signed with another key".to_owned())
     }
 

@@ -296,6 +296,8 @@ impl Actor {
                 r = rx.recv() => match r {
                     None => break,
                     Some(Req::Status { device, firmware, status, link }) => {
+                        // A link whose session is now this device's is no other device's.
+                        self.links.retain(|d, l| *d == device || !l.same_channel(&link));
                         self.links.insert(device.clone(), link);
                         let now = Instant::now();
                         if let Some(i) = self.started_job_of(&device) {
@@ -710,6 +712,19 @@ impl Actor {
                 Some(v) => Ok(v), // already over: nothing to cancel
                 None => Err(format!("no rollout {rid}")),
             };
+        }
+        let stored = self
+            .store
+            .exec(move |c| {
+                c.execute(
+                    "UPDATE firmware_rollouts SET state = 'cancelling' WHERE id = ?1 AND state = 'running'",
+                    params![rid],
+                )
+                .map(|_| ())
+            })
+            .await;
+        if let Err(e) = stored {
+            return Err(format!("the cancellation was not stored: {e}"));
         }
         if let Some(r) = self.rollouts.get_mut(&rid) {
             r.cancel();

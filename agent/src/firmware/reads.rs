@@ -18,11 +18,13 @@ impl Actor {
         sha: &str,
         force: bool,
     ) -> rusqlite::Result<Option<Arc<Offer>>> {
+        let need_image = !self.images.contains_key(sha);
         let row = self
             .reader
             .query_row(
-                "SELECT version, board, length, signature, image FROM firmware_bundles WHERE sha256 = ?1",
-                params![sha],
+                "SELECT version, board, length, signature, CASE WHEN ?2 THEN image ELSE x'' END
+                 FROM firmware_bundles WHERE sha256 = ?1",
+                params![sha, need_image],
                 |r| {
                     Ok((
                         r.get::<_, String>(0)?,
@@ -56,16 +58,24 @@ impl Actor {
 
     /// Open rollouts and jobs from the store.
     pub(super) fn load(&mut self) -> rusqlite::Result<()> {
-        let rollouts: Vec<(i64, u32, u32, String, bool)> = {
+        let rollouts: Vec<(i64, u32, u32, String, bool, bool)> = {
             let mut st = self.reader.prepare(
-                "SELECT id, concurrency, max_failures, bundle, force FROM firmware_rollouts WHERE state = 'running'",
+                "SELECT id, concurrency, max_failures, bundle, force, state = 'cancelling'
+                 FROM firmware_rollouts WHERE state IN ('running', 'cancelling')",
             )?;
             let rows = st.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        for (id, concurrency, max_failures, sha, force) in rollouts {
+        for (id, concurrency, max_failures, sha, force, cancelling) in rollouts {
             let failed: u32 = self.reader.query_row(
                 "SELECT count(*) FROM firmware_jobs WHERE rollout = ?1 AND state = 'failed'",
                 params![id],
@@ -73,6 +83,9 @@ impl Actor {
             )?;
             let mut r = Rollout::new(id, concurrency, max_failures);
             r.restore_failures(failed);
+            if cancelling {
+                r.cancel();
+            }
             self.rollouts.insert(id, r);
             let jobs: Vec<(i64, String, String, u32, u32, i64)> = {
                 let mut st = self.reader.prepare(
@@ -96,11 +109,13 @@ impl Actor {
                     continue;
                 };
                 tracing::info!(job, device = %device, state = %state, "Firmware job resumed after a restart.");
+                let mut t = Transfer::new((*offer).clone(), phase_from(&state), attempts);
+                t.restore(offset, Instant::now());
                 self.jobs.push(Job {
                     id: job,
                     rollout: id,
                     device,
-                    t: Transfer::new((*offer).clone(), phase_from(&state), attempts),
+                    t,
                     offer,
                     saved_offset: offset,
                     saved_state: phase_name(phase_from(&state)),

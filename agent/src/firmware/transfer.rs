@@ -26,6 +26,11 @@ pub const REBOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Begins (first and repeated ones) before a job fails: every device reset or unexpected `Idle`
 /// in the middle of a transfer costs one.
 pub const MAX_ATTEMPTS: u32 = 5;
+/// A started transfer whose device holds no new byte for this long fails (`stalled`): the
+/// device went away, or reset into a firmware that cannot be updated.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most bytes in flight, whatever window the device offers (the link's queue holds 16 frames).
+pub const MAX_WINDOW: u32 = 8 * ferry_wire::MAX_CHUNK_LEN as u32;
 
 /// The signed description of the image, as the job sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +103,8 @@ pub enum Failure {
     /// The device reported the update done, but its Hello names another version than the
     /// image's: what runs is not what was sent.
     WrongVersion,
+    /// No progress for [`STALL_TIMEOUT`].
+    Stalled,
     /// No report within [`REBOOT_TIMEOUT`] of the reboot.
     NoReturn,
     /// The rollout was stopped before this job started.
@@ -111,6 +118,7 @@ impl Failure {
             Failure::Device(e) => e.as_str(),
             Failure::TooManyAttempts => "too_many_attempts",
             Failure::WrongVersion => "wrong_version",
+            Failure::Stalled => "stalled",
             Failure::NoReturn => "no_return",
             Failure::RolloutStopped => "rollout_stopped",
         }
@@ -137,6 +145,8 @@ pub struct Transfer {
     /// the Begin itself was lost.
     begin_pending: bool,
     resends: u32,
+    /// When the device last reported holding more than before (or the job started).
+    progress_at: Option<Instant>,
 }
 
 impl Transfer {
@@ -155,7 +165,15 @@ impl Transfer {
             attempts,
             begin_pending: false,
             resends: 0,
+            progress_at: None,
         }
+    }
+
+    /// After a restart at `now`: what the device was last known to hold (shown until it
+    /// reports); the stall timeout counts from now.
+    pub fn restore(&mut self, offset: u32, now: Instant) {
+        self.acked = offset.min(self.offer.length);
+        self.progress_at = Some(now);
     }
 
     /// The offer.
@@ -219,6 +237,7 @@ impl Transfer {
         self.begin_pending = true;
         self.phase = Phase::Transferring;
         self.last_heard = Some(now);
+        self.progress_at.get_or_insert(now);
         self.acked = 0;
         self.sent_to = 0;
         vec![Out::Begin]
@@ -230,6 +249,7 @@ impl Transfer {
             return Vec::new();
         }
         self.phase = Phase::Transferring;
+        self.progress_at = Some(now);
         if self.attached {
             return self.begin(now);
         }
@@ -241,6 +261,8 @@ impl Transfer {
     pub fn cancel(&mut self) -> (bool, Vec<Out>) {
         match self.phase {
             Phase::Queued => (true, self.end(Outcome::Cancelled)),
+            // The commit is out: the device may already be resetting into the image.
+            Phase::Transferring if self.acked >= self.offer.length => (false, Vec::new()),
             Phase::Transferring => {
                 let abort = self.attached && self.attempts > 0;
                 self.end(Outcome::Cancelled);
@@ -278,6 +300,11 @@ impl Transfer {
                 // Still the old boot answering, or the new image on trial (it confirms once
                 // welcomed): wait.
                 (true, UpdateState::Rebooting | UpdateState::Trial) => Vec::new(),
+                // A new image that has no record of the transfer (it reports Idle or another
+                // id) but runs the offered version: the update happened.
+                (false, _) | (_, UpdateState::Idle) if running == self.offer.version => {
+                    self.end(Outcome::Done)
+                }
                 // The mark was cut before any swap (section 9.2, rule 6): commit again.
                 (true, UpdateState::Receiving) if s.offset >= self.offer.length => {
                     self.phase = Phase::Transferring;
@@ -323,7 +350,10 @@ impl Transfer {
             UpdateState::Done => unreachable!("handled in status"),
             UpdateState::Receiving => {
                 self.max_chunk = u32::from(s.max_chunk).clamp(32, ferry_wire::MAX_CHUNK_LEN as u32);
-                self.window = u32::from(s.window).max(self.max_chunk);
+                self.window = u32::from(s.window).clamp(self.max_chunk, MAX_WINDOW);
+                if s.offset > self.acked || self.progress_at.is_none() {
+                    self.progress_at = Some(now);
+                }
                 if s.offset < self.sent_to && s.offset <= self.acked && s.error == UpdateError::None
                 {
                     // The device is still where it was although more was sent: a chunk was
@@ -368,6 +398,13 @@ impl Transfer {
 
     /// Time passes: resend after silence, fail a device that does not come back.
     pub fn tick(&mut self, now: Instant) -> Vec<Out> {
+        if self.phase == Phase::Transferring
+            && self
+                .progress_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= STALL_TIMEOUT)
+        {
+            return self.end(Outcome::Failed(Failure::Stalled));
+        }
         match self.phase {
             Phase::Transferring if self.attached => {
                 let silent = self

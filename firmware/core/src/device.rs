@@ -579,7 +579,10 @@ impl<const RING: usize> Device<RING> {
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
         }
-        if self.reboot_handed_out || !self.results.is_empty() || self.update_status.is_some() {
+        // An update status waits for the link; while connecting it cannot leave (only Hellos do),
+        // and a reset must not wait for it (the gateway learns the outcome from the next boot).
+        let status_waits = self.update_status.is_some() && self.link == LinkState::Connected;
+        if self.reboot_handed_out || !self.results.is_empty() || status_waits {
             return None;
         }
         let used_up = self.ring.next_seq() > LAST_SEQ

@@ -248,3 +248,32 @@ fn done_with_another_version_in_the_hello_is_a_failure() {
     );
     assert_eq!(t.outcome(), Some(Outcome::Failed(Failure::WrongVersion)));
 }
+
+#[test]
+fn review_fixes_cancel_after_commit_stall_and_a_new_image_without_a_record() {
+    // Cancel once the commit is out: the device may be resetting into the image already.
+    let (mut t, now, _) = started(512);
+    t.report(now, &receiving(0));
+    assert_eq!(t.report(now, &receiving(512)), vec![Out::Commit]);
+    assert_eq!(t.cancel(), (false, vec![]));
+    // No progress for the stall timeout: failed, not waiting forever.
+    let (mut t, now, _) = started(4096);
+    t.report(now, &receiving(0));
+    t.detach();
+    assert!(t.tick(now + STALL_TIMEOUT - Duration::from_secs(1)).is_empty());
+    t.tick(now + STALL_TIMEOUT);
+    assert_eq!(t.outcome(), Some(Outcome::Failed(Failure::Stalled)));
+    // The new image reports no record (Idle) but its Hello names the offered version: done.
+    let (mut t, now, _) = started(512);
+    t.report(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
+    t.status(now, &st(0, UpdateState::Idle, 0, UpdateError::None), "1.1.0");
+    assert_eq!(t.outcome(), Some(Outcome::Done));
+    // A huge window offered is clamped to what the link queue holds.
+    let (mut t, now, _) = started(64 * 1024);
+    let big = UpdateStatus {
+        window: u16::MAX,
+        ..receiving(0)
+    };
+    let outs = t.report(now, &big);
+    assert_eq!(outs.len() as u32, MAX_WINDOW / 512);
+}

@@ -366,6 +366,12 @@ where
         if matches!(self.phase, Phase::Rebooting | Phase::Trial) {
             return self.refuse(b.id, UpdateError::Busy);
         }
+        // The bootloader's STATE decides, not only this updater's memory: while it asks for a
+        // swap (an image is marked, or runs on trial), DFU holds what the bootloader will copy
+        // or restore, and must not be written. A STATE that cannot be read counts as busy.
+        if !matches!(boot_state(&mut self.state), Ok(s) if s != embassy_boot::State::Swap) {
+            return self.refuse(b.id, UpdateError::Busy);
+        }
         if b.slot != UPDATE_SLOT {
             return self.refuse(b.id, UpdateError::BadSlot);
         }
@@ -402,9 +408,6 @@ where
             sha256,
             signature,
         };
-        if !self.signature_ok(&m) {
-            return self.refuse(b.id, UpdateError::BadSignature);
-        }
         if self.manifest.as_ref() == Some(&m) {
             match self.phase {
                 // The same transfer again (a gateway that restarted or lost our status).
@@ -417,6 +420,11 @@ where
                     }
                 }
             }
+        }
+        // Checked once per transfer (a repeated Begin of the recorded one was checked when it
+        // began): verifying takes about a second on a 16 MHz Cortex-M0.
+        if !self.signature_ok(&m) {
+            return self.refuse(b.id, UpdateError::BadSignature);
         }
         if self.record.start(&m).is_err() {
             self.manifest = Some(m);
