@@ -260,13 +260,19 @@ fn review_fixes_cancel_after_commit_stall_and_a_new_image_without_a_record() {
     let (mut t, now, _) = started(4096);
     t.report(now, &receiving(0));
     t.detach();
-    assert!(t.tick(now + STALL_TIMEOUT - Duration::from_secs(1)).is_empty());
+    assert!(t
+        .tick(now + STALL_TIMEOUT - Duration::from_secs(1))
+        .is_empty());
     t.tick(now + STALL_TIMEOUT);
     assert_eq!(t.outcome(), Some(Outcome::Failed(Failure::Stalled)));
     // The new image reports no record (Idle) but its Hello names the offered version: done.
     let (mut t, now, _) = started(512);
     t.report(now, &st(7, UpdateState::Rebooting, 512, UpdateError::None));
-    t.status(now, &st(0, UpdateState::Idle, 0, UpdateError::None), "1.1.0");
+    t.status(
+        now,
+        &st(0, UpdateState::Idle, 0, UpdateError::None),
+        "1.1.0",
+    );
     assert_eq!(t.outcome(), Some(Outcome::Done));
     // A huge window offered is clamped to what the link queue holds.
     let (mut t, now, _) = started(64 * 1024);
