@@ -154,7 +154,7 @@ impl PowerCut {
     pub fn cut(&mut self) -> io::Result<CutReport> {
         self.lock().freeze();
         if let Some(s) = self.session.take() {
-            s.umount_and_join()?;
+            end_session(s)?;
         }
         let report = self.lock().cut()?;
         self.attach()?;
@@ -164,7 +164,7 @@ impl PowerCut {
     /// Unmounts (also done on drop).
     pub fn unmount(mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(s) => s.umount_and_join(),
+            Some(s) => end_session(s),
             None => Ok(()),
         }
     }
@@ -190,7 +190,18 @@ pub enum Moment {
 impl Drop for PowerCut {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            let _ = end_session(s);
         }
+    }
+}
+
+/// Unmounts and waits for the server thread. The unmount aborts the kernel's connection; a
+/// request the thread was reading at that instant (one the killed program left, say) then fails
+/// with `ECONNABORTED` instead of the usual `ENODEV`, which `fuser` passes on as the session's
+/// error. Both mean the same here: the volume is gone, as asked.
+fn end_session(s: BackgroundSession) -> io::Result<()> {
+    match s.umount_and_join() {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Ok(()),
+        r => r,
     }
 }
