@@ -508,6 +508,16 @@ async fn commands_status_metrics_and_readiness() {
     assert_eq!(status["uplink"]["state"], "off");
     assert!(status["ingest"]["samples_committed"].as_u64().unwrap() >= 6_000);
     assert_eq!(status["ingest"]["devices"], 4);
+    // The wear figures: the kernel's count of what was written (here the test process's, as the
+    // agent runs in it), and a day at the recent rate.
+    let written = status["disk"]["written_bytes"]
+        .as_u64()
+        .expect("written_bytes");
+    assert!(written > 0, "{status}");
+    assert!(
+        status["disk"]["written_bytes_per_day"].as_f64().unwrap() > 0.0,
+        "{status}"
+    );
     let ready = ok(&format!("{base}/readyz")).await;
     assert_eq!(ready["ready"], true);
     assert_eq!(ok(&format!("{base}/healthz")).await["status"], "ok");
@@ -524,6 +534,13 @@ async fn commands_status_metrics_and_readiness() {
         "{text}"
     );
     assert!(text.contains("ferry_samples_dropped_total{reason=\"drop_oldest\"} 0"));
+    let scraped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_store_bytes_written_total "))
+        .expect("bytes written")
+        .parse()
+        .unwrap();
+    assert!(scraped >= written, "{scraped} after {written}");
     assert!(text.contains("ferry_commit_duration_seconds_bucket{le=\"+Inf\"}"));
     // Every device was acked, so frames were timed from read to ack.
     let acked_frames: u64 = text

@@ -207,6 +207,13 @@ pub(super) fn render(s: &ApiState, snap: &Snapshot) -> String {
     for (name, help, v) in gauges {
         r.register(name, help, v);
     }
+    if let Some(w) = snap.disk.written_bytes {
+        r.register(
+            "ferry_store_bytes_written",
+            "Bytes the agent has written to storage since it started (database, WAL, sample log; the kernel's write_bytes)",
+            ConstCounter::new(w),
+        );
+    }
     if let Some(max) = snap.disk.max_db_size {
         r.register("ferry_db_max_bytes", "store.max_db_size", count(max));
     }

@@ -392,6 +392,12 @@ pub struct DiskDoc {
     pub fs_free_bytes: Option<u64>,
     /// Room left before the cap or the filesystem is full, whichever is nearer.
     pub headroom_bytes: Option<u64>,
+    /// Bytes the agent has written to storage since it started (the kernel's `write_bytes` for
+    /// the process: database, WAL and sample log); `null` where the system does not count them.
+    pub written_bytes: Option<u64>,
+    /// What a day at the write rate of the last 5 minutes (less just after start) would write:
+    /// the figure to hold against an SD card's endurance; `null` until two samples a second apart.
+    pub written_bytes_per_day: Option<f64>,
 }
 
 /// Whether the API can read the store.

@@ -2,7 +2,8 @@
 //! [`super::metrics`]).
 //!
 //! Labels are low-cardinality by construction: reasons and results from fixed lists, never device
-//! ids. Rates are measured by the agent over the last 5 s ([`Rates`], sampled once a second).
+//! ids. Rates are measured by the agent over the last 5 s ([`Rates`], sampled once a second); the
+//! daily write rate over the last 5 minutes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,37 +24,65 @@ use super::ApiState;
 use crate::metrics::Metrics;
 use crate::store::query::{self, ForwardPosition};
 
-/// Samples of `(when, samples committed, events forwarded)`, newest last.
+/// One sample of the counters the rates are computed from.
+#[derive(Debug, Clone, Copy)]
+struct RatePoint {
+    at: Instant,
+    committed: u64,
+    forwarded: u64,
+    /// The process's bytes written to storage ([`crate::store::wear`]).
+    written: Option<u64>,
+}
+
+/// Samples of the counters, once a second, newest last: the last [`RATE_WINDOW`] for the sample
+/// and forwarding rates, up to [`WEAR_WINDOW`] for the write rate (writes come in bursts: a
+/// checkpoint, a batch; a day's figure from five seconds would swing).
 #[derive(Default)]
-pub struct Rates(Mutex<VecDeque<(Instant, u64, u64)>>);
+pub struct Rates(Mutex<VecDeque<RatePoint>>);
 
 const RATE_WINDOW: usize = 6;
+/// Five minutes of samples.
+const WEAR_WINDOW: usize = 301;
 
 impl Rates {
-    fn push(&self, committed: u64, forwarded: u64) {
+    fn push(&self, committed: u64, forwarded: u64, written: Option<u64>) {
         if let Ok(mut q) = self.0.lock() {
-            q.push_back((Instant::now(), committed, forwarded));
-            while q.len() > RATE_WINDOW {
+            q.push_back(RatePoint {
+                at: Instant::now(),
+                committed,
+                forwarded,
+                written,
+            });
+            while q.len() > WEAR_WINDOW {
                 q.pop_front();
             }
         }
     }
 
-    /// `(samples/s, events forwarded/s)` between the oldest and newest sample.
+    /// `(samples/s, events forwarded/s)` over the last [`RATE_WINDOW`] samples.
     fn per_second(&self) -> (f64, f64) {
         let Ok(q) = self.0.lock() else {
             return (0.0, 0.0);
         };
-        match (q.front(), q.back()) {
-            (Some(a), Some(b)) if b.0 > a.0 => {
-                let dt = (b.0 - a.0).as_secs_f64();
+        let first = q.len().saturating_sub(RATE_WINDOW);
+        match (q.get(first), q.back()) {
+            (Some(a), Some(b)) if b.at > a.at => {
+                let dt = (b.at - a.at).as_secs_f64();
                 (
-                    b.1.saturating_sub(a.1) as f64 / dt,
-                    b.2.saturating_sub(a.2) as f64 / dt,
+                    b.committed.saturating_sub(a.committed) as f64 / dt,
+                    b.forwarded.saturating_sub(a.forwarded) as f64 / dt,
                 )
             }
             _ => (0.0, 0.0),
         }
+    }
+
+    /// Bytes written to storage per day at the rate of the whole window (up to five minutes).
+    fn written_per_day(&self) -> Option<f64> {
+        let q = self.0.lock().ok()?;
+        let (a, b) = (q.front()?, q.back()?);
+        let bytes = b.written?.checked_sub(a.written?)?;
+        crate::store::wear::per_day(bytes, (b.at - a.at).as_secs_f64())
     }
 }
 
@@ -69,6 +98,7 @@ pub async fn sample_rates(s: ApiState, stop: CancellationToken) {
         i.rates.push(
             Metrics::get(&i.metrics.samples_committed),
             i.uplink.events_acked.load(Relaxed),
+            crate::store::wear::process_write_bytes(),
         );
     }
 }
@@ -163,6 +193,8 @@ fn build_snapshot(s: &ApiState, (oldest, devices, online): StoreFigures) -> Snap
             max_db_size: i.max_db_size,
             fs_free_bytes: fs_free,
             headroom_bytes: headroom,
+            written_bytes: crate::store::wear::process_write_bytes(),
+            written_bytes_per_day: i.rates.written_per_day(),
         },
         devices,
         devices_online: online,

@@ -374,6 +374,10 @@ pub struct StatusDisk {
     pub fs_free_bytes: Option<u64>,
     /// Bytes the store can still grow.
     pub headroom_bytes: Option<u64>,
+    /// Bytes written to storage since the agent started.
+    pub written_bytes: Option<u64>,
+    /// A day at the recent write rate.
+    pub written_bytes_per_day: Option<f64>,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod read;
 pub mod retention;
 pub mod rollup;
 pub mod schema;
+pub mod wear;
 pub mod writer;
 
 use std::path::Path;

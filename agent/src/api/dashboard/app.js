@@ -155,6 +155,9 @@ async function refreshStatus() {
   );
   setText("#db-used", bytes(s.disk.db_used_bytes));
   setText("#disk-headroom", bytes(s.disk.headroom_bytes));
+  const perDay = s.disk.written_bytes_per_day;
+  setText("#writes-per-day", bytes(perDay == null ? null : Math.round(perDay)));
+  $("#writes-per-day").title = `at the rate of the last 5 minutes; ${bytes(s.disk.written_bytes)} since the agent started`;
   const d = s.drops;
   setText("#drops", int(d.by_device + d.refused + d.dropped_oldest));
   $("#drops").title = `by devices ${d.by_device}, refused ${d.refused}, oldest dropped ${d.dropped_oldest}`;

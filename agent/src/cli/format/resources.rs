@@ -371,6 +371,14 @@ pub fn status_table(s: &Status) -> String {
             ),
         ),
         (
+            "writes",
+            format!(
+                "{}/day at the last 5 minutes' rate; {} since start",
+                bytes(d.written_bytes_per_day.map(|b| b.max(0.0).round() as u64)),
+                bytes(d.written_bytes)
+            ),
+        ),
+        (
             "drops",
             format!(
                 "by device {}, refused {}, dropped oldest {}, pruned forwarded {}",
@@ -587,7 +595,8 @@ mod tests {
                    "oldest_unforwarded_age_s": 0.1},
         "store": {"writable": true, "disk_full": false, "backpressure": false},
         "disk": {"db_used_bytes": 1048576, "max_db_size": 1073741824, "fs_free_bytes": 123456789,
-                 "headroom_bytes": 1072693248}}"#;
+                 "headroom_bytes": 1072693248, "written_bytes": 52428800,
+                 "written_bytes_per_day": 2147483648.0}}"#;
 
     #[test]
     fn status_at_a_glance() {
@@ -601,6 +610,7 @@ mod tests {
              backlog   1000 events (oldest 100ms)\n\
              store     ok (writable yes, disk full no, backpressure no)\n\
              disk      headroom 1023.0 MiB; db 1.0 MiB of 1.0 GiB max; fs free 117.7 MiB\n\
+             writes    2.0 GiB/day at the last 5 minutes' rate; 50.0 MiB since start\n\
              drops     by device 0, refused 0, dropped oldest 0, pruned forwarded 0\n\
              rejected  0 frames, 0 quarantined\n"
         );
