@@ -154,7 +154,7 @@ impl PowerCut {
     pub fn cut(&mut self) -> io::Result<CutReport> {
         self.lock().freeze();
         if let Some(s) = self.session.take() {
-            end_session(s)?;
+            end_session(s, &self.mountpoint)?;
         }
         let report = self.lock().cut()?;
         self.attach()?;
@@ -164,7 +164,7 @@ impl PowerCut {
     /// Unmounts (also done on drop).
     pub fn unmount(mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(s) => end_session(s),
+            Some(s) => end_session(s, &self.mountpoint),
             None => Ok(()),
         }
     }
@@ -190,17 +190,34 @@ pub enum Moment {
 impl Drop for PowerCut {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = end_session(s);
+            let _ = end_session(s, &self.mountpoint);
         }
     }
 }
 
-/// Unmounts and waits for the server thread. The unmount aborts the kernel's connection; a
-/// request the thread was reading at that instant (one the killed program left, say) then fails
-/// with `ECONNABORTED` instead of the usual `ENODEV`, which `fuser` passes on as the session's
-/// error. Both mean the same here: the volume is gone, as asked.
-fn end_session(s: BackgroundSession) -> io::Result<()> {
-    match s.umount_and_join() {
+/// Unmounts and waits for the server thread.
+///
+/// The unmount is done here, not by `fuser`, because it can meet `EBUSY`: a process another test
+/// thread forks inherits this process's open files (until its `exec` closes them), and one of
+/// them may be on the volume for that instant. The unmount is retried for up to 5 s. It aborts
+/// the kernel's connection; a request the server thread was reading at that instant (one the
+/// killed program left, say) then ends the session with `ECONNABORTED` instead of the usual
+/// `ENODEV`. Both mean the same here: the volume is gone, as asked. (`fuser`'s own unmount, when
+/// the session is dropped, then finds nothing mounted and does nothing.)
+fn end_session(s: BackgroundSession, mountpoint: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match nix::mount::umount(mountpoint) {
+            Ok(()) => break,
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Not root: only `fuser` (through fusermount3) can unmount.
+            Err(nix::errno::Errno::EPERM) => return s.umount_and_join(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match s.join() {
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Ok(()),
         r => r,
     }
