@@ -12,6 +12,8 @@
 //!   schema is refused with a clear [`StoreError`]; the agent never runs on it.
 
 pub mod checkpoint;
+pub mod codec;
+pub mod log;
 pub mod query;
 pub mod read;
 pub mod retention;
