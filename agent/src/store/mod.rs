@@ -19,6 +19,7 @@ pub mod read;
 pub mod retention;
 pub mod rollup;
 pub mod schema;
+pub mod tail;
 pub mod wear;
 pub mod writer;
 

@@ -1,0 +1,271 @@
+//! The tail: samples that are durable in the sample log ([`super::log`]) and acked, but not yet in
+//! the database, which receives them in large batches. Readers see the database and the tail as
+//! one store ([`Snapshot`]).
+//!
+//! Invariants:
+//! - **Store order.** Pieces are appended in `id` order (one piece per log commit), ids strictly
+//!   increasing across pieces.
+//! - **Each sample in exactly one place for a reader.** The writer commits a batch to the
+//!   database (which records `applied`: every id at or below it is in the database) and only then
+//!   drops those samples from the tail. A reader takes the tail's lock, begins its database read
+//!   transaction and reads `applied` inside it, keeps the tail's pieces, and lets go of the lock:
+//!   either its snapshot is from before the batch (and the tail still holds the batch's samples,
+//!   since dropping them needs the lock) or from after it (the database has them); it uses the
+//!   tail's samples above its own `applied` only.
+//! - **Cheap for the writer.** A reader holds the lock only to clone the pieces' `Arc`s, never
+//!   while it filters them or queries the database.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// One acked sample not yet in the database.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TailRow {
+    /// `events.id`.
+    pub id: i64,
+    /// `devices.id`.
+    pub device: i64,
+    /// `boots.boot_no`.
+    pub boot_no: i64,
+    /// Sequence number.
+    pub seq: u32,
+    /// Sensor index.
+    pub sensor: u8,
+    /// UTC milliseconds.
+    pub ts_ms: i64,
+    /// The reading.
+    pub value: f32,
+}
+
+/// The samples of one log commit, in id order.
+pub type Piece = Arc<[TailRow]>;
+
+/// What the writer keeps between batches.
+#[derive(Debug, Default)]
+pub struct Tail {
+    pieces: VecDeque<Piece>,
+    rows: usize,
+}
+
+impl Tail {
+    /// Appends a log commit's samples (ids above every id held).
+    pub fn push(&mut self, piece: Piece) {
+        if piece.is_empty() {
+            return;
+        }
+        debug_assert!(self.max_id().is_none_or(|m| piece[0].id > m), "store order");
+        self.rows += piece.len();
+        self.pieces.push_back(piece);
+    }
+
+    /// Drops every sample with `id <= applied` (the database holds them now). A piece holding
+    /// samples on both sides stays whole; readers skip what their snapshot already has.
+    pub fn drop_through(&mut self, applied: i64) {
+        while self
+            .pieces
+            .front()
+            .is_some_and(|p| p.last().is_some_and(|r| r.id <= applied))
+        {
+            let p = self.pieces.pop_front().expect("checked");
+            self.rows -= p.len();
+        }
+    }
+
+    /// Samples held.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The highest id held.
+    pub fn max_id(&self) -> Option<i64> {
+        self.pieces.back().and_then(|p| p.last()).map(|r| r.id)
+    }
+
+    /// The pieces, for a reader (cheap: `Arc` clones).
+    pub fn pieces(&self) -> Vec<Piece> {
+        self.pieces.iter().cloned().collect()
+    }
+}
+
+/// The tail as the writer and the readers share it.
+pub type SharedTail = Arc<RwLock<Tail>>;
+
+/// A reader's view of the tail: the samples above what its database snapshot holds, in id order.
+#[derive(Debug, Clone, Default)]
+pub struct TailView {
+    pieces: Vec<Piece>,
+    applied: i64,
+}
+
+impl TailView {
+    /// Samples above `applied`, in id order.
+    pub fn rows(&self) -> impl Iterator<Item = &TailRow> + '_ {
+        let applied = self.applied;
+        self.pieces
+            .iter()
+            .flat_map(|p| p.iter())
+            .skip_while(move |r| r.id <= applied)
+    }
+
+    /// Samples with `after < id <= upto`, in id order.
+    pub fn between(&self, after: i64, upto: i64) -> impl Iterator<Item = &TailRow> + '_ {
+        self.rows()
+            .skip_while(move |r| r.id <= after)
+            .take_while(move |r| r.id <= upto)
+    }
+
+    /// The highest id in view.
+    pub fn max_id(&self) -> Option<i64> {
+        self.pieces
+            .last()
+            .and_then(|p| p.last())
+            .map(|r| r.id)
+            .filter(|&m| m > self.applied)
+    }
+
+    /// Every id at or below this is in the database snapshot taken with this view.
+    pub fn applied(&self) -> i64 {
+        self.applied
+    }
+}
+
+/// The database's `applied` mark as the open read transaction sees it.
+pub fn applied(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT coalesce((SELECT value FROM counters WHERE name = 'log_applied'), 0)",
+        )?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Runs `f` in one read transaction on `conn` with the tail's samples above what that
+/// transaction's snapshot holds (see the module header). Without a tail (`None`: tools reading a
+/// store no agent writes), the view is empty. `conn` must not be inside a transaction already:
+/// its snapshot must be taken under the tail's lock.
+pub fn read_with_tail<T, E: From<StoreError>>(
+    conn: &Connection,
+    tail: Option<&SharedTail>,
+    f: impl FnOnce(&Connection, &TailView) -> Result<T, E>,
+) -> Result<T, E> {
+    debug_assert!(conn.is_autocommit(), "the snapshot is taken here");
+    super::read_snapshot(conn, |c| {
+        let view = match tail {
+            None => TailView::default(),
+            Some(t) => {
+                let guard = t.read().unwrap_or_else(|p| p.into_inner());
+                // Inside the transaction: its first read fixes the snapshot, under the lock.
+                let applied = applied(c)?;
+                TailView {
+                    pieces: guard.pieces(),
+                    applied,
+                }
+            }
+        };
+        f(c, &view)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(ids: std::ops::RangeInclusive<i64>) -> Piece {
+        ids.map(|id| TailRow {
+            id,
+            device: 1,
+            boot_no: 1,
+            seq: id as u32,
+            sensor: 0,
+            ts_ms: id * 10,
+            value: id as f32,
+        })
+        .collect()
+    }
+
+    fn ids<'a>(it: impl Iterator<Item = &'a TailRow>) -> Vec<i64> {
+        it.map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn a_view_shows_only_what_its_snapshot_lacks() {
+        let mut t = Tail::default();
+        t.push(piece(1..=3));
+        t.push(piece(4..=6));
+        t.push(piece(7..=7));
+        assert_eq!((t.len(), t.max_id()), (7, Some(7)));
+        let v = TailView {
+            pieces: t.pieces(),
+            applied: 4,
+        };
+        assert_eq!(ids(v.rows()), [5, 6, 7]);
+        assert_eq!(ids(v.between(5, 6)), [6]);
+        assert_eq!(v.max_id(), Some(7));
+        let all_in_db = TailView {
+            pieces: t.pieces(),
+            applied: 7,
+        };
+        assert_eq!(all_in_db.max_id(), None);
+    }
+
+    #[test]
+    fn dropping_keeps_pieces_that_are_not_wholly_applied() {
+        let mut t = Tail::default();
+        t.push(piece(1..=3));
+        t.push(piece(4..=6));
+        t.drop_through(4);
+        assert_eq!(t.len(), 3, "4..=6 stays whole");
+        t.drop_through(6);
+        assert!(t.is_empty());
+        assert_eq!(t.max_id(), None);
+    }
+
+    #[test]
+    fn a_reader_sees_each_sample_once_across_a_batch() {
+        let dir = std::env::temp_dir().join(format!("ferry-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let w = Connection::open(&path).unwrap();
+        w.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE events (id INTEGER PRIMARY KEY);",
+        )
+        .unwrap();
+        let r = Connection::open(&path).unwrap();
+        let tail: SharedTail = Arc::default();
+        tail.write().unwrap().push(piece(1..=5));
+        let seen = |r: &Connection| -> Vec<i64> {
+            read_with_tail::<_, StoreError>(r, Some(&tail), |c, v| {
+                let mut ids: Vec<i64> = c
+                    .prepare("SELECT id FROM events ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                ids.extend(v.rows().map(|r| r.id));
+                Ok(ids)
+            })
+            .unwrap()
+        };
+        assert_eq!(seen(&r), [1, 2, 3, 4, 5]);
+        // The writer's batch commits (samples and mark together); the tail still holds them.
+        w.execute_batch(
+            "BEGIN; INSERT INTO events VALUES (1), (2), (3), (4), (5);
+             INSERT INTO counters VALUES ('log_applied', 5); COMMIT;",
+        )
+        .unwrap();
+        assert_eq!(seen(&r), [1, 2, 3, 4, 5], "not twice");
+        tail.write().unwrap().drop_through(5);
+        assert_eq!(seen(&r), [1, 2, 3, 4, 5], "not lost");
+        drop((w, r));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
