@@ -131,7 +131,28 @@ fn build_bin(package: &str, bin: &str) -> Result<PathBuf, String> {
         Some(p) => p,
         None => return Err("unnamed profile dir".into()),
     };
-    let status = std::process::Command::new(env!("CARGO"))
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    // Without the variables cargo set for this test run: a build script that watches one of them
+    // (ring's watches CARGO_MANIFEST_DIR) would see it change between this build and a plain
+    // `cargo build`, and the two would rebuild each other's dependencies every time.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                &*k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            cargo.env_remove(&key);
+        }
+    }
+    let status = cargo
         .args(["build", "--quiet", "-p", package, "--bin", bin])
         .args(["--profile", profile])
         .arg("--target-dir")
