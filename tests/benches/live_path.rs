@@ -15,7 +15,8 @@
 //! - `FERRY_BENCH_ENCODING`: `json`, `binary` or `both` (default `both`).
 //! - `FERRY_BENCH_ONLY`: `ladder` or `overload` (default: both, the ladder first).
 //! - `FERRY_BENCH_CAPACITY`: the capacity C the overload ladder is built on; without it C is the
-//!   highest clean rate of the ladder just run for that encoding (run first if `ONLY=overload`).
+//!   highest acked rate any step of the ladder reached with that encoding (what the path sustains
+//!   when offered more; the ladder runs first also with `ONLY=overload`).
 //!
 //! Each step starts a fresh release `ferry` (`cargo build --release -p ferry-agent --bin ferry`,
 //! done by the bench) on a new store in a temp dir: `durability = "full"`, every other key at its
@@ -50,7 +51,10 @@
 //!   until the last sample was delivered) per delivered sample; `store µs` the part of it on the
 //!   store writer and checkpoint threads (the rest is the tokio runtime: ingest, uplink reads,
 //!   encoding, MQTT); `agent %` its CPU over the step's wall time, in % of one core, and
-//!   `store %` the store writer and checkpoint threads' share of that.
+//!   `store %` the store writer and checkpoint threads' share of that; `writer`: how much of the
+//!   simulator's run the store writer thread was busy (its state sampled every 10 ms: running,
+//!   waiting for a core or for the disk, against waiting for work). Near 100 % the writer, one
+//!   thread that commits and syncs, is what limits the path.
 //! - `RSS MB`: the agent's peak resident set (VmHWM), a fresh agent per step.
 //! - `sim CPU`: the simulator process's user + system time (`/proc/PID/stat`, read every 20 ms
 //!   until it exits) and `sim %` that in % of one core over its run; `sub s`: this process's CPU
@@ -198,6 +202,36 @@ fn threads_cpu_s(pid: u32, names: &[&str]) -> f64 {
         })
         .map(|t| stat_cpu_s(&t.path().join("stat").to_string_lossy()))
         .sum()
+}
+
+/// Samples the state of `pid`'s thread named `comm` every 10 ms until `stop`: the percentage of
+/// samples in which it was running or waiting for a core (`R`) or for the disk (`D`), i.e. not
+/// waiting for work. `None` if there is no such thread.
+async fn thread_busy_pct(pid: u32, comm: &str, stop: CancellationToken) -> Option<f64> {
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })?
+        .file_name();
+    let path = format!("/proc/{pid}/task/{}/stat", tid.to_string_lossy());
+    let (mut busy, mut n) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            break;
+        };
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        n += 1;
+        busy += u64::from(matches!(state, Some("R" | "D")));
+    }
+    (n > 0).then(|| 100.0 * busy as f64 / n as f64)
 }
 
 /// `VmHWM` of a process in MB (1,000 KiB, as `/proc` reports kB).
@@ -556,7 +590,11 @@ async fn step(b: &Bench, n: usize, encoding: &str, plan: Plan) -> anyhow::Result
         host_jiffies(),
     );
     let started = Instant::now();
+    let sampling = CancellationToken::new();
+    let writer = tokio::spawn(thread_busy_pct(agent.pid, "ferry-store", sampling.clone()));
     let sim = run_sim(b, plan, agent.devices).await;
+    sampling.cancel();
+    let writer_busy = writer.await.ok().flatten();
     let sim = match sim {
         Ok(s) => s,
         Err(e) => {
@@ -673,6 +711,7 @@ async fn step(b: &Bench, n: usize, encoding: &str, plan: Plan) -> anyhow::Result
         "agent_store_cpu_us_per_sample": store_cpu * 1e6 / d.distinct.max(1) as f64,
         "agent_cpu_pct": 100.0 * agent_cpu / wall,
         "agent_store_cpu_pct": 100.0 * store_cpu / wall,
+        "store_writer_busy_pct": writer_busy,
         "agent_peak_rss_mb": rss,
         "sim_cpu_s": sim.cpu_s,
         "sim_cpu_pct": 100.0 * sim.cpu_s / sim.elapsed_s.max(1e-9),
@@ -689,7 +728,7 @@ async fn step(b: &Bench, n: usize, encoding: &str, plan: Plan) -> anyhow::Result
 }
 
 /// The table's columns: header and width (all right-aligned but the first).
-const COLUMNS: [(&str, usize); 26] = [
+const COLUMNS: [(&str, usize); 27] = [
     ("step", 6),
     ("enc", 6),
     ("dev", 4),
@@ -708,6 +747,7 @@ const COLUMNS: [(&str, usize); 26] = [
     ("store µs", 8),
     ("agent %", 7),
     ("store %", 7),
+    ("writer", 6),
     ("RSS MB", 7),
     ("sim CPU", 8),
     ("sim %", 6),
@@ -760,6 +800,7 @@ fn row_line(label: &str, r: &Value) -> String {
         f("agent_store_cpu_us_per_sample", 2),
         f("agent_cpu_pct", 0),
         f("agent_store_cpu_pct", 0),
+        format!("{}%", f("store_writer_busy_pct", 0)),
         f("agent_peak_rss_mb", 1),
         format!("{}s", f("sim_cpu_s", 1)),
         f("sim_cpu_pct", 0),
@@ -769,6 +810,15 @@ fn row_line(label: &str, r: &Value) -> String {
         f("loadavg_at_start", 1),
         r["verdict"].as_str().unwrap_or("?").to_owned(),
     ])
+}
+
+/// The highest acked rate of any ladder step with `encoding`: what the path sustains when offered
+/// more (the overload ladder's capacity C).
+fn sustained(rows: &[Value], encoding: &str) -> Option<f64> {
+    rows.iter()
+        .filter(|r| r["encoding"] == encoding && r["mode"] == "ladder")
+        .filter_map(|r| r["acked_per_s"].as_f64())
+        .max_by(f64::total_cmp)
 }
 
 /// The highest offered rate whose step with `encoding` was `ok`.
@@ -1009,13 +1059,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if only != "ladder" {
         for &enc in encodings {
-            let best = best(&all, enc).and_then(|r| r["offered_per_s"].as_f64());
-            match capacity.or(best) {
+            match capacity.or_else(|| sustained(&all, enc)) {
                 Some(c) => {
                     let rows = overload(&b, enc, c, &mut n).await;
                     all.extend(rows);
                 }
-                None => println!("\n{enc}: no capacity for the overload ladder (no ok step)"),
+                None => println!("\n{enc}: no capacity for the overload ladder (no ladder step)"),
             }
         }
     }
