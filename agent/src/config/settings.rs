@@ -58,7 +58,16 @@ pub struct StoreSettings {
     pub when_full: WhenFull,
     /// Quarantine bound.
     pub quarantine_max_rows: u64,
+    /// The tail is written to the database once its oldest sample is this old ...
+    pub tail_flush_age: Duration,
+    /// ... or once it holds this many samples (see `store::writer::flush`).
+    pub tail_flush_rows: usize,
 }
+
+/// Default of [`StoreSettings::tail_flush_age`].
+pub const TAIL_FLUSH_AGE: Duration = Duration::from_secs(30);
+/// Default of [`StoreSettings::tail_flush_rows`].
+pub const TAIL_FLUSH_ROWS: usize = 65_536;
 
 #[cfg(test)]
 impl StoreSettings {
@@ -72,6 +81,8 @@ impl StoreSettings {
             flush_interval: Duration::from_millis(20),
             max_db_size: None,
             keep_forwarded_for: Duration::from_secs(3600),
+            tail_flush_age: TAIL_FLUSH_AGE,
+            tail_flush_rows: TAIL_FLUSH_ROWS,
             when_full: WhenFull::DropOldest,
             quarantine_max_rows: 100,
         }

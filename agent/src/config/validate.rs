@@ -134,6 +134,8 @@ impl FerryConfig {
                 keep_forwarded_for,
                 when_full,
                 quarantine_max_rows: s.quarantine_max_rows,
+                tail_flush_age: super::settings::TAIL_FLUSH_AGE,
+                tail_flush_rows: super::settings::TAIL_FLUSH_ROWS,
             },
             devices: DevicesSettings {
                 tcp_listen,
