@@ -87,8 +87,8 @@ async fn counter(api: SocketAddr, name: &str) -> f64 {
 
 /// Bytes written per file class, from `strace -f -y` lines such as
 /// `[pid 12] pwrite64(7</tmp/d/ferry.db-wal>, "..."..., 4120, 8192) = 4120`.
-fn split(trace: &str) -> (u64, u64, u64) {
-    let (mut wal, mut db, mut other) = (0u64, 0u64, 0u64);
+fn split(trace: &str) -> (u64, u64, u64, u64) {
+    let (mut wal, mut db, mut log, mut other) = (0u64, 0u64, 0u64, 0u64);
     for line in trace.lines() {
         let Some(eq) = line.rfind(") = ") else {
             continue;
@@ -102,13 +102,15 @@ fn split(trace: &str) -> (u64, u64, u64) {
             .unwrap_or("");
         if path.ends_with("-wal") {
             wal += n;
+        } else if path.contains(".db.log/") {
+            log += n;
         } else if path.ends_with(".db") {
             db += n;
         } else {
             other += n;
         }
     }
-    (wal, db, other)
+    (wal, db, log, other)
 }
 
 async fn run(load: &Load, secs: u64, traced: bool) -> serde_json::Value {
@@ -193,13 +195,14 @@ async fn run(load: &Load, secs: u64, traced: bool) -> serde_json::Value {
     });
     if traced {
         let trace = std::fs::read_to_string(dir.join("strace.txt")).unwrap_or_default();
-        let (wal, db, other) = split(&trace);
-        let all = (wal + db + other).max(1) as f64;
+        let (wal, db, log, other) = split(&trace);
+        let all = (wal + db + log + other).max(1) as f64;
         row["split"] = json!({
             "wal": wal as f64 / all,
             "db": db as f64 / all,
+            "log": log as f64 / all,
             "other": other as f64 / all,
-            "syscall_bytes": wal + db + other,
+            "syscall_bytes": wal + db + log + other,
         });
     }
     row
@@ -220,16 +223,17 @@ async fn main() {
         }
     }
     println!(
-        "\n{:<7} {:>9} {:>10} {:>8} {:>11} {:>11} {:>9} {:>10}  split (WAL/db/other)",
+        "\n{:<7} {:>9} {:>10} {:>8} {:>11} {:>11} {:>9} {:>10}  split (WAL/db/log/other)",
         "load", "samples/s", "commits/s", "MB/s", "B/sample", "B/commit", "pg/commit", "GB/day"
     );
     for r in &rows {
         let f = |k: &str, d: usize| r[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.d$}"));
         let split = r.get("split").map_or(String::new(), |s| {
             format!(
-                "{:.0}% / {:.0}% / {:.0}% (traced)",
+                "{:.0}% / {:.0}% / {:.0}% / {:.0}% (traced)",
                 s["wal"].as_f64().unwrap_or(0.0) * 100.0,
                 s["db"].as_f64().unwrap_or(0.0) * 100.0,
+                s["log"].as_f64().unwrap_or(0.0) * 100.0,
                 s["other"].as_f64().unwrap_or(0.0) * 100.0
             )
         });

@@ -623,7 +623,7 @@ async fn data_answers(base: &str) -> Vec<(String, Value)> {
     let mut devices = ok(&format!("{base}/api/v1/devices")).await;
     for d in devices["devices"].as_array_mut().unwrap() {
         let o = d.as_object_mut().unwrap();
-        o.remove("last_seen");
+        o.remove("last_seen_ms");
         if let Some(c) = o.get_mut("counters").and_then(Value::as_object_mut) {
             for k in ["ring_depth", "dropped_by_device", "read_errors"] {
                 c.remove(k);

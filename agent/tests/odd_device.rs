@@ -239,8 +239,8 @@ async fn nan_and_infinities_are_acked_stored_and_served_and_other_devices_unaffe
         assert_eq!(series(Agg::Count)[0].1, 5.0, "{what}: count");
     };
     check("raw");
-    // The summaries are flushed every 100 ms with a commit that stores summarised events: feed
-    // sensor 0 until sensor 1's slot is written.
+    // The summaries are written with a flush of the tail that stores summarised events (at most
+    // every 100 ms): feed sensor 0 and flush until sensor 1's slot is written.
     let summarised = |c: &rusqlite::Connection| -> i64 {
         c.query_row(
             "SELECT count(*) FROM rollup_10s WHERE device = ?1 AND sensor = 1 AND total IS NULL",
@@ -257,6 +257,7 @@ async fn nan_and_infinities_are_acked_stored_and_served_and_other_devices_unaffe
         odd.send(seq, &[at(50 + u64::from(seq), 0, 1.0)]).await;
         seq += 1;
         odd.acked_to(seq, 1).await;
+        a.store.sync().await.unwrap();
         false
     })
     .await;

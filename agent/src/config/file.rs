@@ -304,6 +304,11 @@ pub struct StoreConfig {
     /// commits at once).
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
+    /// Acked samples (durable in the sample log from the ack on) reach the database within this
+    /// long, or sooner in batches of 65,536: longer means fewer writes, more to replay after a
+    /// crash, and device figures (`last_seen`, heartbeats) that old in the API.
+    #[serde(default = "default_tail_flush_after")]
+    pub tail_flush_after: String,
     /// Cap on the database's used size, e.g. `"2 GiB"`; `"0"` = no cap.
     #[serde(default = "default_max_db_size")]
     pub max_db_size: String,
@@ -325,6 +330,7 @@ impl Default for StoreConfig {
             durability: default_durability(),
             flush_samples: default_flush_samples(),
             flush_interval: default_flush_interval(),
+            tail_flush_after: default_tail_flush_after(),
             max_db_size: default_max_db_size(),
             keep_forwarded_for: default_keep_forwarded_for(),
             when_full: default_when_full(),
@@ -385,6 +391,9 @@ const fn default_durability() -> Word<Durability> {
 }
 const fn default_flush_samples() -> usize {
     20_000
+}
+fn default_tail_flush_after() -> String {
+    "30s".into()
 }
 fn default_flush_interval() -> String {
     "20ms".into()

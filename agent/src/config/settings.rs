@@ -64,8 +64,6 @@ pub struct StoreSettings {
     pub tail_flush_rows: usize,
 }
 
-/// Default of [`StoreSettings::tail_flush_age`].
-pub const TAIL_FLUSH_AGE: Duration = Duration::from_secs(30);
 /// Default of [`StoreSettings::tail_flush_rows`].
 pub const TAIL_FLUSH_ROWS: usize = 65_536;
 
@@ -81,7 +79,7 @@ impl StoreSettings {
             flush_interval: Duration::from_millis(20),
             max_db_size: None,
             keep_forwarded_for: Duration::from_secs(3600),
-            tail_flush_age: TAIL_FLUSH_AGE,
+            tail_flush_age: Duration::from_secs(30),
             tail_flush_rows: TAIL_FLUSH_ROWS,
             when_full: WhenFull::DropOldest,
             quarantine_max_rows: 100,

@@ -50,6 +50,8 @@ impl FerryConfig {
         }
         let flush_interval =
             parse_duration(&s.flush_interval).map_err(|m| invalid("store.flush_interval", m))?;
+        let tail_flush_age = parse_duration(&s.tail_flush_after)
+            .map_err(|m| invalid("store.tail_flush_after", m))?;
         let max_db_size =
             parse_size(&s.max_db_size).map_err(|m| invalid("store.max_db_size", m))?;
         if max_db_size.is_some_and(|b| b < 1 << 20) {
@@ -134,7 +136,7 @@ impl FerryConfig {
                 keep_forwarded_for,
                 when_full,
                 quarantine_max_rows: s.quarantine_max_rows,
-                tail_flush_age: super::settings::TAIL_FLUSH_AGE,
+                tail_flush_age,
                 tail_flush_rows: super::settings::TAIL_FLUSH_ROWS,
             },
             devices: DevicesSettings {

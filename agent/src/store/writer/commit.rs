@@ -97,10 +97,15 @@ impl Writer {
         );
     }
 
-    /// Whether the tail is old or large enough to be written to the database.
+    /// Whether the tail is old or large enough to be written to the database, or whether a
+    /// flush the full disk refused is to be tried again (its back-off over).
     fn flush_due(&self) -> bool {
-        self.unflushed
-            .due(self.settings.tail_flush_age, self.settings.tail_flush_rows)
+        let retry =
+            self.metrics.disk_full.load(Relaxed) && self.unflushed.rows() > 0 && !self.refusing();
+        retry
+            || self
+                .unflushed
+                .due(self.settings.tail_flush_age, self.settings.tail_flush_rows)
     }
 
     /// The group-commit decision for the batch as it stands now.
