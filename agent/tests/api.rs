@@ -595,7 +595,9 @@ async fn latest_and_counts_survive_a_restart() {
         .iter()
         .zip(devices_before["devices"].as_array().unwrap())
     {
-        assert_eq!(a["counters"], b["counters"]);
+        // Heartbeat figures (ring depth and the like) reach the database with the next flush of
+        // the tail, the last one at the stop: only the stored counts are compared.
+        assert_eq!(a["counters"]["events"], b["counters"]["events"]);
     }
     agent.stop().await.unwrap();
 }
@@ -654,11 +656,12 @@ async fn data_answers(base: &str) -> Vec<(String, Value)> {
         "{base}/api/v1/events?limit=1&since=0&device=sim-0002"
     ))
     .await;
-    let first = rows["events"][0]["ts"].as_str().unwrap().to_owned();
+    let first = rows["events"][0]["ts_ms"].as_i64().unwrap();
+    let until = first + 600_000;
     for agg in ["avg", "min", "max", "count", "last"] {
         for bucket in ["1s", "10s", "1m"] {
             let path = format!(
-                "/api/v1/series?device=sim-0002&sensor=temperature&since={first}&until=now&bucket={bucket}&agg={agg}"
+                "/api/v1/series?device=sim-0002&sensor=temperature&since={first}&until={until}&bucket={bucket}&agg={agg}"
             );
             out.push((path.clone(), ok(&format!("{base}{path}")).await));
         }

@@ -24,9 +24,17 @@ use super::{
 };
 use crate::metrics::Metrics;
 
+/// Samples the tail may hold while the disk is full (beyond it samples are refused until a flush
+/// succeeds): what a full disk has to take in when space returns stays small.
+const FULL_DISK_TAIL: usize = 4096;
+
 impl Writer {
     pub(super) fn refusing(&self) -> bool {
-        self.refusing_for_cap || self.refuse_until.is_some_and(|t| Instant::now() < t)
+        self.refusing_for_cap
+            || self.refuse_until.is_some_and(|t| Instant::now() < t)
+            // While the database cannot take the tail, only a little more is acked into it.
+            || (self.metrics.disk_full.load(std::sync::atomic::Ordering::Relaxed)
+                && self.unflushed.rows() >= FULL_DISK_TAIL)
     }
 
     pub(super) fn apply(&mut self, op: Op) {

@@ -100,8 +100,9 @@ impl Writer {
     /// Whether the tail is old or large enough to be written to the database, or whether a
     /// flush the full disk refused is to be tried again (its back-off over).
     fn flush_due(&self) -> bool {
-        let retry =
-            self.metrics.disk_full.load(Relaxed) && self.unflushed.rows() > 0 && !self.refusing();
+        let retry = self.metrics.disk_full.load(Relaxed)
+            && self.unflushed.rows() > 0
+            && self.refuse_until.is_none_or(|t| Instant::now() >= t);
         retry
             || self
                 .unflushed
