@@ -305,7 +305,7 @@ pub struct StoreConfig {
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
     /// Acked samples (durable in the sample log from the ack on) reach the database within this
-    /// long, or sooner in batches of 65,536: longer means fewer writes, more to replay after a
+    /// long, or sooner in batches of 65,536 or when the log holds 8 MiB: longer means fewer writes, more to replay after a
     /// crash, and device figures (`last_seen`, heartbeats) that old in the API.
     #[serde(default = "default_tail_flush_after")]
     pub tail_flush_after: String,

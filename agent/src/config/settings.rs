@@ -60,12 +60,18 @@ pub struct StoreSettings {
     pub quarantine_max_rows: u64,
     /// The tail is written to the database once its oldest sample is this old ...
     pub tail_flush_age: Duration,
-    /// ... or once it holds this many samples (see `store::writer::flush`).
+    /// ... or once it holds this many samples (see `store::writer::flush`) ...
     pub tail_flush_rows: usize,
+    /// ... or once the sample log's unreleased segments hold this many bytes: each commit takes
+    /// at least one 4 KiB block of the log, so at many small commits the log, not the rows, is
+    /// what grows (disk space, and replay time after a crash).
+    pub tail_flush_log_bytes: u64,
 }
 
 /// Default of [`StoreSettings::tail_flush_rows`].
 pub const TAIL_FLUSH_ROWS: usize = 65_536;
+/// Default of [`StoreSettings::tail_flush_log_bytes`]: 8 MiB.
+pub const TAIL_FLUSH_LOG_BYTES: u64 = 8 << 20;
 
 #[cfg(test)]
 impl StoreSettings {
@@ -81,6 +87,7 @@ impl StoreSettings {
             keep_forwarded_for: Duration::from_secs(3600),
             tail_flush_age: Duration::from_secs(30),
             tail_flush_rows: TAIL_FLUSH_ROWS,
+            tail_flush_log_bytes: TAIL_FLUSH_LOG_BYTES,
             when_full: WhenFull::DropOldest,
             quarantine_max_rows: 100,
         }

@@ -138,6 +138,7 @@ impl FerryConfig {
                 quarantine_max_rows: s.quarantine_max_rows,
                 tail_flush_age,
                 tail_flush_rows: super::settings::TAIL_FLUSH_ROWS,
+                tail_flush_log_bytes: super::settings::TAIL_FLUSH_LOG_BYTES,
             },
             devices: DevicesSettings {
                 tcp_listen,

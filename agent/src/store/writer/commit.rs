@@ -97,13 +97,19 @@ impl Writer {
         );
     }
 
-    /// Whether the tail is old or large enough to be written to the database, or whether a
-    /// flush the full disk refused is to be tried again (its back-off over).
+    /// Whether the tail (or the log holding it) is old or large enough to be written to the
+    /// database, or whether a flush the full disk refused is to be tried again (its back-off
+    /// over).
     fn flush_due(&self) -> bool {
         let retry = self.metrics.disk_full.load(Relaxed)
             && self.unflushed.rows() > 0
             && self.refuse_until.is_none_or(|t| Instant::now() >= t);
+        let log_full = self.log.as_ref().is_some_and(|l| {
+            l.segments().1 as u64 * super::super::log::SEGMENT_BYTES
+                >= self.settings.tail_flush_log_bytes
+        });
         retry
+            || (log_full && !self.unflushed.is_empty())
             || self
                 .unflushed
                 .due(self.settings.tail_flush_age, self.settings.tail_flush_rows)
@@ -520,6 +526,37 @@ mod tests {
         let (stored, _, _) = ids(&w);
         assert_eq!(stored, 500, "acked means stored");
         assert!(w.tail.read().unwrap().is_empty());
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_log_holding_its_byte_bound_is_flushed_before_the_age_or_row_bound() {
+        let (mut w, dir) = writer("logbound", Duration::from_secs(60));
+        // Each commit takes a 4 KiB block of the log: two segments' worth of one-sample commits.
+        w.settings.tail_flush_log_bytes = 2 * crate::store::log::SEGMENT_BYTES;
+        let (ack_tx, _ack_rx) = watch::channel(AckState::default());
+        let ack: AckSlot = Arc::new(ack_tx);
+        let per_segment = (crate::store::log::SEGMENT_BYTES / 4096) as u32;
+        for seq in 0..per_segment {
+            samples_from(&mut w, seq, 1, &ack);
+        }
+        assert!(
+            !w.flush_due(),
+            "one segment: below the bound, rows and age far below theirs"
+        );
+        for seq in per_segment..per_segment + 1 {
+            samples_from(&mut w, seq, 1, &ack);
+        }
+        assert_eq!(w.log.as_ref().unwrap().segments().1, 2);
+        assert!(w.flush_due(), "two segments hold unreleased records");
+        w.flush().unwrap();
+        assert!(!w.flush_due());
+        assert_eq!(
+            w.log.as_ref().unwrap().segments().1,
+            1,
+            "only the active one"
+        );
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -16,6 +16,7 @@ use ferry_wire::Heartbeat;
 use rusqlite::{params, OptionalExtension};
 
 use super::{BootState, StoreError, Writer};
+use crate::metrics::Metrics;
 use crate::store::codec::Sample;
 use crate::store::log::entry::{self, Entry};
 use crate::store::log::SampleLog;
@@ -54,7 +55,7 @@ impl Unflushed {
     }
 
     /// Nothing to write.
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.rows == 0 && self.boots.is_empty() && self.heartbeats.is_empty()
     }
 
@@ -190,6 +191,9 @@ impl Writer {
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.unflushed.rollup.rolled_back();
+                // A rolled-back transaction like any other; its samples stay in the log and the
+                // tail, acked, and the flush is tried again.
+                Metrics::add(&self.metrics.commit_failures, 1);
                 let e = StoreError::from_write(e);
                 let shared = e.shared();
                 self.note_failure(&e, 0);
