@@ -261,11 +261,20 @@ pub fn devices(
         })?
         .collect::<Result<_, _>>()?;
     let index: HashMap<i64, usize> = out.iter().enumerate().map(|(i, d)| (d.key, i)).collect();
-    // Samples of the tail are counted in `events_total` when they reach the database.
+    // Samples of the tail are counted in `events_total` when they reach the database; so are
+    // heartbeats.
     for r in tail.rows() {
         if let Some(&i) = index.get(&r.device) {
             out[i].events += 1;
             out[i].last_seen_ms = out[i].last_seen_ms.max(r.ts_ms);
+        }
+    }
+    for d in &mut out {
+        if let Some(h) = tail.heard(d.key) {
+            d.last_seen_ms = d.last_seen_ms.max(h.at_ms);
+            d.dropped_by_device = h.dropped.into();
+            d.ring_depth = h.ring_depth.into();
+            d.read_errors = h.read_errors.into();
         }
     }
     let one = match (only, out.first()) {

@@ -52,8 +52,18 @@ impl Writer {
                 }
             }
             Op::Heartbeat { device, hb } => {
-                // Written with the next flush of the tail, not in a transaction of its own.
-                self.unflushed.heartbeat(device, hb);
+                // Written with the next flush of the tail, not in a transaction of its own;
+                // readers see it in the tail until then.
+                let at_ms = self.unflushed.heartbeat(device, hb);
+                self.tail.write().unwrap_or_else(|p| p.into_inner()).hear(
+                    device,
+                    crate::store::tail::Heard {
+                        at_ms,
+                        dropped: hb.dropped,
+                        ring_depth: hb.ring_depth,
+                        read_errors: hb.read_errors,
+                    },
+                );
             }
             Op::Presence {
                 device,
@@ -311,10 +321,10 @@ impl Writer {
                 b
             }
         };
-        c.execute(
+        let new_boot = c.execute(
             "UPDATE devices SET boot_no = ?2, dropped = 0, ring_depth = 0, read_errors = 0 WHERE id = ?1 AND boot_no != ?2",
             params![device, boot_no],
-        )?;
+        )? > 0;
         c.execute("DELETE FROM sensors WHERE device = ?1", [device])?;
         for (idx, name, unit, interval) in &h.sensors {
             c.execute(
@@ -342,6 +352,15 @@ impl Writer {
                 || in_batch.contains_key(key)
                 || unflushed.holds_boot(*key)
         });
+        if new_boot {
+            // The old boot's last heartbeat, not yet written, must not overwrite the new boot's
+            // figures.
+            self.unflushed.heartbeats.remove(&device);
+            self.tail
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(device);
+        }
         let next_seq = self.boot_state((device, boot_no))?.committed;
         self.last_seen_written.insert(device, now);
         Ok(Welcomed {

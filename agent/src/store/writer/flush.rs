@@ -109,9 +109,12 @@ impl Unflushed {
     }
 
     /// A device's heartbeat, written with the next flush.
-    pub(super) fn heartbeat(&mut self, device: i64, hb: Heartbeat) {
-        self.heartbeats.insert(device, (hb, crate::utc_now_ms()));
+    /// Returns when it came (UTC ms).
+    pub(super) fn heartbeat(&mut self, device: i64, hb: Heartbeat) -> i64 {
+        let at = crate::utc_now_ms();
+        self.heartbeats.insert(device, (hb, at));
         self.since.get_or_insert_with(Instant::now);
+        at
     }
 
     /// Whether a flush is due (see `StoreSettings::tail_flush_age` and `tail_flush_rows`).
@@ -172,10 +175,11 @@ impl Writer {
                 if u.max_id > 0 {
                     self.applied = self.applied.max(u.max_id);
                 }
-                self.tail
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .drop_through(self.applied);
+                {
+                    let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
+                    tail.drop_through(self.applied);
+                    tail.forget_all();
+                }
                 if let Some(log) = self.log.as_mut() {
                     log.release_through(u.last_lsn);
                 }
