@@ -245,6 +245,7 @@ mod tests {
         let v = TailView {
             pieces: t.pieces(),
             applied: 4,
+            heard: HashMap::new(),
         };
         assert_eq!(ids(v.rows()), [5, 6, 7]);
         assert_eq!(ids(v.between(5, 6)), [6]);
@@ -252,8 +253,27 @@ mod tests {
         let all_in_db = TailView {
             pieces: t.pieces(),
             applied: 7,
+            heard: HashMap::new(),
         };
         assert_eq!(all_in_db.max_id(), None);
+    }
+
+    #[test]
+    fn a_heartbeat_is_held_until_forgotten() {
+        let mut t = Tail::default();
+        let h = Heard {
+            at_ms: 5,
+            dropped: 1,
+            ring_depth: 2,
+            read_errors: 3,
+        };
+        t.hear(1, h);
+        t.hear(2, Heard { at_ms: 6, ..h });
+        t.forget(2);
+        assert_eq!(t.heard.get(&1), Some(&h));
+        assert!(!t.heard.contains_key(&2));
+        t.forget_all();
+        assert!(t.heard.is_empty());
     }
 
     #[test]
