@@ -66,7 +66,13 @@ pub struct StoreSettings {
     /// at least one 4 KiB block of the log, so at many small commits the log, not the rows, is
     /// what grows (disk space, and replay time after a crash).
     pub tail_flush_log_bytes: u64,
+    /// How long a sample may wait for others to share its commit (`store.ack_budget`; zero:
+    /// commit as soon as the writer is free). See `store::writer::group_commit`.
+    pub ack_budget: Duration,
 }
+
+/// Largest `store.ack_budget`.
+pub const MAX_ACK_BUDGET: Duration = Duration::from_secs(5);
 
 /// Default of [`StoreSettings::tail_flush_rows`].
 pub const TAIL_FLUSH_ROWS: usize = 65_536;
@@ -88,6 +94,7 @@ impl StoreSettings {
             tail_flush_age: Duration::from_secs(30),
             tail_flush_rows: TAIL_FLUSH_ROWS,
             tail_flush_log_bytes: TAIL_FLUSH_LOG_BYTES,
+            ack_budget: Duration::ZERO,
             when_full: WhenFull::DropOldest,
             quarantine_max_rows: 100,
         }

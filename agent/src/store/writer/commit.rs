@@ -60,7 +60,27 @@ impl Writer {
             while self.group_commit() == Next::TakeQueued {
                 match rx.try_recv() {
                     Ok(op) => self.apply(op),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // Under an ack budget, wait for more samples to share the commit.
+                        let Some(wait) = group_commit::linger(
+                            self.open_batch(),
+                            self.settings.flush_samples,
+                            self.settings.ack_budget,
+                        ) else {
+                            break;
+                        };
+                        match self
+                            .rt
+                            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                        {
+                            Ok(Some(op)) => self.apply(op),
+                            Err(_) => break,
+                            Ok(None) => {
+                                let _ = self.commit();
+                                break 'outer;
+                            }
+                        }
+                    }
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         let _ = self.commit();
                         break 'outer;
@@ -115,20 +135,25 @@ impl Writer {
                 .due(self.settings.tail_flush_age, self.settings.tail_flush_rows)
     }
 
-    /// The group-commit decision for the batch as it stands now.
-    fn group_commit(&self) -> Next {
-        let open = self
-            .batch
+    /// The open batch as the group-commit decision sees it.
+    fn open_batch(&self) -> Option<group_commit::Open> {
+        self.batch
             .started
             .filter(|_| self.batch.open || !self.batch.boots.is_empty())
             .map(|t| group_commit::Open {
                 samples: self.batch.samples,
                 age: t.elapsed(),
-            });
+                prompt: !self.batch.replies.is_empty() || !self.batch.welcomes.is_empty(),
+            })
+    }
+
+    /// The group-commit decision for the batch as it stands now.
+    fn group_commit(&self) -> Next {
         group_commit::next(
-            open,
+            self.open_batch(),
             self.settings.flush_samples,
             self.settings.flush_interval,
+            self.settings.ack_budget,
         )
     }
 

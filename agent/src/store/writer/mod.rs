@@ -100,17 +100,41 @@ pub type AckSlot = Arc<watch::Sender<AckState>>;
 /// full frames). Measured with the ingest bench's overload ladder: see `docs/decisions/`.
 pub const LINK_BUDGET: usize = 128;
 
+/// A link's budget under `store.ack_budget`: [`LINK_BUDGET`] per 20 ms (the default
+/// `flush_interval`, the commit cadence it was measured at) of the ack budget, at least
+/// [`LINK_BUDGET`]. Commits every 3/4 of the budget must not cap a device at 128 samples each.
+pub fn link_budget(ack_budget: Duration) -> usize {
+    let per_20ms = (ack_budget.as_millis() / 20) as usize;
+    LINK_BUDGET.max(LINK_BUDGET.saturating_mul(per_20ms))
+}
+
 /// A link's samples handed to the writer and not yet committed (see the module header).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkBudget {
     waiting: std::sync::atomic::AtomicUsize,
     freed: tokio::sync::Notify,
+    limit: usize,
+}
+
+impl Default for LinkBudget {
+    fn default() -> Self {
+        LinkBudget::new(LINK_BUDGET)
+    }
 }
 
 impl LinkBudget {
+    /// A budget of `limit` samples.
+    pub fn new(limit: usize) -> Self {
+        LinkBudget {
+            waiting: Default::default(),
+            freed: Default::default(),
+            limit,
+        }
+    }
+
     /// Whether the link may hand over more samples.
     pub fn has_room(&self) -> bool {
-        self.waiting.load(Relaxed) < LINK_BUDGET
+        self.waiting.load(Relaxed) < self.limit
     }
 
     /// Samples waiting now.
