@@ -12,7 +12,10 @@
 //! cargo bench -p ferry-agent --bench disk_writes                 # 30 s per load (after 5 s)
 //! FERRY_BENCH_SECS=10 cargo bench -p ferry-agent --bench disk_writes
 //! FERRY_BENCH_SPLIT=1 cargo bench -p ferry-agent --bench disk_writes   # + which file, by strace
+//! FERRY_BENCH_STORE='ack_budget = "1s"' cargo bench -p ferry-agent --bench disk_writes
 //! ```
+//!
+//! `FERRY_BENCH_STORE`: lines added to the agent's `[store]` table (the SD-card setting above).
 //!
 //! Per load, over the measuring window: the agent's `write_bytes` from `/proc/PID/io` (bytes it
 //! sent to the storage layer, the page cache's writeback included), the samples it committed and
@@ -113,14 +116,14 @@ fn split(trace: &str) -> (u64, u64, u64, u64) {
     (wal, db, log, other)
 }
 
-async fn run(load: &Load, secs: u64, traced: bool) -> serde_json::Value {
+async fn run(load: &Load, secs: u64, traced: bool, store_extra: &str) -> serde_json::Value {
     let dir = fresh_dir(&format!("disk-{}", load.devices));
     let api = common::free_addr();
     let devices = common::free_addr();
     let mut agent = spawn_agent(
         &dir,
         &format!(
-            "[api]\nlisten = \"{api}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"{devices}\"\n",
+            "[api]\nlisten = \"{api}\"\n[store]\npath = {:?}\n{store_extra}\n[devices]\ntcp_listen = \"{devices}\"\n",
             dir.join("ferry.db").display().to_string()
         ),
     );
@@ -183,6 +186,7 @@ async fn run(load: &Load, secs: u64, traced: bool) -> serde_json::Value {
     let per_sample = bytes / samples.max(1.0);
     let mut row = json!({
         "load": load.name,
+        "store_extra": store_extra,
         "traced": traced,
         "seconds": window,
         "samples_per_s": samples / window,
@@ -215,11 +219,15 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let traced = std::env::var_os("FERRY_BENCH_SPLIT").is_some();
+    let store_extra = std::env::var("FERRY_BENCH_STORE").unwrap_or_default();
+    if !store_extra.is_empty() {
+        println!("[store] settings added: {store_extra}");
+    }
     let mut rows = Vec::new();
     for load in &LOADS {
-        rows.push(run(load, secs, false).await);
+        rows.push(run(load, secs, false, &store_extra).await);
         if traced {
-            rows.push(run(load, secs.min(15), true).await);
+            rows.push(run(load, secs.min(15), true, &store_extra).await);
         }
     }
     println!(
