@@ -120,7 +120,9 @@ impl Writer {
         let (lo, hi): (i64, i64) = self
             .conn
             .query_row(
-                "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events",
+                // Two subqueries: `min` and `max` in one SELECT would scan every row (SQLite
+                // reads a lone min() or max() of the rowid from one end of the table).
+                "SELECT coalesce((SELECT min(id) FROM events), 0), coalesce((SELECT max(id) FROM events), 0)",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -144,7 +146,9 @@ impl Writer {
         let (lo, hi): (i64, i64) = self
             .conn
             .query_row(
-                "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events",
+                // Two subqueries: `min` and `max` in one SELECT would scan every row (SQLite
+                // reads a lone min() or max() of the rowid from one end of the table).
+                "SELECT coalesce((SELECT min(id) FROM events), 0), coalesce((SELECT max(id) FROM events), 0)",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
