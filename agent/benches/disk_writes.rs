@@ -12,7 +12,10 @@
 //! cargo bench -p ferry-agent --bench disk_writes                 # 30 s per load (after 5 s)
 //! FERRY_BENCH_SECS=10 cargo bench -p ferry-agent --bench disk_writes
 //! FERRY_BENCH_SPLIT=1 cargo bench -p ferry-agent --bench disk_writes   # + which file, by strace
+//! FERRY_BENCH_STORE='ack_budget = "1s"' cargo bench -p ferry-agent --bench disk_writes
 //! ```
+//!
+//! `FERRY_BENCH_STORE`: lines added to the agent's `[store]` table (the SD-card setting above).
 //!
 //! Per load, over the measuring window: the agent's `write_bytes` from `/proc/PID/io` (bytes it
 //! sent to the storage layer, the page cache's writeback included), the samples it committed and
@@ -87,8 +90,8 @@ async fn counter(api: SocketAddr, name: &str) -> f64 {
 
 /// Bytes written per file class, from `strace -f -y` lines such as
 /// `[pid 12] pwrite64(7</tmp/d/ferry.db-wal>, "..."..., 4120, 8192) = 4120`.
-fn split(trace: &str) -> (u64, u64, u64) {
-    let (mut wal, mut db, mut other) = (0u64, 0u64, 0u64);
+fn split(trace: &str) -> (u64, u64, u64, u64) {
+    let (mut wal, mut db, mut log, mut other) = (0u64, 0u64, 0u64, 0u64);
     for line in trace.lines() {
         let Some(eq) = line.rfind(") = ") else {
             continue;
@@ -102,23 +105,25 @@ fn split(trace: &str) -> (u64, u64, u64) {
             .unwrap_or("");
         if path.ends_with("-wal") {
             wal += n;
+        } else if path.contains(".db.log/") {
+            log += n;
         } else if path.ends_with(".db") {
             db += n;
         } else {
             other += n;
         }
     }
-    (wal, db, other)
+    (wal, db, log, other)
 }
 
-async fn run(load: &Load, secs: u64, traced: bool) -> serde_json::Value {
+async fn run(load: &Load, secs: u64, traced: bool, store_extra: &str) -> serde_json::Value {
     let dir = fresh_dir(&format!("disk-{}", load.devices));
     let api = common::free_addr();
     let devices = common::free_addr();
     let mut agent = spawn_agent(
         &dir,
         &format!(
-            "[api]\nlisten = \"{api}\"\n[store]\npath = {:?}\n[devices]\ntcp_listen = \"{devices}\"\n",
+            "[api]\nlisten = \"{api}\"\n[store]\npath = {:?}\n{store_extra}\n[devices]\ntcp_listen = \"{devices}\"\n",
             dir.join("ferry.db").display().to_string()
         ),
     );
@@ -181,6 +186,7 @@ async fn run(load: &Load, secs: u64, traced: bool) -> serde_json::Value {
     let per_sample = bytes / samples.max(1.0);
     let mut row = json!({
         "load": load.name,
+        "store_extra": store_extra,
         "traced": traced,
         "seconds": window,
         "samples_per_s": samples / window,
@@ -193,13 +199,14 @@ async fn run(load: &Load, secs: u64, traced: bool) -> serde_json::Value {
     });
     if traced {
         let trace = std::fs::read_to_string(dir.join("strace.txt")).unwrap_or_default();
-        let (wal, db, other) = split(&trace);
-        let all = (wal + db + other).max(1) as f64;
+        let (wal, db, log, other) = split(&trace);
+        let all = (wal + db + log + other).max(1) as f64;
         row["split"] = json!({
             "wal": wal as f64 / all,
             "db": db as f64 / all,
+            "log": log as f64 / all,
             "other": other as f64 / all,
-            "syscall_bytes": wal + db + other,
+            "syscall_bytes": wal + db + log + other,
         });
     }
     row
@@ -212,24 +219,29 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let traced = std::env::var_os("FERRY_BENCH_SPLIT").is_some();
+    let store_extra = std::env::var("FERRY_BENCH_STORE").unwrap_or_default();
+    if !store_extra.is_empty() {
+        println!("[store] settings added: {store_extra}");
+    }
     let mut rows = Vec::new();
     for load in &LOADS {
-        rows.push(run(load, secs, false).await);
+        rows.push(run(load, secs, false, &store_extra).await);
         if traced {
-            rows.push(run(load, secs.min(15), true).await);
+            rows.push(run(load, secs.min(15), true, &store_extra).await);
         }
     }
     println!(
-        "\n{:<7} {:>9} {:>10} {:>8} {:>11} {:>11} {:>9} {:>10}  split (WAL/db/other)",
+        "\n{:<7} {:>9} {:>10} {:>8} {:>11} {:>11} {:>9} {:>10}  split (WAL/db/log/other)",
         "load", "samples/s", "commits/s", "MB/s", "B/sample", "B/commit", "pg/commit", "GB/day"
     );
     for r in &rows {
         let f = |k: &str, d: usize| r[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.d$}"));
         let split = r.get("split").map_or(String::new(), |s| {
             format!(
-                "{:.0}% / {:.0}% / {:.0}% (traced)",
+                "{:.0}% / {:.0}% / {:.0}% / {:.0}% (traced)",
                 s["wal"].as_f64().unwrap_or(0.0) * 100.0,
                 s["db"].as_f64().unwrap_or(0.0) * 100.0,
+                s["log"].as_f64().unwrap_or(0.0) * 100.0,
                 s["other"].as_f64().unwrap_or(0.0) * 100.0
             )
         });

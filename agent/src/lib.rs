@@ -151,6 +151,7 @@ impl Agent {
             store: store.clone(),
             metrics: metrics.clone(),
             offline_after: settings.devices.offline_after,
+            ack_budget: settings.store.ack_budget,
             commands: commands.clone(),
             firmware: firmware.clone(),
         };

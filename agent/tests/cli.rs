@@ -58,6 +58,8 @@ async fn agent_with_data(tag: &str) -> (TempDir, PathBuf, Agent, String) {
         "{}",
         report.table()
     );
+    // The tests read the database directly for what to expect: everything in it.
+    agent.store.sync().await.unwrap();
     let api = format!("http://{}", agent.api_addr.expect("api bound"));
     (dir, db, agent, api)
 }

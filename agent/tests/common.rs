@@ -44,11 +44,18 @@ pub fn settings(toml: &str) -> Settings {
 /// An in-process agent with its store at `db` and a TCP listener on an ephemeral port; `extra`
 /// is appended to the `[store]` table.
 pub async fn agent(db: &Path, store_extra: &str) -> Agent {
+    agent_tuned(db, store_extra, |_| {}).await
+}
+
+/// [`agent`] with its settings changed by `tune` first (settings no config key reaches).
+pub async fn agent_tuned(db: &Path, store_extra: &str, tune: impl FnOnce(&mut Settings)) -> Agent {
     let toml = format!(
         "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"test\"\n[store]\npath = {:?}\n{store_extra}\n[devices]\ntcp_listen = \"127.0.0.1:0\"\n",
         db.display().to_string()
     );
-    Agent::start(&settings(&toml)).await.expect("agent starts")
+    let mut s = settings(&toml);
+    tune(&mut s);
+    Agent::start(&s).await.expect("agent starts")
 }
 
 /// Sensor descriptions for a Hello: `sensors` as `(name, unit)`, indexed in order, each sampled

@@ -279,6 +279,8 @@ async fn backpressure_refuses_without_losing_and_resumes_when_space_is_freed() {
         async || m.backpressure.load(Relaxed),
     )
     .await;
+    // What was acked before the refusal reaches the database with the next flush: now.
+    agent.store.sync().await.expect("flushed");
     let db = Db::open(&path);
     let stored_at_full = db.events();
     let max_id = db.int("SELECT max(id) FROM events");
@@ -290,6 +292,8 @@ async fn backpressure_refuses_without_losing_and_resumes_when_space_is_freed() {
         Duration::from_secs(15),
         "device rings overflow while refused",
         async || {
+            // Heartbeats reach the database with a flush of the tail.
+            agent.store.sync().await.expect("flushed");
             let devs = ferry_agent::store::read::devices(&db.0).unwrap();
             devs.len() == 3 && devs.iter().all(|d| d.dropped > 0)
         },
@@ -489,11 +493,13 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
         panic!("this test needs root, to mount a 4 MiB tmpfs; run it as root: {e}")
     });
     let path = fs.path().join("ferry.db");
-    let agent = agent(&path, "max_db_size = \"0\"").await;
+    // The sample log holds about `tail_flush_after` of commits, a 4 KiB block each: at 30 s it
+    // would be most of a 4 MiB filesystem. Flushed each second, it is about 1 MiB.
+    let agent = agent(&path, "max_db_size = \"0\"\ntail_flush_after = \"1s\"").await;
     let m = agent.metrics.clone();
-    // 1.5 MiB: when it is removed, the rest of the run (WAL included) fits in what returns even
+    // 2.5 MiB: when it is removed, the rest of the run (WAL included) fits in what returns even
     // when a loaded machine commits in few large batches.
-    let filler = fill(fs.path(), 1536 * 1024);
+    let filler = fill(fs.path(), 2560 * 1024);
 
     // 2 devices x 4 channels at 200 Hz = 1,600 samples/s for 10 s.
     let sim_task = tokio::spawn(run_sim(
@@ -515,12 +521,15 @@ async fn enospc_on_a_full_filesystem_keeps_running_and_recovers() {
         db.0.query_row("PRAGMA quick_check", [], |r| r.get(0))
             .unwrap();
     assert_eq!(check, "ok");
+    // Committed samples are in the database or, acked but not yet written to it (the disk is
+    // full), in the sample log and the tail.
     let mut stored = 0;
+    let tail = agent.store.tail();
     poll_until(
         Duration::from_secs(5),
-        "stored rows == committed samples",
+        "stored rows + the tail == committed samples",
         async || {
-            stored = db.events() as u64;
+            stored = db.events() as u64 + tail.read().unwrap().len() as u64;
             stored == get(&m.samples_committed)
         },
     )

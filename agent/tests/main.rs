@@ -1,5 +1,6 @@
 //! Agent integration tests: real ptys, real TCP, real SQLite files, the real `ferry` binary where a
 //! process must be killed. One binary; one module per scenario.
+mod ack_budget;
 mod api;
 mod api_contract;
 mod api_hostile;

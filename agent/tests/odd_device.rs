@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ferry_agent::metrics::Metrics;
 use ferry_agent::store::query::{self, Agg, EventFilter};
+use ferry_agent::store::tail::TailView;
 use ferry_wire::{Decoder, Hello, Message, Sample, Samples};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -128,7 +129,9 @@ fn events(db: &std::path::Path, device: &str) -> Vec<query::EventRow> {
         device: Some(key),
         ..Default::default()
     };
-    query::events_by_id(&c, &f, 0, i64::MAX, 10_000).unwrap().0
+    query::events_by_id(&c, &TailView::default(), &f, 0, i64::MAX, 10_000)
+        .unwrap()
+        .0
 }
 
 fn bits(v: f64) -> String {
@@ -182,6 +185,7 @@ async fn nan_and_infinities_are_acked_stored_and_served_and_other_devices_unaffe
         odd_values.len() as u64 + u64::from(plain_next)
     );
 
+    a.store.sync().await.unwrap();
     let stored = events(&db, "odd");
     assert_eq!(stored.len(), odd_values.len(), "every odd reading stored");
     for (e, s) in stored.iter().zip(&odd_values) {
@@ -201,7 +205,7 @@ async fn nan_and_infinities_are_acked_stored_and_served_and_other_devices_unaffe
     assert_eq!(events(&db, "plain").len(), plain_next as usize);
 
     let c = ferry_agent::store::open_reader(&db).unwrap();
-    let latest = query::latest(&c, Some("odd")).unwrap();
+    let latest = query::latest(&c, &TailView::default(), Some("odd")).unwrap();
     let sensors = &latest[0].1;
     assert!(sensors[0].value.is_nan(), "s0's newest is the NaN");
     assert_eq!(sensors[1].value, f64::from(f32::MIN_POSITIVE / 8.0));
@@ -212,7 +216,17 @@ async fn nan_and_infinities_are_acked_stored_and_served_and_other_devices_unaffe
     let until = i64::MAX / 2;
     let series = |agg| {
         let c = ferry_agent::store::open_reader(&db).unwrap();
-        query::series(&c, key, 1, since, until, 3_600_000, agg).unwrap()
+        query::series(
+            &c,
+            &TailView::default(),
+            key,
+            1,
+            since,
+            until,
+            3_600_000,
+            agg,
+        )
+        .unwrap()
     };
     // sensor 1: NaN, -Inf, +Inf, 4.0, subnormal. NaN is skipped; -Inf + +Inf is NaN.
     let check = |what: &str| {
@@ -225,8 +239,8 @@ async fn nan_and_infinities_are_acked_stored_and_served_and_other_devices_unaffe
         assert_eq!(series(Agg::Count)[0].1, 5.0, "{what}: count");
     };
     check("raw");
-    // The summaries are flushed every 100 ms with a commit that stores summarised events: feed
-    // sensor 0 until sensor 1's slot is written.
+    // The summaries are written with a flush of the tail that stores summarised events (at most
+    // every 100 ms): feed sensor 0 and flush until sensor 1's slot is written.
     let summarised = |c: &rusqlite::Connection| -> i64 {
         c.query_row(
             "SELECT count(*) FROM rollup_10s WHERE device = ?1 AND sensor = 1 AND total IS NULL",
@@ -243,6 +257,7 @@ async fn nan_and_infinities_are_acked_stored_and_served_and_other_devices_unaffe
         odd.send(seq, &[at(50 + u64::from(seq), 0, 1.0)]).await;
         seq += 1;
         odd.acked_to(seq, 1).await;
+        a.store.sync().await.unwrap();
         false
     })
     .await;
@@ -290,6 +305,7 @@ async fn ticks_out_of_range_are_acked_counted_quarantined_and_not_stored() {
     d.acked_to(4, 2).await;
     d.send(4, &[at(10, 0, 5.0)]).await;
     d.acked_to(5, 3).await;
+    a.store.sync().await.unwrap();
 
     let stored: Vec<(u32, f64)> = events(&db, "ticks")
         .iter()
@@ -327,6 +343,7 @@ async fn unknown_sensor_duplicates_and_hello_next_seq_follow_the_protocol() {
     // All duplicates: answered with an ack of the durable next.
     d.send(0, &[at(0, 0, 1.0), at(0, 9, 2.0)]).await;
     d.acked_to(3, acks + 1).await;
+    a.store.sync().await.unwrap();
 
     let names: Vec<(u32, String, String)> = events(&db, "proto")
         .into_iter()

@@ -56,9 +56,11 @@ async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
     let text = std::fs::read_to_string(&on_volume).unwrap();
     std::fs::write(
         &config,
+        // The database gets the tail every 700 ms (not every 30 s): its checkpoints, syncs and WAL
+        // restarts come often enough to be cut as well as the sample log's writes and syncs.
         text.replace(
             "durability = \"full\"",
-            &format!("durability = \"{durability}\""),
+            &format!("durability = \"{durability}\"\ntail_flush_after = \"700ms\""),
         ),
     )
     .unwrap();
@@ -79,7 +81,13 @@ async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
     // The independent Python device beside them: 4 sensors every 10 ms.
     let peer = PythonPeer::beside_the_simulator(addr, generating, dir.path());
     let mut totals = CutReport::default();
-    let mut schedule = Schedule::new("ferry.db", seed);
+    // With "normal" the log is not synced per commit: no log sync to cut at.
+    let kinds: Vec<&str> = ferry_powercut::schedule::KINDS
+        .iter()
+        .copied()
+        .filter(|k| durability == "full" || *k != "log sync")
+        .collect();
+    let mut schedule = Schedule::of("ferry.db", seed, &kinds);
     for i in 0..n {
         let (kind, settle, moment) = schedule.next_cut();
         tokio::time::sleep(settle).await;
@@ -139,7 +147,7 @@ async fn run_power_cuts(durability: &str, n: usize, seed: u64) -> Run {
         "the cuts lost unsynced writes (else this tests nothing): {totals:?}"
     );
     schedule.assert_each_reached();
-    if n >= ferry_powercut::schedule::KINDS.len() {
+    if n >= kinds.len() {
         assert!(pc_enospc > 0, "the agent met the full disk");
     }
     assert_eq!(t.unacked_at_end, 0, "the last agent acked everything");

@@ -92,15 +92,21 @@ pub async fn reads(cfg: &Cfg) -> ReadResults {
     println!("\ntiming the handlers' SQL in-process ...");
     let sql_latest = sql_times(&ds.path, latest_order.clone(), |c, d: &String| {
         key_of(c, d);
-        query::latest(c, Some(d)).unwrap();
+        query::latest(c, &ferry_agent::store::tail::TailView::default(), Some(d)).unwrap();
     })
     .await;
     let sql_all_latest = sql_times(&ds.path, vec![(); few], |c, _| {
-        query::latest(c, None).unwrap();
+        query::latest(c, &ferry_agent::store::tail::TailView::default(), None).unwrap();
     })
     .await;
     let sql_devices = sql_times(&ds.path, vec![(); few], |c, _| {
-        query::devices(c, None, None).unwrap();
+        query::devices(
+            c,
+            &ferry_agent::store::tail::TailView::default(),
+            None,
+            None,
+        )
+        .unwrap();
     })
     .await;
     let page = |c: &Connection, (d, since): &(String, i64)| {
@@ -109,7 +115,14 @@ pub async fn reads(cfg: &Cfg) -> ReadResults {
             since_ms: Some(*since),
             ..Default::default()
         };
-        query::device_events(c, &f, None, 1000).unwrap()
+        query::device_events(
+            c,
+            &ferry_agent::store::tail::TailView::default(),
+            &f,
+            None,
+            1000,
+        )
+        .unwrap()
     };
     let sql_page = sql_times(&ds.path, pages.clone(), move |c, p| {
         page(c, p);
@@ -135,15 +148,38 @@ pub async fn reads(cfg: &Cfg) -> ReadResults {
             since_ms: Some(*since),
             ..Default::default()
         };
-        query::device_events(c, &f, Some(*after), 1000).unwrap();
+        query::device_events(
+            c,
+            &ferry_agent::store::tail::TailView::default(),
+            &f,
+            Some(*after),
+            1000,
+        )
+        .unwrap();
     })
     .await;
     let series_sql = move |agg: query::Agg| {
         move |c: &Connection, (d, s): &(String, &str)| {
             let key = key_of(c, d);
-            let info = query::devices(c, Some(d), None).unwrap();
+            let info = query::devices(
+                c,
+                &ferry_agent::store::tail::TailView::default(),
+                Some(d),
+                None,
+            )
+            .unwrap();
             let idx = info[0].sensors.iter().find(|x| x.name == *s).unwrap().index;
-            query::series(c, key, idx, DAY_MS, day_end, 60_000, agg).unwrap();
+            query::series(
+                c,
+                &ferry_agent::store::tail::TailView::default(),
+                key,
+                idx,
+                DAY_MS,
+                day_end,
+                60_000,
+                agg,
+            )
+            .unwrap();
         }
     };
     let sql_series = sql_times(&ds.path, series_req.clone(), series_sql(query::Agg::Avg)).await;
@@ -156,7 +192,13 @@ pub async fn reads(cfg: &Cfg) -> ReadResults {
     // The handler's sensor lookup alone (`devices(Some(id))`), part of every /series.
     let sql_series_lookup = Stats::of(
         sql_times(&ds.path, series_req.clone(), |c, (d, _)| {
-            query::devices(c, Some(d), None).unwrap();
+            query::devices(
+                c,
+                &ferry_agent::store::tail::TailView::default(),
+                Some(d),
+                None,
+            )
+            .unwrap();
         })
         .await,
     );

@@ -96,7 +96,7 @@ pub(super) fn render(s: &ApiState, snap: &Snapshot) -> String {
         ),
         (
             "ferry_commit_failures",
-            "Store transactions rolled back (nothing in them acked)",
+            "Store transactions rolled back (nothing in them acked; a flush of acked samples from the log is retried)",
             c(&m.commit_failures),
         ),
         ("ferry_acks_sent", "Acks sent to devices", c(&m.acks_sent)),

@@ -110,7 +110,7 @@ impl ApiState {
     pub fn new(p: ApiParts, stop: CancellationToken) -> Result<ApiState, crate::store::StoreError> {
         Ok(ApiState {
             inner: Arc::new(Inner {
-                reads: reads::ReadPool::open(&p.store_settings.path)?,
+                reads: reads::ReadPool::open(&p.store_settings.path)?.with_tail(p.store.tail()),
                 store: p.store,
                 metrics: p.metrics,
                 uplink: p.uplink,

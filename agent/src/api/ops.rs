@@ -128,9 +128,9 @@ async fn read_figures(s: &ApiState) -> Result<StoreFigures, ApiError> {
     let forwarding_on = s.inner.forwarding_on;
     s.inner
         .reads
-        .run(move |c| {
+        .run_events(move |c, t| {
             let oldest = if forwarding_on {
-                query::oldest_unforwarded(c, ForwardPosition::read(c)?)?
+                query::oldest_unforwarded(c, t, ForwardPosition::read(c)?)?
             } else {
                 None
             };

@@ -31,6 +31,7 @@ use rusqlite::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
+use crate::store::tail::{SharedTail, TailView};
 use crate::store::{self, StoreError};
 
 /// Concurrent read queries.
@@ -42,6 +43,7 @@ pub const READ_WAIT: Duration = Duration::from_secs(10);
 /// Read connections.
 pub struct ReadPool {
     shared: Arc<Shared>,
+    tail: Option<SharedTail>,
 }
 
 struct Shared {
@@ -68,12 +70,42 @@ impl ReadPool {
             .map(|_| store::open_reader(path))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ReadPool {
+            tail: None,
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 idle: Mutex::new(conns),
                 permits: Arc::new(Semaphore::new(READERS)),
             }),
         })
+    }
+
+    /// Reads see the writer's tail (acked samples not yet in the database) with every snapshot.
+    pub fn with_tail(mut self, tail: SharedTail) -> ReadPool {
+        self.tail = Some(tail);
+        self
+    }
+
+    /// Runs a query of events `f` on a blocking thread: one snapshot of the database and of the
+    /// tail above it per call (see [`store::tail`]).
+    pub async fn run_events<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &TailView) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let lease = self.lease(READ_WAIT).await?;
+        let handle = Arc::new(Mutex::new(Some(lease.conn().get_interrupt_handle())));
+        let _interrupt = InterruptOnDrop(handle.clone());
+        let running = Running { handle, lease };
+        let tail = self.tail.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let running = running;
+            store::tail::read_with_tail(running.lease.conn(), tail.as_ref(), f)
+        })
+        .await;
+        match out {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => Err(ApiError::Internal("a read query panicked".into())),
+            Err(e) => Err(ApiError::Internal(format!("read task failed: {e}"))),
+        }
     }
 
     /// Runs a range query `f` on a blocking thread (one snapshot per call).

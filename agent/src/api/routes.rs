@@ -34,24 +34,20 @@ pub fn path_segment(id: &str) -> String {
 async fn device_docs(s: &ApiState, only: Option<String>) -> Result<Vec<DeviceDoc>, ApiError> {
     let one = only.is_some();
     let forwarding_on = s.inner.forwarding_on;
-    let read = move |c: &rusqlite::Connection| {
+    let read = move |c: &rusqlite::Connection, t: &crate::store::tail::TailView| {
         let pos = if forwarding_on {
             Some(ForwardPosition::read(c)?)
         } else {
             None
         };
         let now = crate::utc_now_ms();
-        Ok(query::devices(c, only.as_deref(), pos)?
+        Ok(query::devices(c, t, only.as_deref(), pos)?
             .into_iter()
             .map(|d| DeviceDoc::new(d, forwarding_on, now))
             .collect())
     };
-    // One device is a point lookup; the list reads every device.
-    if one {
-        s.inner.reads.lookup(read).await
-    } else {
-        s.inner.reads.run(read).await
-    }
+    let _ = one;
+    s.inner.reads.run_events(read).await
 }
 
 /// Every device.
@@ -100,10 +96,10 @@ pub async fn device_latest(
     let (known, rows) = s
         .inner
         .reads
-        .lookup(move |c| {
+        .run_events(move |c, t| {
             Ok((
                 query::device_key(c, &want)?.is_some(),
-                query::latest(c, Some(&want))?,
+                query::latest(c, t, Some(&want))?,
             ))
         })
         .await?;
@@ -131,7 +127,11 @@ pub async fn all_latest(
         .get(
             || *committed.borrow(),
             || async {
-                let rows = s.inner.reads.run(|c| Ok(query::latest(c, None)?)).await?;
+                let rows = s
+                    .inner
+                    .reads
+                    .run_events(|c, t| Ok(query::latest(c, t, None)?))
+                    .await?;
                 let doc = AllLatestDoc {
                     devices: rows
                         .into_iter()
@@ -170,7 +170,7 @@ pub async fn events(
     let page = s
         .inner
         .reads
-        .run(move |c| {
+        .run_events(move |c, t| {
             let mut f = EventFilter {
                 device: None,
                 sensor: q.sensor.clone(),
@@ -190,7 +190,7 @@ pub async fn events(
                         Some(Cursor::Time(ts, id)) => Some((ts, id)),
                         _ => None,
                     };
-                    let rows = query::device_events(c, &f, after, q.limit)?;
+                    let rows = query::device_events(c, t, &f, after, q.limit)?;
                     let next = (rows.len() == q.limit)
                         .then(|| rows.last().map(|r| Cursor::Time(r.ts_ms, r.id).encode()))
                         .flatten();
@@ -204,8 +204,8 @@ pub async fn events(
                         Some(Cursor::Store(id)) => id,
                         _ => 0,
                     };
-                    let upto = query::max_event_id(c)?;
-                    let (rows, reached) = query::events_by_id(c, &f, after, upto, q.limit)?;
+                    let upto = query::max_event_id(c, t)?;
+                    let (rows, reached) = query::events_by_id(c, t, &f, after, upto, q.limit)?;
                     let next = (reached < upto).then(|| Cursor::Store(reached).encode());
                     Ok(EventsPage {
                         events: rows.into_iter().map(EventDoc::from).collect(),
@@ -237,7 +237,7 @@ pub async fn series(
     let doc = s
         .inner
         .reads
-        .run(move |c| {
+        .run_events(move |c, t| {
             let key = query::device_key(c, &q.device)?
                 .ok_or_else(|| ApiError::NotFound(format!("no device {:?}", q.device)))?;
             let (index, unit) = query::sensor(c, key, &q.sensor)?.ok_or_else(|| {
@@ -246,7 +246,8 @@ pub async fn series(
                     q.device, q.sensor
                 ))
             })?;
-            let points = query::series(c, key, index, q.since_ms, q.until_ms, q.bucket_ms, q.agg)?;
+            let points =
+                query::series(c, t, key, index, q.since_ms, q.until_ms, q.bucket_ms, q.agg)?;
             Ok(SeriesDoc {
                 device: q.device.clone(),
                 sensor: q.sensor.clone(),

@@ -49,7 +49,7 @@ impl Follow {
                     .state
                     .inner
                     .reads
-                    .run(move |c| {
+                    .run_events(move |c, t| {
                         let mut f = filter;
                         if let Some(name) = &device {
                             match query::device_key(c, name)? {
@@ -59,7 +59,7 @@ impl Follow {
                             }
                         }
                         let key = f.device;
-                        let (rows, reached) = query::events_by_id(c, &f, pos, upto, PAGE)?;
+                        let (rows, reached) = query::events_by_id(c, t, &f, pos, upto, PAGE)?;
                         Ok((rows, reached, key))
                     })
                     .await;

@@ -304,6 +304,17 @@ pub struct StoreConfig {
     /// commits at once).
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
+    /// Acked samples (durable in the sample log from the ack on) reach the database within this
+    /// long, or sooner in batches of 65,536 or when the log holds 8 MiB: longer means fewer writes, more to replay after a
+    /// crash, and device figures (`last_seen`, heartbeats) that old in the API.
+    #[serde(default = "default_tail_flush_after")]
+    pub tail_flush_after: String,
+    /// How long a sample may wait for others to share its commit before it is acked: `"0s"`
+    /// commits as soon as the writer is free (ack p99 of a few ms); `"250ms"`..`"1s"` for SD
+    /// cards (far fewer synced writes). At most 5 s. A device's ring must hold 16 times what it
+    /// samples in this time (it keeps at most 1/16 of its ring unacknowledged).
+    #[serde(default = "default_ack_budget")]
+    pub ack_budget: String,
     /// Cap on the database's used size, e.g. `"2 GiB"`; `"0"` = no cap.
     #[serde(default = "default_max_db_size")]
     pub max_db_size: String,
@@ -325,6 +336,8 @@ impl Default for StoreConfig {
             durability: default_durability(),
             flush_samples: default_flush_samples(),
             flush_interval: default_flush_interval(),
+            tail_flush_after: default_tail_flush_after(),
+            ack_budget: default_ack_budget(),
             max_db_size: default_max_db_size(),
             keep_forwarded_for: default_keep_forwarded_for(),
             when_full: default_when_full(),
@@ -385,6 +398,12 @@ const fn default_durability() -> Word<Durability> {
 }
 const fn default_flush_samples() -> usize {
     20_000
+}
+fn default_tail_flush_after() -> String {
+    "30s".into()
+}
+fn default_ack_budget() -> String {
+    "0s".into()
 }
 fn default_flush_interval() -> String {
     "20ms".into()

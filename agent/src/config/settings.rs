@@ -58,7 +58,26 @@ pub struct StoreSettings {
     pub when_full: WhenFull,
     /// Quarantine bound.
     pub quarantine_max_rows: u64,
+    /// The tail is written to the database once its oldest sample is this old ...
+    pub tail_flush_age: Duration,
+    /// ... or once it holds this many samples (see `store::writer::flush`) ...
+    pub tail_flush_rows: usize,
+    /// ... or once the sample log's unreleased segments hold this many bytes: each commit takes
+    /// at least one 4 KiB block of the log, so at many small commits the log, not the rows, is
+    /// what grows (disk space, and replay time after a crash).
+    pub tail_flush_log_bytes: u64,
+    /// How long a sample may wait for others to share its commit (`store.ack_budget`; zero:
+    /// commit as soon as the writer is free). See `store::writer::group_commit`.
+    pub ack_budget: Duration,
 }
+
+/// Largest `store.ack_budget`.
+pub const MAX_ACK_BUDGET: Duration = Duration::from_secs(5);
+
+/// Default of [`StoreSettings::tail_flush_rows`].
+pub const TAIL_FLUSH_ROWS: usize = 65_536;
+/// Default of [`StoreSettings::tail_flush_log_bytes`]: 8 MiB.
+pub const TAIL_FLUSH_LOG_BYTES: u64 = 8 << 20;
 
 #[cfg(test)]
 impl StoreSettings {
@@ -72,6 +91,10 @@ impl StoreSettings {
             flush_interval: Duration::from_millis(20),
             max_db_size: None,
             keep_forwarded_for: Duration::from_secs(3600),
+            tail_flush_age: Duration::from_secs(30),
+            tail_flush_rows: TAIL_FLUSH_ROWS,
+            tail_flush_log_bytes: TAIL_FLUSH_LOG_BYTES,
+            ack_budget: Duration::ZERO,
             when_full: WhenFull::DropOldest,
             quarantine_max_rows: 100,
         }

@@ -50,6 +50,19 @@ impl FerryConfig {
         }
         let flush_interval =
             parse_duration(&s.flush_interval).map_err(|m| invalid("store.flush_interval", m))?;
+        let tail_flush_age = parse_duration(&s.tail_flush_after)
+            .map_err(|m| invalid("store.tail_flush_after", m))?;
+        let ack_budget =
+            parse_duration(&s.ack_budget).map_err(|m| invalid("store.ack_budget", m))?;
+        if ack_budget > super::settings::MAX_ACK_BUDGET {
+            return Err(invalid(
+                "store.ack_budget",
+                format!(
+                    "{:?} is more than 5s: devices would time out and resend samples waiting for their ack",
+                    s.ack_budget
+                ),
+            ));
+        }
         let max_db_size =
             parse_size(&s.max_db_size).map_err(|m| invalid("store.max_db_size", m))?;
         if max_db_size.is_some_and(|b| b < 1 << 20) {
@@ -134,6 +147,10 @@ impl FerryConfig {
                 keep_forwarded_for,
                 when_full,
                 quarantine_max_rows: s.quarantine_max_rows,
+                tail_flush_age,
+                tail_flush_rows: super::settings::TAIL_FLUSH_ROWS,
+                tail_flush_log_bytes: super::settings::TAIL_FLUSH_LOG_BYTES,
+                ack_budget,
             },
             devices: DevicesSettings {
                 tcp_listen,

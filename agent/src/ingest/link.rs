@@ -43,7 +43,8 @@ where
     let (upd_tx, mut upd_rx) = mpsc::channel::<UpdateFrame>(UPDATE_QUEUE);
     let mut link = Link {
         upd_tx,
-        proto: LinkProtocol::new(name, ctx.metrics.clone(), ctx.offline_after, Instant::now()),
+        proto: LinkProtocol::new(name, ctx.metrics.clone(), ctx.offline_after, Instant::now())
+            .with_ack_budget(ctx.ack_budget),
         ctx,
         cmd_tx,
     };

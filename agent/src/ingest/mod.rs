@@ -28,6 +28,8 @@ pub struct LinkCtx {
     pub metrics: Arc<Metrics>,
     /// Silence after which a device is marked offline.
     pub offline_after: Duration,
+    /// `store.ack_budget` (a link's budget and its devices' ring check follow from it).
+    pub ack_budget: Duration,
     /// Device commands (sent to the device once its Hello is registered).
     pub commands: crate::commands::CommandsHandle,
     /// Firmware updates (a device's update status goes there; update messages come back).

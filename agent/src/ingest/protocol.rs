@@ -25,7 +25,8 @@
 //!   quarantine with it.
 //! - Acks are sent only from the writer's committed position ([`AckState`]) and only for the
 //!   session's `(device, boot)`: the link never acks anything itself.
-//! - At most [`LINK_BUDGET`] (plus one frame) of the link's samples wait for a commit: every
+//! - At most the link's budget ([`LINK_BUDGET`], more under `store.ack_budget`: see
+//!   `store::writer::link_budget`) plus one frame of the link's samples wait for a commit: every
 //!   Samples frame carries a [`LinkBudget`] token, and the link decodes only while
 //!   [`LinkProtocol::has_room`], so under overload the device's ring, not the agent's queue, absorbs
 //!   the excess and acks stay prompt.
@@ -33,6 +34,10 @@
 //!   after every Hello); every CommandResult of the session goes to the actor, which decides.
 //! - Every UpdateStatus of the session goes to the firmware actor with the session's device id;
 //!   update messages are written as the actor hands them (it paces them by the device's window).
+//! - Under an ack budget B, a device must hold [`ring_needed`] samples (16 x what it samples in B:
+//!   it keeps at most 1/16 of its ring unacknowledged). The Hello carries no ring size, so the
+//!   link logs the need at each Hello and warns, once per session, when the device reports ring
+//!   drops.
 //! - The device is online from its Welcome (or its next frame) until `offline_after` of silence
 //!   or the end of the link; after three times that the link asks to be closed.
 //!
@@ -169,6 +174,25 @@ pub struct LinkProtocol {
     written: BTreeSet<u32>,
     out: Vec<u8>,
     actions: VecDeque<Action>,
+    /// `store.ack_budget`.
+    ack_budget: Duration,
+    /// What the device samples per second and the ring it needs under the ack budget (from its
+    /// last Hello).
+    ring_need: Option<(f64, u64)>,
+    /// Ring drops the session's device reported last, and whether the ring warning was logged.
+    drops: Option<u32>,
+    ring_warned: bool,
+}
+
+/// Samples per second a sensor table declares, and the ring a device needs to keep sending while
+/// its acks wait up to `ack_budget`: 16 times what it samples meanwhile (PROTOCOL.md, overload:
+/// a device keeps at most 1/16 of its ring unacknowledged).
+pub fn ring_needed(intervals_ms: impl Iterator<Item = u32>, ack_budget: Duration) -> (f64, u64) {
+    let rate: f64 = intervals_ms
+        .filter(|&i| i > 0)
+        .map(|i| 1000.0 / f64::from(i))
+        .sum();
+    (rate, (16.0 * rate * ack_budget.as_secs_f64()).ceil() as u64)
 }
 
 impl LinkProtocol {
@@ -190,7 +214,21 @@ impl LinkProtocol {
             written: BTreeSet::new(),
             out: Vec::with_capacity(256),
             actions: VecDeque::new(),
+            ack_budget: Duration::ZERO,
+            ring_need: None,
+            drops: None,
+            ring_warned: false,
         }
+    }
+
+    /// The same link under `store.ack_budget` (its link budget from
+    /// `store::writer::link_budget`).
+    pub fn with_ack_budget(mut self, ack_budget: Duration) -> Self {
+        self.ack_budget = ack_budget;
+        self.budget = Arc::new(LinkBudget::new(crate::store::writer::link_budget(
+            ack_budget,
+        )));
+        self
     }
 
     /// The link's name.
@@ -283,6 +321,19 @@ impl LinkProtocol {
                 },
                 _,
             ) => {
+                if !self.ack_budget.is_zero() {
+                    let (rate, need) = ring_needed(sensors.iter().map(|s| s.3), self.ack_budget);
+                    tracing::info!(
+                        device = %device_id,
+                        samples_per_s = rate,
+                        ring_needed = need,
+                        ack_budget = ?self.ack_budget,
+                        "Under store.ack_budget this device's ring must hold at least ring_needed samples."
+                    );
+                    self.ring_need = Some((rate, need));
+                }
+                self.drops = None;
+                self.ring_warned = false;
                 self.registering = Some(Registering {
                     device_id: device_id.clone(),
                     firmware: firmware.clone(),
@@ -341,6 +392,21 @@ impl LinkProtocol {
             }
             (DeviceMessage::Heartbeat(hb), Some(s)) => {
                 s.observe(hb.ticks, arrived_ms);
+                let dropped_more = self.drops.is_some_and(|d| hb.dropped > d);
+                self.drops = Some(hb.dropped);
+                if dropped_more && !self.ring_warned {
+                    if let Some((rate, need)) = self.ring_need {
+                        self.ring_warned = true;
+                        tracing::warn!(
+                            device = %s.device_id,
+                            dropped = hb.dropped,
+                            samples_per_s = rate,
+                            ring_needed = need,
+                            ack_budget = ?self.ack_budget,
+                            "Device drops samples from its full ring: under store.ack_budget its ring must hold at least ring_needed samples; give it a larger ring or lower store.ack_budget."
+                        );
+                    }
+                }
                 let device = s.device;
                 self.actions
                     .push_back(Action::Store(Op::Heartbeat { device, hb }));

@@ -90,6 +90,17 @@ impl StoreError {
         }
     }
 
+    /// Classifies a failed write to the sample log.
+    pub fn from_log(e: std::io::Error) -> StoreError {
+        if e.raw_os_error() == Some(nix::libc::ENOSPC)
+            || e.kind() == std::io::ErrorKind::StorageFull
+        {
+            StoreError::DiskFull(format!("sample log: {e}"))
+        } else {
+            StoreError::Failed(format!("sample log: {e}"))
+        }
+    }
+
     /// Classifies a SQLite error from a write.
     pub fn from_write(e: rusqlite::Error) -> StoreError {
         match e.sqlite_error_code() {
@@ -155,6 +166,13 @@ pub fn open_writer(settings: &StoreSettings) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     migrate(&conn, path)?;
     Ok(conn)
+}
+
+/// Where the sample log of the database `db` lives: a directory beside it (`ferry.db.log`).
+pub fn log_dir(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".log");
+    name.into()
 }
 
 /// Opens the database read-only (for queries and the CLI); it must already exist and be valid.

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use crate::store::tail::{TailRow, TailView};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::StoreError;
@@ -54,7 +55,7 @@ pub fn sensors_sql(one: bool) -> &'static str {
 pub fn latest_sql(one: bool) -> String {
     format!(
         "SELECT d.device_id, coalesce(s.name, 'sensor' || l.sensor), coalesce(s.unit, ''),
-                l.value, l.ts_ms, l.event_id
+                l.value, l.ts_ms, l.event_id, l.sensor
            FROM latest l JOIN devices d ON d.id = l.device
            LEFT JOIN sensors s ON s.device = l.device AND s.idx = l.sensor
           {}
@@ -163,6 +164,8 @@ pub struct LatestValue {
     pub ts_ms: i64,
     /// Its `events.id`.
     pub event_id: i64,
+    /// The sensor's index.
+    pub sensor_index: u8,
 }
 
 /// The uplink's saved position (see `forward.rs`): ids `<= backlog` and in `(live_from, live]` are
@@ -203,13 +206,16 @@ impl ForwardPosition {
 /// The oldest unforwarded event: `(id, ts_ms)`.
 pub fn oldest_unforwarded(
     conn: &Connection,
+    tail: &TailView,
     pos: ForwardPosition,
 ) -> Result<Option<(i64, i64)>, StoreError> {
     let first_after = |id: i64| -> Result<Option<(i64, i64)>, StoreError> {
-        Ok(conn
+        let stored: Option<(i64, i64)> = conn
             .prepare_cached("SELECT id, ts_ms FROM events WHERE id > ?1 ORDER BY id LIMIT 1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+            .optional()?;
+        // The tail's ids are all above the database's.
+        Ok(stored.or_else(|| tail.rows().find(|r| r.id > id).map(|r| (r.id, r.ts_ms))))
     };
     let first = first_after(pos.backlog)?;
     match (first, pos.live_range()) {
@@ -219,15 +225,17 @@ pub fn oldest_unforwarded(
 }
 
 /// Highest stored id (0 when empty).
-pub fn max_event_id(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn
+pub fn max_event_id(conn: &Connection, tail: &TailView) -> Result<i64, StoreError> {
+    let stored: i64 = conn
         .prepare_cached("SELECT coalesce(max(id), 0) FROM events")?
-        .query_row([], |r| r.get(0))?)
+        .query_row([], |r| r.get(0))?;
+    Ok(tail.max_id().map_or(stored, |t| t.max(stored)))
 }
 
 /// Devices, by id; one device with `only`. `forwarding`: the uplink position, when forwarding is on.
 pub fn devices(
     conn: &Connection,
+    tail: &TailView,
     only: Option<&str>,
     forwarding: Option<ForwardPosition>,
 ) -> Result<Vec<DeviceInfo>, StoreError> {
@@ -253,6 +261,22 @@ pub fn devices(
         })?
         .collect::<Result<_, _>>()?;
     let index: HashMap<i64, usize> = out.iter().enumerate().map(|(i, d)| (d.key, i)).collect();
+    // Samples of the tail are counted in `events_total` when they reach the database; so are
+    // heartbeats.
+    for r in tail.rows() {
+        if let Some(&i) = index.get(&r.device) {
+            out[i].events += 1;
+            out[i].last_seen_ms = out[i].last_seen_ms.max(r.ts_ms);
+        }
+    }
+    for d in &mut out {
+        if let Some(h) = tail.heard(d.key) {
+            d.last_seen_ms = d.last_seen_ms.max(h.at_ms);
+            d.dropped_by_device = h.dropped.into();
+            d.ring_depth = h.ring_depth.into();
+            d.read_errors = h.read_errors.into();
+        }
+    }
     let one = match (only, out.first()) {
         (Some(_), Some(d)) => Some(d.key),
         (Some(_), None) => return Ok(out),
@@ -271,7 +295,7 @@ pub fn devices(
         }
     }
     if let Some(pos) = forwarding {
-        if max_event_id(conn)? - pos.backlog <= FORWARDING_DETAIL_MAX {
+        if max_event_id(conn, tail)? - pos.backlog <= FORWARDING_DETAIL_MAX {
             for d in &mut out {
                 d.unforwarded = Some((0, None));
             }
@@ -286,6 +310,16 @@ pub fn devices(
                     out[i].unforwarded = Some((r.get(1)?, r.get(2)?));
                 }
             }
+            for r in tail.rows() {
+                if r.id <= pos.backlog || (r.id > lf && r.id <= l) {
+                    continue;
+                }
+                if let Some(&i) = index.get(&r.device) {
+                    let (n, oldest) = out[i].unforwarded.get_or_insert((0, None));
+                    *n += 1;
+                    *oldest = Some(oldest.map_or(r.ts_ms, |o| o.min(r.ts_ms)));
+                }
+            }
         }
     }
     Ok(out)
@@ -294,8 +328,10 @@ pub fn devices(
 /// Latest value per sensor, per device (`only`: one device).
 pub fn latest(
     conn: &Connection,
+    tail: &TailView,
     only: Option<&str>,
 ) -> Result<Vec<(String, Vec<LatestValue>)>, StoreError> {
+    let newer = newest_in_tail(conn, tail, only)?;
     let mut st = conn.prepare_cached(&latest_sql(only.is_some()))?;
     let mut out: Vec<(String, Vec<LatestValue>)> = Vec::new();
     let mut rows = st.query([only])?;
@@ -307,13 +343,168 @@ pub fn latest(
             value: super::rollup::reading(r, 3)?,
             ts_ms: r.get(4)?,
             event_id: r.get(5)?,
+            sensor_index: r.get::<_, i64>(6)? as u8,
         };
         match out.last_mut() {
             Some((d, vs)) if *d == device => vs.push(v),
             _ => out.push((device, vec![v])),
         }
     }
+    if !newer.is_empty() {
+        merge_latest(&mut out, newer);
+    }
     Ok(out)
+}
+
+/// The newest tail sample per `(device id, sensor name)`, named like `latest_sql` names them.
+fn newest_in_tail(
+    conn: &Connection,
+    tail: &TailView,
+    only: Option<&str>,
+) -> Result<Vec<(String, LatestValue)>, StoreError> {
+    let mut newest: HashMap<(i64, u8), &TailRow> = HashMap::new();
+    for r in tail.rows() {
+        let e = newest.entry((r.device, r.sensor)).or_insert(r);
+        if r.ts_ms >= e.ts_ms {
+            *e = r;
+        }
+    }
+    let mut names = Names::new(conn);
+    let mut out = Vec::new();
+    for r in newest.into_values() {
+        let Some(device) = names.device(r.device)? else {
+            continue;
+        };
+        if only.is_some_and(|o| o != device) {
+            continue;
+        }
+        let (sensor, unit) = names
+            .sensor(r.device, r.sensor)?
+            .unwrap_or_else(|| (format!("sensor{}", r.sensor), String::new()));
+        out.push((
+            device,
+            LatestValue {
+                sensor,
+                unit,
+                value: f64::from(r.value),
+                ts_ms: r.ts_ms,
+                event_id: r.id,
+                sensor_index: r.sensor,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Puts tail values over the stored ones where they are at least as new, in the order
+/// `latest_sql` gives (device id, then sensor index).
+fn merge_latest(out: &mut Vec<(String, Vec<LatestValue>)>, newer: Vec<(String, LatestValue)>) {
+    for (device, v) in newer {
+        let pos = match out.iter().position(|(d, _)| *d == device) {
+            Some(p) => p,
+            None => {
+                out.push((device, Vec::new()));
+                out.len() - 1
+            }
+        };
+        let vs = &mut out[pos].1;
+        match vs.iter_mut().find(|x| x.sensor_index == v.sensor_index) {
+            Some(x) if v.ts_ms >= x.ts_ms => *x = v,
+            Some(_) => {}
+            None => vs.push(v),
+        }
+        vs.sort_by_key(|x| x.sensor_index);
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+}
+
+/// Names of tail samples (what the events queries join), read from the same snapshot, cached.
+struct Names<'c> {
+    c: &'c Connection,
+    devices: HashMap<i64, Option<String>>,
+    boots: HashMap<(i64, i64), Option<u32>>,
+    sensors: HashMap<(i64, u8), Option<(String, String)>>,
+}
+
+impl<'c> Names<'c> {
+    fn new(c: &'c Connection) -> Self {
+        Names {
+            c,
+            devices: HashMap::new(),
+            boots: HashMap::new(),
+            sensors: HashMap::new(),
+        }
+    }
+
+    fn device(&mut self, key: i64) -> Result<Option<String>, StoreError> {
+        if !self.devices.contains_key(&key) {
+            let id: Option<String> = self
+                .c
+                .prepare_cached("SELECT device_id FROM devices WHERE id = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            self.devices.insert(key, id);
+        }
+        Ok(self.devices[&key].clone())
+    }
+
+    fn boot_id(&mut self, device: i64, boot_no: i64) -> Result<Option<u32>, StoreError> {
+        if !self.boots.contains_key(&(device, boot_no)) {
+            let id: Option<i64> = self
+                .c
+                .prepare_cached("SELECT boot_id FROM boots WHERE device = ?1 AND boot_no = ?2")?
+                .query_row([device, boot_no], |r| r.get(0))
+                .optional()?;
+            self.boots.insert((device, boot_no), id.map(|b| b as u32));
+        }
+        Ok(self.boots[&(device, boot_no)])
+    }
+
+    /// `(name, unit)` from the device's sensor table, if it declares the sensor.
+    fn sensor(&mut self, device: i64, idx: u8) -> Result<Option<(String, String)>, StoreError> {
+        if !self.sensors.contains_key(&(device, idx)) {
+            let s: Option<(String, String)> = self
+                .c
+                .prepare_cached("SELECT name, unit FROM sensors WHERE device = ?1 AND idx = ?2")?
+                .query_row(params![device, idx], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            self.sensors.insert((device, idx), s);
+        }
+        Ok(self.sensors[&(device, idx)].clone())
+    }
+
+    /// A tail sample as the events queries return it, if it passes `f`'s sensor filter (`None`
+    /// also when its device or boot is unknown, as the queries' inner joins drop such rows).
+    fn event(
+        &mut self,
+        r: &TailRow,
+        sensor_filter: Option<&str>,
+    ) -> Result<Option<EventRow>, StoreError> {
+        let Some(device) = self.device(r.device)? else {
+            return Ok(None);
+        };
+        let Some(boot_id) = self.boot_id(r.device, r.boot_no)? else {
+            return Ok(None);
+        };
+        let declared = self.sensor(r.device, r.sensor)?;
+        if let Some(want) = sensor_filter {
+            if declared.as_ref().is_none_or(|(n, _)| n != want) {
+                return Ok(None);
+            }
+        }
+        let (sensor, unit) =
+            declared.unwrap_or_else(|| (format!("sensor{}", r.sensor), String::new()));
+        Ok(Some(EventRow {
+            id: r.id,
+            device,
+            boot_id,
+            seq: r.seq,
+            sensor,
+            unit,
+            value: f64::from(r.value),
+            ts_ms: r.ts_ms,
+        }))
+    }
 }
 
 /// `devices.id` of a device id.
@@ -376,6 +567,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
 /// key), at most `limit`.
 pub fn device_events(
     conn: &Connection,
+    tail: &TailView,
     f: &EventFilter,
     after: Option<(i64, i64)>,
     limit: usize,
@@ -396,7 +588,30 @@ pub fn device_events(
         ],
         event_row,
     )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let stored: Vec<EventRow> = rows.collect::<Result<_, _>>()?;
+    let until = f.until_ms.unwrap_or(i64::MAX);
+    let mut names = Names::new(conn);
+    let mut newer = Vec::new();
+    for r in tail.rows() {
+        if r.device == device
+            && r.ts_ms >= since
+            && r.ts_ms < until
+            && (r.ts_ms, r.id) > (after_ts, after_id)
+        {
+            if let Some(e) = names.event(r, f.sensor.as_deref())? {
+                newer.push(e);
+            }
+        }
+    }
+    if newer.is_empty() {
+        return Ok(stored);
+    }
+    newer.sort_by_key(|e| (e.ts_ms, e.id));
+    let mut all = stored;
+    all.extend(newer);
+    all.sort_by_key(|e| (e.ts_ms, e.id));
+    all.truncate(limit);
+    Ok(all)
 }
 
 /// Events in store (id) order with ids in `(after, upto]`, matching `f`, at most `limit`, looking
@@ -404,6 +619,7 @@ pub fn device_events(
 /// call continues after it (rows may be fewer than `limit` before `upto` is reached).
 pub fn events_by_id(
     conn: &Connection,
+    tail: &TailView,
     f: &EventFilter,
     after: i64,
     upto: i64,
@@ -433,6 +649,26 @@ pub fn events_by_id(
             event_row,
         )?
         .collect::<Result<_, _>>()?;
+    // The tail's ids are above every stored one: they follow the stored rows.
+    let mut rows = rows;
+    if rows.len() < limit {
+        let (since, until) = (
+            f.since_ms.unwrap_or(i64::MIN),
+            f.until_ms.unwrap_or(i64::MAX),
+        );
+        let mut names = Names::new(conn);
+        for r in tail.between(after, end) {
+            if rows.len() == limit {
+                break;
+            }
+            if f.device.is_some_and(|d| d != r.device) || r.ts_ms < since || r.ts_ms >= until {
+                continue;
+            }
+            if let Some(e) = names.event(r, f.sensor.as_deref())? {
+                rows.push(e);
+            }
+        }
+    }
     let reached = if rows.len() == limit {
         rows.last().map_or(end, |r| r.id)
     } else {
@@ -490,8 +726,10 @@ pub type Point = (i64, f64, i64);
 /// Buckets of `bucket_ms` (aligned to the epoch) over `[since, until)` of one sensor, computed in
 /// SQL; empty buckets are absent. Fast sensors are read from their ten-second summaries where
 /// those are complete ([`super::rollup`]); the result is the same as from the events.
+#[allow(clippy::too_many_arguments)]
 pub fn series(
     conn: &Connection,
+    tail: &TailView,
     device: i64,
     sensor: u8,
     since_ms: i64,
@@ -503,6 +741,7 @@ pub fn series(
     super::read_snapshot(conn, |c| {
         Ok(super::rollup::series(
             c,
+            tail,
             (device, sensor),
             (since_ms, until_ms),
             bucket_ms,

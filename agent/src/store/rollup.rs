@@ -177,20 +177,30 @@ pub struct Summaries {
     flushed_at: Instant,
 }
 
-/// The open transaction's part of the summaries.
+/// Summaries of stored events not yet written: a batch's, then (absorbed) everything since the
+/// last flush of the tail to the database.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Events below their W: written with this commit.
+    /// Events below their W: written with the next flush.
     late: Pending,
     /// Events at or above their W.
     new: Pending,
-    /// Sensors enabled in this transaction.
-    enabled: Vec<(i64, u8)>,
-    /// New W per `(device, sensor)` if this commit flushes.
+    /// New W per `(device, sensor)` if this flush writes them.
     flushed: Option<HashMap<(i64, u8), i64>>,
 }
 
 impl Batch {
+    /// The flush that was to write this rolled back: nothing of it was written.
+    pub fn rolled_back(&mut self) {
+        self.flushed = None;
+    }
+
+    /// Takes in `later`'s events (stored after this one's).
+    pub fn absorb(&mut self, later: Batch) {
+        self.late.absorb(later.late);
+        self.new.absorb(later.new);
+    }
+
     /// Counts a frame's stored events (in store order) of the summarised sensors among
     /// `sensors` (its device's, from [`Summaries::of`]).
     pub fn add_rows(
@@ -307,21 +317,26 @@ impl Summaries {
 
     /// Starts summarising `(device, sensor)` (inside the open transaction) unless it already is:
     /// from the slot after the newest event of the device stored so far.
+    /// `newest_unflushed`: the newest timestamp of the device's samples not in the database yet.
+    /// The enablement is noted in `enabled` (undone by [`Self::rolled_back`] if the transaction
+    /// fails).
     pub fn enable(
         &mut self,
         c: &Connection,
-        batch: &mut Batch,
+        enabled: &mut Vec<(i64, u8)>,
         device: i64,
         sensor: u8,
+        newest_unflushed: Option<i64>,
     ) -> rusqlite::Result<()> {
         if self.has(device, sensor) {
             return Ok(());
         }
-        let newest: Option<i64> = c.query_row(
+        let stored: Option<i64> = c.query_row(
             "SELECT max(ts_ms) FROM events WHERE device = ?1",
             [device],
             |r| r.get(0),
         )?;
+        let newest = stored.max(newest_unflushed);
         let from = newest.map_or(0, |t| t.max(0) / SLOT_MS + 1);
         c.prepare_cached(
             "INSERT INTO rollup_from (device, sensor, slot, complete_ts) VALUES (?1, ?2, ?3, ?4)
@@ -332,7 +347,7 @@ impl Summaries {
             .entry(device)
             .or_default()
             .push((sensor, from * SLOT_MS));
-        batch.enabled.push((device, sensor));
+        enabled.push((device, sensor));
         Ok(())
     }
 
@@ -360,7 +375,7 @@ impl Summaries {
         Ok(())
     }
 
-    /// The batch committed.
+    /// The flush that wrote `batch` committed.
     pub fn committed(&mut self, batch: Batch) {
         match batch.flushed {
             Some(w) => {
@@ -380,9 +395,9 @@ impl Summaries {
         }
     }
 
-    /// The batch rolled back: forget what it enabled; what is held stays.
-    pub fn rolled_back(&mut self, batch: Batch) {
-        for (d, sensor) in batch.enabled {
+    /// The transaction that enabled these rolled back: forget them; what is held stays.
+    pub fn rolled_back(&mut self, enabled: Vec<(i64, u8)>) {
+        for (d, sensor) in enabled {
             if let Some(v) = self.sensors.get_mut(&d) {
                 v.retain(|s| s.0 != sensor);
             }

@@ -12,10 +12,14 @@
 //!   either its snapshot is from before the batch (and the tail still holds the batch's samples,
 //!   since dropping them needs the lock) or from after it (the database has them); it uses the
 //!   tail's samples above its own `applied` only.
-//! - **Cheap for the writer.** A reader holds the lock only to clone the pieces' `Arc`s, never
-//!   while it filters them or queries the database.
+//! - **Cheap for the writer.** A reader holds the lock only to clone the pieces' `Arc`s (and the
+//!   small map of heartbeats), never while it filters them or queries the database.
+//! - **Heartbeats too.** A device's last heartbeat (when it came, its ring figures) reaches the
+//!   database with the next batch as well; until then it is [`Heard`] here, and readers overlay
+//!   it on the device's row. The writer forgets it when the batch committed, or when the device
+//!   starts a new boot (whose figures start from zero).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use rusqlite::Connection;
@@ -44,11 +48,25 @@ pub struct TailRow {
 /// The samples of one log commit, in id order.
 pub type Piece = Arc<[TailRow]>;
 
+/// A device's last heartbeat, not yet in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// When it came, UTC ms (`devices.last_seen_ms` at least this).
+    pub at_ms: i64,
+    /// `devices.dropped`.
+    pub dropped: u32,
+    /// `devices.ring_depth`.
+    pub ring_depth: u16,
+    /// `devices.read_errors`.
+    pub read_errors: u32,
+}
+
 /// What the writer keeps between batches.
 #[derive(Debug, Default)]
 pub struct Tail {
     pieces: VecDeque<Piece>,
     rows: usize,
+    heard: HashMap<i64, Heard>,
 }
 
 impl Tail {
@@ -94,6 +112,21 @@ impl Tail {
     pub fn pieces(&self) -> Vec<Piece> {
         self.pieces.iter().cloned().collect()
     }
+
+    /// A device's heartbeat came (`device`: `devices.id`).
+    pub fn hear(&mut self, device: i64, h: Heard) {
+        self.heard.insert(device, h);
+    }
+
+    /// Forgets a device's heartbeat (it started a new boot).
+    pub fn forget(&mut self, device: i64) {
+        self.heard.remove(&device);
+    }
+
+    /// Forgets every heartbeat (the database has them now).
+    pub fn forget_all(&mut self) {
+        self.heard.clear();
+    }
 }
 
 /// The tail as the writer and the readers share it.
@@ -104,6 +137,7 @@ pub type SharedTail = Arc<RwLock<Tail>>;
 pub struct TailView {
     pieces: Vec<Piece>,
     applied: i64,
+    heard: HashMap<i64, Heard>,
 }
 
 impl TailView {
@@ -136,6 +170,11 @@ impl TailView {
     pub fn applied(&self) -> i64 {
         self.applied
     }
+
+    /// A device's heartbeat the database snapshot may not have yet.
+    pub fn heard(&self, device: i64) -> Option<&Heard> {
+        self.heard.get(&device)
+    }
 }
 
 /// The database's `applied` mark as the open read transaction sees it.
@@ -167,6 +206,7 @@ pub fn read_with_tail<T, E: From<StoreError>>(
                 TailView {
                     pieces: guard.pieces(),
                     applied,
+                    heard: guard.heard.clone(),
                 }
             }
         };
@@ -205,6 +245,7 @@ mod tests {
         let v = TailView {
             pieces: t.pieces(),
             applied: 4,
+            heard: HashMap::new(),
         };
         assert_eq!(ids(v.rows()), [5, 6, 7]);
         assert_eq!(ids(v.between(5, 6)), [6]);
@@ -212,8 +253,27 @@ mod tests {
         let all_in_db = TailView {
             pieces: t.pieces(),
             applied: 7,
+            heard: HashMap::new(),
         };
         assert_eq!(all_in_db.max_id(), None);
+    }
+
+    #[test]
+    fn a_heartbeat_is_held_until_forgotten() {
+        let mut t = Tail::default();
+        let h = Heard {
+            at_ms: 5,
+            dropped: 1,
+            ring_depth: 2,
+            read_errors: 3,
+        };
+        t.hear(1, h);
+        t.hear(2, Heard { at_ms: 6, ..h });
+        t.forget(2);
+        assert_eq!(t.heard.get(&1), Some(&h));
+        assert!(!t.heard.contains_key(&2));
+        t.forget_all();
+        assert!(t.heard.is_empty());
     }
 
     #[test]

@@ -85,9 +85,11 @@ impl StoreSource {
 
 impl EventSource for StoreSource {
     fn head(&mut self) -> Result<i64, SourceError> {
-        self.conn
-            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
-            .map_err(err)
+        let tail = self.store.tail();
+        crate::store::tail::read_with_tail(&self.conn, Some(&tail), |c, t| {
+            crate::store::query::max_event_id(c, t)
+        })
+        .map_err(err)
     }
 
     fn read(
@@ -96,25 +98,41 @@ impl EventSource for StoreSource {
         upto: i64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, SourceError> {
-        let rows: Vec<(i64, i64, i64, i64, i64, i64, f64)> = self
-            .conn
-            .prepare_cached(
-                "SELECT id, device, boot_no, seq, sensor, ts_ms, value FROM events
-                 WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![after, upto, limit as i64], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        crate::store::rollup::reading(r, 6)?,
-                    ))
-                })?
-                .collect::<Result<_, _>>()
+        let tail = self.store.tail();
+        // The database's rows first, then the tail's (whose ids are all above them).
+        let rows: Vec<(i64, i64, i64, i64, i64, i64, f64)> =
+            crate::store::tail::read_with_tail(&self.conn, Some(&tail), |c, t| {
+                let mut rows: Vec<(i64, i64, i64, i64, i64, i64, f64)> = c
+                    .prepare_cached(
+                        "SELECT id, device, boot_no, seq, sensor, ts_ms, value FROM events
+                         WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+                    )?
+                    .query_map(params![after, upto, limit as i64], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            crate::store::rollup::reading(r, 6)?,
+                        ))
+                    })?
+                    .collect::<Result<_, _>>()
+                    .map_err(crate::store::StoreError::from)?;
+                let room = limit.saturating_sub(rows.len());
+                rows.extend(t.between(after, upto).take(room).map(|r| {
+                    (
+                        r.id,
+                        r.device,
+                        r.boot_no,
+                        i64::from(r.seq),
+                        i64::from(r.sensor),
+                        r.ts_ms,
+                        f64::from(r.value),
+                    )
+                }));
+                Ok::<_, crate::store::StoreError>(rows)
             })
             .map_err(err)?;
         let mut out = Vec::with_capacity(rows.len());

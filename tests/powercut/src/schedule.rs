@@ -11,12 +11,14 @@ use rand::{Rng, SeedableRng};
 use crate::{Moment, Trigger};
 
 /// The kinds, in the order a schedule takes them.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 7] = [
     "random",
     "checkpoint write",
     "checkpoint sync",
     "WAL restart",
     "full disk",
+    "log write",
+    "log sync",
 ];
 
 /// The moments of a run's cuts, for a SQLite store named `db_name`.
@@ -69,6 +71,8 @@ impl Schedule {
             1 => Moment::At(Trigger::checkpoint_write(db, r.gen_range(1..20))),
             2 => Moment::At(Trigger::checkpoint_sync(db, r.gen_range(1..4))),
             3 => Moment::At(Trigger::wal_restart(db, r.gen_range(1..4))),
+            5 => Moment::At(Trigger::log_write(r.gen_range(1..40))),
+            6 => Moment::At(Trigger::log_sync(r.gen_range(1..40))),
             _ => Moment::DiskFull {
                 headroom: r.gen_range(16..512) * 1024,
                 then: Duration::from_millis(r.gen_range(0..300)),
@@ -118,8 +122,8 @@ mod tests {
     #[test]
     fn takes_every_kind_in_turn() {
         let mut s = Schedule::new("ferry.db", 1);
-        let kinds: Vec<usize> = (0..7).map(|_| s.next_cut().0).collect();
-        assert_eq!(kinds, [0, 1, 2, 3, 4, 0, 1]);
+        let kinds: Vec<usize> = (0..9).map(|_| s.next_cut().0).collect();
+        assert_eq!(kinds, [0, 1, 2, 3, 4, 5, 6, 0, 1]);
     }
 
     #[test]

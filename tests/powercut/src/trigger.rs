@@ -77,6 +77,16 @@ impl Trigger {
         Trigger::new(&format!("{db_name}-wal"), OpKind::Write, Some(32), nth)
     }
 
+    /// The `nth` write to a segment of a sample log (files `….log`).
+    pub fn log_write(nth: u32) -> Trigger {
+        Trigger::new(".log", OpKind::Write, None, nth)
+    }
+
+    /// The `nth` sync of a sample log segment (what an ack waits for).
+    pub fn log_sync(nth: u32) -> Trigger {
+        Trigger::new(".log", OpKind::Sync, None, nth)
+    }
+
     /// The `nth` size change of the WAL (a truncation).
     pub fn wal_truncate(db_name: &str, nth: u32) -> Trigger {
         Trigger::new(&format!("{db_name}-wal"), OpKind::SetSize, None, nth)

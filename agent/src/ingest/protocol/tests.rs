@@ -760,3 +760,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_ack_budget_needs_a_ring_of_16_times_what_the_device_samples_meanwhile() {
+    // 2 sensors every 10 ms and a disabled one: 200 samples/s, 50 per 250 ms, 800 in the ring.
+    let (rate, need) = ring_needed([10, 10, 0].into_iter(), Duration::from_millis(250));
+    assert_eq!((rate, need), (200.0, 800));
+    assert_eq!(ring_needed([10].into_iter(), Duration::ZERO).1, 0);
+}
+
+#[test]
+fn an_ack_budget_widens_the_link_budget_by_its_20_ms_steps() {
+    use crate::store::writer::link_budget;
+    assert_eq!(link_budget(Duration::ZERO), LINK_BUDGET);
+    assert_eq!(link_budget(Duration::from_millis(10)), LINK_BUDGET);
+    assert_eq!(link_budget(Duration::from_millis(250)), 12 * LINK_BUDGET);
+    let mut b = Bench::new();
+    b.p = LinkProtocol::new("tcp:test".into(), b.metrics.clone(), OFFLINE_AFTER, b.t0)
+        .with_ack_budget(Duration::from_millis(250));
+    b.connect(1, 0);
+    let mut held = Vec::new();
+    for i in 0..(12 * LINK_BUDGET / 32) as u32 {
+        assert!(b.p.has_room(), "frame {i}");
+        held.push(samples_op(b.feed(samples(0, i * 32, 32, 1000))));
+    }
+    assert!(!b.p.has_room(), "12 x {LINK_BUDGET} samples wait");
+}

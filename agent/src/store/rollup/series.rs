@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{reading, Slot, SLOT_MS};
 use crate::store::query::{Agg, Point};
+use crate::store::tail::TailView;
 
 /// A bucket being assembled from parts: events, and the value so far (a sum for `avg`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,12 +211,50 @@ fn slot_acc(agg: Agg, s: &Slot) -> Acc {
 /// complete and from events elsewhere. Call inside a read transaction (one snapshot).
 pub fn series(
     c: &Connection,
+    tail: &TailView,
     key: (i64, u8),
     (since, until): (i64, i64),
     bucket_ms: i64,
     agg: Agg,
 ) -> rusqlite::Result<Vec<Point>> {
     let mut parts = BTreeMap::new();
+    // The tail's samples are in no summary and in no stored row: added raw, whatever their time.
+    let tail_part = |mut parts: BTreeMap<i64, Acc>| {
+        for r in tail.rows() {
+            if (r.device, r.sensor) != key || r.ts_ms < since || r.ts_ms >= until {
+                continue;
+            }
+            let v = f64::from(r.value);
+            let acc = match agg {
+                Agg::Avg if v.is_nan() => Acc {
+                    n: 1,
+                    m: 0,
+                    x: 0.0,
+                    ts: 0,
+                },
+                Agg::Avg => Acc {
+                    n: 1,
+                    m: 1,
+                    x: v,
+                    ts: 0,
+                },
+                Agg::Count => Acc {
+                    n: 1,
+                    m: 0,
+                    x: 0.0,
+                    ts: 0,
+                },
+                _ => Acc {
+                    n: 1,
+                    m: 0,
+                    x: v,
+                    ts: r.ts_ms,
+                },
+            };
+            add_part(agg, &mut parts, r.ts_ms / bucket_ms * bucket_ms, acc);
+        }
+        finish(agg, parts)
+    };
     let bounds: Option<(i64, i64)> = if bucket_ms % SLOT_MS == 0 && since >= 0 {
         c.prepare_cached(
             "SELECT slot, complete_ts FROM rollup_from WHERE device = ?1 AND sensor = ?2",
@@ -227,7 +266,7 @@ pub fn series(
     };
     let Some((from, w)) = bounds else {
         raw_part(c, key, (since, until), bucket_ms, agg, &mut parts)?;
-        return Ok(finish(agg, parts));
+        return Ok(tail_part(parts));
     };
     // Summaries serve [lo, hi): from their first slot to W. The rest comes from events.
     let lo = since.max(from.saturating_mul(SLOT_MS)).min(until);
@@ -264,7 +303,7 @@ pub fn series(
             }
         }
     }
-    Ok(finish(agg, parts))
+    Ok(tail_part(parts))
 }
 
 #[cfg(test)]

@@ -1,15 +1,16 @@
-//! Applying one operation to the open transaction: samples through the boot's acceptor into
-//! `events`, Hellos into `devices`/`boots`/`sensors`, the quarantine, and the pending state
-//! (heartbeats, presence, cursors) that [`super::commit`] writes once per batch.
+//! Applying one operation to the open batch: samples through the boot's acceptor into the batch's
+//! rows (for the sample log; they get their `events.id` here), Hellos into
+//! `devices`/`boots`/`sensors`, the quarantine, and the pending state (heartbeats, presence,
+//! cursors) that [`super::commit`] writes once per batch.
 //!
 //! Invariants:
 //! - Samples are refused, not queued, while the disk is full or the store is at its cap with only
 //!   unforwarded data ([`Writer::refusing`]); the device keeps them.
-//! - A boot's acceptor takes samples once and in order; its position moves in memory here and in
-//!   `boots` only with the commit. If a statement fails, the batch is rolled back as a failed
-//!   commit and the acceptor reset, so nothing rolled back is skipped as a duplicate later.
-//! - A Hello keeps the state of older boots that still have samples in the open batch, so both
-//!   boots' positions are written by the same commit.
+//! - A boot's acceptor takes samples once and in order; its position moves in memory here and is
+//!   durable only with the log's sync. If the log write fails, the acceptor is reset, so nothing
+//!   that was not logged is skipped as a duplicate later.
+//! - A Hello keeps the state of older boots that still have samples in the open batch or not yet
+//!   in the database: their positions are the log's, ahead of the `boots` table.
 //! - The quarantine holds at most `quarantine_max_rows` rows (the oldest go first).
 
 use std::sync::Arc;
@@ -19,13 +20,21 @@ use ferry_wire::Acceptor;
 use rusqlite::{params, OptionalExtension};
 
 use super::{
-    rollup, AckState, BootState, HelloOp, Op, Row, SamplesOp, StoreError, Welcomed, Writer,
+    rollup, AckState, BootState, HelloOp, Op, Row, SamplesOp, StoreError, TailRow, Welcomed, Writer,
 };
 use crate::metrics::Metrics;
 
+/// Samples the tail may hold while the disk is full (beyond it samples are refused until a flush
+/// succeeds): what a full disk has to take in when space returns stays small.
+const FULL_DISK_TAIL: usize = 4096;
+
 impl Writer {
     pub(super) fn refusing(&self) -> bool {
-        self.refusing_for_cap || self.refuse_until.is_some_and(|t| Instant::now() < t)
+        self.refusing_for_cap
+            || self.refuse_until.is_some_and(|t| Instant::now() < t)
+            // While the database cannot take the tail, only a little more is acked into it.
+            || (self.metrics.disk_full.load(std::sync::atomic::Ordering::Relaxed)
+                && self.unflushed.rows() >= FULL_DISK_TAIL)
     }
 
     pub(super) fn apply(&mut self, op: Op) {
@@ -43,8 +52,18 @@ impl Writer {
                 }
             }
             Op::Heartbeat { device, hb } => {
-                self.batch.heartbeats.insert(device, hb);
-                self.touch();
+                // Written with the next flush of the tail, not in a transaction of its own;
+                // readers see it in the tail until then.
+                let at_ms = self.unflushed.heartbeat(device, hb);
+                self.tail.write().unwrap_or_else(|p| p.into_inner()).hear(
+                    device,
+                    crate::store::tail::Heard {
+                        at_ms,
+                        dropped: hb.dropped,
+                        ring_depth: hb.ring_depth,
+                        read_errors: hb.read_errors,
+                    },
+                );
             }
             Op::Presence {
                 device,
@@ -88,9 +107,10 @@ impl Writer {
                 }
             }
             Op::Sync(reply) => {
+                // Everything before it is committed and in the database when it is answered.
                 self.touch();
-                self.batch.replies.push(reply);
-                let _ = self.commit();
+                let committed = self.commit();
+                let _ = reply.send(committed.and_then(|()| self.flush()));
             }
         }
     }
@@ -104,20 +124,22 @@ impl Writer {
 
     fn boot_state(&mut self, key: (i64, i64)) -> Result<&mut BootState, rusqlite::Error> {
         if !self.boots.contains_key(&key) {
-            let next: u32 = self
+            // Not in memory, so nothing of it waits for a flush: the table is current.
+            let (next, gap): (u32, i64) = self
                 .conn
                 .query_row(
-                    "SELECT next_seq FROM boots WHERE device = ?1 AND boot_no = ?2",
+                    "SELECT next_seq, gap_dropped FROM boots WHERE device = ?1 AND boot_no = ?2",
                     params![key.0, key.1],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?
-                .unwrap_or(0);
+                .unwrap_or((0, 0));
             self.boots.insert(
                 key,
                 BootState {
                     acceptor: Acceptor::new(next),
                     committed: next,
+                    gap_total: gap as u64,
                     gap_pending: 0,
                 },
             );
@@ -129,10 +151,6 @@ impl Writer {
         Metrics::add(&self.metrics.samples_received, s.rows.len() as u64);
         if self.refusing() {
             Metrics::add(&self.metrics.samples_refused, s.rows.len() as u64);
-            return;
-        }
-        if let Err(e) = self.begin() {
-            tracing::warn!(error = %e, "BEGIN failed.");
             return;
         }
         let key = (s.device, s.boot_no);
@@ -174,10 +192,8 @@ impl Writer {
             }
             return;
         }
-        let res = (|| -> rusqlite::Result<()> {
-            let mut st = self.conn.prepare_cached(
-                "INSERT INTO events (device, boot_no, seq, sensor, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+        self.batch.started.get_or_insert_with(Instant::now);
+        {
             let b = &mut self.batch;
             // Newest row per sensor of this frame (a frame carries few sensors: a short list
             // beats hashing every row), folded into the batch's map after the loop.
@@ -187,22 +203,24 @@ impl Writer {
                     continue;
                 }
                 let r = s.rows[i];
-                st.execute(params![
-                    s.device,
-                    s.boot_no,
-                    s.first_seq + i as u32,
-                    r.sensor,
-                    r.ts_ms,
-                    f64::from(r.value)
-                ])?;
-                let id = self.conn.last_insert_rowid();
+                let id = self.next_id;
+                self.next_id += 1;
+                b.rows.push(TailRow {
+                    id,
+                    device: s.device,
+                    boot_no: s.boot_no,
+                    seq: s.first_seq + i as u32,
+                    sensor: r.sensor,
+                    ts_ms: r.ts_ms,
+                    value: r.value,
+                });
+                b.last_event_id = id;
                 match newest.iter_mut().find(|n| n.0 == r.sensor) {
                     Some(n) if r.ts_ms >= n.1 => *n = (r.sensor, r.ts_ms, r.value, id),
                     Some(_) => {}
                     None => newest.push((r.sensor, r.ts_ms, r.value, id)),
                 }
             }
-            b.last_event_id = self.conn.last_insert_rowid();
             for (sensor, ts, value, id) in newest {
                 let n = b
                     .latest
@@ -219,16 +237,6 @@ impl Writer {
             );
             *b.stored.entry(s.device).or_default() +=
                 stored(&s, accepted.keep.clone()).count() as u64;
-            Ok(())
-        })();
-        if let Err(e) = res {
-            // The transaction is unusable; roll it back as a failed commit (nothing of it is acked).
-            // This boot's acceptor already took these samples: `fail` must reset it too, or their
-            // retransmissions would be skipped as duplicates and later acked, never stored.
-            self.batch.boots.insert(key, ());
-            self.batch.samples += accepted.keep.len();
-            self.fail(StoreError::from_write(e));
-            return;
         }
         let n = stored(&s, accepted.keep.clone()).count();
         let rejected = accepted.keep.len() - n;
@@ -256,6 +264,17 @@ impl Writer {
         self.begin()?;
         let now = crate::utc_now_ms();
         let c = &self.conn;
+        let unflushed = &self.unflushed;
+        let batch_rows = &self.batch.rows;
+        let newest_unflushed = |device: i64| {
+            unflushed.newest_ts(device).max(
+                batch_rows
+                    .iter()
+                    .filter(|r| r.device == device)
+                    .map(|r| r.ts_ms)
+                    .max(),
+            )
+        };
         let device: i64 = match c
             .query_row(
                 "SELECT id FROM devices WHERE device_id = ?1",
@@ -302,10 +321,10 @@ impl Writer {
                 b
             }
         };
-        c.execute(
+        let new_boot = c.execute(
             "UPDATE devices SET boot_no = ?2, dropped = 0, ring_depth = 0, read_errors = 0 WHERE id = ?1 AND boot_no != ?2",
             params![device, boot_no],
-        )?;
+        )? > 0;
         c.execute("DELETE FROM sensors WHERE device = ?1", [device])?;
         for (idx, name, unit, interval) in &h.sensors {
             c.execute(
@@ -313,15 +332,35 @@ impl Writer {
                 params![device, idx, name, unit, interval],
             )?;
             if rollup::wanted(*interval) {
-                self.summaries
-                    .enable(c, &mut self.batch.rollup, device, *idx)?;
+                self.summaries.enable(
+                    c,
+                    &mut self.batch.rollup_enabled,
+                    device,
+                    *idx,
+                    newest_unflushed(device),
+                )?;
             }
         }
         // Older boots of this device are done; their state reloads from the table if a late frame
-        // needs it. A boot with samples in the open batch stays until that batch is committed.
+        // needs it. A boot with samples in the open batch, or whose position the table does not
+        // have yet (not flushed), stays.
         let in_batch = &self.batch.boots;
-        self.boots
-            .retain(|key, _| key.0 != device || key.1 == boot_no || in_batch.contains_key(key));
+        let unflushed = &self.unflushed;
+        self.boots.retain(|key, _| {
+            key.0 != device
+                || key.1 == boot_no
+                || in_batch.contains_key(key)
+                || unflushed.holds_boot(*key)
+        });
+        if new_boot {
+            // The old boot's last heartbeat, not yet written, must not overwrite the new boot's
+            // figures.
+            self.unflushed.heartbeats.remove(&device);
+            self.tail
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(device);
+        }
         let next_seq = self.boot_state((device, boot_no))?.committed;
         self.last_seen_written.insert(device, now);
         Ok(Welcomed {
@@ -467,6 +506,8 @@ mod tests {
             (new.device, new.boot_no, new.next_seq),
             (old.device, old.boot_no + 1, 0)
         );
+        // Both are in the log; the next flush puts both into the database.
+        w.flush().unwrap();
         let stored: i64 = w
             .conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))

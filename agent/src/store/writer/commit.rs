@@ -47,6 +47,9 @@ impl Writer {
             {
                 Err(_) => {
                     self.maintenance();
+                    if self.flush_due() {
+                        let _ = self.flush();
+                    }
                     continue;
                 }
                 Ok(None) => break,
@@ -57,7 +60,27 @@ impl Writer {
             while self.group_commit() == Next::TakeQueued {
                 match rx.try_recv() {
                     Ok(op) => self.apply(op),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // Under an ack budget, wait for more samples to share the commit.
+                        let Some(wait) = group_commit::linger(
+                            self.open_batch(),
+                            self.settings.flush_samples,
+                            self.settings.ack_budget,
+                        ) else {
+                            break;
+                        };
+                        match self
+                            .rt
+                            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                        {
+                            Ok(Some(op)) => self.apply(op),
+                            Err(_) => break,
+                            Ok(None) => {
+                                let _ = self.commit();
+                                break 'outer;
+                            }
+                        }
+                    }
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         let _ = self.commit();
                         break 'outer;
@@ -65,6 +88,9 @@ impl Writer {
                 }
             }
             let _ = self.commit();
+            if self.flush_due() {
+                let _ = self.flush();
+            }
             // A Sync commits inside `apply`: count commits, not the batch left open.
             let committed = Metrics::get(&self.metrics.commits) > commits;
             if committed || self.last_retention.elapsed() >= Duration::from_millis(200) {
@@ -74,6 +100,9 @@ impl Writer {
             }
         }
         let _ = self.commit();
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "Flush at shutdown failed; the sample log keeps the samples for the next start.");
+        }
         stop_checkpointer();
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "WAL checkpoint at shutdown failed.");
@@ -88,20 +117,43 @@ impl Writer {
         );
     }
 
-    /// The group-commit decision for the batch as it stands now.
-    fn group_commit(&self) -> Next {
-        let open = self
-            .batch
+    /// Whether the tail (or the log holding it) is old or large enough to be written to the
+    /// database, or whether a flush the full disk refused is to be tried again (its back-off
+    /// over).
+    fn flush_due(&self) -> bool {
+        let retry = self.metrics.disk_full.load(Relaxed)
+            && self.unflushed.rows() > 0
+            && self.refuse_until.is_none_or(|t| Instant::now() >= t);
+        let log_full = self.log.as_ref().is_some_and(|l| {
+            l.segments().1 as u64 * super::super::log::SEGMENT_BYTES
+                >= self.settings.tail_flush_log_bytes
+        });
+        retry
+            || (log_full && !self.unflushed.is_empty())
+            || self
+                .unflushed
+                .due(self.settings.tail_flush_age, self.settings.tail_flush_rows)
+    }
+
+    /// The open batch as the group-commit decision sees it.
+    fn open_batch(&self) -> Option<group_commit::Open> {
+        self.batch
             .started
-            .filter(|_| self.batch.open)
+            .filter(|_| self.batch.open || !self.batch.boots.is_empty())
             .map(|t| group_commit::Open {
                 samples: self.batch.samples,
                 age: t.elapsed(),
-            });
+                prompt: !self.batch.replies.is_empty() || !self.batch.welcomes.is_empty(),
+            })
+    }
+
+    /// The group-commit decision for the batch as it stands now.
+    fn group_commit(&self) -> Next {
         group_commit::next(
-            open,
+            self.open_batch(),
             self.settings.flush_samples,
             self.settings.flush_interval,
+            self.settings.ack_budget,
         )
     }
 
@@ -115,62 +167,97 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the batch's pending state and commits. Returns the failure, if any (already handled).
+    /// Commits the batch: its samples to the sample log (synced with `durability = "full"`), the
+    /// rest to the database. Returns the failure, if any (already handled).
     pub(super) fn commit(&mut self) -> Result<(), StoreError> {
-        if !self.batch.open {
-            for r in self.batch.replies.drain(..) {
-                let _ = r.send(Ok(()));
-            }
-            return Ok(());
-        }
         let t = Instant::now();
-        let mut written = Duration::ZERO;
-        let res = self.write_pending().and_then(|()| {
-            written = t.elapsed();
-            self.conn.execute_batch("COMMIT")
-        });
-        let took = t.elapsed();
-        self.metrics.commit_time.observe(took.as_secs_f64());
-        self.commit_times.record(took);
         let samples = self.batch.samples;
-        self.note_stall("commit", t.elapsed(), Some((written, samples)));
-        match res {
-            Ok(()) => {
-                let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
-                let mut b = std::mem::take(&mut self.batch);
-                self.summaries.committed(std::mem::take(&mut b.rollup));
-                Metrics::add(&self.metrics.commits, 1);
-                Metrics::add(&self.metrics.samples_committed, b.samples as u64);
-                Metrics::add(&self.metrics.quarantined, b.quarantined);
-                if let Some(f) = b.forwarded {
-                    self.forward_cursor = f;
+        // The log first: if it fails, nothing of the batch happened (the transaction is rolled
+        // back with it), and nothing is acked.
+        let logged = if self.batch.boots.is_empty() {
+            None
+        } else {
+            match self.write_log() {
+                Ok(lsn) => Some(lsn),
+                Err(e) => {
+                    let e = StoreError::from_log(e);
+                    let shared = e.shared();
+                    self.fail(e);
+                    return Err(shared);
                 }
-                if b.last_event_id > 0 {
-                    self.committed.send_replace(b.last_event_id);
+            }
+        };
+        let mut written = t.elapsed();
+        let sql = if self.batch.open {
+            let res = self.write_pending().and_then(|()| {
+                written = t.elapsed();
+                self.conn.execute_batch("COMMIT")
+            });
+            Some(res)
+        } else {
+            None
+        };
+        let took = t.elapsed();
+        if logged.is_some() || sql.is_some() {
+            self.metrics.commit_time.observe(took.as_secs_f64());
+            self.commit_times.record(took);
+            self.note_stall("commit", took, Some((written, samples)));
+        }
+        if logged.is_some() || matches!(sql, Some(Ok(()))) {
+            Metrics::add(&self.metrics.commits, 1);
+        }
+        let sql_failed = match sql {
+            Some(Err(e)) => {
+                // Only the database's part failed: the samples are in the log and acked below.
+                let e = StoreError::from_write(e);
+                let shared = e.shared();
+                self.fail_database(e);
+                Some(shared)
+            }
+            Some(Ok(())) => {
+                self.database_committed();
+                None
+            }
+            None => None,
+        };
+        let mut b = std::mem::take(&mut self.batch);
+        if let Some(lsn) = logged {
+            Metrics::add(&self.metrics.samples_committed, b.samples as u64);
+            for key in b.boots.keys() {
+                if let Some(st) = self.boots.get_mut(key) {
+                    st.committed = st.acceptor.next();
+                    st.gap_total += st.gap_pending;
+                    st.gap_pending = 0;
+                    self.unflushed.note_boot(*key, st.committed, st.gap_total);
                 }
-                for key in b.boots.keys() {
-                    if let Some(st) = self.boots.get_mut(key) {
-                        st.committed = st.acceptor.next();
-                        st.gap_pending = 0;
-                    }
-                }
-                for (slot, boot_id, key) in b.links.into_values() {
-                    let committed = self.boots.get(&key).map_or(0, |s| s.committed);
-                    slot.send_modify(|a| {
-                        a.device = key.0;
-                        a.boot_id = boot_id;
-                        a.next_seq = committed;
-                    });
-                }
-                for (d, ts) in b.seen {
-                    self.last_seen_written.insert(d, ts);
-                }
-                if wrote {
-                    let backing_off = self.refuse_until.take().is_some();
-                    if self.metrics.disk_full.swap(false, Relaxed) || backing_off {
-                        tracing::info!("Disk accepts writes again; accepting samples.");
-                    }
-                }
+            }
+            let rows = std::mem::take(&mut b.rows);
+            self.unflushed.absorb(
+                lsn,
+                &rows,
+                std::mem::take(&mut b.latest),
+                std::mem::take(&mut b.stored),
+                std::mem::take(&mut b.seen),
+                std::mem::take(&mut b.rollup),
+            );
+            self.tail
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(rows.into());
+            if b.last_event_id > 0 {
+                self.committed.send_replace(b.last_event_id);
+            }
+        }
+        for (slot, boot_id, key) in b.links.into_values() {
+            let committed = self.boots.get(&key).map_or(0, |s| s.committed);
+            slot.send_modify(|a| {
+                a.device = key.0;
+                a.boot_id = boot_id;
+                a.next_seq = committed;
+            });
+        }
+        match sql_failed {
+            None => {
                 for r in b.replies {
                     let _ = r.send(Ok(()));
                 }
@@ -180,18 +267,63 @@ impl Writer {
                 }
                 Ok(())
             }
-            Err(e) => {
-                let e = StoreError::from_write(e);
-                let shared = e.shared();
-                self.fail(e);
-                Err(shared)
+            Some(e) => {
+                for r in b.replies {
+                    let _ = r.send(Err(e.shared()));
+                }
+                for (r, _) in b.welcomes {
+                    let _ = r.send(Err(e.shared()));
+                }
+                Err(e)
             }
         }
     }
 
-    /// Rolls back the open transaction after a failure; nothing in it was acked.
+    /// The batch's samples as one log record, appended and (with `durability = "full"`) synced;
+    /// returns its `lsn`.
+    fn write_log(&mut self) -> std::io::Result<u64> {
+        let entries = super::flush::entries(&self.batch.rows, &self.batch.boots, &self.boots);
+        let mut payload = Vec::with_capacity(16 + self.batch.rows.len() * 10);
+        crate::store::log::entry::encode(&entries, &mut payload);
+        let log = self.log.as_mut().ok_or_else(|| {
+            std::io::Error::other("the sample log is not open (the writer did not recover)")
+        })?;
+        let lsn = log.append(&payload)?;
+        if self.settings.durability == crate::config::Durability::Full {
+            log.sync()?;
+        }
+        Ok(lsn)
+    }
+
+    /// The database transaction committed: the forwarding cursor moves, a full disk that took a
+    /// write is over.
+    fn database_committed(&mut self) {
+        let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
+        self.batch.rollup_enabled.clear();
+        Metrics::add(&self.metrics.quarantined, self.batch.quarantined);
+        if let Some(f) = self.batch.forwarded {
+            self.forward_cursor = f;
+        }
+        if wrote {
+            self.space_returned();
+        }
+        self.batch.open = false;
+    }
+
+    /// A database write succeeded after the disk was full: samples are accepted again.
+    pub(super) fn space_returned(&mut self) {
+        let backing_off = self.refuse_until.take().is_some();
+        if self.metrics.disk_full.swap(false, Relaxed) || backing_off {
+            tracing::info!("Disk accepts writes again; accepting samples.");
+        }
+    }
+
+    /// The batch failed before its samples reached the log: the transaction is rolled back and
+    /// nothing in the batch is acked.
     pub(super) fn fail(&mut self, e: StoreError) {
-        let _ = self.conn.execute_batch("ROLLBACK");
+        if self.batch.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
         let b = std::mem::take(&mut self.batch);
         Metrics::add(&self.metrics.commit_failures, 1);
         for key in b.boots.keys() {
@@ -200,20 +332,12 @@ impl Writer {
                 st.gap_pending = 0;
             }
         }
-        self.summaries.rolled_back(b.rollup);
+        self.summaries.rolled_back(b.rollup_enabled);
         if b.quarantined > 0 {
             // The rollback took this batch's quarantine inserts (and trims) with it.
             self.recount_quarantine();
         }
-        if matches!(e, StoreError::DiskFull(_)) {
-            Metrics::add(&self.metrics.samples_refused, b.samples as u64);
-            if !self.metrics.disk_full.swap(true, Relaxed) {
-                tracing::error!(error = %e, "Disk full: samples are refused (devices keep them) until space returns.");
-            }
-            self.refuse_until = Some(Instant::now() + DISK_FULL_BACKOFF);
-        } else {
-            tracing::error!(error = %e, "Commit failed; nothing of it was acked (devices will resend).");
-        }
+        self.note_failure(&e, b.samples);
         for r in b.replies {
             let _ = r.send(Err(e.shared()));
         }
@@ -222,56 +346,43 @@ impl Writer {
         }
     }
 
+    /// The database part of a batch failed after its samples were logged: only it is rolled back
+    /// (the samples stay in the batch, to be acked); its waiters learn the error from `commit`.
+    fn fail_database(&mut self, e: StoreError) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.batch.open = false;
+        Metrics::add(&self.metrics.commit_failures, 1);
+        self.summaries
+            .rolled_back(std::mem::take(&mut self.batch.rollup_enabled));
+        if self.batch.quarantined > 0 {
+            self.batch.quarantined = 0;
+            self.recount_quarantine();
+        }
+        self.batch.forwarded = None;
+        self.batch.live_range = None;
+        self.batch.presence.clear();
+        self.note_failure(&e, 0);
+    }
+
+    /// Logs a failure; a full disk refuses samples for a while.
+    pub(super) fn note_failure(&mut self, e: &StoreError, refused: usize) {
+        if matches!(e, StoreError::DiskFull(_)) {
+            Metrics::add(&self.metrics.samples_refused, refused as u64);
+            if !self.metrics.disk_full.swap(true, Relaxed) {
+                tracing::error!(error = %e, "Disk full: samples are refused (devices keep them) until space returns.");
+            }
+            self.refuse_until = Some(Instant::now() + DISK_FULL_BACKOFF);
+        } else {
+            tracing::error!(error = %e, "Commit failed; nothing of it was acked (devices will resend).");
+        }
+    }
+
+    /// The batch's database state other than samples (those are flushed with the tail).
     fn write_pending(&mut self) -> rusqlite::Result<()> {
         let c = &self.conn;
-        for key in self.batch.boots.keys() {
-            // The rows of this boot are in the transaction; committing them without moving its
-            // position would let a retransmission store them twice. Fail the transaction instead
-            // (rolled back, nothing acked, the device resends). `hello` keeps batch boots, so this
-            // is a bug guard, not a path.
-            let Some(st) = self.boots.get(key) else {
-                tracing::error!(
-                    device = key.0,
-                    boot_no = key.1,
-                    "Boot state missing for a batch; rolling back."
-                );
-                return Err(rusqlite::Error::InvalidParameterName(
-                    "boot state missing".into(),
-                ));
-            };
-            c.prepare_cached("UPDATE boots SET next_seq = ?3, gap_dropped = gap_dropped + ?4 WHERE device = ?1 AND boot_no = ?2")?
-                .execute(params![key.0, key.1, st.acceptor.next(), st.gap_pending as i64])?;
-        }
-        // last_seen is written at most once a second per device.
-        for (d, ts) in &self.batch.seen {
-            if self.last_seen_written.get(d).is_none_or(|w| ts - w >= 1000) {
-                c.prepare_cached("UPDATE devices SET last_seen_ms = ?2, online = 1 WHERE id = ?1")?
-                    .execute(params![d, ts])?;
-            }
-        }
-        for (d, hb) in &self.batch.heartbeats {
-            c.prepare_cached(
-                "UPDATE devices SET last_seen_ms = ?2, dropped = ?3, ring_depth = ?4, read_errors = ?5 WHERE id = ?1",
-            )?
-            .execute(params![d, crate::utc_now_ms(), hb.dropped, hb.ring_depth, hb.read_errors])?;
-        }
         for (d, (link, online)) in &self.batch.presence {
             c.prepare_cached("UPDATE devices SET online = ?3 WHERE id = ?1 AND link = ?2")?
                 .execute(params![d, link, online])?;
-        }
-        for ((d, sensor), (ts, value, id)) in &self.batch.latest {
-            c.prepare_cached(
-                "INSERT INTO latest (device, sensor, event_id, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (device, sensor) DO UPDATE SET event_id = excluded.event_id,
-                     ts_ms = excluded.ts_ms, value = excluded.value
-                 WHERE excluded.ts_ms >= latest.ts_ms",
-            )?
-            .execute(params![d, sensor, id, ts, f64::from(*value)])?;
-        }
-        self.summaries.write(c, &mut self.batch.rollup)?;
-        for (d, n) in &self.batch.stored {
-            c.prepare_cached("UPDATE devices SET events_total = events_total + ?2 WHERE id = ?1")?
-                .execute(params![d, *n as i64])?;
         }
         if let Some(f) = self.batch.forwarded {
             c.prepare_cached(
@@ -380,6 +491,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
     fn samples(w: &mut Writer, n: usize, ack: &AckSlot) {
+        samples_from(w, 0, n, ack)
+    }
+
+    fn samples_from(w: &mut Writer, first_seq: u32, n: usize, ack: &AckSlot) {
         let row = Row {
             sensor: 0,
             ts_ms: 1_700_000_000_000,
@@ -390,7 +505,7 @@ mod tests {
             boot_no: 1,
             boot_id: 7,
             oldest: 0,
-            first_seq: 0,
+            first_seq,
             rows: vec![row; n],
             out_of_range: Vec::new(),
             quarantine: None,
@@ -401,13 +516,13 @@ mod tests {
     }
 
     #[test]
-    fn samples_the_full_disk_rolled_back_are_refused_then_stored_when_space_returns() {
+    fn a_full_disk_keeps_logged_samples_in_the_tail_and_refuses_new_ones_until_space_returns() {
         let (mut w, dir) = writer("enospc", Duration::from_secs(60));
         let pages: i64 = w
             .conn
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .unwrap();
-        // SQLite answers SQLITE_FULL past max_page_count, here while inserting (not at COMMIT).
+        // SQLite answers SQLITE_FULL past max_page_count, here while the flush inserts.
         let limit = |w: &Writer, n: i64| {
             w.conn
                 .query_row(&format!("PRAGMA max_page_count = {n}"), [], |_| Ok(()))
@@ -417,19 +532,56 @@ mod tests {
         let (ack_tx, ack_rx) = watch::channel(AckState::default());
         let ack: AckSlot = Arc::new(ack_tx);
         samples(&mut w, 500, &ack);
-        assert!(w.metrics.disk_full.load(Relaxed));
-        assert_eq!(Metrics::get(&w.metrics.samples_refused), 500);
-        assert_eq!(Metrics::get(&w.metrics.samples_committed), 0);
-        assert_eq!(ack_rx.borrow().next_seq, 0, "nothing rolled back is acked");
-        // Space returns; the device retransmits the same samples after the back-off.
+        assert_eq!(ack_rx.borrow().next_seq, 500, "durable in the log: acked");
+        assert!(w.flush().is_err(), "the database is full");
+        assert!(w.metrics.disk_full.load(Relaxed) && w.refusing());
+        assert_eq!(w.tail.read().unwrap().len(), 500, "kept for the next flush");
+        // While the disk is full, new samples are refused (the device keeps them).
+        let refused_before = Metrics::get(&w.metrics.samples_refused);
+        samples_from(&mut w, 500, 100, &ack);
+        assert_eq!(
+            Metrics::get(&w.metrics.samples_refused),
+            refused_before + 100
+        );
+        assert_eq!(ack_rx.borrow().next_seq, 500, "nothing refused is acked");
+        // Space returns: the flush stores what was acked.
         limit(&w, 1 << 30);
-        w.refuse_until = None;
-        samples(&mut w, 500, &ack);
-        assert_eq!(Metrics::get(&w.metrics.samples_committed), 500);
-        assert_eq!(ack_rx.borrow().next_seq, 500);
-        assert!(!w.metrics.disk_full.load(Relaxed));
+        w.flush().unwrap();
+        assert!(!w.metrics.disk_full.load(Relaxed) && !w.refusing());
         let (stored, _, _) = ids(&w);
         assert_eq!(stored, 500, "acked means stored");
+        assert!(w.tail.read().unwrap().is_empty());
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_log_holding_its_byte_bound_is_flushed_before_the_age_or_row_bound() {
+        let (mut w, dir) = writer("logbound", Duration::from_secs(60));
+        // Each commit takes a 4 KiB block of the log: two segments' worth of one-sample commits.
+        w.settings.tail_flush_log_bytes = 2 * crate::store::log::SEGMENT_BYTES;
+        let (ack_tx, _ack_rx) = watch::channel(AckState::default());
+        let ack: AckSlot = Arc::new(ack_tx);
+        let per_segment = (crate::store::log::SEGMENT_BYTES / 4096) as u32;
+        for seq in 0..per_segment {
+            samples_from(&mut w, seq, 1, &ack);
+        }
+        assert!(
+            !w.flush_due(),
+            "one segment: below the bound, rows and age far below theirs"
+        );
+        for seq in per_segment..per_segment + 1 {
+            samples_from(&mut w, seq, 1, &ack);
+        }
+        assert_eq!(w.log.as_ref().unwrap().segments().1, 2);
+        assert!(w.flush_due(), "two segments hold unreleased records");
+        w.flush().unwrap();
+        assert!(!w.flush_due());
+        assert_eq!(
+            w.log.as_ref().unwrap().segments().1,
+            1,
+            "only the active one"
+        );
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 use crate::store::checkpoint;
 use crate::store::retention::{self, Step};
 
+/// What a sample of the tail is expected to take in the database (row, index entry, page slack).
+const TAIL_ROW_BYTES: u64 = 80;
 /// Rows deleted per retention statement.
 pub(super) const CHUNK: i64 = 5000;
 /// How often time-based retention and housekeeping run.
@@ -38,7 +40,10 @@ impl Writer {
         }
         self.last_retention = Instant::now();
         for _ in 0..20 {
-            let used = self.measure();
+            // The tail's samples will take room with the next flush: counted now, so a cap is
+            // not overshot by what is acked but not yet written.
+            let stored = self.measure();
+            let used = stored + self.unflushed.rows() as u64 * self.bytes_per_row(stored);
             let have_forwarded = self.forward_cursor > 0
                 && self
                     .conn
@@ -56,6 +61,13 @@ impl Writer {
                 self.settings.when_full,
                 self.refusing_for_cap,
             );
+            if step != Step::Accept && self.unflushed.rows() > 0 {
+                // Decide on what the database holds, not on an estimate of the tail: write it now.
+                if self.flush().is_err() {
+                    return;
+                }
+                continue;
+            }
             let refusing = step == Step::Refuse;
             if refusing != self.refusing_for_cap {
                 self.refusing_for_cap = refusing;
@@ -102,6 +114,27 @@ impl Writer {
         }
     }
 
+    /// Bytes a stored sample takes, from the database's use and its id span ([`TAIL_ROW_BYTES`]
+    /// while it holds few).
+    fn bytes_per_row(&self, used: u64) -> u64 {
+        let (lo, hi): (i64, i64) = self
+            .conn
+            .query_row(
+                // Two subqueries: `min` and `max` in one SELECT would scan every row (SQLite
+                // reads a lone min() or max() of the rowid from one end of the table).
+                "SELECT coalesce((SELECT min(id) FROM events), 0), coalesce((SELECT max(id) FROM events), 0)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap_or((0, 0));
+        let rows = (hi - lo + 1).max(0) as u64;
+        if rows < 1000 {
+            TAIL_ROW_BYTES
+        } else {
+            (used / rows).clamp(16, 4 * TAIL_ROW_BYTES)
+        }
+    }
+
     /// Rows to delete in one retention step: about what brings usage down to the low watermark
     /// (bytes per row estimated from usage and the rowid span), between 100 and CHUNK, so a small
     /// cap is not overshot by a fixed chunk.
@@ -113,7 +146,9 @@ impl Writer {
         let (lo, hi): (i64, i64) = self
             .conn
             .query_row(
-                "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events",
+                // Two subqueries: `min` and `max` in one SELECT would scan every row (SQLite
+                // reads a lone min() or max() of the rowid from one end of the table).
+                "SELECT coalesce((SELECT min(id) FROM events), 0), coalesce((SELECT max(id) FROM events), 0)",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -328,10 +363,12 @@ mod tests {
                         w.summaries.flush_next();
                     }
                     w.commit().unwrap();
+                    w.flush().unwrap();
                     w.summaries.hold();
                 }
             }
             w.commit().unwrap();
+            w.flush().unwrap();
             w.summaries.hold();
         };
         let mut jitter = rand::rngs::SmallRng::seed_from_u64(6);
@@ -410,9 +447,17 @@ mod tests {
                     want.entry(ts - ts % bucket).or_default().push((ts, v));
                 }
                 for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::Count, Agg::Last] {
-                    let got =
-                        crate::store::query::series(&w.conn, 1, sensor, since, until, bucket, agg)
-                            .unwrap();
+                    let got = crate::store::query::series(
+                        &w.conn,
+                        &crate::store::tail::TailView::default(),
+                        1,
+                        sensor,
+                        since,
+                        until,
+                        bucket,
+                        agg,
+                    )
+                    .unwrap();
                     let ctx = format!("sensor {sensor} [{since}, {until}) /{bucket} {agg:?}");
                     assert_eq!(got.len(), want.len(), "{ctx}: buckets");
                     for ((t, v, n), (wt, vs)) in got.iter().zip(&want) {

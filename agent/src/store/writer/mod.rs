@@ -8,8 +8,20 @@
 //!   that holds its rows (the device must not be welcomed on uncommitted rows); Hellos queued
 //!   together share that commit, so a gateway's devices reconnecting at once cost one sync, not one
 //!   each.
-//! - **Ack after commit.** Each link owns an [`AckSlot`]; only after `COMMIT` returns does the writer
-//!   publish the boot's new committed `next_seq` into the slots of the links that sent samples.
+//! - **Ack after the log's sync.** A batch's samples go to the sample log ([`super::log`]) as one
+//!   record; only after it is synced (`durability = "full"`) does the writer publish the boot's new
+//!   `next_seq` into the slots of the links that sent samples. Their rows join the tail
+//!   ([`super::tail`]), where readers see them at once.
+//! - **The database in batches** ([`flush`]): the tail's samples, the boots' positions, `latest`,
+//!   the per-device counts, `last_seen` and heartbeats, and the summaries are written to the
+//!   database together, in one transaction, when the tail is old or large enough
+//!   (`StoreSettings::tail_flush_age`, `tail_flush_rows`), on `Sync` and at shutdown; the same transaction raises
+//!   `counters.log_applied`, after which the tail drops those samples and the log reuses their
+//!   segments. After a crash the writer replays the log's records above `log_applied` and flushes
+//!   them before it accepts anything.
+//! - **Operations other than samples** (Hellos, quarantine, presence, cursors, `Exec`) commit to
+//!   the database with the batch, as before; a failure there fails them only: the batch's samples,
+//!   durable in the log, are acked all the same.
 //! - **Per-boot authority.** The writer keeps one `ferry_wire::Acceptor` per `(device, boot)`, so
 //!   samples of a boot are stored once and in order even if two links carry the same device. If a
 //!   commit fails, every touched acceptor is reset to its committed position: nothing rolled back
@@ -45,6 +57,7 @@ mod apply;
 mod commit;
 #[cfg(test)]
 mod fixture;
+mod flush;
 mod group_commit;
 mod housekeeping;
 
@@ -57,7 +70,9 @@ use ferry_wire::{Acceptor, Heartbeat};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::log::SampleLog;
 use super::rollup;
+use super::tail::{SharedTail, TailRow};
 use super::StoreError;
 use crate::config::StoreSettings;
 use crate::metrics::Metrics;
@@ -85,17 +100,41 @@ pub type AckSlot = Arc<watch::Sender<AckState>>;
 /// full frames). Measured with the ingest bench's overload ladder: see `docs/decisions/`.
 pub const LINK_BUDGET: usize = 128;
 
+/// A link's budget under `store.ack_budget`: [`LINK_BUDGET`] per 20 ms (the default
+/// `flush_interval`, the commit cadence it was measured at) of the ack budget, at least
+/// [`LINK_BUDGET`]. Commits every 3/4 of the budget must not cap a device at 128 samples each.
+pub fn link_budget(ack_budget: Duration) -> usize {
+    let per_20ms = (ack_budget.as_millis() / 20) as usize;
+    LINK_BUDGET.max(LINK_BUDGET.saturating_mul(per_20ms))
+}
+
 /// A link's samples handed to the writer and not yet committed (see the module header).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkBudget {
     waiting: std::sync::atomic::AtomicUsize,
     freed: tokio::sync::Notify,
+    limit: usize,
+}
+
+impl Default for LinkBudget {
+    fn default() -> Self {
+        LinkBudget::new(LINK_BUDGET)
+    }
 }
 
 impl LinkBudget {
+    /// A budget of `limit` samples.
+    pub fn new(limit: usize) -> Self {
+        LinkBudget {
+            waiting: Default::default(),
+            freed: Default::default(),
+            limit,
+        }
+    }
+
     /// Whether the link may hand over more samples.
     pub fn has_room(&self) -> bool {
-        self.waiting.load(Relaxed) < LINK_BUDGET
+        self.waiting.load(Relaxed) < self.limit
     }
 
     /// Samples waiting now.
@@ -281,6 +320,7 @@ pub enum Op {
 pub struct StoreHandle {
     tx: mpsc::Sender<Op>,
     committed: watch::Receiver<i64>,
+    tail: SharedTail,
 }
 
 impl StoreHandle {
@@ -345,6 +385,11 @@ impl StoreHandle {
         self.committed.clone()
     }
 
+    /// The acked samples not yet in the database (see [`super::tail`]).
+    pub fn tail(&self) -> SharedTail {
+        self.tail.clone()
+    }
+
     /// Moves the forwarding cursor.
     pub async fn mark_forwarded(&self, event_id: i64) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -382,6 +427,8 @@ pub fn spawn(
 ) -> std::io::Result<Spawned> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (committed_tx, committed) = watch::channel(0i64);
+    let tail = SharedTail::default();
+    let writer_tail = tail.clone();
     let exited = tokio_util::sync::CancellationToken::new();
     let guard = ExitGuard(exited.clone());
     let (ready_tx, ready) = oneshot::channel();
@@ -397,6 +444,7 @@ pub fn spawn(
         };
         let mut w = Writer::new(conn, settings, metrics);
         w.committed = committed_tx;
+        w.tail = writer_tail;
         w.wal_frames = checkpointer.as_ref().map(|c| c.frames());
         // Reading the state can meet a full disk (marking devices offline writes): retry a while.
         let mut attempt = 0;
@@ -425,7 +473,11 @@ pub fn spawn(
         });
     })?;
     Ok(Spawned {
-        handle: StoreHandle { tx, committed },
+        handle: StoreHandle {
+            tx,
+            committed,
+            tail,
+        },
         join,
         exited,
         ready,
@@ -435,19 +487,24 @@ pub fn spawn(
 /// The writer's view of one `(device, boot)`: its acceptor and its committed position.
 struct BootState {
     acceptor: Acceptor,
+    /// Every seq below is durable (in the log or the database).
     committed: u32,
+    /// Seqs the device dropped, in total for the boot, as durable.
+    gap_total: u64,
+    /// Seqs the device dropped, learned in the open batch.
     gap_pending: u64,
 }
 
-/// What the open transaction holds and what is published when it commits.
+/// What the open batch holds and what is published when it commits: samples for the log, and
+/// (when `open`) a database transaction for everything else.
 #[derive(Default)]
 struct Batch {
+    /// A database transaction is open.
     open: bool,
     samples: usize,
     started: Option<Instant>,
     boots: HashMap<(i64, i64), ()>,
     links: HashMap<usize, (AckSlot, u32, (i64, i64))>,
-    heartbeats: HashMap<i64, Heartbeat>,
     presence: HashMap<i64, (String, bool)>,
     seen: HashMap<i64, i64>,
     quarantined: u64,
@@ -459,8 +516,12 @@ struct Batch {
     stored: HashMap<i64, u64>,
     /// Summaries of this batch's rows of summarised sensors.
     rollup: rollup::Batch,
-    /// Highest `events.id` inserted in this batch (0: none).
+    /// Sensors whose summaries this batch's transaction enabled.
+    rollup_enabled: Vec<(i64, u8)>,
+    /// Highest `events.id` given out in this batch (0: none).
     last_event_id: i64,
+    /// The batch's stored samples, in id order (the log record's and then the tail's).
+    rows: Vec<TailRow>,
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     /// Hellos of this batch, answered when it commits.
     welcomes: Vec<(oneshot::Sender<Result<Welcomed, StoreError>>, Welcomed)>,
@@ -501,6 +562,16 @@ struct Writer {
     summaries: rollup::Summaries,
     /// Commit times for the log line at shutdown (`/metrics` has the histogram).
     commit_times: CommitTimes,
+    /// The sample log (`None` until [`Writer::recover`] opened it).
+    log: Option<SampleLog>,
+    /// Acked samples not yet in the database, shared with readers.
+    tail: SharedTail,
+    /// What the log holds that the database does not yet (see [`flush`]).
+    unflushed: flush::Unflushed,
+    /// The id the next stored sample gets.
+    next_id: i64,
+    /// `counters.log_applied`: every id at or below is in the database.
+    applied: i64,
 }
 
 /// How long commits took, summed up for the writer's shutdown log.
@@ -559,6 +630,11 @@ impl Writer {
             committed: watch::channel(0).0,
             summaries: rollup::Summaries::default(),
             commit_times: CommitTimes::default(),
+            log: None,
+            tail: SharedTail::default(),
+            unflushed: flush::Unflushed::default(),
+            next_id: 1,
+            applied: 0,
         }
     }
 
@@ -579,11 +655,14 @@ impl Writer {
         let last: i64 =
             self.conn
                 .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        self.applied = super::tail::applied(&self.conn)?;
+        self.next_id = last.max(self.applied) + 1;
         self.committed.send_replace(last);
         self.summaries = rollup::Summaries::load(&self.conn)?;
         self.conn
             .execute("UPDATE devices SET online = 0 WHERE online != 0", [])
             .map_err(StoreError::from_write)?;
+        self.replay_log()?;
         self.measure();
         Ok(())
     }
