@@ -75,10 +75,15 @@ async fn agent_sigkills_and_broker_restarts_leave_postgres_exactly_once() {
         .await
         .unwrap();
     tokio::spawn(conn);
+    // What the agent stored: its database after an orderly stop (a running agent holds its
+    // newest samples in the sample log and the tail until its next flush). Then it runs again,
+    // to forward what it had not.
+    agent.terminate().await;
     let store = ferry_agent::store::open_reader(&dir.join("ferry.db")).unwrap();
     let stored: i64 = store
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
         .unwrap();
+    agent.start().await;
     let count_pg = async || -> i64 {
         db.query_one(
             "SELECT count(*) FROM ferry_events WHERE gateway = 'gw-e2e'",

@@ -28,6 +28,18 @@ use crate::metrics::Metrics;
 /// succeeds): what a full disk has to take in when space returns stays small.
 const FULL_DISK_TAIL: usize = 4096;
 
+/// A reading as the database gives it back, so the tail (and the log) hold the same value: any
+/// NaN is stored as NULL and read as the one quiet NaN, and -0.0 is stored as the integer 0.
+fn as_stored(v: f32) -> f32 {
+    if v.is_nan() {
+        f32::NAN
+    } else if v == 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 impl Writer {
     pub(super) fn refusing(&self) -> bool {
         self.refusing_for_cap
@@ -202,7 +214,10 @@ impl Writer {
                 if s.out_of_range.contains(&i) {
                     continue;
                 }
-                let r = s.rows[i];
+                let r = Row {
+                    value: as_stored(s.rows[i].value),
+                    ..s.rows[i]
+                };
                 let id = self.next_id;
                 self.next_id += 1;
                 b.rows.push(TailRow {
@@ -530,5 +545,25 @@ mod tests {
         );
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod as_stored_tests {
+    use super::as_stored;
+
+    #[test]
+    fn readings_are_kept_as_the_database_gives_them_back() {
+        assert_eq!(as_stored(-0.0).to_bits(), 0);
+        assert_eq!(
+            as_stored(f32::from_bits(0xffc0_0000)).to_bits(),
+            0x7fc0_0000
+        );
+        assert_eq!(
+            as_stored(f32::from_bits(0x7f80_0001)).to_bits(),
+            0x7fc0_0000
+        );
+        assert_eq!(as_stored(1.5), 1.5);
+        assert_eq!(as_stored(f32::NEG_INFINITY), f32::NEG_INFINITY);
     }
 }

@@ -40,15 +40,24 @@ impl Writer {
                 self.note_stall("maintenance", t.elapsed(), None);
             }
             let commits = Metrics::get(&self.metrics.commits);
-            let wait = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
+            // A flush in progress goes on while nothing else comes.
+            let wait = if self.open_flush.is_some() {
+                Duration::ZERO
+            } else {
+                MAINTENANCE.saturating_sub(self.last_maintenance.elapsed())
+            };
             match self
                 .rt
                 .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
             {
+                Err(_) if self.open_flush.is_some() => {
+                    let _ = self.flush_step(Some(super::flush::STEP));
+                    continue;
+                }
                 Err(_) => {
                     self.maintenance();
                     if self.flush_due() {
-                        let _ = self.flush();
+                        let _ = self.flush_step(Some(super::flush::STEP));
                     }
                     continue;
                 }
@@ -88,8 +97,8 @@ impl Writer {
                 }
             }
             let _ = self.commit();
-            if self.flush_due() {
-                let _ = self.flush();
+            if self.open_flush.is_some() || self.flush_due() {
+                let _ = self.flush_step(Some(super::flush::STEP));
             }
             // A Sync commits inside `apply`: count commits, not the batch left open.
             let committed = Metrics::get(&self.metrics.commits) > commits;
@@ -159,6 +168,9 @@ impl Writer {
 
     pub(super) fn begin(&mut self) -> Result<(), rusqlite::Error> {
         if !self.batch.open {
+            // The batch's transaction follows a flush's, which finishes first (if it fails, it
+            // is rolled back and tried again later).
+            let _ = self.finish_flush();
             self.conn.execute_batch("BEGIN")?;
             self.batch.changes_at_begin = self.conn.total_changes();
             self.batch.open = true;
@@ -582,6 +594,41 @@ mod tests {
             1,
             "only the active one"
         );
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_flush_goes_in_steps_between_log_commits_and_readers_see_it_only_whole() {
+        let (mut w, dir) = writer("steps", Duration::from_secs(60));
+        let (ack_tx, ack_rx) = watch::channel(AckState::default());
+        let ack: AckSlot = Arc::new(ack_tx);
+        samples(&mut w, 5000, &ack);
+        let reader = crate::store::open_reader(&w.settings.path).unwrap();
+        let stored = |c: &rusqlite::Connection| -> i64 {
+            c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap()
+        };
+        // A step with no time left inserts one round of rows and leaves its transaction open.
+        w.flush_step(Some(Duration::ZERO)).unwrap();
+        assert!(w.open_flush.is_some());
+        assert_eq!(stored(&reader), 0, "nothing visible before the commit");
+        assert_eq!(w.tail.read().unwrap().len(), 5000);
+        // Samples keep being logged and acked while it is open.
+        samples_from(&mut w, 5000, 100, &ack);
+        assert_eq!(ack_rx.borrow().next_seq, 5100);
+        w.flush_step(Some(Duration::ZERO)).unwrap();
+        assert!(w.open_flush.is_some());
+        // Anything else that writes the database finishes it first.
+        w.begin().unwrap();
+        assert!(w.open_flush.is_none());
+        assert_eq!(
+            stored(&reader),
+            5100,
+            "the flush took what was logged meanwhile"
+        );
+        assert!(w.tail.read().unwrap().is_empty());
+        w.commit().unwrap();
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -6,6 +6,15 @@
 //!   summaries) and `counters.log_applied` = the highest id in it. Only after it committed does
 //!   the tail drop the samples and the log reuse their segments; if it fails, everything stays
 //!   where it was and the next flush tries again.
+//! - **In steps between log commits.** The transaction stays open across the writer's loop: each
+//!   [`step`](Writer::flush_step) inserts the tail's samples for at most [`STEP`] and returns, so
+//!   a device's ack never waits for a whole flush, only for one step. When the inserts caught up
+//!   with the tail, the same step writes the read models of everything inserted and commits. A
+//!   batch holding only samples touches no SQL (its samples go to the log); anything else that
+//!   writes the database (a batch with a Hello or a cursor, retention, a checkpoint, `Sync`,
+//!   shutdown) first finishes the flush ([`finish_flush`](Writer::finish_flush)). A flush open
+//!   longer than [`STEP_FOR_AT_MOST`], or with a tail of twice `tail_flush_rows`, is finished in
+//!   one go: it cannot fall behind for ever.
 //! - **Replay is idempotent.** Recovery applies the log's records above `log_applied` (positions
 //!   by maximum, samples by id), then flushes before the writer accepts anything.
 
@@ -16,6 +25,18 @@ use ferry_wire::Heartbeat;
 use rusqlite::{params, OptionalExtension};
 
 use super::{BootState, StoreError, Writer};
+
+/// How long one step of a flush inserts samples.
+pub(super) const STEP: Duration = Duration::from_millis(2);
+/// A flush still open after this long is finished in one go.
+const STEP_FOR_AT_MOST: Duration = Duration::from_secs(2);
+
+/// A flush in progress: its transaction is open and holds the tail's samples up to `through`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OpenFlush {
+    through: i64,
+    since: Instant,
+}
 use crate::metrics::Metrics;
 use crate::store::codec::Sample;
 use crate::store::log::entry::{self, Entry};
@@ -158,18 +179,39 @@ pub(super) fn entries(
 }
 
 impl Writer {
-    /// Writes what the log holds beyond the database (see the module header).
+    /// Writes what the log holds beyond the database, to the end (see the module header).
     pub(super) fn flush(&mut self) -> Result<(), StoreError> {
-        if self.unflushed.is_empty() {
+        if self.unflushed.is_empty() && self.open_flush.is_none() {
             return Ok(());
         }
+        self.flush_step(None)
+    }
+
+    /// Finishes a flush in progress, if any (before anything else writes the database).
+    pub(super) fn finish_flush(&mut self) -> Result<(), StoreError> {
+        if self.open_flush.is_none() {
+            return Ok(());
+        }
+        self.flush_step(None)
+    }
+
+    /// One step of a flush (the whole flush with `budget` `None`): starts one if none is open,
+    /// inserts the tail's samples for at most `budget`, and commits when they caught up.
+    pub(super) fn flush_step(&mut self, budget: Option<Duration>) -> Result<(), StoreError> {
         debug_assert!(!self.batch.open, "flushes run between batches");
         let t = Instant::now();
-        let res = self.write_flush();
+        let budget = budget.filter(|_| {
+            self.open_flush
+                .is_none_or(|f| f.since.elapsed() < STEP_FOR_AT_MOST)
+                && self.unflushed.rows() < 2 * self.settings.tail_flush_rows
+        });
+        let res = self.write_flush(budget.map(|b| t + b));
         let took = t.elapsed();
         self.note_stall("flush of the tail", took, None);
         match res {
-            Ok(()) => {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                self.open_flush = None;
                 let u = std::mem::take(&mut self.unflushed);
                 self.summaries.committed(u.rollup);
                 if u.max_id > 0 {
@@ -193,6 +235,7 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
+                self.open_flush = None;
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.unflushed.rollup.rolled_back();
                 // A rolled-back transaction like any other; its samples stay in the log and the
@@ -206,17 +249,36 @@ impl Writer {
         }
     }
 
-    fn write_flush(&mut self) -> rusqlite::Result<()> {
-        let pieces = self.tail.read().unwrap_or_else(|p| p.into_inner()).pieces();
+    /// Inserts the tail's samples (until `deadline`, if any); when they caught up, writes the
+    /// read models and commits. Returns whether it committed.
+    fn write_flush(&mut self, deadline: Option<Instant>) -> rusqlite::Result<bool> {
         let c = &self.conn;
-        c.execute_batch("BEGIN")?;
+        let mut open = match self.open_flush {
+            Some(f) => f,
+            None => {
+                c.execute_batch("BEGIN")?;
+                let f = OpenFlush {
+                    through: self.applied,
+                    since: Instant::now(),
+                };
+                self.open_flush = Some(f);
+                f
+            }
+        };
         let u = &mut self.unflushed;
+        let pieces = self.tail.read().unwrap_or_else(|p| p.into_inner()).pieces();
         {
             let mut st = c.prepare_cached(
                 "INSERT INTO events (id, device, boot_no, seq, sensor, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for r in pieces.iter().flat_map(|p| p.iter()) {
-                if r.id <= self.applied || r.id > u.max_id {
+            let mut n = 0u32;
+            let from = open.through;
+            for r in pieces
+                .iter()
+                .filter(|p| p.last().is_some_and(|l| l.id > from))
+                .flat_map(|p| p.iter())
+            {
+                if r.id <= open.through || r.id > u.max_id {
                     continue;
                 }
                 st.execute(params![
@@ -228,7 +290,16 @@ impl Writer {
                     r.ts_ms,
                     f64::from(r.value)
                 ])?;
+                open.through = r.id;
+                n += 1;
+                if n % 64 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
             }
+        }
+        self.open_flush = Some(open);
+        if open.through < u.max_id {
+            return Ok(false);
         }
         for (key, (next, gap)) in &u.boots {
             c.prepare_cached(
@@ -271,7 +342,8 @@ impl Writer {
             )?
             .execute([u.max_id])?;
         }
-        c.execute_batch("COMMIT")
+        c.execute_batch("COMMIT")?;
+        Ok(true)
     }
 
     /// Opens the sample log and applies what it holds beyond the database (see the module

@@ -35,7 +35,10 @@ impl Writer {
             self.last_wal_check = Instant::now();
             if let Some(f) = &self.wal_frames {
                 let wal_bytes = f.load(Relaxed).saturating_mul(self.frame_bytes);
-                checkpoint::restart_if_large(&self.conn, &self.settings.path, wal_bytes);
+                // Not inside a flush's open transaction (the next check comes soon).
+                if self.open_flush.is_none() {
+                    checkpoint::restart_if_large(&self.conn, &self.settings.path, wal_bytes);
+                }
             }
         }
         self.last_retention = Instant::now();
@@ -205,6 +208,10 @@ impl Writer {
     /// Time-based retention of forwarded events, and a retry of retention after refusals.
     pub(super) fn maintenance(&mut self) {
         self.last_maintenance = Instant::now();
+        // Its deletions are transactions of their own.
+        if self.finish_flush().is_err() {
+            return;
+        }
         if self.forward_cursor > 0 {
             let cutoff = crate::utc_now_ms() - self.settings.keep_forwarded_for.as_millis() as i64;
             for _ in 0..10 {

@@ -572,6 +572,8 @@ struct Writer {
     next_id: i64,
     /// `counters.log_applied`: every id at or below is in the database.
     applied: i64,
+    /// A flush whose transaction is open (see [`flush`]).
+    open_flush: Option<flush::OpenFlush>,
 }
 
 /// How long commits took, summed up for the writer's shutdown log.
@@ -635,6 +637,7 @@ impl Writer {
             unflushed: flush::Unflushed::default(),
             next_id: 1,
             applied: 0,
+            open_flush: None,
         }
     }
 
