@@ -22,6 +22,9 @@ use super::housekeeping::MAINTENANCE;
 use super::{Op, StoreError, Writer};
 use crate::metrics::Metrics;
 
+/// With `durability = "normal"`, the sample log is synced this long after a record was written
+/// (a power cut loses at most about this much of what was acked).
+const NORMAL_LOG_SYNC: Duration = Duration::from_millis(100);
 /// How long samples are refused after the disk refused a write.
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(1);
 /// A writer step (a commit, the work after it, maintenance) taking longer than this is logged: every
@@ -40,21 +43,22 @@ impl Writer {
                 self.note_stall("maintenance", t.elapsed(), None);
             }
             let commits = Metrics::get(&self.metrics.commits);
-            // A flush in progress goes on while nothing else comes.
-            let wait = if self.open_flush.is_some() {
-                Duration::ZERO
-            } else {
-                MAINTENANCE.saturating_sub(self.last_maintenance.elapsed())
-            };
+            let wait = self.idle_wait();
             match self
                 .rt
                 .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
             {
                 Err(_) if self.open_flush.is_some() => {
+                    self.sync_log_if_due();
                     let _ = self.flush_step(Some(super::flush::STEP));
                     continue;
                 }
+                Err(_) if self.last_maintenance.elapsed() < MAINTENANCE => {
+                    self.sync_log_if_due();
+                    continue;
+                }
                 Err(_) => {
+                    self.sync_log_if_due();
                     self.maintenance();
                     if self.flush_due() {
                         let _ = self.flush_step(Some(super::flush::STEP));
@@ -97,6 +101,7 @@ impl Writer {
                 }
             }
             let _ = self.commit();
+            self.sync_log_if_due();
             if self.open_flush.is_some() || self.flush_due() {
                 let _ = self.flush_step(Some(super::flush::STEP));
             }
@@ -303,8 +308,37 @@ impl Writer {
         let lsn = log.append(&payload)?;
         if self.settings.durability == crate::config::Durability::Full {
             log.sync()?;
+        } else {
+            self.log_unsynced_since.get_or_insert_with(Instant::now);
         }
         Ok(lsn)
+    }
+
+    /// With `durability = "normal"`: syncs the log once its oldest unsynced record is
+    /// [`NORMAL_LOG_SYNC`] old (off the ack path, as checkpoints synced the WAL before the log).
+    fn sync_log_if_due(&mut self) {
+        if self
+            .log_unsynced_since
+            .is_some_and(|t| t.elapsed() >= NORMAL_LOG_SYNC)
+        {
+            self.log_unsynced_since = None;
+            if let Some(Err(e)) = self.log.as_mut().map(|l| l.sync()) {
+                tracing::warn!(error = %e, "Sample log sync failed (durability = \"normal\").");
+            }
+        }
+    }
+
+    /// How long the writer may wait for an operation: until maintenance is due, a flush in
+    /// progress goes on at once, and an unsynced log (`"normal"`) is synced in time.
+    fn idle_wait(&self) -> Duration {
+        if self.open_flush.is_some() {
+            return Duration::ZERO;
+        }
+        let mut wait = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
+        if let Some(t) = self.log_unsynced_since {
+            wait = wait.min(NORMAL_LOG_SYNC.saturating_sub(t.elapsed()));
+        }
+        wait
     }
 
     /// The database transaction committed: the forwarding cursor moves, a full disk that took a

@@ -574,6 +574,8 @@ struct Writer {
     applied: i64,
     /// A flush whose transaction is open (see [`flush`]).
     open_flush: Option<flush::OpenFlush>,
+    /// With `durability = "normal"`: when the oldest log record not yet synced was written.
+    log_unsynced_since: Option<Instant>,
 }
 
 /// How long commits took, summed up for the writer's shutdown log.
@@ -638,6 +640,7 @@ impl Writer {
             next_id: 1,
             applied: 0,
             open_flush: None,
+            log_unsynced_since: None,
         }
     }
 
