@@ -117,11 +117,9 @@ impl Writer {
         }
     }
 
-    /// Bytes a stored sample takes, from the database's use and its id span ([`TAIL_ROW_BYTES`]
-    /// while it holds few).
-    fn bytes_per_row(&self, used: u64) -> u64 {
-        let (lo, hi): (i64, i64) = self
-            .conn
+    /// The lowest and highest event id in the database (0, 0 when empty).
+    fn id_span(&self) -> (i64, i64) {
+        self.conn
             .query_row(
                 // Two subqueries: `min` and `max` in one SELECT would scan every row (SQLite
                 // reads a lone min() or max() of the rowid from one end of the table).
@@ -129,7 +127,13 @@ impl Writer {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .unwrap_or((0, 0));
+            .unwrap_or((0, 0))
+    }
+
+    /// Bytes a stored sample takes, from the database's use and its id span ([`TAIL_ROW_BYTES`]
+    /// while it holds few).
+    fn bytes_per_row(&self, used: u64) -> u64 {
+        let (lo, hi) = self.id_span();
         let rows = (hi - lo + 1).max(0) as u64;
         if rows < 1000 {
             TAIL_ROW_BYTES
@@ -146,16 +150,7 @@ impl Writer {
             return CHUNK;
         };
         let excess = used.saturating_sub((cap as f64 * retention::LOW) as u64);
-        let (lo, hi): (i64, i64) = self
-            .conn
-            .query_row(
-                // Two subqueries: `min` and `max` in one SELECT would scan every row (SQLite
-                // reads a lone min() or max() of the rowid from one end of the table).
-                "SELECT coalesce((SELECT min(id) FROM events), 0), coalesce((SELECT max(id) FROM events), 0)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap_or((0, 0));
+        let (lo, hi) = self.id_span();
         let per_row = (used / (hi - lo + 1).max(1) as u64).max(1);
         ((excess / per_row) as i64).clamp(100, CHUNK)
     }
