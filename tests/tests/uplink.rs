@@ -139,7 +139,9 @@ async fn uplink_forwards_everything_through_broker_restarts() {
         "devices streamed: {:?}",
         report.totals
     );
-    // Wait until the uplink's saved position covers the whole store.
+    // Wait until the uplink's saved position covers the whole store (the tail written to the
+    // database first: a running agent holds its newest samples there).
+    agent.store.sync().await.unwrap();
     let db = dir.join("ferry.db");
     let conn = ferry_agent::store::open_reader(&db).unwrap();
     let head: i64 = conn
@@ -242,6 +244,8 @@ async fn forwarding_goes_on_through_a_full_disk() {
     std::fs::remove_file(&ballast).unwrap();
     let report = devices.await.unwrap();
     assert_eq!(report.totals.unacked_at_end, 0, "{:?}", report.totals);
+    // The tail into the database first (a running agent holds its newest samples there).
+    agent.store.sync().await.unwrap();
     let conn = ferry_agent::store::open_reader(&db).unwrap();
     let head: i64 = conn
         .query_row("SELECT max(id) FROM events", [], |r| r.get(0))
