@@ -263,7 +263,11 @@ pub fn devices(
     let index: HashMap<i64, usize> = out.iter().enumerate().map(|(i, d)| (d.key, i)).collect();
     // Samples of the tail are counted in `events_total` when they reach the database; so are
     // heartbeats.
-    for r in tail.rows() {
+    let rows: Box<dyn Iterator<Item = &TailRow>> = match (only, out.first()) {
+        (Some(_), Some(d)) => Box::new(tail.device_rows(d.key)),
+        _ => Box::new(tail.rows()),
+    };
+    for r in rows {
         if let Some(&i) = index.get(&r.device) {
             out[i].events += 1;
             out[i].last_seen_ms = out[i].last_seen_ms.max(r.ts_ms);
@@ -363,7 +367,22 @@ fn newest_in_tail(
     only: Option<&str>,
 ) -> Result<Vec<(String, LatestValue)>, StoreError> {
     let mut newest: HashMap<(i64, u8), &TailRow> = HashMap::new();
-    for r in tail.rows() {
+    let one: Option<i64> = match only {
+        Some(o) => match conn
+            .prepare_cached("SELECT id FROM devices WHERE device_id = ?1")?
+            .query_row([o], |r| r.get(0))
+            .optional()?
+        {
+            Some(key) => Some(key),
+            None => return Ok(Vec::new()),
+        },
+        None => None,
+    };
+    let rows: Box<dyn Iterator<Item = &TailRow>> = match one {
+        Some(key) => Box::new(tail.device_rows(key)),
+        None => Box::new(tail.rows()),
+    };
+    for r in rows {
         let e = newest.entry((r.device, r.sensor)).or_insert(r);
         if r.ts_ms >= e.ts_ms {
             *e = r;
@@ -591,22 +610,32 @@ pub fn device_events(
     let stored: Vec<EventRow> = rows.collect::<Result<_, _>>()?;
     let until = f.until_ms.unwrap_or(i64::MAX);
     let mut names = Names::new(conn);
+    // Only the tail's rows that can be among the first `limit` are named (most of a busy tail is
+    // not, and naming a row allocates): in key order, until `limit` passed the sensor filter or
+    // a full page of stored rows comes first.
+    let mut candidates: Vec<&TailRow> = tail
+        .device_rows(device)
+        .filter(|r| r.ts_ms >= since && r.ts_ms < until && (r.ts_ms, r.id) > (after_ts, after_id))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(stored);
+    }
+    candidates.sort_unstable_by_key(|r| (r.ts_ms, r.id));
+    let full_page_ends = (stored.len() == limit)
+        .then(|| stored.last().map(|e| (e.ts_ms, e.id)))
+        .flatten();
     let mut newer = Vec::new();
-    for r in tail.rows() {
-        if r.device == device
-            && r.ts_ms >= since
-            && r.ts_ms < until
-            && (r.ts_ms, r.id) > (after_ts, after_id)
-        {
-            if let Some(e) = names.event(r, f.sensor.as_deref())? {
-                newer.push(e);
-            }
+    for r in candidates {
+        if newer.len() == limit || full_page_ends.is_some_and(|k| (r.ts_ms, r.id) > k) {
+            break;
+        }
+        if let Some(e) = names.event(r, f.sensor.as_deref())? {
+            newer.push(e);
         }
     }
     if newer.is_empty() {
         return Ok(stored);
     }
-    newer.sort_by_key(|e| (e.ts_ms, e.id));
     let mut all = stored;
     all.extend(newer);
     all.sort_by_key(|e| (e.ts_ms, e.id));

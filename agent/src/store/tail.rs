@@ -46,7 +46,49 @@ pub struct TailRow {
 }
 
 /// The samples of one log commit, in id order.
-pub type Piece = Arc<[TailRow]>;
+pub type Piece = Arc<PieceData>;
+
+/// A piece's rows and, for readers of one device, where that device's runs of rows are (a frame's
+/// samples are stored together, so a piece has a few runs, not one per row).
+#[derive(Debug)]
+pub struct PieceData {
+    rows: Box<[TailRow]>,
+    /// `(device, start, end)`: `rows[start..end]` are all of `device`, maximal.
+    runs: Box<[(i64, u32, u32)]>,
+}
+
+impl PieceData {
+    fn new(rows: Vec<TailRow>) -> Self {
+        let mut runs: Vec<(i64, u32, u32)> = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            match runs.last_mut() {
+                Some((d, _, end)) if *d == r.device => *end = i as u32 + 1,
+                _ => runs.push((r.device, i as u32, i as u32 + 1)),
+            }
+        }
+        PieceData {
+            rows: rows.into(),
+            runs: runs.into(),
+        }
+    }
+
+    /// Index of the first row with an id above `after`.
+    fn first_after(&self, after: i64) -> usize {
+        self.rows.partition_point(|r| r.id <= after)
+    }
+}
+
+/// A log commit's samples as a piece (built before taking the tail's lock).
+pub fn piece(rows: Vec<TailRow>) -> Piece {
+    Arc::new(PieceData::new(rows))
+}
+
+impl std::ops::Deref for PieceData {
+    type Target = [TailRow];
+    fn deref(&self) -> &[TailRow] {
+        &self.rows
+    }
+}
 
 /// A device's last heartbeat, not yet in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +112,7 @@ pub struct Tail {
 }
 
 impl Tail {
-    /// Appends a log commit's samples (ids above every id held).
+    /// Appends a log commit's samples (ids above every id held); see [`piece`].
     pub fn push(&mut self, piece: Piece) {
         if piece.is_empty() {
             return;
@@ -141,20 +183,51 @@ pub struct TailView {
 }
 
 impl TailView {
+    /// Where the rows with an id above `after` begin: `(piece, row)`.
+    fn start(&self, after: i64) -> (usize, usize) {
+        let p = self
+            .pieces
+            .partition_point(|p| p.last().is_some_and(|l| l.id <= after));
+        (
+            p,
+            self.pieces
+                .get(p)
+                .map_or(0, |piece| piece.first_after(after)),
+        )
+    }
+
+    /// Rows with an id above `after` (at least `applied`), in id order; found by binary search.
+    fn from(&self, after: i64) -> impl Iterator<Item = &TailRow> + '_ {
+        let (p, r) = self.start(after.max(self.applied));
+        self.pieces[p..]
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, piece)| piece.rows[if i == 0 { r } else { 0 }..].iter())
+    }
+
     /// Samples above `applied`, in id order.
     pub fn rows(&self) -> impl Iterator<Item = &TailRow> + '_ {
-        let applied = self.applied;
-        self.pieces
-            .iter()
-            .flat_map(|p| p.iter())
-            .skip_while(move |r| r.id <= applied)
+        self.from(self.applied)
     }
 
     /// Samples with `after < id <= upto`, in id order.
     pub fn between(&self, after: i64, upto: i64) -> impl Iterator<Item = &TailRow> + '_ {
-        self.rows()
-            .skip_while(move |r| r.id <= after)
-            .take_while(move |r| r.id <= upto)
+        self.from(after).take_while(move |r| r.id <= upto)
+    }
+
+    /// One device's samples above `applied`, in id order, without looking at other devices'
+    /// rows (only at each piece's runs).
+    pub fn device_rows(&self, device: i64) -> impl Iterator<Item = &TailRow> + '_ {
+        let (p, _) = self.start(self.applied);
+        let applied = self.applied;
+        self.pieces[p..].iter().flat_map(move |piece| {
+            piece
+                .runs
+                .iter()
+                .filter(move |(d, _, _)| *d == device)
+                .flat_map(move |&(_, a, b)| piece.rows[a as usize..b as usize].iter())
+                .filter(move |r| r.id > applied)
+        })
     }
 
     /// The highest id in view.
@@ -219,9 +292,13 @@ mod tests {
     use super::*;
 
     fn piece(ids: std::ops::RangeInclusive<i64>) -> Piece {
+        super::piece(rows(ids))
+    }
+
+    fn rows(ids: std::ops::RangeInclusive<i64>) -> Vec<TailRow> {
         ids.map(|id| TailRow {
             id,
-            device: 1,
+            device: 1 + id % 2,
             boot_no: 1,
             seq: id as u32,
             sensor: 0,
@@ -249,6 +326,13 @@ mod tests {
         };
         assert_eq!(ids(v.rows()), [5, 6, 7]);
         assert_eq!(ids(v.between(5, 6)), [6]);
+        assert_eq!(ids(v.between(0, 4)), Vec::<i64>::new());
+        assert_eq!(ids(v.between(2, 100)), [5, 6, 7]);
+        assert_eq!(ids(v.between(6, 100)), [7]);
+        assert_eq!(ids(v.between(7, 100)), Vec::<i64>::new());
+        assert_eq!(ids(v.device_rows(1)), [6]);
+        assert_eq!(ids(v.device_rows(2)), [5, 7]);
+        assert_eq!(ids(v.device_rows(3)), Vec::<i64>::new());
         assert_eq!(v.max_id(), Some(7));
         let all_in_db = TailView {
             pieces: t.pieces(),
@@ -256,6 +340,37 @@ mod tests {
             heard: HashMap::new(),
         };
         assert_eq!(all_in_db.max_id(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn searches_and_runs_find_what_a_scan_finds(
+            sizes in proptest::collection::vec(1usize..12, 0..8),
+            devices in proptest::collection::vec(1i64..4, 96),
+            applied in 0i64..100,
+            after in 0i64..100,
+            upto in 0i64..100,
+        ) {
+            let mut t = Tail::default();
+            let mut next = 1i64;
+            for n in sizes {
+                let rows: Vec<TailRow> = (next..next + n as i64)
+                    .map(|id| TailRow { device: devices[id as usize % 96], ..rows(id..=id)[0] })
+                    .collect();
+                next += n as i64;
+                t.push(super::piece(rows));
+            }
+            let v = TailView { pieces: t.pieces(), applied, heard: HashMap::new() };
+            let all: Vec<TailRow> = t.pieces.iter().flat_map(|p| p.iter().copied()).collect();
+            let scan = |f: &dyn Fn(&TailRow) -> bool| -> Vec<i64> {
+                all.iter().filter(|r| r.id > applied && f(r)).map(|r| r.id).collect()
+            };
+            proptest::prop_assert_eq!(ids(v.rows()), scan(&|_| true));
+            proptest::prop_assert_eq!(ids(v.between(after, upto)), scan(&|r| r.id > after && r.id <= upto));
+            for d in 0..5 {
+                proptest::prop_assert_eq!(ids(v.device_rows(d)), scan(&|r| r.device == d));
+            }
+        }
     }
 
     #[test]

@@ -549,7 +549,7 @@ impl<N> Ledger<N> {
         (p != self.saved && (force || !recent)).then_some(p)
     }
 
-    /// `p` is saved durably, at `now`.
+    /// `p` is saved (durable with the store's next commit), at `now`.
     pub fn position_saved(&mut self, p: Progress, now: Instant) {
         self.saved = p;
         self.last_save = now;

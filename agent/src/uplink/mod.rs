@@ -94,7 +94,8 @@ pub trait EventSource: Send + 'static {
     ) -> Result<Vec<StoredEvent>, SourceError>;
     /// The saved forwarding position.
     fn load_progress(&mut self) -> Result<Progress, SourceError>;
-    /// Saves the forwarding position durably.
+    /// Saves the forwarding position: durable with the store's next commit, which may come a
+    /// moment after the answer (a crash in between only forwards those events again).
     fn save_progress(&mut self, p: Progress) -> Result<(), SourceError>;
     /// Keeps a message the broker would not take, with the reason.
     fn quarantine(&mut self, topic: &str, reason: &str, payload: &[u8]) -> Result<(), SourceError>;

@@ -220,8 +220,8 @@ pub fn series(
     let mut parts = BTreeMap::new();
     // The tail's samples are in no summary and in no stored row: added raw, whatever their time.
     let tail_part = |mut parts: BTreeMap<i64, Acc>| {
-        for r in tail.rows() {
-            if (r.device, r.sensor) != key || r.ts_ms < since || r.ts_ms >= until {
+        for r in tail.device_rows(key.0) {
+            if r.sensor != key.1 || r.ts_ms < since || r.ts_ms >= until {
                 continue;
             }
             let v = f64::from(r.value);

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use ferry_wire::Acceptor;
 use rusqlite::{params, OptionalExtension};
+use tokio::sync::oneshot;
 
 use super::{
     rollup, AckState, BootState, HelloOp, Op, Row, SamplesOp, StoreError, TailRow, Welcomed, Writer,
@@ -96,9 +97,9 @@ impl Writer {
                 }
             }
             Op::MarkForwarded { event_id, reply } => {
-                self.batch.forwarded = Some(event_id.max(self.batch.forwarded.unwrap_or(0)));
-                self.touch();
-                self.batch.replies.push(reply);
+                let c = &mut self.cursor;
+                c.forwarded = Some(event_id.max(c.forwarded.unwrap_or(0)));
+                self.save_cursor(reply);
             }
             Op::UplinkProgress {
                 backlog,
@@ -106,10 +107,10 @@ impl Writer {
                 live,
                 reply,
             } => {
-                self.batch.forwarded = Some(backlog.max(self.batch.forwarded.unwrap_or(0)));
-                self.batch.live_range = Some((live_from, live));
-                self.touch();
-                self.batch.replies.push(reply);
+                let c = &mut self.cursor;
+                c.forwarded = Some(backlog.max(c.forwarded.unwrap_or(0)));
+                c.live_range = Some((live_from, live));
+                self.save_cursor(reply);
             }
             Op::Exec { run, reply } => {
                 self.touch();
@@ -124,6 +125,20 @@ impl Writer {
                 let committed = self.commit();
                 let _ = reply.send(committed.and_then(|()| self.flush()));
             }
+        }
+    }
+
+    /// The uplink's position goes to the database with the next commit. While a flush of the
+    /// tail is open, that is the flush's (a few steps away; the uplink is answered now, and a
+    /// crash before it commits only forwards those samples again, which the cloud side
+    /// deduplicates): a save of the position never makes a flush finish in one go, holding acks.
+    /// Otherwise it is this batch's, answered when it commits.
+    fn save_cursor(&mut self, reply: oneshot::Sender<Result<(), StoreError>>) {
+        if self.open_flush.is_some() && !self.batch.open {
+            let _ = reply.send(Ok(()));
+        } else {
+            self.touch();
+            self.batch.replies.push(reply);
         }
     }
 

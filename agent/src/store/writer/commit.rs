@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::group_commit::{self, Next};
 use super::housekeeping::MAINTENANCE;
-use super::{Op, StoreError, Writer};
+use super::{Op, PendingCursor, StoreError, Writer};
 use crate::metrics::Metrics;
 
 /// With `durability = "normal"`, the sample log is synced this long after a record was written
@@ -257,10 +257,11 @@ impl Writer {
                 std::mem::take(&mut b.seen),
                 std::mem::take(&mut b.rollup),
             );
+            let piece = crate::store::tail::piece(rows);
             self.tail
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(rows.into());
+                .push(piece);
             if b.last_event_id > 0 {
                 self.committed.send_replace(b.last_event_id);
             }
@@ -347,13 +348,23 @@ impl Writer {
         let wrote = self.conn.total_changes() > self.batch.changes_at_begin;
         self.batch.rollup_enabled.clear();
         Metrics::add(&self.metrics.quarantined, self.batch.quarantined);
-        if let Some(f) = self.batch.forwarded {
-            self.forward_cursor = f;
-        }
+        self.cursor_committed();
         if wrote {
             self.space_returned();
         }
         self.batch.open = false;
+    }
+
+    /// The commit that wrote [`Writer::written_cursor`] succeeded: retention may prune up to it,
+    /// and it is pending no more unless a later save moved it since.
+    pub(super) fn cursor_committed(&mut self) {
+        let w = std::mem::take(&mut self.written_cursor);
+        if let Some(f) = w.forwarded {
+            self.forward_cursor = self.forward_cursor.max(f);
+        }
+        if self.cursor == w {
+            self.cursor = PendingCursor::default();
+        }
     }
 
     /// A database write succeeded after the disk was full: samples are accepted again.
@@ -404,9 +415,9 @@ impl Writer {
             self.batch.quarantined = 0;
             self.recount_quarantine();
         }
-        self.batch.forwarded = None;
-        self.batch.live_range = None;
         self.batch.presence.clear();
+        // The saved position stays pending, for the next commit.
+        self.written_cursor = PendingCursor::default();
         self.note_failure(&e, 0);
     }
 
@@ -430,21 +441,8 @@ impl Writer {
             c.prepare_cached("UPDATE devices SET online = ?3 WHERE id = ?1 AND link = ?2")?
                 .execute(params![d, link, online])?;
         }
-        if let Some(f) = self.batch.forwarded {
-            c.prepare_cached(
-                "INSERT INTO forward_cursor (name, event_id) VALUES ('uplink', ?1)
-                 ON CONFLICT (name) DO UPDATE SET event_id = max(event_id, excluded.event_id)",
-            )?
-            .execute([f])?;
-        }
-        if let Some((from, to)) = self.batch.live_range {
-            let mut st = c.prepare_cached(
-                "INSERT INTO forward_cursor (name, event_id) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id",
-            )?;
-            st.execute(params!["uplink.live_from", from])?;
-            st.execute(params!["uplink.live", to])?;
-        }
+        self.written_cursor = self.cursor;
+        write_cursor(c, &self.cursor)?;
         Ok(())
     }
 
@@ -482,6 +480,26 @@ impl Writer {
     }
 }
 
+/// Writes the uplink's saved position (if any) in the open transaction.
+pub(super) fn write_cursor(c: &rusqlite::Connection, cur: &PendingCursor) -> rusqlite::Result<()> {
+    if let Some(f) = cur.forwarded {
+        c.prepare_cached(
+            "INSERT INTO forward_cursor (name, event_id) VALUES ('uplink', ?1)
+             ON CONFLICT (name) DO UPDATE SET event_id = max(event_id, excluded.event_id)",
+        )?
+        .execute([f])?;
+    }
+    if let Some((from, to)) = cur.live_range {
+        let mut st = c.prepare_cached(
+            "INSERT INTO forward_cursor (name, event_id) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id",
+        )?;
+        st.execute(params!["uplink.live_from", from])?;
+        st.execute(params!["uplink.live", to])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering::Relaxed;
@@ -492,8 +510,9 @@ mod tests {
 
     use super::super::fixture::{ids, insert_events, writer};
     use super::super::housekeeping::MAINTENANCE;
-    use super::super::{AckSlot, AckState, Op, Row, SamplesOp, Writer, QUEUE};
+    use super::super::{AckSlot, AckState, Op, PendingCursor, Row, SamplesOp, Writer, QUEUE};
     use crate::metrics::Metrics;
+    use rusqlite::OptionalExtension;
 
     #[test]
     fn maintenance_runs_when_due_even_if_the_queue_never_runs_dry() {
@@ -663,6 +682,61 @@ mod tests {
         );
         assert!(w.tail.read().unwrap().is_empty());
         w.commit().unwrap();
+        drop(w);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_cursor_saved_while_a_flush_is_open_joins_that_flush() {
+        let (mut w, dir) = writer("cursor", Duration::from_secs(60));
+        let (ack_tx, _ack_rx) = watch::channel(AckState::default());
+        let ack: AckSlot = Arc::new(ack_tx);
+        samples(&mut w, 5000, &ack);
+        let reader = crate::store::open_reader(&w.settings.path).unwrap();
+        let cursor = |c: &rusqlite::Connection, name: &str| -> Option<i64> {
+            c.query_row(
+                "SELECT event_id FROM forward_cursor WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap()
+        };
+        w.flush_step(Some(Duration::ZERO)).unwrap();
+        assert!(w.open_flush.is_some());
+        let (reply, mut rx) = oneshot::channel();
+        w.apply(Op::UplinkProgress {
+            backlog: 3000,
+            live_from: 3500,
+            live: 4000,
+            reply,
+        });
+        assert!(w.open_flush.is_some(), "the save did not finish the flush");
+        assert!(!w.batch.open);
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))), "answered at once");
+        assert_eq!(
+            cursor(&reader, "uplink"),
+            None,
+            "not visible before the flush commits"
+        );
+        assert_eq!(w.forward_cursor, 0, "retention does not prune by it yet");
+        w.flush().unwrap();
+        assert_eq!(cursor(&reader, "uplink"), Some(3000));
+        assert_eq!(cursor(&reader, "uplink.live_from"), Some(3500));
+        assert_eq!(cursor(&reader, "uplink.live"), Some(4000));
+        assert_eq!(w.forward_cursor, 3000);
+        assert_eq!(w.cursor, PendingCursor::default(), "nothing pending");
+        // With no flush open, a save commits with its batch and is answered then.
+        let (reply, mut rx) = oneshot::channel();
+        w.apply(Op::MarkForwarded {
+            event_id: 4500,
+            reply,
+        });
+        assert!(w.batch.open && rx.try_recv().is_err());
+        w.commit().unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))));
+        assert_eq!(cursor(&reader, "uplink"), Some(4500));
+        assert_eq!(w.forward_cursor, 4500);
         drop(w);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -10,8 +10,9 @@
 //!   [`step`](Writer::flush_step) inserts the tail's samples for at most [`STEP`] and returns, so
 //!   a device's ack never waits for a whole flush, only for one step. When the inserts caught up
 //!   with the tail, the same step writes the read models of everything inserted and commits. A
-//!   batch holding only samples touches no SQL (its samples go to the log); anything else that
-//!   writes the database (a batch with a Hello or a cursor, retention, a checkpoint, `Sync`,
+//!   batch holding only samples touches no SQL (its samples go to the log), and the uplink's
+//!   position saved meanwhile is written with the flush; anything else that writes the database
+//!   (a batch with a Hello, presence or quarantine, retention, a checkpoint, `Sync`,
 //!   shutdown) first finishes the flush ([`finish_flush`](Writer::finish_flush)). A flush open
 //!   longer than [`STEP_FOR_AT_MOST`], or with a tail of twice `tail_flush_rows`, is finished in
 //!   one go: it cannot fall behind for ever.
@@ -212,6 +213,7 @@ impl Writer {
             Ok(false) => Ok(()),
             Ok(true) => {
                 self.open_flush = None;
+                self.cursor_committed();
                 let u = std::mem::take(&mut self.unflushed);
                 self.summaries.committed(u.rollup);
                 if u.max_id > 0 {
@@ -237,6 +239,7 @@ impl Writer {
             Err(e) => {
                 self.open_flush = None;
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.written_cursor = Default::default();
                 self.unflushed.rollup.rolled_back();
                 // A rolled-back transaction like any other; its samples stay in the log and the
                 // tail, acked, and the flush is tried again.
@@ -342,6 +345,9 @@ impl Writer {
             )?
             .execute([u.max_id])?;
         }
+        // The uplink's position saved while the flush was open.
+        self.written_cursor = self.cursor;
+        super::commit::write_cursor(c, &self.cursor)?;
         c.execute_batch("COMMIT")?;
         Ok(true)
     }
@@ -455,10 +461,11 @@ impl Writer {
             self.committed.send_replace(last.id);
         }
         self.unflushed.last_lsn = self.unflushed.last_lsn.max(last_lsn);
+        let piece = crate::store::tail::piece(rows);
         self.tail
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(rows.into());
+            .push(piece);
         if replayed > 0 || boots_moved > 0 {
             tracing::info!(
                 records = records.len(),

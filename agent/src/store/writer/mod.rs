@@ -21,7 +21,9 @@
 //!   them before it accepts anything.
 //! - **Operations other than samples** (Hellos, quarantine, presence, cursors, `Exec`) commit to
 //!   the database with the batch, as before; a failure there fails them only: the batch's samples,
-//!   durable in the log, are acked all the same.
+//!   durable in the log, are acked all the same. The uplink's position, saved while a flush is
+//!   open, joins the flush's transaction instead and is answered at once (so forwarding never
+//!   makes a flush finish in one go); until that commits, a crash only forwards again.
 //! - **Per-boot authority.** The writer keeps one `ferry_wire::Acceptor` per `(device, boot)`, so
 //!   samples of a boot are stored once and in order even if two links carry the same device. If a
 //!   commit fails, every touched acceptor is reset to its committed position: nothing rolled back
@@ -508,8 +510,6 @@ struct Batch {
     presence: HashMap<i64, (String, bool)>,
     seen: HashMap<i64, i64>,
     quarantined: u64,
-    forwarded: Option<i64>,
-    live_range: Option<(i64, i64)>,
     /// Newest row per `(device, sensor)` in this batch: `(ts_ms, value, event id)`.
     latest: HashMap<(i64, u8), (i64, f32, i64)>,
     /// Rows stored per device in this batch.
@@ -532,6 +532,16 @@ struct Batch {
     held: Vec<Held>,
 }
 
+/// The uplink's position as saved, waiting for the next database commit (a batch's or a
+/// flush's, whichever comes first); kept if that commit fails, for the one after.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct PendingCursor {
+    /// Forwarded through this id (`forward_cursor` `uplink`).
+    forwarded: Option<i64>,
+    /// `(live_from, live]`, forwarded too.
+    live_range: Option<(i64, i64)>,
+}
+
 /// The writer thread's state; its methods live in the submodules by what they do.
 struct Writer {
     conn: Connection,
@@ -543,6 +553,10 @@ struct Writer {
     refuse_until: Option<Instant>,
     refusing_for_cap: bool,
     forward_cursor: i64,
+    /// A saved position not yet in the database.
+    cursor: PendingCursor,
+    /// The position the transaction being committed holds.
+    written_cursor: PendingCursor,
     quarantine_rows: u64,
     last_maintenance: Instant,
     last_loss_log: Option<Instant>,
@@ -621,6 +635,8 @@ impl Writer {
             refuse_until: None,
             refusing_for_cap: false,
             forward_cursor: 0,
+            cursor: PendingCursor::default(),
+            written_cursor: PendingCursor::default(),
             quarantine_rows: 0,
             last_maintenance: Instant::now(),
             last_loss_log: None,
