@@ -24,6 +24,12 @@ command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/
 # Dashboard test: a real headless Chromium driven over WebDriver (tests/src/browser.rs).
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# Gateway builds: Debian's cross compilers (and their C libraries) for arm64 and armhf, qemu-user
+# to run those agents (tests/tests/arm.rs), systemd-analyze to verify the units (package.rs).
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v arm-linux-gnueabihf-gcc >/dev/null || need+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -33,7 +39,8 @@ fi
 qemu-system-arm --version | head -1
 
 step "Rust targets"
-rustup target add thumbv7m-none-eabi thumbv7em-none-eabihf thumbv6m-none-eabi
+rustup target add thumbv7m-none-eabi thumbv7em-none-eabihf thumbv6m-none-eabi \
+  aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 
 step "Formatting and lints"
 cargo fmt --all --check
@@ -64,6 +71,9 @@ size firmware/boards/lm3s6965/target/thumbv7m-none-eabi/release/ferry-board-lm3s
     cargo build --locked --release -q)
 size firmware/boards/microbit/target/thumbv6m-none-eabi/release/ferry-board-microbit \
   firmware/boards/microbit/target/thumbv6m-none-eabi/release/ferry-bootloader-microbit
+
+step "Debian packages ferry and ferry-bridge for amd64, arm64, armhf (target/debian/)"
+bash tests/package.sh
 
 step "Tests (including those that need the tools above)"
 cargo test --locked --workspace -- --include-ignored

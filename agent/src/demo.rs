@@ -52,10 +52,26 @@ pub struct DemoOptions {
     pub devices: usize,
     /// Samples per second per device (over 3 channels).
     pub rate: f64,
-    /// How long devices generate.
-    pub duration: Duration,
-    /// Keep the store and the bridge's sink here instead of a temporary directory.
-    pub keep: Option<PathBuf>,
+    /// How long devices generate (`None`: until `shutdown`, i.e. Ctrl-C).
+    pub duration: Option<Duration>,
+    /// The demo's directory (store, bridged events, log): see [`demo_dir`].
+    pub dir: PathBuf,
+    /// Delete `dir` at the end when every check passed (a temporary directory).
+    pub temporary: bool,
+    /// Where the log goes (shown in the intro), if to a file.
+    pub log_file: Option<PathBuf>,
+}
+
+/// The demo's directory: `keep`, or a new one under the system's temporary directory (then
+/// `true`: deleted at the end unless a check failed).
+pub fn demo_dir(keep: Option<PathBuf>) -> (PathBuf, bool) {
+    match keep {
+        Some(d) => (d, false),
+        None => (
+            std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())),
+            true,
+        ),
+    }
 }
 
 /// What the demo measured and checked.
@@ -249,15 +265,9 @@ fn read_sink(path: &Path) -> anyhow::Result<Vec<Result<SinkLine, String>>> {
         .collect())
 }
 
-/// Runs the demo until its duration ends or `shutdown` fires.
+/// Runs the demo until its duration ends or `shutdown` fires (Ctrl-C), then drains and checks.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<DemoOutcome> {
-    let (dir, temp) = match &opts.keep {
-        Some(d) => (d.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())),
-            true,
-        ),
-    };
+    let (dir, temp) = (opts.dir.clone(), opts.temporary);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = dir.join("ferry.db");
     let sink = dir.join("bridged.jsonl");
@@ -322,23 +332,22 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         transport: Transport::Tcp(addr),
         sensors: 3,
         interval_ms: (1000.0 / per_channel).round().max(1.0) as u32,
-        duration: Some(opts.duration),
+        duration: opts.duration,
         id_prefix: "demo-".into(),
         ..SimConfig::default()
     };
-    println!(
-        "ferry demo: {} simulated devices -> agent on {addr} -> {} -> MQTT broker on {broker_addr} \
-         -> ferry-bridge -> {} ({} samples/s offered)",
-        opts.devices,
-        db.display(),
-        sink.display(),
-        (opts.devices as f64 * 3.0 * 1000.0 / f64::from(sim_cfg.interval_ms)).round()
+    print!(
+        "{}",
+        intro(&Intro {
+            devices: opts.devices,
+            offered: (opts.devices as f64 * 3.0 * 1000.0 / f64::from(sim_cfg.interval_ms)).round(),
+            duration: opts.duration,
+            api: agent.api_addr,
+            db: &db,
+            sink: &sink,
+            log: opts.log_file.as_deref(),
+        })
     );
-    if let Some(api) = agent.api_addr {
-        println!(
-            "dashboard: http://{api}/   (try: ferry status --api http://{api}, ferry tail --api http://{api})"
-        );
-    }
     println!(
         "{:>5} {:>6} {:>10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>8}",
         "t(s)", "links", "received", "stored", "per s", "acks", "forwarded", "bridged", "per s"
@@ -371,17 +380,28 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let sim = tokio::spawn(ferry_sim::run(sim_cfg, shutdown.clone()));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    while !sim.is_finished() {
+    while !sim.is_finished() && !bridge_task.is_finished() {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => {}
-        }
-        row(&mut counter);
-        if bridge_task.is_finished() {
-            break;
-        }
+            _ = tick.tick() => row(&mut counter),
+            // Ctrl-C: the devices stop on the same token.
+            _ = shutdown.cancelled() => break,
+        };
     }
     let report = sim.await.context("simulator task")?;
+    if shutdown.is_cancelled() {
+        println!("stopping: devices stopped; waiting for forwarding to drain, then checking");
+    }
+    // Devices stopped at once may leave samples in flight: once their links closed, everything
+    // received is committed, so the drain below waits for all of it.
+    let closing = Instant::now() + Duration::from_secs(5);
+    while metrics.links_open.load(Relaxed) > 0 && Instant::now() < closing {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent
+        .store
+        .sync()
+        .await
+        .context("committing what the devices sent")?;
 
     // Drain: everything stored is forwarded and landed (bounded).
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -390,13 +410,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         if uplink.events_acked.load(Relaxed) >= committed && counter.poll() >= committed {
             break true;
         }
-        if Instant::now() >= deadline || shutdown.is_cancelled() || bridge_task.is_finished() {
+        // Ctrl-C is how a demo ends: it drains all the same (a second Ctrl-C exits at once).
+        if Instant::now() >= deadline || bridge_task.is_finished() {
             break false;
         }
-        tokio::select! {
-            _ = tick.tick() => { row(&mut counter); }
-            _ = shutdown.cancelled() => {}
-        }
+        tick.tick().await;
+        row(&mut counter);
     };
     if !drained {
         println!("forwarding did not drain within {DRAIN_TIMEOUT:?}; checking what arrived");
@@ -452,16 +471,66 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         "exactly once at the bridge: {}",
         if outcome.ok() { "yes" } else { "NO" }
     );
-    if temp {
+    if temp && outcome.ok() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         println!(
-            "store kept at {}, bridged events at {}",
-            db.display(),
-            sink.display()
+            "kept in {}: the store ferry.db, the bridged events bridged.jsonl, the log ferry-demo.log",
+            dir.display()
         );
     }
     Ok(outcome)
+}
+
+/// What the demo's first lines say.
+struct Intro<'a> {
+    devices: usize,
+    offered: f64,
+    duration: Option<Duration>,
+    api: Option<std::net::SocketAddr>,
+    db: &'a Path,
+    sink: &'a Path,
+    log: Option<&'a Path>,
+}
+
+/// The demo's first lines: the pipeline, the dashboard URL, CLI commands to try, where things are,
+/// and how it ends.
+fn intro(i: &Intro<'_>) -> String {
+    let mut s = format!(
+        "ferry demo: {} simulated devices ({} samples/s) -> agent (SQLite) -> MQTT broker -> ferry-bridge\n",
+        i.devices, i.offered
+    );
+    if let Some(api) = i.api {
+        // The CLI finds the agent on its default address; elsewhere it needs --api.
+        let flag = if api.to_string() == DEMO_API {
+            String::new()
+        } else {
+            format!(" --api http://{api}")
+        };
+        s.push_str(&format!("\n  dashboard  http://{api}/\n"));
+        s.push_str(&format!(
+            "  try        ferry status{flag}\n             ferry devices{flag}\n             ferry latest demo-0000{flag}\n             ferry tail --count 10{flag}\n             ferry query series --device demo-0000 --sensor temperature --since -5m --bucket 10s{flag}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "  files      store {}, bridged events {}\n",
+        i.db.display(),
+        i.sink.display()
+    ));
+    if let Some(log) = i.log {
+        s.push_str(&format!(
+            "  log        {} (--verbose: on the terminal)\n",
+            log.display()
+        ));
+    }
+    s.push_str(&match i.duration {
+        None => "\nRunning until Ctrl-C; then it drains forwarding and checks exactly-once.\n\n".to_owned(),
+        Some(d) => format!(
+            "\nRunning for {:.0} s (Ctrl-C ends it sooner); then it drains forwarding and checks exactly-once.\n\n",
+            d.as_secs_f64()
+        ),
+    });
+    s
 }
 
 #[cfg(test)]

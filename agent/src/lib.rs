@@ -21,6 +21,7 @@ pub mod demo;
 pub mod firmware;
 pub mod ingest;
 pub mod metrics;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod time;
@@ -55,6 +56,7 @@ pub struct Agent {
     /// Where the local API is bound.
     pub api_addr: Option<SocketAddr>,
     api: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    liveness: service::Liveness,
     /// Shared counters.
     pub metrics: Arc<Metrics>,
     /// The store writer.
@@ -156,6 +158,7 @@ impl Agent {
             firmware: firmware.clone(),
         };
         let mut tcp_addr = None;
+        let mut loops = Vec::new();
         if let Some(addr) = settings.devices.tcp_listen {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("binding the device listener devices.tcp_listen = {addr}")
@@ -163,12 +166,15 @@ impl Agent {
             let bound = listener.local_addr()?;
             tcp_addr = Some(bound);
             tracing::info!(addr = %bound, "Listening for devices over TCP.");
+            let beat = service::Beat::default();
+            loops.push(("the device listener (TCP)", beat.clone()));
             tracker.spawn(ingest::tcp::run(
                 listener,
                 ctx.clone(),
                 settings.devices.max_connections,
                 tracker.clone(),
                 intake.clone(),
+                beat,
             ));
         }
         if !settings.devices.serial.is_empty() {
@@ -179,12 +185,15 @@ impl Agent {
                 .map(|s| s.pattern.as_str())
                 .collect();
             tracing::info!(?patterns, "Watching serial ports.");
+            let beat = service::Beat::default();
+            loops.push(("the serial port scanner", beat.clone()));
             tracker.spawn(ingest::serial::run(
                 settings.devices.serial.clone(),
                 settings.devices.rescan_interval,
                 ctx,
                 tracker.clone(),
                 intake.clone(),
+                beat,
             ));
         }
         let uplink_stats = Arc::new(crate::uplink::UplinkStats::default());
@@ -268,6 +277,10 @@ impl Agent {
             }
         };
         Ok(Agent {
+            liveness: service::Liveness {
+                store: store.clone(),
+                loops,
+            },
             api,
             api_addr,
             tcp_addr,
@@ -287,8 +300,14 @@ impl Agent {
         })
     }
 
+    /// What the systemd watchdog watches ([`service::run_watchdog`]).
+    pub fn liveness(&self) -> service::Liveness {
+        self.liveness.clone()
+    }
+
     /// Stops intake, lets the writer commit and checkpoint, and returns.
     pub async fn stop(self) -> anyhow::Result<()> {
+        service::notify_stopping();
         let m = &self.metrics;
         let g = Metrics::get;
         tracing::info!(
@@ -331,6 +350,8 @@ impl Agent {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.commands_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.firmware_task).await;
         drop(self.commands);
+        // Every handle to the writer goes: it stops when its queue closes.
+        drop(self.liveness);
         drop(self.store);
         let writer = self.writer;
         tokio::time::timeout(

@@ -134,12 +134,15 @@ enum Cmd {
         /// Samples per second per device.
         #[arg(long, default_value_t = 30.0)]
         rate: f64,
-        /// Seconds of data generation.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Keep the store and the bridged events (bridged.jsonl) in this directory.
+        /// Seconds of data generation [default: until Ctrl-C].
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Keep the store, the bridged events (bridged.jsonl) and the log in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Logs on the terminal instead of ferry-demo.log in the demo's directory.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -261,12 +264,26 @@ struct Range {
     until: Option<String>,
 }
 
-fn init_logs(filter: &str) {
+/// Logs to `file` (plain text) instead of stderr (`ferry demo`).
+#[cfg(feature = "demo")]
+fn init_logs_to(filter: &str, file: std::fs::File) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::sync::Arc::new(file))
+        .with_ansi(false)
+        .init();
+}
+
+fn init_logs(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    // Colour only on a terminal: the journal and log files get plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -280,7 +297,9 @@ fn load(config: &std::path::Path) -> Result<Settings, ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log);
+    if !matches!(cli.cmd, Cmd::Demo { verbose: false, .. }) {
+        init_logs(&cli.log);
+    }
     match cli.cmd {
         Cmd::Run { config } => {
             let settings = match load(&config) {
@@ -296,7 +315,21 @@ async fn main() -> ExitCode {
                 }
             };
             tracing::info!(gateway = %settings.gateway_id, store = %settings.store.path.display(), "Agent running.");
-            match agent.run_until(token).await {
+            // Under systemd (Type=notify): ready now that the store is open and the listeners
+            // are bound; the watchdog pings only while the writer and ingest make progress.
+            ferry_agent::service::notify_ready();
+            let watchdog = ferry_agent::service::watchdog_interval().map(|every| {
+                tokio::spawn(ferry_agent::service::run_watchdog(
+                    every,
+                    agent.liveness(),
+                    token.clone(),
+                ))
+            });
+            let stopped = agent.run_until(token).await;
+            if let Some(w) = watchdog {
+                w.abort();
+            }
+            match stopped {
                 Ok(()) => {
                     tracing::info!("Agent stopped cleanly.");
                     ExitCode::SUCCESS
@@ -465,26 +498,69 @@ async fn main() -> ExitCode {
             rate,
             duration,
             keep,
+            verbose,
         } => {
-            if devices == 0 || rate.is_nan() || rate <= 0.0 || duration.is_nan() || duration <= 0.0
+            if devices == 0
+                || rate.is_nan()
+                || rate <= 0.0
+                || duration.is_some_and(|d| d.is_nan() || d <= 0.0 || d > 1e9)
             {
-                eprintln!("ferry: demo needs --devices >= 1, --rate > 0 and --duration > 0");
+                eprintln!(
+                    "ferry: demo needs --devices >= 1, --rate > 0 and --duration > 0 (seconds)"
+                );
                 return ExitCode::from(2);
             }
-            demo(devices, rate, Duration::from_secs_f64(duration), keep).await
+            let opts = DemoArgs {
+                devices,
+                rate,
+                duration: duration.map(Duration::from_secs_f64),
+                keep,
+                verbose,
+                log: cli.log,
+            };
+            demo(opts).await
         }
     }
 }
 
-/// `ferry demo`: simulated devices, the in-process broker and bridge (the `demo` feature).
+/// `ferry demo`'s command line.
+struct DemoArgs {
+    devices: usize,
+    rate: f64,
+    duration: Option<Duration>,
+    keep: Option<PathBuf>,
+    verbose: bool,
+    log: String,
+}
+
+/// `ferry demo`: simulated devices, the in-process broker and bridge (the `demo` feature). Logs
+/// go to `ferry-demo.log` in its directory unless `--verbose`, so the table stays readable.
 #[cfg(feature = "demo")]
-async fn demo(devices: usize, rate: f64, duration: Duration, keep: Option<PathBuf>) -> ExitCode {
+async fn demo(a: DemoArgs) -> ExitCode {
+    let (dir, temporary) = ferry_agent::demo::demo_dir(a.keep);
+    let mut log_file = None;
+    if !a.verbose {
+        let path = dir.join("ferry-demo.log");
+        let file = std::fs::create_dir_all(&dir).and_then(|()| std::fs::File::create(&path));
+        match file {
+            Ok(f) => {
+                init_logs_to(&a.log, f);
+                log_file = Some(path);
+            }
+            Err(e) => {
+                init_logs(&a.log);
+                tracing::warn!(error = %e, path = %path.display(), "Cannot write the demo's log file; logging here.");
+            }
+        }
+    }
     let token = shutdown::on_signals();
     let opts = ferry_agent::demo::DemoOptions {
-        devices,
-        rate,
-        duration,
-        keep,
+        devices: a.devices,
+        rate: a.rate,
+        duration: a.duration,
+        dir,
+        temporary,
+        log_file,
     };
     match ferry_agent::demo::run(opts, token).await {
         Ok(outcome) if outcome.ok() => ExitCode::SUCCESS,
@@ -498,7 +574,9 @@ async fn demo(devices: usize, rate: f64, duration: Duration, keep: Option<PathBu
 
 /// A gateway build (`--no-default-features`) carries no simulator, broker or bridge.
 #[cfg(not(feature = "demo"))]
-async fn demo(_: usize, _: f64, _: Duration, _: Option<PathBuf>) -> ExitCode {
+async fn demo(a: DemoArgs) -> ExitCode {
+    init_logs(&a.log);
+    let _ = (a.devices, a.rate, a.duration, a.keep, a.verbose);
     eprintln!(
         "ferry: this build has no demo: it was built without the `demo` feature \
          (cargo build --release -p ferry-agent builds it with the demo)"

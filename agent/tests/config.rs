@@ -17,6 +17,32 @@ fn example_config_loads_with_documented_defaults() {
 }
 
 #[test]
+fn the_packaged_config_is_the_example_with_the_store_under_var_lib_ferry() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(dir.join("ferry.example.toml")).unwrap();
+    let packaged = std::fs::read_to_string(dir.join("debian/ferry.toml")).unwrap();
+    let differ: Vec<(&str, &str)> = example
+        .lines()
+        .zip(packaged.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(example.lines().count(), packaged.lines().count());
+    assert_eq!(
+        differ,
+        [
+            (
+                "# Validate with:  ferry config check agent/ferry.example.toml",
+                "# Validate with:  ferry config check /etc/ferry/ferry.toml   (then: systemctl restart ferry)"
+            ),
+            ("path = \"ferry.db\"", "path = \"/var/lib/ferry/ferry.db\""),
+        ],
+        "agent/debian/ferry.toml must follow agent/ferry.example.toml"
+    );
+    let s = Settings::load(&dir.join("debian/ferry.toml")).expect("the packaged config is valid");
+    assert_eq!(s.store.path, Path::new("/var/lib/ferry/ferry.db"));
+}
+
+#[test]
 fn config_check_cli_names_file_and_key() {
     let dir = crate::common::TempDir::new("cfg");
     let bad = dir.path().join("bad.toml");

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bridge;
 pub mod broker;
 pub mod browser;
+pub mod debs;
 pub mod link;
 pub mod microbit;
 pub mod mosquitto;
@@ -16,6 +17,7 @@ pub mod peer;
 pub mod poll;
 pub mod postgres;
 pub mod qemu;
+pub mod service;
 pub mod tmpfs;
 
 pub use poll::{poll_until, poll_until_blocking, try_poll_until, try_poll_until_blocking};

@@ -30,15 +30,19 @@ pub async fn run(
     ctx: LinkCtx,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    beat: crate::service::Beat,
 ) {
     let mut open: HashSet<PathBuf> = HashSet::new();
     let mut failed: HashSet<PathBuf> = HashSet::new();
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut tick = tokio::time::interval(rescan);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wake = tokio::time::interval(crate::service::BEAT_EVERY);
     loop {
+        beat.beat();
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = wake.tick() => continue,
             Some(p) = closed_rx.recv() => {
                 open.remove(&p);
                 continue;

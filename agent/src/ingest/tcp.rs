@@ -18,11 +18,15 @@ pub async fn run(
     max: usize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    beat: crate::service::Beat,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let mut wake = tokio::time::interval(crate::service::BEAT_EVERY);
     loop {
+        beat.beat();
         let (sock, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = wake.tick() => continue,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {

@@ -257,6 +257,7 @@ fn check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let from = version;
     while version < schema::LATEST {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(schema::MIGRATIONS[version as usize])
@@ -265,7 +266,13 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", version)?;
         tx.pragma_update(None, "application_id", schema::APPLICATION_ID)?;
         tx.commit().map_err(StoreError::from_write)?;
-        tracing::info!(path = %path.display(), version, "Store schema migrated.");
+        tracing::debug!(path = %path.display(), version, "Store schema migration step done.");
+    }
+    // One line, not one per step: a fresh store is created, an older one upgraded.
+    if from == 0 && version > 0 {
+        tracing::info!(path = %path.display(), version, "New store created.");
+    } else if from < version {
+        tracing::info!(path = %path.display(), from, to = version, "Store schema upgraded.");
     }
     Ok(())
 }

@@ -32,52 +32,69 @@ enum Method {
 }
 
 /// Ferry's cloud-side ingest: MQTT 5 shared subscription -> PostgreSQL, acked after commit.
+/// Every option can also be set in the environment (`FERRY_BRIDGE_<OPTION>`, shown in `--help`);
+/// the packaged service reads them from /etc/ferry/ferry-bridge.env.
 #[derive(Debug, Parser)]
 #[command(name = "ferry-bridge", version)]
 struct Args {
     /// Broker address.
-    #[arg(long, default_value = "127.0.0.1:1883", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "FERRY_BRIDGE_BROKER",
+        default_value = "127.0.0.1:1883",
+        value_name = "HOST:PORT"
+    )]
     broker: String,
     /// Stable MQTT client id; the broker keeps this id's session across restarts. Give each
     /// replica its own.
-    #[arg(long, default_value = "ferry-bridge-1")]
+    #[arg(long, env = "FERRY_BRIDGE_CLIENT_ID", default_value = "ferry-bridge-1")]
     client_id: String,
     /// PostgreSQL connection: a URL (postgresql://user@host:port/db) or key=value pairs.
     /// Required with --sink postgres.
     #[arg(long, env = "FERRY_BRIDGE_DATABASE", hide_env_values = true)]
     database: Option<String>,
     /// Where events go.
-    #[arg(long, value_enum, default_value_t = SinkKind::Postgres)]
+    #[arg(long, env = "FERRY_BRIDGE_SINK", value_enum, default_value_t = SinkKind::Postgres)]
     sink: SinkKind,
     /// Commit once this many events are in hand.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, env = "FERRY_BRIDGE_BATCH_EVENTS", default_value_t = 20_000)]
     batch_events: usize,
     /// Commit at the latest this many milliseconds after a batch's first message.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "FERRY_BRIDGE_BATCH_MS", default_value_t = 50)]
     batch_ms: u64,
     /// Database connections committing batches in parallel.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "FERRY_BRIDGE_WRITERS", default_value_t = 2)]
     writers: usize,
     /// Most unacked messages the broker may send at once (MQTT receive maximum).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, env = "FERRY_BRIDGE_RECEIVE_MAXIMUM", default_value_t = 2_000)]
     receive_maximum: u16,
     /// Seconds the broker keeps this client's session (and queued messages) while it is away.
-    #[arg(long, default_value_t = 3_600)]
+    #[arg(long, env = "FERRY_BRIDGE_SESSION_EXPIRY", default_value_t = 3_600)]
     session_expiry: u32,
     /// Address for /metrics and /healthz.
-    #[arg(long, default_value = "127.0.0.1:9187")]
+    #[arg(long, env = "FERRY_BRIDGE_LISTEN", default_value = "127.0.0.1:9187")]
     listen: String,
     /// CA certificate (PEM) to verify the broker: enables TLS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "FERRY_BRIDGE_TLS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; needs --tls-key and --tls-ca.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "FERRY_BRIDGE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS; needs --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "FERRY_BRIDGE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// MQTT username.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_BRIDGE_USERNAME")]
     username: Option<String>,
     /// MQTT password (better: the FERRY_BRIDGE_PASSWORD environment variable).
     #[arg(long, env = "FERRY_BRIDGE_PASSWORD", hide_env_values = true)]
@@ -86,7 +103,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Method::Unnest, hide = true)]
     insert_method: Method,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides.
-    #[arg(long, default_value = "info")]
+    #[arg(long, env = "FERRY_BRIDGE_LOG", default_value = "info")]
     log: String,
 }
 
@@ -209,9 +226,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Colour only on a terminal: the journal and log files get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = match args.settings() {
         Ok(s) => s,
@@ -237,7 +256,14 @@ fn run(settings: BridgeSettings) -> anyhow::Result<()> {
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(on_signal(shutdown.clone()));
-        let result = bridge::run(settings, shutdown).await;
+        // Under systemd (Type=notify): ready once /metrics is bound and the sink is open.
+        let result = bridge::run_with(settings, shutdown, || {
+            if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(error = %e, "Could not tell systemd the bridge is ready.");
+            }
+        })
+        .await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         signals.abort();
         result.context("bridge")
     })

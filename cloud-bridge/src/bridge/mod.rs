@@ -155,6 +155,16 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
 /// Runs the bridge until `shutdown` is cancelled (then drains, acks and disconnects) or the
 /// sink fails for good.
 pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), BridgeError> {
+    run_with(s, shutdown, || {}).await
+}
+
+/// [`run`], calling `ready` once the sink is open, `/metrics` is bound and the MQTT connection is
+/// started (`ferry-bridge` tells systemd then).
+pub async fn run_with(
+    s: BridgeSettings,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(),
+) -> Result<(), BridgeError> {
     let metrics = Arc::new(Metrics::default());
     let jsonl_file = match &s.sink {
         SinkSettings::JsonlFile(path) => Some(
@@ -217,6 +227,7 @@ pub async fn run(s: BridgeSettings, shutdown: CancellationToken) -> Result<(), B
         metrics.clone(),
         stop.clone(),
     ));
+    ready();
     let result = writer::Writer {
         sinks,
         policy: s.batch,

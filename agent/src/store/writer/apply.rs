@@ -119,6 +119,9 @@ impl Writer {
                     self.fail(StoreError::from_write(e));
                 }
             }
+            Op::Probe(reply) => {
+                let _ = reply.send(());
+            }
             Op::Sync(reply) => {
                 // Everything before it is committed and in the database when it is answered.
                 self.touch();

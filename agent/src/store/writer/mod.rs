@@ -315,6 +315,9 @@ pub enum Op {
     },
     /// Commit now and answer (tests, CLI, shutdown).
     Sync(oneshot::Sender<Result<(), StoreError>>),
+    /// Answered as soon as the writer takes it, without touching the database: proves the writer
+    /// takes operations (the systemd watchdog, [`crate::service`]).
+    Probe(oneshot::Sender<()>),
 }
 
 /// Cheap, cloneable handle to the writer.
@@ -375,6 +378,16 @@ impl StoreHandle {
         })
         .await?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Whether the writer takes an operation and answers it within `within` (see [`Op::Probe`]).
+    pub async fn probe(&self, within: Duration) -> bool {
+        let (reply, answered) = oneshot::channel();
+        tokio::time::timeout(within, async {
+            self.tx.send(Op::Probe(reply)).await.is_ok() && answered.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// True while the writer thread accepts operations.
