@@ -377,7 +377,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         last = (committed, bridged);
         (committed, bridged)
     };
-    let sim = tokio::spawn(ferry_sim::run(sim_cfg, shutdown.clone()));
+    // The devices stop on Ctrl-C, or when the bridge failed (nothing more would land).
+    let devices_stop = shutdown.child_token();
+    let sim = tokio::spawn(ferry_sim::run(sim_cfg, devices_stop.clone()));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while !sim.is_finished() && !bridge_task.is_finished() {
@@ -387,6 +389,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             _ = shutdown.cancelled() => break,
         };
     }
+    devices_stop.cancel();
     let report = sim.await.context("simulator task")?;
     if shutdown.is_cancelled() {
         println!("stopping: devices stopped; waiting for forwarding to drain, then checking");

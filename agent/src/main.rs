@@ -196,6 +196,9 @@ enum ConfigCmd {
     Check {
         /// The file.
         file: PathBuf,
+        /// Print only "ok" (the settings hold secrets: the service runs this before each start).
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 
@@ -341,8 +344,12 @@ async fn main() -> ExitCode {
             }
         }
         Cmd::Config {
-            cmd: ConfigCmd::Check { file },
+            cmd: ConfigCmd::Check { file, quiet },
         } => match load(&file) {
+            Ok(_) if quiet => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
             Ok(s) => {
                 println!("{}: ok\n{s:#?}", file.display());
                 ExitCode::SUCCESS

@@ -5,15 +5,18 @@
 //! - **READY=1 once the agent can work.** `ferry run` sends it after [`crate::Agent::start`]
 //!   returned: the store is open (the writer replayed the sample log), and the device listener
 //!   and the local API are bound.
-//! - **WATCHDOG=1 only on progress.** Each round (half of `WATCHDOG_USEC`) pings only if the store
-//!   writer answered a probe in that round (it takes operations: not stuck in a sync, a lock or a
-//!   loop) and every ingest loop woke up within the round (the device accept loop, the serial
-//!   scanner; they wake at least every [`BEAT_EVERY`]). A stuck writer or a starved runtime thus
-//!   stops the pings, and systemd restarts the agent once `WatchdogSec` passes without one.
+//! - **WATCHDOG=1 only on progress.** Every quarter of `WATCHDOG_USEC` the writer is probed (it
+//!   answers if it takes operations: not stuck in a sync, a lock or a loop) and the ingest loops'
+//!   beats are read (the device accept loop, the serial scanner; they wake at least every
+//!   [`BEAT_EVERY`]). A ping goes out on each tick unless the writer has not answered for half the
+//!   interval, or a loop has not beat for half the interval (at least three beats' time). A
+//!   transient stall (a slow sync on an SD card) therefore costs no ping; a writer or loop stuck
+//!   for half the interval stops the pings, and systemd restarts the agent `WatchdogSec` after the
+//!   last one.
 //! - A stall is logged once when pings stop (naming what did not answer) and once when they
 //!   resume.
 //!
-//! The decision is [`Watchdog::round`] (no I/O, unit-tested); [`run_watchdog`] does the probing
+//! The decision is [`Watchdog::tick`] (no I/O, unit-tested); [`run_watchdog`] does the probing
 //! and the sending.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -65,7 +68,7 @@ pub struct Liveness {
     pub loops: Vec<(&'static str, Beat)>,
 }
 
-/// The watchdog's decision for a round.
+/// The watchdog's decision for a tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Round {
     /// Send WATCHDOG=1.
@@ -74,27 +77,49 @@ pub struct Round {
     pub log: Option<String>,
 }
 
-/// The watchdog's state between rounds (see the module header).
-#[derive(Debug, Default)]
+/// The watchdog's state between ticks (see the module header).
+#[derive(Debug)]
 pub struct Watchdog {
+    /// The writer may go this long without answering before pings stop.
+    writer_stall: Duration,
+    /// A loop may go this long without a beat before pings stop.
+    loop_stall: Duration,
+    writer_answered_at: Instant,
     withheld_since: Option<Instant>,
 }
 
 impl Watchdog {
-    /// Decides a round that began at `began` and ends at `now`: whether the writer answered its
-    /// probe, and when each loop last beat.
-    pub fn round(
+    /// A watchdog for systemd's `interval` (`WATCHDOG_USEC`), starting at `now`.
+    pub fn new(interval: Duration, now: Instant) -> Watchdog {
+        Watchdog {
+            writer_stall: interval / 2,
+            loop_stall: (interval / 2).max(3 * BEAT_EVERY),
+            writer_answered_at: now,
+            withheld_since: None,
+        }
+    }
+
+    /// Decides the tick at `now`: whether the writer answered this tick's probe, and when each
+    /// loop last beat.
+    pub fn tick(
         &mut self,
-        began: Instant,
         now: Instant,
         writer_answered: bool,
         loops: &[(&str, Instant)],
     ) -> Round {
+        if writer_answered {
+            self.writer_answered_at = now;
+        }
         let mut stuck: Vec<&str> = Vec::new();
-        if !writer_answered {
+        if now.duration_since(self.writer_answered_at) > self.writer_stall {
             stuck.push("the store writer");
         }
-        stuck.extend(loops.iter().filter(|(_, at)| *at < began).map(|(n, _)| *n));
+        stuck.extend(
+            loops
+                .iter()
+                .filter(|(_, at)| now.saturating_duration_since(*at) > self.loop_stall)
+                .map(|(n, _)| *n),
+        );
         if stuck.is_empty() {
             let log = self.withheld_since.take().map(|t| {
                 format!(
@@ -106,11 +131,12 @@ impl Watchdog {
         }
         let log = self.withheld_since.is_none().then(|| {
             format!(
-                "Watchdog: {} made no progress; no more pings to systemd (it restarts the agent after WatchdogSec without one).",
-                stuck.join(" and ")
+                "Watchdog: {} made no progress for {:.1} s; no more pings to systemd (it restarts the agent after WatchdogSec without one).",
+                stuck.join(" and "),
+                self.writer_stall.as_secs_f64()
             )
         });
-        self.withheld_since.get_or_insert(began);
+        self.withheld_since.get_or_insert(now);
         Round { ping: false, log }
     }
 }
@@ -133,11 +159,11 @@ pub fn watchdog_interval() -> Option<Duration> {
     (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Pings systemd's watchdog every half `interval` while the writer and the ingest loops make
+/// Pings systemd's watchdog every quarter `interval` while the writer and the ingest loops make
 /// progress, until `stop`.
 pub async fn run_watchdog(interval: Duration, live: Liveness, stop: CancellationToken) {
-    let every = interval / 2;
-    let mut dog = Watchdog::default();
+    let every = interval / 4;
+    let mut dog = Watchdog::new(interval, Instant::now());
     tracing::info!(
         interval_s = interval.as_secs_f64(),
         "systemd watchdog on: pings while the store writer and ingest loops make progress."
@@ -146,14 +172,10 @@ pub async fn run_watchdog(interval: Duration, live: Liveness, stop: Cancellation
         let began = Instant::now();
         let answered = tokio::select! {
             _ = stop.cancelled() => return,
-            a = live.store.probe(every / 2) => a,
+            a = live.store.probe(every) => a,
         };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until((began + every).into()) => {}
-        }
         let loops: Vec<(&str, Instant)> = live.loops.iter().map(|(n, b)| (*n, b.last())).collect();
-        let r = dog.round(began, Instant::now(), answered, &loops);
+        let r = dog.tick(Instant::now(), answered, &loops);
         if let Some(line) = &r.log {
             if r.ping {
                 tracing::info!("{line}");
@@ -164,6 +186,10 @@ pub async fn run_watchdog(interval: Duration, live: Liveness, stop: Cancellation
         if r.ping {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until((began + every).into()) => {}
+        }
     }
 }
 
@@ -172,49 +198,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pings_only_when_the_writer_answered_and_every_loop_beat_in_the_round() {
-        let mut dog = Watchdog::default();
-        let t0 = Instant::now();
+    fn a_writer_silent_for_half_the_interval_stops_the_pings_and_a_shorter_stall_does_not() {
         let s = Duration::from_secs(1);
-        let fresh = [("tcp", t0 + s / 2), ("serial", t0 + s / 4)];
-        let r = dog.round(t0, t0 + s, true, &fresh);
+        let t0 = Instant::now();
+        // WatchdogSec=8s: ticks every 2 s, the writer may be silent for 4 s.
+        let mut dog = Watchdog::new(8 * s, t0);
+        let beat = |at: Instant| [("tcp", at)];
         assert_eq!(
-            r,
+            dog.tick(t0 + 2 * s, true, &beat(t0 + 2 * s)),
             Round {
                 ping: true,
                 log: None
             }
         );
-        // The writer did not answer: no ping, one line naming it.
-        let r = dog.round(t0 + s, t0 + 2 * s, false, &[("tcp", t0 + s * 3 / 2)]);
+        // A 4 s stall (two ticks without an answer) still pings.
+        assert!(dog.tick(t0 + 4 * s, false, &beat(t0 + 4 * s)).ping);
+        assert!(dog.tick(t0 + 6 * s, false, &beat(t0 + 6 * s)).ping);
+        // Beyond half the interval: no ping, one line naming the writer.
+        let r = dog.tick(t0 + 8 * s, false, &beat(t0 + 8 * s));
         assert!(!r.ping);
-        assert!(r.log.unwrap().contains("the store writer made no progress"));
-        // Still stuck, and now a loop too: no ping, no second line.
-        let r = dog.round(t0 + 2 * s, t0 + 3 * s, false, &[("tcp", t0 + s)]);
+        assert!(r
+            .log
+            .unwrap()
+            .contains("the store writer made no progress for 4.0 s"));
+        // Still stuck: no ping, no second line.
         assert_eq!(
-            r,
+            dog.tick(t0 + 10 * s, false, &beat(t0 + 10 * s)),
             Round {
                 ping: false,
                 log: None
             }
         );
-        // Everything answers again: a ping, and a line saying how long it lasted.
-        let r = dog.round(t0 + 3 * s, t0 + 4 * s, true, &[("tcp", t0 + s * 7 / 2)]);
+        // It answers again: a ping at once, and a line saying how long the pings stopped.
+        let r = dog.tick(t0 + 12 * s, true, &beat(t0 + 12 * s));
         assert!(r.ping);
-        assert!(r.log.unwrap().contains("after 3.0 s"));
+        assert!(r.log.unwrap().contains("after 4.0 s"));
     }
 
     #[test]
-    fn a_loop_that_did_not_beat_in_the_round_withholds_the_ping() {
-        let mut dog = Watchdog::default();
-        let t0 = Instant::now();
+    fn a_loop_without_a_beat_for_half_the_interval_withholds_the_ping() {
         let s = Duration::from_secs(1);
-        let r = dog.round(t0 + s, t0 + 2 * s, true, &[("devices over TCP", t0)]);
-        assert!(!r.ping);
-        assert_eq!(
-            r.log.as_deref(),
-            Some("Watchdog: devices over TCP made no progress; no more pings to systemd (it restarts the agent after WatchdogSec without one).")
+        let t0 = Instant::now();
+        let mut dog = Watchdog::new(8 * s, t0);
+        // Beats a second apart are never "late", whatever the tick's phase.
+        assert!(
+            dog.tick(t0 + 2 * s, true, &[("devices over TCP", t0 + s)])
+                .ping
         );
+        let r = dog.tick(t0 + 6 * s, true, &[("devices over TCP", t0 + s)]);
+        assert!(!r.ping);
+        assert!(r
+            .log
+            .unwrap()
+            .starts_with("Watchdog: devices over TCP made no progress"));
+    }
+
+    #[test]
+    fn a_short_interval_still_allows_three_beats_of_a_loop() {
+        let s = Duration::from_secs(1);
+        let t0 = Instant::now();
+        // WatchdogSec=2s: half is 1 s, the beat interval; loops get 3 s.
+        let mut dog = Watchdog::new(2 * s, t0);
+        assert!(dog.tick(t0 + 3 * s, true, &[("serial", t0 + s / 2)]).ping);
+        assert!(!dog.tick(t0 + 4 * s, true, &[("serial", t0 + s / 2)]).ping);
     }
 
     #[test]

@@ -72,6 +72,50 @@ fn every_package_holds_its_binary_unit_and_conffile_for_its_architecture() {
     }
 }
 
+/// A package this test installs on the machine: refused if the machine has it already (the
+/// test purges it, data and all); no service started if systemd runs here (`policy-rc.d`);
+/// purged again when the test ends, also when it fails.
+struct ScratchInstall {
+    package: &'static str,
+    policy: bool,
+}
+
+const POLICY_RC: &str = "/usr/sbin/policy-rc.d";
+
+impl ScratchInstall {
+    fn new(package: &'static str) -> ScratchInstall {
+        let status = Command::new("dpkg-query")
+            .args(["-W", "-f", "${db:Status-Status}", package])
+            .output()
+            .unwrap();
+        let state = String::from_utf8_lossy(&status.stdout).into_owned();
+        assert!(
+            state.is_empty() || state == "not-installed" || state == "config-files",
+            "{package} is installed on this machine ({state}): this test installs and purges it, \
+             data included; run it on a scratch machine (CI) or remove {package} first"
+        );
+        let _ = Command::new("dpkg").args(["--purge", package]).output();
+        let policy = Path::new("/run/systemd/system").exists() && !Path::new(POLICY_RC).exists();
+        if policy {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(POLICY_RC, "#!/bin/sh\nexit 101\n").unwrap();
+            std::fs::set_permissions(POLICY_RC, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        ScratchInstall { package, policy }
+    }
+}
+
+impl Drop for ScratchInstall {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg")
+            .args(["--purge", self.package])
+            .output();
+        if self.policy {
+            let _ = std::fs::remove_file(POLICY_RC);
+        }
+    }
+}
+
 /// dpkg takes one caller at a time: the install tests take turns.
 static DPKG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -113,8 +157,7 @@ async fn the_amd64_package_installs_runs_as_a_notify_service_and_purges_cleanly(
     assert!(is_root(), "installing a package needs root");
     let _turn = DPKG.lock().await;
     let deb = debs::deb("ferry", "amd64");
-    // A run that failed half-way may have left it installed.
-    let _ = Command::new("dpkg").args(["--purge", "ferry"]).output();
+    let _scratch = ScratchInstall::new("ferry");
     dpkg(&["--install", deb.to_str().unwrap()]);
 
     let groups = run(Command::new("id").args(["-nG", "ferry"]));
@@ -133,6 +176,17 @@ async fn the_amd64_package_installs_runs_as_a_notify_service_and_purges_cleanly(
     let check =
         run(Command::new("/usr/bin/ferry").args(["config", "check", "/etc/ferry/ferry.toml"]));
     assert!(check.contains("/var/lib/ferry/ferry.db"), "{check}");
+    // What the unit runs before each start prints no settings (they hold secrets) to the journal.
+    let quiet = run(Command::new("/usr/bin/ferry").args([
+        "config",
+        "check",
+        "--quiet",
+        "/etc/ferry/ferry.toml",
+    ]));
+    assert_eq!(quiet.trim(), "/etc/ferry/ferry.toml: ok");
+    let unit = std::fs::read_to_string("/usr/lib/systemd/system/ferry.service").unwrap();
+    assert!(unit.contains("ExecStartPre=/usr/bin/ferry config check --quiet /etc/ferry/ferry.toml"));
+    assert!(Path::new("/usr/lib/modules-load.d/ferry.conf").exists());
 
     // The installed binary with the installed config, as the `ferry` user (the unit's User=);
     // only the listen addresses are moved off the defaults, through the environment.
@@ -201,9 +255,7 @@ fn the_amd64_bridge_package_installs_with_a_private_env_file_and_a_verified_unit
     assert!(is_root(), "installing a package needs root");
     let _turn = DPKG.blocking_lock();
     let deb = debs::deb("ferry-bridge", "amd64");
-    let _ = Command::new("dpkg")
-        .args(["--purge", "ferry-bridge"])
-        .output();
+    let _scratch = ScratchInstall::new("ferry-bridge");
     dpkg(&["--install", deb.to_str().unwrap()]);
     assert_eq!(
         mode(Path::new("/etc/ferry/ferry-bridge.env")),
