@@ -23,6 +23,17 @@ for a in "${@:-amd64 arm64 armhf}"; do
   done
 done
 for t in "${targets[@]}"; do
+  case "$t" in
+    aarch64-*) cc=aarch64-linux-gnu-gcc pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+    armv7-*) cc=arm-linux-gnueabihf-gcc pkgs="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross" ;;
+    *) cc=cc pkgs=gcc ;;
+  esac
+  if ! command -v "$cc" >/dev/null; then
+    echo "tests/package.sh: $t needs the cross compiler $cc: apt-get install $pkgs" \
+      "(tests/run-all.sh installs it), and: rustup target add $t" >&2
+    exit 1
+  fi
+  rustup target list --installed | grep -qx "$t" || rustup target add "$t"
   cargo build --locked --release -q --target "$t" -p ferry-agent --no-default-features --bin ferry
   cargo build --locked --release -q --target "$t" -p ferry-cloud-bridge --bin ferry-bridge
   cargo deb --locked --no-build --strip --target "$t" -p ferry-agent -o "$out"

@@ -45,12 +45,14 @@ const MAX_TS_ERROR_MS: i64 = 1000;
 
 /// The agent binary with the pty as its serial source (no TCP listener); waits until the agent
 /// has opened the port, so the guest's first bytes have a reader.
+/// The agent on the QEMU device's pty. Its tail goes to the database every second (not every
+/// 30 s): the drain check below reads the database file, which lags the tail by that much.
 async fn start_agent(dir: &Path, pty: &Path, broker: u16) -> AgentProc {
     let mut agent = AgentProc::new(
         dir,
         &format!(
                 "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"{GATEWAY}\"\n\
-                 [store]\npath = {:?}\n\
+                 [store]\npath = {:?}\ntail_flush_after = \"1s\"\n\
                  [devices]\ntcp_listen = \"\"\nrescan_interval = \"100ms\"\n\
                  [[devices.serial]]\npath = {:?}\n\
                  [uplink]\nbroker = \"127.0.0.1:{broker}\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
