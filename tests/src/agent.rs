@@ -38,10 +38,13 @@ impl AgentProc {
         self.tcp
     }
 
-    /// Starts `ferry run` (log level info) and, with a TCP listener, waits (≤ 15 s) until it
-    /// accepts device connections.
+    /// Starts `ferry run` (log level info) and, with a TCP listener, waits (≤ 15 s) until this
+    /// run has logged binding it and the port accepts. The log line, not the port alone: a port
+    /// chosen free may be taken by another test's listener in between, and a connect would then
+    /// succeed while this agent exits with "address in use".
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "agent already running");
+        let from = self.log.lock().expect("log lock").len();
         let mut child = tokio::process::Command::new(&self.bin)
             .args(["--log", "info", "run", "--config"])
             .arg(&self.config)
@@ -64,13 +67,24 @@ impl AgentProc {
         });
         self.child = Some(child);
         let Some(tcp) = self.tcp else { return };
-        let child = self.child.as_mut().expect("started");
+        let (log, child) = (&self.log, self.child.as_mut().expect("started"));
+        let bound = format!("addr={tcp}");
         let listening = try_poll_until(
             Duration::from_secs(15),
             format!("the agent to accept devices on {tcp}"),
-            async || match child.try_wait() {
-                Ok(Some(status)) => Ok(Err(status)),
-                _ => tokio::net::TcpStream::connect(tcp).await.map(|_| Ok(())),
+            async || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Ok(Err(status));
+                }
+                let logged = log.lock().expect("log lock")[from..]
+                    .lines()
+                    .any(|l| l.contains("Listening for devices over TCP.") && l.contains(&bound));
+                if !logged {
+                    return Err(std::io::Error::other(
+                        "no \"Listening for devices\" line yet",
+                    ));
+                }
+                tokio::net::TcpStream::connect(tcp).await.map(|_| Ok(()))
             },
         )
         .await;
@@ -144,6 +158,20 @@ impl AgentProc {
             assert!(
                 status.success(),
                 "agent exit status {status}; log:\n{}",
+                self.log()
+            );
+        }
+    }
+}
+
+/// A test that panics while the agent is (or was) running prints the agent's log, so a failure
+/// in CI says what the agent saw and did.
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- ferry log ({}) ---\n{}--- end of ferry log ---",
+                self.config.display(),
                 self.log()
             );
         }

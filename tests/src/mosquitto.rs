@@ -173,7 +173,10 @@ impl Mosquitto {
         poll_until_blocking(Duration::from_secs(10), what, || self.spawn());
     }
 
+    /// Starts the process and waits until this run has logged "running" (all listeners bound)
+    /// and the port accepts: the port alone may be another test's listener that took it.
     fn spawn(&mut self) -> Result<(), String> {
+        let from = self.log().len();
         let mut child = Command::new(&self.bin)
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
@@ -188,6 +191,9 @@ impl Mosquitto {
             format_args!("mosquitto to listen on {addr}"),
             || match child.try_wait() {
                 Ok(Some(status)) => Ok(Err(format!("mosquitto exited ({status})"))),
+                _ if !self.log().get(from..).unwrap_or("").contains(" running") => {
+                    Err(std::io::Error::other("no \"running\" line in its log yet"))
+                }
                 _ => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(Ok),
             },
         );
@@ -199,6 +205,17 @@ impl Mosquitto {
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "--- mosquitto log on port {} (last {} lines) ---\n{}\n--- end of mosquitto log ---",
+                self.port,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
