@@ -108,7 +108,7 @@ impl Agent {
     pub async fn start(settings: &Settings) -> anyhow::Result<Agent> {
         // Bound first: a busy port fails the start before anything runs.
         let api_listener = match &settings.api {
-            Some(a) => Some((api::bind(a.listen).await?, a.token.clone())),
+            Some(a) => Some((api::bind(a.listen).await?, a.token.clone(), a.tls.clone())),
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
@@ -138,6 +138,15 @@ impl Agent {
         .await
         .context("loading pending commands")?;
         let (results_tx, results_rx) = tokio::sync::mpsc::channel(64);
+        // Replayed events go out through the same queue as firmware results.
+        let replays = settings.uplink.as_ref().map(|u| {
+            uplink::replay::Replays::new(
+                settings.store.path.clone(),
+                store.clone(),
+                results_tx.clone(),
+                u,
+            )
+        });
         let (firmware, firmware_task) = firmware::spawn(
             store::open_reader(&settings.store.path)
                 .context("opening a read connection for firmware updates")?,
@@ -252,7 +261,7 @@ impl Agent {
                 tracing::info!("The local API is off ([api] listen = \"\").");
                 (None, None)
             }
-            Some((listener, token)) => {
+            Some((listener, token, tls)) => {
                 let bound = listener.local_addr()?;
                 let stop = CancellationToken::new();
                 let state = api::ApiState::new(
@@ -263,6 +272,7 @@ impl Agent {
                         forwarding_on: settings.uplink.is_some(),
                         commands: commands.clone(),
                         firmware: firmware.clone(),
+                        replays: replays.clone(),
                         gateway: settings.gateway_id.clone(),
                         store_settings: settings.store.clone(),
                         token: token.clone(),
@@ -270,9 +280,16 @@ impl Agent {
                     stop.clone(),
                 )
                 .context("opening read connections for the local API")?;
-                tracing::info!(addr = %bound, auth = token.is_some(), "Serving the local API and dashboard on http://{bound}/");
-                let task =
-                    api::spawn(listener, state, stop.clone()).context("starting the local API")?;
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                if tls.is_none() && !bound.ip().is_loopback() {
+                    tracing::warn!(
+                        addr = %bound,
+                        "The local API is reachable from the network without TLS: its bearer token and data cross the network in clear. Set [api] tls_cert and tls_key."
+                    );
+                }
+                tracing::info!(addr = %bound, auth = token.is_some(), tls = tls.is_some(), "Serving the local API and dashboard on {scheme}://{bound}/");
+                let task = api::spawn(listener, state, tls, stop.clone())
+                    .context("starting the local API")?;
                 (Some((stop, task)), Some(bound))
             }
         };

@@ -101,6 +101,34 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Send the stored events of a time range to the cloud again (for a cloud that lost data;
+    /// the cloud deduplicates what it has). Shows progress until the broker acked every event.
+    /// Exit 0 when done, 1 when it failed.
+    Replay {
+        /// Start, inclusive (device time): RFC 3339, Unix ms, `now`, or relative (-15m, -1h, -7d).
+        #[arg(
+            long,
+            value_name = "TIME",
+            allow_hyphen_values = true,
+            required_unless_present = "status"
+        )]
+        since: Option<String>,
+        /// End, exclusive (same forms) [default: now].
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        until: Option<String>,
+        /// Only this device [default: every device].
+        #[arg(long)]
+        device: Option<String>,
+        /// Start it and return at once (follow it with --status ID).
+        #[arg(long)]
+        detach: bool,
+        /// Show replay ID (or the recent ones with --status alone) instead of starting one.
+        #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "0",
+            conflicts_with_all = ["since", "until", "device", "detach"])]
+        status: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Update the firmware of devices through the agent: uploads the bundle, starts the update,
     /// and shows a progress bar per device until every device ran or failed. Exit 0 when every
     /// device runs the new image, 1 when one failed.
@@ -251,6 +279,10 @@ struct ApiArgs {
     /// Bearer token for the API [default: $FERRY_API_TOKEN]
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// CA certificate(s), PEM, that sign the agent's HTTPS certificate (an https:// --api),
+    /// besides the system's [default: $FERRY_API_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -454,11 +486,38 @@ async fn main() -> ExitCode {
                 )
                 .await
             };
-            match r.await {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(e) => done(Err(e)),
+            verdict(r.await)
+        }
+        Cmd::Replay {
+            since,
+            until,
+            device,
+            detach,
+            status,
+            api,
+        } => {
+            use ferry_agent::cli::replay;
+            let json = matches!(api.format, Format::Json);
+            if let Some(id) = status {
+                let id = (id > 0).then_some(id);
+                let r = async { replay::status(&client(&api)?, id, json, &mut stdout()).await };
+                return done(r.await);
             }
+            let r = async {
+                let c = client(&api)?;
+                let since = since.unwrap_or_default();
+                replay::replay(
+                    &c,
+                    &since,
+                    until.as_deref(),
+                    device,
+                    detach,
+                    json,
+                    &mut stdout(),
+                )
+                .await
+            };
+            verdict(r.await)
         }
         Cmd::Firmware { cmd } => {
             use ferry_agent::cli::firmware as fw;
@@ -593,15 +652,27 @@ async fn demo(a: DemoArgs) -> ExitCode {
 
 /// The client for `--api` / `--token` (else the environment).
 fn client(api: &ApiArgs) -> Result<ApiClient, CliError> {
-    let endpoint = Endpoint::resolve(api.api.as_deref(), api.token.as_deref(), |k| {
-        std::env::var(k).ok()
-    })?;
+    let endpoint = Endpoint::resolve(
+        api.api.as_deref(),
+        api.token.as_deref(),
+        api.ca_file.as_deref(),
+        |k| std::env::var(k).ok(),
+    )?;
     ApiClient::new(endpoint)
 }
 
 /// Buffered stdout: commands flush after each page or sample.
 fn stdout() -> BufWriter<std::io::Stdout> {
     BufWriter::new(std::io::stdout())
+}
+
+/// Exit 0 when the long job succeeded, 1 when it ended in failure, else the error's code.
+fn verdict(r: Result<bool, CliError>) -> ExitCode {
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => done(Err(e)),
+    }
 }
 
 /// Prints a failure (nothing for a closed stdout) and gives its exit code.

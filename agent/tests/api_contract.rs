@@ -44,6 +44,9 @@ async fn openapi_document_covers_every_route_and_real_responses_validate_against
         "GET /api/v1/firmware/updates",
         "GET /api/v1/firmware/updates/{id}",
         "POST /api/v1/firmware/updates/{id}/cancel",
+        "POST /api/v1/replays",
+        "GET /api/v1/replays",
+        "GET /api/v1/replays/{id}",
         "GET /api/v1/latest",
         "GET /api/v1/events",
         "GET /api/v1/series",
@@ -91,6 +94,10 @@ async fn openapi_document_covers_every_route_and_real_responses_validate_against
     validate(&doc, &schema_of("/api/v1/events", "400"), &e, "400");
     let (_, e) = get(&format!("{base}/api/v1/devices/ghost")).await;
     validate(&doc, &schema_of("/api/v1/devices/{id}", "404"), &e, "404");
+    // This agent forwards nowhere: replays are a conflict with its config.
+    let (status, e) = get(&format!("{base}/api/v1/replays")).await;
+    assert_eq!(status, 409, "{e}");
+    validate(&doc, &schema_of("/api/v1/replays", "409"), &e, "409");
     agent.stop().await.unwrap();
 }
 

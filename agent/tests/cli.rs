@@ -65,18 +65,19 @@ async fn agent_with_data(tag: &str) -> (TempDir, PathBuf, Agent, String) {
 }
 
 /// The `ferry` binary with a clean environment for the API settings.
-fn ferry_cmd(args: &[&str]) -> tokio::process::Command {
+pub(crate) fn ferry_cmd(args: &[&str]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
     c.args(args)
         .env_remove("FERRY_API_URL")
         .env_remove("FERRY_API_TOKEN")
+        .env_remove("FERRY_API_CA_FILE")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c
 }
 
-async fn run(cmd: &mut tokio::process::Command) -> Output {
+pub(crate) async fn run(cmd: &mut tokio::process::Command) -> Output {
     tokio::time::timeout(RUN_LIMIT, cmd.output())
         .await
         .expect("ferry finishes in time")

@@ -4,6 +4,7 @@ mod ack_budget;
 mod api;
 mod api_contract;
 mod api_hostile;
+mod api_tls;
 mod api_values;
 mod cli;
 mod common;
@@ -18,6 +19,9 @@ mod odd_device;
 // on this crate.
 #[path = "../../tests/src/peer.rs"]
 mod peer;
+#[path = "../../tests/src/pki.rs"]
+#[allow(dead_code)]
+mod pki;
 #[path = "../../tests/src/poll.rs"]
 #[allow(dead_code)]
 mod poll;

@@ -32,6 +32,23 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium (window 1280x900); panics with the install
     /// step when either is not installed.
     pub fn start() -> Browser {
+        Browser::start_with(&[])
+    }
+
+    /// [`Browser::start`] trusting the HTTPS certificate whose key is `key_pem` (PEM): its
+    /// SubjectPublicKeyInfo's SHA-256 goes to `--ignore-certificate-errors-spki-list`, so that
+    /// certificate is accepted and any other untrusted one still fails.
+    pub fn start_trusting(key_pem: &str) -> Browser {
+        use base64::Engine;
+        use sha2::Digest;
+        let key = rcgen::KeyPair::from_pem(key_pem).expect("a PEM key");
+        let pin = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(key.public_key_der()));
+        Browser::start_with(&[format!("--ignore-certificate-errors-spki-list={pin}")])
+    }
+
+    /// [`Browser::start`] with more Chromium flags.
+    pub fn start_with(extra: &[String]) -> Browser {
         let chromium = require_tool("chromium", INSTALL);
         let chromedriver = require_tool("chromedriver", INSTALL);
         let profile = tempfile::Builder::new()
@@ -62,19 +79,20 @@ impl Browser {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         // Flags: run as root in a container, and no background traffic (this machine has no
         // internet; Chromium would otherwise keep trying Google's hosts).
-        let args = [
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            "--no-first-run",
-            "--window-size=1280,900",
-            &format!("--user-data-dir={}", profile.path().display()),
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            "--window-size=1280,900".to_owned(),
+            format!("--user-data-dir={}", profile.path().display()),
         ];
+        args.extend(extra.iter().cloned());
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium, "args": args},

@@ -14,6 +14,7 @@ pub mod link;
 pub mod microbit;
 pub mod mosquitto;
 pub mod peer;
+pub mod pki;
 pub mod poll;
 pub mod postgres;
 pub mod qemu;

@@ -1,5 +1,8 @@
 //! A private PostgreSQL cluster for tests: `initdb` into a temp dir, the server on an ephemeral
 //! loopback port (unix socket in the temp dir), one database `ferry`, trust authentication.
+//! Started with [`Postgres::start_tls`], the server has `ssl = on` with the given certificate and
+//! `pg_hba.conf` admits TCP clients over TLS only (`hostssl`); the harness's own connections
+//! ([`Postgres::client`], `createdb`) then use the unix socket.
 //!
 //! Durability settings stay at their defaults (`fsync` on, `synchronous_commit` on): tests of
 //! the bridge's guarantees run against a server that keeps its promises. (Only `initdb` itself
@@ -9,6 +12,7 @@
 //! `nobody` through `setpriv` (which execs, so the child *is* the postmaster) and hands the
 //! temp dir to that user. Dropping the handle stops the server immediately (SIGQUIT) and
 //! removes the dir.
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,11 +28,22 @@ pub struct PostgresOptions {
     pub conf: Vec<String>,
 }
 
+/// The server's certificate and key (PEM), copied into the data directory (PostgreSQL wants
+/// the key owned by its user with mode 0600).
+#[derive(Debug, Clone)]
+pub struct PostgresTls {
+    /// Server certificate (chain).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
 /// A running (or stopped) cluster.
 pub struct Postgres {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    tls: bool,
     run_as: Option<(u32, u32)>,
     child: Option<Child>,
 }
@@ -63,6 +78,16 @@ pub fn postgres_bin_dir() -> Option<PathBuf> {
 impl Postgres {
     /// Starts a cluster; panics with the install step when PostgreSQL is not installed.
     pub fn start(opts: PostgresOptions) -> Postgres {
+        Self::start_inner(opts, None)
+    }
+
+    /// [`start`](Self::start), TLS only: `ssl = on` with `tls`'s certificate, and TCP clients
+    /// admitted over TLS only (`hostssl`).
+    pub fn start_tls(opts: PostgresOptions, tls: PostgresTls) -> Postgres {
+        Self::start_inner(opts, Some(tls))
+    }
+
+    fn start_inner(opts: PostgresOptions, tls: Option<PostgresTls>) -> Postgres {
         let Some(bin) = postgres_bin_dir().filter(|b| b.join("postgres").is_file()) else {
             missing_tool(
                 "initdb",
@@ -103,6 +128,25 @@ impl Postgres {
              max_connections = 50\nlogging_collector = off\n",
             dir.path().display()
         );
+        if let Some(tls) = &tls {
+            for (from, to) in [(&tls.cert, "server.crt"), (&tls.key, "server.key")] {
+                let dest = data.join(to);
+                std::fs::copy(from, &dest).expect("copy the server certificate");
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the server certificate");
+                if let Some((uid, gid)) = run_as {
+                    std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            // TCP only over TLS; the unix socket (the harness's own connections) stays open.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n\
+                 hostssl all all ::1/128 trust\n",
+            )
+            .expect("write pg_hba.conf");
+        }
         for line in &opts.conf {
             conf.push_str(line);
             conf.push('\n');
@@ -116,6 +160,7 @@ impl Postgres {
             bin,
             dir,
             port: 0,
+            tls: tls.is_some(),
             run_as,
             child: None,
         };
@@ -150,9 +195,24 @@ impl Postgres {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
-    /// A client connection (its connection task runs on the current tokio runtime).
+    /// A libpq-style connection string for database `ferry` over the unix socket.
+    pub fn socket_conn_str(&self) -> String {
+        format!(
+            "host={} port={} user=ferry dbname=ferry",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    /// A client connection (its connection task runs on the current tokio runtime); over the
+    /// unix socket when the server takes TCP clients over TLS only.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.conn_str(), tokio_postgres::NoTls)
+        let conn_str = if self.tls {
+            self.socket_conn_str()
+        } else {
+            self.conn_str()
+        };
+        let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
             .await
             .expect("connect to the test PostgreSQL");
         tokio::spawn(async move {
@@ -224,10 +284,15 @@ impl Postgres {
     }
 
     fn create_database(&self) {
+        let host = if self.tls {
+            self.dir.path().display().to_string()
+        } else {
+            "127.0.0.1".to_owned()
+        };
         let out = Command::new(self.bin.join("createdb"))
             .args([
                 "-h",
-                "127.0.0.1",
+                &host,
                 "-p",
                 &self.port.to_string(),
                 "-U",

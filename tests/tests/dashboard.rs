@@ -1,5 +1,7 @@
-//! The dashboard in a real headless Chromium, against the real `ferry` binary with a token on its
-//! local API and simulated devices on its TCP listener. The page must ask for the token, list the
+//! The dashboard in a real headless Chromium, against the real `ferry` binary serving its local
+//! API over HTTPS (`[api] tls_cert`, a certificate made in the test; Chromium trusts exactly that
+//! certificate's key) with a token, and simulated devices on its TCP listener; `ferry flash` runs
+//! against the same HTTPS address with the test CA (`--ca-file`). The page must ask for the token, list the
 //! devices online, show latest values that change, grow a live chart from the SSE stream when a
 //! device is clicked, and show the ingest counter rising, all without an error banner or a script
 //! error. Every check waits for a condition with a deadline; a timeout fails with the page's
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use ferry_tests::agent::AgentProc;
 use ferry_tests::browser::Browser;
+use ferry_tests::mosquitto::TestPki;
 use ferry_tests::{poll_until, try_poll_until};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -76,19 +79,22 @@ fn number(v: &Value) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromedriver"]
 async fn dashboard_shows_devices_values_and_live_charts() {
-    let browser = Browser::start();
     let _ = std::fs::remove_file(output_dir().join(FAILED_PNG));
     let dir = tempfile::Builder::new()
         .prefix("ferry-dashboard-")
         .tempdir()
         .unwrap();
+    let pki = TestPki::generate(dir.path());
+    let browser = Browser::start_trusting(&std::fs::read_to_string(&pki.server_key).unwrap());
     let mut agent = AgentProc::new(
         dir.path(),
         &format!(
             "[gateway]\nid = \"gw-dashboard\"\n[store]\npath = {:?}\n\
              [devices]\ntcp_listen = \"127.0.0.1:0\"\n\
-             [api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+             [api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
             dir.path().join("ferry.db").display().to_string(),
+            pki.server_cert.display().to_string(),
+            pki.server_key.display().to_string(),
         ),
         None,
     );
@@ -144,7 +150,7 @@ async fn dashboard_shows_devices_values_and_live_charts() {
     ));
 
     // No token yet: the page asks for one; the token is kept and the page starts over with it.
-    browser.goto(&format!("http://{api}/")).unwrap();
+    browser.goto(&format!("https://{api}/")).unwrap();
     wait_until(
         &browser,
         "the token prompt",
@@ -211,7 +217,9 @@ async fn dashboard_shows_devices_values_and_live_charts() {
             "sim-0001",
             "app.fwb",
             "--api",
-            &format!("http://{api}"),
+            &format!("https://{api}"),
+            "--ca-file",
+            &pki.ca.display().to_string(),
             "--token",
             TOKEN,
         ])

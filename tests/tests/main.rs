@@ -1,6 +1,7 @@
 //! End-to-end tests across Ferry components (one binary, one module per scenario).
 mod arm;
 mod bridge;
+mod bridge_tls;
 mod command_statuses;
 mod contract;
 mod dashboard;
@@ -12,6 +13,7 @@ mod metrics_names;
 mod package;
 mod pipeline;
 mod power_cut;
+mod replay;
 mod service;
 mod uplink;
 mod uplink_tls;

@@ -11,7 +11,8 @@ use crate::store::StoreError;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDoc {
     /// Kind: `bad_request` (400, and 413/414/431 for a body, target or head too large),
-    /// `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `too_many_streams`
+    /// `unauthorized` (401), `not_found` (404), `method_not_allowed` (405), `conflict` (409),
+    /// `too_many_streams`
     /// (503), `unavailable` (503), `internal` (500).
     pub error: String,
     /// What is wrong, naming the parameter.
@@ -32,6 +33,9 @@ pub enum ApiError {
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the agent's state (another replay runs, forwarding is off).
+    #[error("{0}")]
+    Conflict(String),
     /// Too many live streams open.
     #[error("{0} live streams are open; close one or retry later")]
     TooManyStreams(usize),
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooManyStreams(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

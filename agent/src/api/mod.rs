@@ -28,10 +28,12 @@ pub mod openapi;
 pub mod ops;
 pub mod params;
 pub mod reads;
+pub mod replays;
 pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod stream;
+pub mod tls;
 /// Instants and durations in query strings (the agent's one time module).
 pub use crate::time;
 
@@ -72,6 +74,7 @@ struct Inner {
     forwarding_on: bool,
     commands: CommandsHandle,
     firmware: crate::firmware::FirmwareHandle,
+    replays: Option<crate::uplink::replay::Replays>,
     token: Option<String>,
     gateway: String,
     db_path: std::path::PathBuf,
@@ -97,6 +100,8 @@ pub struct ApiParts {
     pub commands: CommandsHandle,
     /// Firmware updates.
     pub firmware: crate::firmware::FirmwareHandle,
+    /// Replays to the cloud (`None`: forwarding is off).
+    pub replays: Option<crate::uplink::replay::Replays>,
     /// Gateway id.
     pub gateway: String,
     /// Store settings (path, cap).
@@ -117,6 +122,7 @@ impl ApiState {
                 forwarding_on: p.forwarding_on,
                 commands: p.commands,
                 firmware: p.firmware,
+                replays: p.replays,
                 token: p.token,
                 gateway: p.gateway,
                 db_path: p.store_settings.path,
@@ -159,6 +165,11 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/firmware/updates/{id}/cancel",
             post(firmware::cancel_update),
         )
+        .route(
+            "/api/v1/replays",
+            get(replays::list).post(replays::post_replay),
+        )
+        .route("/api/v1/replays/{id}", get(replays::get))
         .route("/api/v1/latest", get(routes::all_latest))
         .route("/api/v1/events", get(routes::events))
         .route("/api/v1/series", get(routes::series))
@@ -272,6 +283,7 @@ fn lower_priority() {
 pub fn spawn(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = listener.into_std()?;
@@ -288,7 +300,7 @@ pub fn spawn(
             lower_priority();
             rt.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => serve(l, state, stop).await,
+                    Ok(l) => serve(l, state, tls, stop).await,
                     Err(e) => tracing::error!(error = %e, "The local API could not start."),
                 }
             });
@@ -301,9 +313,14 @@ pub fn spawn(
 }
 
 /// Serves until `stop`, then lets open requests finish (streams end at `stop`).
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, stop: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: CancellationToken,
+) {
     let rates = tokio::spawn(ops::sample_rates(state.clone(), stop.clone()));
-    server::serve(listener, router(state), stop).await;
+    server::serve(listener, router(state), tls, stop).await;
     rates.abort();
 }
 

@@ -10,7 +10,7 @@ use super::model::*;
 /// The document's source.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Ferry local API", description = "Query the gateway's store, follow live samples, send device commands, update device firmware. Human guide: agent/API.md."),
+    info(title = "Ferry local API", description = "Query the gateway's store, follow live samples, send device commands, update device firmware, replay stored ranges to the cloud. Human guide: agent/API.md."),
     paths(
         super::routes::devices,
         super::routes::device,
@@ -26,6 +26,9 @@ use super::model::*;
         super::firmware::updates,
         super::firmware::update,
         super::firmware::cancel_update,
+        super::replays::post_replay,
+        super::replays::list,
+        super::replays::get,
         super::stream::stream,
         super::ops::status,
         super::ops::healthz,
@@ -35,7 +38,9 @@ use super::model::*;
     ),
     components(schemas(ErrorDoc, DevicesDoc, DeviceDoc, LatestDoc, AllLatestDoc, EventsPage, EventDoc, SeriesDoc, PointDoc, CommandAccepted, CommandStateDoc, HealthDoc, ReadyDoc, StatusDoc,
         super::firmware::BundleStored, super::firmware::BundlesDoc, super::firmware::UpdatesDoc,
-        crate::firmware::BundleInfo, crate::firmware::RolloutSpec, crate::firmware::RolloutView, crate::firmware::JobView)),
+        crate::firmware::BundleInfo, crate::firmware::RolloutSpec, crate::firmware::RolloutView, crate::firmware::JobView,
+        super::replays::ReplaysDoc, crate::uplink::replay::ReplayRequest, crate::uplink::replay::ReplayView,
+        crate::uplink::replay::ReplayState, crate::uplink::replay::InstantArg)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

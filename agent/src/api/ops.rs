@@ -361,6 +361,7 @@ mod tests {
                 forwarding_on: false,
                 commands,
                 firmware,
+                replays: None,
                 gateway: "gw".into(),
                 store_settings: settings,
                 token: None,

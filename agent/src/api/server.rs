@@ -15,6 +15,11 @@
 //!   not claim vectored writes), so its reply arrives whole at the end of one write buffer; the
 //!   API's tests pin the exact bytes hyper sends for each status.
 //!
+//! With `[api] tls_cert`/`tls_key` every connection is HTTPS ([`super::tls`]): the TLS handshake
+//! must finish within [`HEADER_READ_TIMEOUT`] too, and a plain HTTP request on the HTTPS port (its
+//! first byte is a letter, never a TLS record's 0x16) gets a plain `400` whose JSON body says to
+//! use `https://`, instead of a dropped connection.
+//!
 //! On `stop`: no new connections; open ones finish their request in flight and close (streams end
 //! at `stop` by themselves); [`serve`] returns when all are closed.
 
@@ -40,8 +45,15 @@ pub const MAX_HEADERS: usize = 100;
 /// Longest request target hyper takes (its own limit); more is `414`.
 pub const MAX_TARGET_BYTES: usize = 65_534;
 
-/// Serves `app` on `listener` until `stop`, then waits for open connections to close.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) {
+/// Serves `app` on `listener` (HTTPS with `tls`) until `stop`, then waits for open connections
+/// to close.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    stop: CancellationToken,
+) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -65,24 +77,99 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: Cancell
             },
         };
         let service = TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(TokioIo::new(JsonErrors::new(tcp)), service);
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "API connection ended on an error.");
+        let (http, stop) = (http.clone(), stop.clone());
+        match &tls {
+            None => connections.spawn(serve_connection(http, tcp, service, peer, stop)),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
+                    let Some(stream) = handshake(&acceptor, tcp, peer, &stop).await else {
+                        return;
+                    };
+                    serve_connection(http, stream, service, peer, stop).await;
+                })
             }
-        });
+        };
     }
     connections.close();
     connections.wait().await;
+}
+
+/// One connection, HTTP/1.1 over `io`, until it closes or `stop`.
+async fn serve_connection<I>(
+    http: hyper::server::conn::http1::Builder,
+    io: I,
+    service: TowerToHyperService<Router>,
+    peer: std::net::SocketAddr,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http.serve_connection(TokioIo::new(JsonErrors::new(io)), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "API connection ended on an error.");
+    }
+}
+
+/// The TLS handshake on `tcp`, within [`HEADER_READ_TIMEOUT`]; a plain HTTP request is answered
+/// with a `400` saying to use HTTPS. `None`: the connection is done.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    stop: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let accept = async {
+        let mut first = [0u8; 1];
+        let n = tcp.peek(&mut first).await?;
+        if n == 1 && first[0].is_ascii_alphabetic() {
+            plain_http_refusal(tcp).await?;
+            return Err(io::Error::other("a plain HTTP request on the HTTPS port"));
+        }
+        acceptor.accept(tcp).await
+    };
+    tokio::select! {
+        r = tokio::time::timeout(HEADER_READ_TIMEOUT, accept) => match r {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "API TLS handshake failed.");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "API TLS handshake timed out.");
+                None
+            }
+        },
+        _ = stop.cancelled() => None,
+    }
+}
+
+/// The body of the answer to plain HTTP on the HTTPS port.
+pub const PLAIN_HTTP_DETAIL: &str =
+    "this port speaks HTTPS ([api] tls_cert is set): use an https:// address";
+
+async fn plain_http_refusal(mut tcp: tokio::net::TcpStream) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::to_vec(&super::error::ErrorDoc {
+        error: "bad_request".into(),
+        detail: PLAIN_HTTP_DETAIL.into(),
+    })
+    .expect("an error document serializes");
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    tcp.write_all(&body).await?;
+    tcp.shutdown().await
 }
 
 fn is_per_connection(e: &io::Error) -> bool {

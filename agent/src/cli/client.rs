@@ -15,7 +15,7 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 
 use super::types::ApiErrorBody;
-use super::{DEFAULT_API_URL, ENV_API_TOKEN, ENV_API_URL};
+use super::{DEFAULT_API_URL, ENV_API_CA_FILE, ENV_API_TOKEN, ENV_API_URL};
 
 /// How long a TCP connect to the agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,6 +71,14 @@ pub enum CliError {
         /// What happened.
         reason: String,
     },
+    /// The TLS connection failed: an untrusted or wrong certificate, or no HTTPS at that port.
+    #[error("no HTTPS connection to the agent at {url}: {reason}")]
+    Tls {
+        /// The API base address.
+        url: String,
+        /// What failed and what to do about it.
+        reason: String,
+    },
     /// A bad command line (e.g. an unusable `--api`).
     #[error("{0}")]
     Usage(String),
@@ -102,14 +110,18 @@ pub struct Endpoint {
     pub base: Url,
     /// Bearer token.
     pub token: Option<String>,
+    /// CA certificates (PEM) that sign the agent's HTTPS certificate, besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Endpoint {
-    /// From the flags, else the environment (`FERRY_API_URL`, `FERRY_API_TOKEN`; empty counts
-    /// as unset), else the default address. An address without a scheme gets `http://`.
+    /// From the flags, else the environment (`FERRY_API_URL`, `FERRY_API_TOKEN`,
+    /// `FERRY_API_CA_FILE`; empty counts as unset), else the default address. An address without
+    /// a scheme gets `http://`; `https://` is for an agent with `[api] tls_cert`.
     pub fn resolve(
         api: Option<&str>,
         token: Option<&str>,
+        ca_file: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Endpoint, CliError> {
         let nonempty = |s: String| Some(s).filter(|s| !s.trim().is_empty());
@@ -129,9 +141,19 @@ impl Endpoint {
         };
         let mut base = Url::parse(&with_scheme)
             .map_err(|e| CliError::Usage(format!("--api {api:?} is not a URL: {e}")))?;
-        if base.scheme() != "http" {
+        if !matches!(base.scheme(), "http" | "https") {
             return Err(CliError::Usage(format!(
-                "--api {api:?}: the local API is plain HTTP; use an http:// address"
+                "--api {api:?}: the local API speaks http:// (or https:// with [api] tls_cert)"
+            )));
+        }
+        let ca_file = ca_file
+            .map(str::to_owned)
+            .or_else(|| env(ENV_API_CA_FILE).and_then(nonempty))
+            .filter(|f| !f.trim().is_empty())
+            .map(std::path::PathBuf::from);
+        if ca_file.is_some() && base.scheme() != "https" {
+            return Err(CliError::Usage(format!(
+                "--ca-file is for an https:// address, and --api is {api:?}"
             )));
         }
         if base.host_str().is_none_or(str::is_empty) {
@@ -143,7 +165,11 @@ impl Endpoint {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        Ok(Endpoint { base, token })
+        Ok(Endpoint {
+            base,
+            token,
+            ca_file,
+        })
     }
 
     /// The base address as people write it (no trailing `/` on a bare host).
@@ -181,6 +207,49 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// `views` as pretty JSON, or `empty` when there are none, else each through `line`.
+pub fn write_views<T: serde::Serialize>(
+    out: &mut impl std::io::Write,
+    json: bool,
+    views: &[T],
+    empty: &str,
+    mut line: impl FnMut(&T, &mut dyn std::io::Write) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(views).unwrap_or_default()
+        )?;
+        return Ok(());
+    }
+    if views.is_empty() {
+        writeln!(out, "{empty}")?;
+    }
+    for v in views {
+        line(v, out)?;
+    }
+    Ok(())
+}
+
+/// What a TLS failure (rustls's words in `cause`) means for the user, if it is one.
+fn tls_failure(cause: &str, host: &str) -> Option<String> {
+    let fix = if cause.contains("UnknownIssuer") || cause.contains("BadSignature") {
+        "its certificate is not signed by a CA the CLI trusts: pass that CA with --ca-file (or FERRY_API_CA_FILE)".to_owned()
+    } else if cause.contains("NotValidForName") {
+        format!("its certificate does not name {host:?}: use a host name the certificate names in --api")
+    } else if cause.contains("Expired") || cause.contains("NotValidYet") {
+        "its certificate is expired or not valid yet (check its dates and the clocks)".to_owned()
+    } else if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
+        "it does not speak HTTPS on that port: use http:// (or set [api] tls_cert and tls_key on the agent)".to_owned()
+    } else if cause.contains("invalid peer certificate") || cause.contains("HandshakeFailure") {
+        "the TLS handshake failed".to_owned()
+    } else {
+        return None;
+    };
+    Some(format!("{fix} ({cause})"))
 }
 
 fn quote(body: &str) -> String {
@@ -231,10 +300,26 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for `endpoint`.
     pub fn new(endpoint: Endpoint) -> Result<ApiClient, CliError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &endpoint.ca_file {
+            let bad =
+                |what: String| CliError::Usage(format!("--ca-file {}: {what}", path.display()));
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("not PEM certificates: {}", root_cause(&e))))?;
+            if certs.is_empty() {
+                return Err(bad(
+                    "no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
+                ));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::Usage(format!("cannot set up HTTP: {}", root_cause(&e))))?;
         Ok(ApiClient { http, endpoint })
@@ -246,6 +331,13 @@ impl ApiClient {
     }
 
     fn send_error(&self, url: &Url, e: reqwest::Error) -> CliError {
+        let cause = root_cause(&e);
+        if let Some(reason) = tls_failure(&cause, self.endpoint.base.host_str().unwrap_or("")) {
+            return CliError::Tls {
+                url: self.endpoint.display(),
+                reason,
+            };
+        }
         if e.is_connect() {
             CliError::Unreachable {
                 url: self.endpoint.display(),
@@ -325,6 +417,29 @@ impl ApiClient {
         })
     }
 
+    /// One item at `path/{id}`, or with no id the list in field `field` of `path`'s answer.
+    pub async fn one_or_list<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        id: Option<String>,
+        field: &str,
+    ) -> Result<Vec<T>, CliError> {
+        match id {
+            Some(id) => {
+                let mut one = path.to_vec();
+                one.push(&id);
+                Ok(vec![self.get(&one, &[]).await?])
+            }
+            None => {
+                let v = self.get_value(path, &[]).await?;
+                serde_json::from_value(v[field].clone()).map_err(|e| CliError::BadAnswer {
+                    url: format!("/{}", path.join("/")),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
     /// `POST` a body (`content_type`), a JSON answer.
     pub async fn post<T: DeserializeOwned>(
         &self,
@@ -399,7 +514,7 @@ mod tests {
 
     #[test]
     fn flags_then_environment_then_default() {
-        let e = Endpoint::resolve(None, None, env(&[])).unwrap();
+        let e = Endpoint::resolve(None, None, None, env(&[])).unwrap();
         assert_eq!(e.base.as_str(), "http://127.0.0.1:7878/");
         assert_eq!(e.display(), "http://127.0.0.1:7878");
         assert_eq!(e.token, None);
@@ -407,14 +522,15 @@ mod tests {
             ("FERRY_API_URL", "http://10.0.0.5:9000"),
             ("FERRY_API_TOKEN", "s3cret"),
         ]);
-        let e = Endpoint::resolve(None, None, &vars).unwrap();
+        let e = Endpoint::resolve(None, None, None, &vars).unwrap();
         assert_eq!(e.display(), "http://10.0.0.5:9000");
         assert_eq!(e.token.as_deref(), Some("s3cret"));
-        let e = Endpoint::resolve(Some("localhost:1"), Some("t"), &vars).unwrap();
+        let e = Endpoint::resolve(Some("localhost:1"), Some("t"), None, &vars).unwrap();
         assert_eq!(e.display(), "http://localhost:1");
         assert_eq!(e.token.as_deref(), Some("t"));
         // Empty environment values count as unset.
         let e = Endpoint::resolve(
+            None,
             None,
             None,
             env(&[("FERRY_API_URL", ""), ("FERRY_API_TOKEN", "")]),
@@ -426,13 +542,8 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_usage_errors() {
-        for bad in [
-            "https://127.0.0.1:7878",
-            "http://",
-            "ftp://x",
-            "http://[::1",
-        ] {
-            let e = Endpoint::resolve(Some(bad), None, env(&[])).unwrap_err();
+        for bad in ["http://", "ftp://x", "http://[::1"] {
+            let e = Endpoint::resolve(Some(bad), None, None, env(&[])).unwrap_err();
             assert!(matches!(e, CliError::Usage(_)), "{bad}: {e}");
             assert_eq!(e.exit_code(), 2);
         }
@@ -440,7 +551,7 @@ mod tests {
 
     #[test]
     fn urls_encode_segments_and_skip_absent_parameters() {
-        let e = Endpoint::resolve(Some("http://h:1/prefix"), None, env(&[])).unwrap();
+        let e = Endpoint::resolve(Some("http://h:1/prefix"), None, None, env(&[])).unwrap();
         let u = e.url(
             &["api", "v1", "devices", "a b/c", "latest"],
             &[
@@ -453,7 +564,7 @@ mod tests {
             u.as_str(),
             "http://h:1/prefix/api/v1/devices/a%20b%2Fc/latest?since=-15m&until=2026-11-24T10%3A00%3A00%2B01%3A00"
         );
-        let e = Endpoint::resolve(None, None, env(&[])).unwrap();
+        let e = Endpoint::resolve(None, None, None, env(&[])).unwrap();
         assert_eq!(
             e.url(&["api", "v1", "status"], &[]).as_str(),
             "http://127.0.0.1:7878/api/v1/status"

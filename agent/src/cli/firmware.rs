@@ -131,36 +131,16 @@ pub async fn status(
     json: bool,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let views: Vec<RolloutView> = match id {
-        Some(id) => vec![
-            c.get(&["api", "v1", "firmware", "updates", &id.to_string()], &[])
-                .await?,
-        ],
-        None => {
-            let v: serde_json::Value = c
-                .get_value(&["api", "v1", "firmware", "updates"], &[])
-                .await?;
-            serde_json::from_value(v["updates"].clone()).map_err(|e| CliError::BadAnswer {
-                url: "/api/v1/firmware/updates".into(),
-                reason: e.to_string(),
-            })?
-        }
-    };
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&views).unwrap_or_default()
-        )?;
-        return Ok(());
-    }
-    if views.is_empty() {
-        writeln!(out, "no firmware updates")?;
-    }
-    for v in &views {
-        write_update(v, out)?;
-    }
-    Ok(())
+    let views: Vec<RolloutView> = c
+        .one_or_list(
+            &["api", "v1", "firmware", "updates"],
+            id.map(|i| i.to_string()),
+            "updates",
+        )
+        .await?;
+    super::client::write_views(out, json, &views, "no firmware updates", |v, out| {
+        write_update(v, out)
+    })
 }
 
 fn job_line(j: &JobView) -> String {
@@ -184,7 +164,7 @@ fn job_line(j: &JobView) -> String {
     )
 }
 
-fn write_update(v: &RolloutView, out: &mut impl Write) -> Result<(), CliError> {
+fn write_update(v: &RolloutView, out: &mut (impl Write + ?Sized)) -> Result<(), CliError> {
     writeln!(
         out,
         "update {}: {} to version {} (bundle {}…), {} devices at once",

@@ -1,4 +1,4 @@
-//! The command line's client side: `ferry devices|latest|query|tail|status` over the local API
+//! The command line's client side: `ferry devices|latest|query|tail|status|replay` over the local API
 //! (contract: `agent/API.md`).
 //!
 //! Layout: [`types`] (the API's JSON shapes, tolerant of unknown fields), [`sse`] (a Server-Sent
@@ -19,6 +19,7 @@ pub mod client;
 pub mod commands;
 pub mod firmware;
 pub mod format;
+pub mod replay;
 pub mod sse;
 pub mod types;
 
@@ -32,3 +33,5 @@ pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7878";
 pub const ENV_API_URL: &str = "FERRY_API_URL";
 /// Environment variable for the API token.
 pub const ENV_API_TOKEN: &str = "FERRY_API_TOKEN";
+/// Environment variable for the CA file of an HTTPS API.
+pub const ENV_API_CA_FILE: &str = "FERRY_API_CA_FILE";

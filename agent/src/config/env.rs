@@ -32,6 +32,8 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     row("FERRY_UPLINK_PASSWORD", "uplink.password", |c, v| c.uplink.password = Some(v)),
     row("FERRY_API_LISTEN", "api.listen", |c, v| c.api.listen = v),
     row("FERRY_API_TOKEN", "api.token", |c, v| c.api.token = Some(v)),
+    row("FERRY_API_TLS_CERT", "api.tls_cert", |c, v| c.api.tls_cert = v),
+    row("FERRY_API_TLS_KEY", "api.tls_key", |c, v| c.api.tls_key = v),
     // Comma-separated paths or globs, each at the default baud rate.
     row("FERRY_SERIAL", "devices.serial", |c, v| {
         c.devices.serial = v
@@ -112,6 +114,6 @@ mod tests {
         vars.dedup();
         keys.sort_unstable();
         keys.dedup();
-        assert_eq!((vars.len(), keys.len()), (11, 11));
+        assert_eq!((vars.len(), keys.len()), (13, 13));
     }
 }

@@ -150,6 +150,12 @@ pub struct ApiConfig {
     pub listen: String,
     /// Bearer token; required when `listen` is not a loopback address.
     pub token: Option<String>,
+    /// HTTPS: the certificate chain (PEM), with `tls_key`; `""` = plain HTTP.
+    #[serde(default)]
+    pub tls_cert: String,
+    /// HTTPS: the certificate's private key (PEM), with `tls_cert`.
+    #[serde(default)]
+    pub tls_key: String,
 }
 
 impl Default for ApiConfig {
@@ -157,6 +163,8 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_api_listen(),
             token: None,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }

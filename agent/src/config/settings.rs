@@ -17,6 +17,8 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     /// Required bearer token, if any.
     pub token: Option<String>,
+    /// HTTPS with this certificate and key (`[api] tls_cert`, `tls_key`); `None`: plain HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// `store.durability`.

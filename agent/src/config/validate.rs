@@ -203,7 +203,26 @@ fn api_settings(
             ),
         ));
     }
-    Ok(Some(ApiSettings { listen, token }))
+    let tls = match (a.tls_cert.trim(), a.tls_key.trim()) {
+        ("", "") => None,
+        ("", _) => {
+            return Err(invalid(
+                "api.tls_cert",
+                "is not set but api.tls_key is: HTTPS needs both (or neither)".into(),
+            ))
+        }
+        (_, "") => {
+            return Err(invalid(
+                "api.tls_key",
+                "is not set but api.tls_cert is: HTTPS needs both (or neither)".into(),
+            ))
+        }
+        (cert, key) => Some(
+            crate::api::tls::server_config(cert.as_ref(), key.as_ref())
+                .map_err(|(k, m)| invalid(k, m))?,
+        ),
+    };
+    Ok(Some(ApiSettings { listen, token, tls }))
 }
 
 /// `[uplink]`: off without a broker; TLS with a CA file; the MQTT options and batch limits.

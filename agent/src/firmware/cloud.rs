@@ -17,6 +17,7 @@ impl Actor {
         let m = OutgoingMessage {
             topic,
             payload,
+            events: 0,
             delivered,
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.results.try_send(m) {

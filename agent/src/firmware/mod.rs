@@ -73,13 +73,16 @@ pub enum UpdateFrame {
     Abort(u32),
 }
 
-/// A message for the uplink to publish (firmware results); `delivered` fires on its PUBACK.
+/// A message for the uplink to publish (firmware results, replayed events); `delivered` fires on
+/// its PUBACK.
 #[derive(Debug)]
 pub struct OutgoingMessage {
     /// Topic.
     pub topic: String,
-    /// Payload (JSON).
+    /// Payload.
     pub payload: Vec<u8>,
+    /// Stored events in it (a replay); 0 for a firmware result.
+    pub events: usize,
     /// Told when the broker acked it.
     pub delivered: Option<oneshot::Sender<()>>,
 }

@@ -352,9 +352,17 @@ impl<N> Ledger<N> {
         was
     }
 
-    /// Adds a message outside the event stream (a command outcome); `notify` is handed back
-    /// when the broker acks it.
-    pub fn push(&mut self, topic: String, payload: Bytes, notify: Option<N>) -> MsgId {
+    /// Adds a message outside the forwarding position (a command outcome, a firmware result, or
+    /// `events` stored events replayed); `notify` is handed back when the broker acks it. With
+    /// events, it is held when unrouted like the event stream's messages; it never moves the
+    /// position, and is dropped (with `notify`) if the broker refuses it or it is too large.
+    pub fn push(
+        &mut self,
+        topic: String,
+        payload: Bytes,
+        events: usize,
+        notify: Option<N>,
+    ) -> MsgId {
         let id = self.insert(Msg {
             topic,
             payload,
@@ -362,7 +370,7 @@ impl<N> Ledger<N> {
             birth: false,
             chunk: None,
             stream: None,
-            events: 0,
+            events,
             sent_before: false,
             notify,
         });
@@ -429,7 +437,7 @@ impl<N> Ledger<N> {
             return Unrouted::Unknown;
         };
         match self.unacked.get(&id) {
-            Some(m) if m.chunk.is_some() && self.settings.require_subscriber => {
+            Some(m) if m.events > 0 && self.settings.require_subscriber => {
                 let first = self.retry.is_empty();
                 self.retry.push((now + UNROUTED_RETRY, id));
                 Unrouted::Held { id, first }

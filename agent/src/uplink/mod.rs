@@ -39,6 +39,7 @@ pub mod batch;
 pub mod forward;
 pub mod ledger;
 pub mod mqtt;
+pub mod replay;
 pub mod source;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -351,7 +352,7 @@ impl<S: EventSource> Uplink<S> {
                     if self.downlink.is_some() => match o {
                     Some(Outgoing::Outcome(o)) => self.publish_outcome(client.as_ref(), &o.outcome, o.delivered),
                     Some(Outgoing::Message(m)) => {
-                        self.ledger.push(m.topic, m.payload.into(), m.delivered);
+                        self.ledger.push(m.topic, m.payload.into(), m.events, m.delivered);
                         self.pump(client.as_ref());
                     }
                     None => self.downlink = None,
@@ -666,7 +667,7 @@ impl<S: EventSource> Uplink<S> {
     ) {
         let topic = contract::command_result_topic(&o.gateway, &o.device);
         let payload = serde_json::to_vec(o).expect("outcome serializes");
-        self.ledger.push(topic, payload.into(), delivered);
+        self.ledger.push(topic, payload.into(), 0, delivered);
         self.pump(client);
     }
 

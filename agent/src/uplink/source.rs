@@ -19,31 +19,36 @@ pub struct StoreSource {
     conn: Connection,
     store: StoreHandle,
     rt: tokio::runtime::Handle,
+    names: Names,
+}
+
+/// One `events` row: id, device key, boot number, seq, sensor index, ts_ms, value.
+pub type EventRow = (i64, i64, i64, i64, i64, i64, f64);
+
+/// An [`EventRow`] from `SELECT id, device, boot_no, seq, sensor, ts_ms, value`.
+pub fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        crate::store::rollup::reading(r, 6)?,
+    ))
+}
+
+/// Device ids, boot ids and sensor names by their keys, read once and again whenever a row names
+/// a key not seen yet (a new device, boot or sensor).
+#[derive(Debug, Default)]
+pub struct Names {
     devices: HashMap<i64, String>,
     boots: HashMap<(i64, i64), u32>,
     sensors: HashMap<(i64, i64), String>,
 }
 
-fn err(e: impl std::fmt::Display) -> SourceError {
-    SourceError(e.to_string())
-}
-
-impl StoreSource {
-    /// A source reading through `conn` (read-only) and writing through `store`. Must be created
-    /// inside the runtime whose writer handle it uses.
-    pub fn new(conn: Connection, store: StoreHandle) -> StoreSource {
-        StoreSource {
-            conn,
-            store,
-            rt: tokio::runtime::Handle::current(),
-            devices: HashMap::new(),
-            boots: HashMap::new(),
-            sensors: HashMap::new(),
-        }
-    }
-
-    fn reload_names(&mut self) -> Result<(), SourceError> {
-        let c = &self.conn;
+impl Names {
+    fn reload(&mut self, c: &Connection) -> Result<(), SourceError> {
         self.devices = c
             .prepare("SELECT id, device_id FROM devices")
             .and_then(|mut s| {
@@ -68,6 +73,59 @@ impl StoreSource {
             })
             .map_err(err)?;
         Ok(())
+    }
+
+    /// `rows` with their names, in the same order.
+    pub fn events(
+        &mut self,
+        c: &Connection,
+        rows: Vec<EventRow>,
+    ) -> Result<Vec<StoredEvent>, SourceError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, device, boot_no, seq, sensor, ts_ms, value) in rows {
+            let known = self.devices.contains_key(&device)
+                && self.boots.contains_key(&(device, boot_no))
+                && self.sensors.contains_key(&(device, sensor));
+            if !known {
+                self.reload(c)?;
+            }
+            out.push(StoredEvent {
+                id,
+                device: self
+                    .devices
+                    .get(&device)
+                    .cloned()
+                    .unwrap_or_else(|| format!("device-{device}")),
+                boot: boot_no as u32,
+                boot_id: self.boots.get(&(device, boot_no)).copied().unwrap_or(0),
+                seq: seq as u32,
+                sensor: self
+                    .sensors
+                    .get(&(device, sensor))
+                    .cloned()
+                    .unwrap_or_else(|| format!("sensor{sensor}")),
+                ts_ms,
+                value,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> SourceError {
+    SourceError(e.to_string())
+}
+
+impl StoreSource {
+    /// A source reading through `conn` (read-only) and writing through `store`. Must be created
+    /// inside the runtime whose writer handle it uses.
+    pub fn new(conn: Connection, store: StoreHandle) -> StoreSource {
+        StoreSource {
+            conn,
+            store,
+            rt: tokio::runtime::Handle::current(),
+            names: Names::default(),
+        }
     }
 
     fn write(
@@ -100,24 +158,14 @@ impl EventSource for StoreSource {
     ) -> Result<Vec<StoredEvent>, SourceError> {
         let tail = self.store.tail();
         // The database's rows first, then the tail's (whose ids are all above them).
-        let rows: Vec<(i64, i64, i64, i64, i64, i64, f64)> =
+        let rows: Vec<EventRow> =
             crate::store::tail::read_with_tail(&self.conn, Some(&tail), |c, t| {
-                let mut rows: Vec<(i64, i64, i64, i64, i64, i64, f64)> = c
+                let mut rows: Vec<EventRow> = c
                     .prepare_cached(
                         "SELECT id, device, boot_no, seq, sensor, ts_ms, value FROM events
                          WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
                     )?
-                    .query_map(params![after, upto, limit as i64], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            crate::store::rollup::reading(r, 6)?,
-                        ))
-                    })?
+                    .query_map(params![after, upto, limit as i64], event_row)?
                     .collect::<Result<_, _>>()
                     .map_err(crate::store::StoreError::from)?;
                 let room = limit.saturating_sub(rows.len());
@@ -135,34 +183,7 @@ impl EventSource for StoreSource {
                 Ok::<_, crate::store::StoreError>(rows)
             })
             .map_err(err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, device, boot_no, seq, sensor, ts_ms, value) in rows {
-            let known = self.devices.contains_key(&device)
-                && self.boots.contains_key(&(device, boot_no))
-                && self.sensors.contains_key(&(device, sensor));
-            if !known {
-                self.reload_names()?;
-            }
-            out.push(StoredEvent {
-                id,
-                device: self
-                    .devices
-                    .get(&device)
-                    .cloned()
-                    .unwrap_or_else(|| format!("device-{device}")),
-                boot: boot_no as u32,
-                boot_id: self.boots.get(&(device, boot_no)).copied().unwrap_or(0),
-                seq: seq as u32,
-                sensor: self
-                    .sensors
-                    .get(&(device, sensor))
-                    .cloned()
-                    .unwrap_or_else(|| format!("sensor{sensor}")),
-                ts_ms,
-                value,
-            });
-        }
-        Ok(out)
+        self.names.events(&self.conn, rows)
     }
 
     fn load_progress(&mut self) -> Result<Progress, SourceError> {

@@ -3,14 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use ferry_cloud_bridge::bridge::{
     self, parse_host_port, BatchPolicy, BridgeError, BridgeSettings, InsertMethod, MqttSettings,
-    SinkSettings, TlsSettings,
+    PgConnection, SinkSettings, SslMode, TlsSettings,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -53,6 +52,16 @@ struct Args {
     /// Required with --sink postgres.
     #[arg(long, env = "FERRY_BRIDGE_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// TLS to PostgreSQL, as libpq's sslmode: disable, prefer (TLS if offered, unchecked),
+    /// require (TLS, certificate unchecked: encryption only), verify-ca, verify-full (TLS, the
+    /// certificate checked against --pg-ca-file; verify-full also checks the host name).
+    /// Default: verify-full with --pg-ca-file, else prefer. May be sslmode= in --database instead.
+    #[arg(long, env = "FERRY_BRIDGE_PG_SSLMODE", value_name = "MODE", value_parser = parse_sslmode)]
+    pg_sslmode: Option<SslMode>,
+    /// CA certificate(s), PEM, that signed PostgreSQL's server certificate (for verify-ca and
+    /// verify-full).
+    #[arg(long, env = "FERRY_BRIDGE_PG_CA_FILE", value_name = "FILE")]
+    pg_ca_file: Option<PathBuf>,
     /// Where events go.
     #[arg(long, env = "FERRY_BRIDGE_SINK", value_enum, default_value_t = SinkKind::Postgres)]
     sink: SinkKind,
@@ -107,6 +116,10 @@ struct Args {
     log: String,
 }
 
+fn parse_sslmode(s: &str) -> Result<SslMode, String> {
+    s.parse()
+}
+
 fn setting(flag: &'static str, message: impl Into<String>) -> BridgeError {
     BridgeError::Setting {
         flag,
@@ -133,17 +146,18 @@ impl Args {
                         "required with --sink postgres (or FERRY_BRIDGE_DATABASE)",
                     )
                 })?;
-                let config = tokio_postgres::Config::from_str(db).map_err(|e| {
-                    setting("--database", format!("invalid connection string: {e}"))
-                })?;
-                if config.get_hosts().is_empty() {
-                    return Err(setting(
-                        "--database",
-                        "names no host (add host=... or a URL host)",
-                    ));
-                }
+                let ca = match &self.pg_ca_file {
+                    Some(path) => Some((path.as_path(), read("--pg-ca-file", path)?)),
+                    None => None,
+                };
+                let PgConnection { config, tls } = PgConnection::new(
+                    db,
+                    self.pg_sslmode,
+                    ca.as_ref().map(|(p, pem)| (*p, pem.as_slice())),
+                )?;
                 SinkSettings::Postgres {
                     config: Box::new(config),
+                    tls,
                     method: match self.insert_method {
                         Method::Unnest => InsertMethod::Unnest,
                         Method::Copy => InsertMethod::Copy,

@@ -27,6 +27,8 @@ pub mod inbound;
 pub mod metrics;
 mod mqtt;
 #[cfg(feature = "postgres")]
+pub mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 pub mod rows;
 mod sink;
@@ -43,6 +45,8 @@ use tracing::{info, warn};
 
 pub use batch::BatchPolicy;
 pub use metrics::Metrics;
+#[cfg(feature = "postgres")]
+pub use pg_tls::{PgConnection, PgTlsSettings, SslMode};
 #[cfg(feature = "postgres")]
 pub use postgres::{InsertMethod, SCHEMA};
 
@@ -105,6 +109,8 @@ pub enum SinkSettings {
     Postgres {
         /// Parsed connection settings.
         config: Box<tokio_postgres::Config>,
+        /// TLS (`sslmode`, CA).
+        tls: PgTlsSettings,
         /// Bulk insert method.
         method: InsertMethod,
         /// Commit lanes: connections committing batches in parallel.
@@ -196,12 +202,14 @@ pub async fn run_with(
         #[cfg(feature = "postgres")]
         SinkSettings::Postgres {
             config,
+            tls,
             method,
             writers,
         } => (0..writers.max(1))
             .map(|_| {
                 sink::Sink::Postgres(Box::new(postgres::PgStore::new(
                     (*config).clone(),
+                    tls.clone(),
                     method,
                     metrics.clone(),
                 )))

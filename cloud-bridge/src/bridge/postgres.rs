@@ -16,16 +16,20 @@
 //!   message cannot stall the stream.
 //! - Concurrent replicas: the schema is created under an advisory lock; `ferry_gateways` rows
 //!   are upserted in gateway order so two transactions never wait on each other in a cycle.
+//! - TLS as `sslmode` says (`pg_tls.rs`); a connection refused over TLS (untrusted certificate,
+//!   no TLS on the server) is retried like any other, but logged as an error that says what to
+//!   fix ([`StoreError::Misconfigured`]).
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tracing::{debug, info, warn};
 
 use super::inbound::{Content, DeadLetter, Inbound, ReasonClass};
 use super::metrics::Metrics;
+use super::pg_tls::{self, PgTlsSettings};
 use super::rows::CommitRows;
 use super::sink::{StoreError, Written};
 
@@ -113,6 +117,9 @@ const UPSERT_GATEWAYS: &str =
 /// PostgreSQL, with one connection at a time (reopened after failures).
 pub(crate) struct PgStore {
     config: tokio_postgres::Config,
+    tls: PgTlsSettings,
+    /// Built once; tokio-postgres asks it for a connector per connection attempt.
+    connector: tokio_postgres_rustls::MakeRustlsConnect,
     method: InsertMethod,
     metrics: Arc<Metrics>,
     conn: Option<Conn>,
@@ -131,12 +138,15 @@ struct Conn {
 impl PgStore {
     pub(crate) fn new(
         config: tokio_postgres::Config,
+        tls: PgTlsSettings,
         method: InsertMethod,
         metrics: Arc<Metrics>,
     ) -> PgStore {
         metrics.db_used.store(true, Relaxed);
         PgStore {
             config,
+            connector: tls.connector(),
+            tls,
             method,
             metrics,
             conn: None,
@@ -159,17 +169,39 @@ impl PgStore {
         if self.conn.is_none() {
             let c = self.open().await.map_err(|e| {
                 self.metrics.db_up.store(false, Relaxed);
-                StoreError::Transient(format!("connecting to PostgreSQL: {}", describe(&e)))
+                match self.tls.explain(&e, &self.hosts()) {
+                    Some(fix) => StoreError::Misconfigured(format!(
+                        "connecting to PostgreSQL ({}): {fix}",
+                        self.hosts()
+                    )),
+                    None => {
+                        StoreError::Transient(format!("connecting to PostgreSQL: {}", describe(&e)))
+                    }
+                }
             })?;
             self.metrics.db_up.store(true, Relaxed);
-            info!(method = ?self.method, "Connected to PostgreSQL; schema ready.");
+            info!(method = ?self.method, sslmode = %self.tls.mode(), "Connected to PostgreSQL; schema ready.");
             self.conn = Some(c);
         }
         Ok(self.conn.as_mut().expect("just set"))
     }
 
+    /// The configured hosts, for messages.
+    fn hosts(&self) -> String {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        hosts.join(",")
+    }
+
     async fn open(&self) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.connector.clone()).await?;
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -405,10 +437,10 @@ async fn commit_rows(
     Ok(inserted)
 }
 
-/// The server's message with its SQLSTATE, or the client error.
+/// The server's message with its SQLSTATE, or the client error with its causes.
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => pg_tls::chain(e),
     }
 }

@@ -16,7 +16,7 @@ use super::rows::jsonl;
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the first two come from PostgreSQL
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // all but `Fatal` come from PostgreSQL
 pub(crate) enum StoreError {
     /// Worth retrying (connection lost, deadlock, server restarting ...).
     #[error("{0}")]
@@ -24,6 +24,10 @@ pub(crate) enum StoreError {
     /// The database refused the data itself.
     #[error("{0}")]
     Rejected(String),
+    /// The connection cannot work until an operator acts (untrusted certificate, no TLS on the
+    /// server); retried like `Transient` (the server may be fixed), logged as an error.
+    #[error("{0}")]
+    Misconfigured(String),
     /// The output is gone for good (jsonl: stdout closed).
     #[error("{0}")]
     Fatal(String),

@@ -130,7 +130,11 @@ impl Lane {
                 match self.sink.connect().await {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(e) => {
-                        warn!(lane = self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Database unavailable.");
+                        if let StoreError::Misconfigured(_) = e {
+                            error!(lane = self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Database connection refused; an operator must act.");
+                        } else {
+                            warn!(lane = self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Database unavailable.");
+                        }
                         next_connect = Instant::now() + backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }

@@ -72,6 +72,7 @@ fn harness() -> &'static Harness {
                     forwarding_on: false,
                     commands: agent.commands.clone(),
                     firmware: agent.firmware.clone(),
+                    replays: None,
                     gateway: settings.gateway_id.clone(),
                     store_settings: settings.store.clone(),
                     token: Some(TOKEN.into()),
