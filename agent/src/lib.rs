@@ -67,6 +67,8 @@ pub struct Agent {
     writer_exited: CancellationToken,
     uplink: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     commands_stop: CancellationToken,
+    /// Cancels a running replay (first thing at stop: its thread would hold the API's runtime).
+    replays_stop: CancellationToken,
     commands_task: tokio::task::JoinHandle<()>,
     firmware_task: tokio::task::JoinHandle<()>,
     /// Firmware updates (the local API uploads bundles and starts rollouts here).
@@ -139,12 +141,14 @@ impl Agent {
         .context("loading pending commands")?;
         let (results_tx, results_rx) = tokio::sync::mpsc::channel(64);
         // Replayed events go out through the same queue as firmware results.
+        let replays_stop = CancellationToken::new();
         let replays = settings.uplink.as_ref().map(|u| {
             uplink::replay::Replays::new(
                 settings.store.path.clone(),
                 store.clone(),
                 results_tx.clone(),
                 u,
+                replays_stop.clone(),
             )
         });
         let (firmware, firmware_task) = firmware::spawn(
@@ -310,6 +314,7 @@ impl Agent {
             uplink,
             uplink_stats,
             commands_stop,
+            replays_stop,
             commands_task,
             firmware_task,
             firmware,
@@ -340,6 +345,7 @@ impl Agent {
             "Agent totals."
         );
         tracing::info!("Stopping intake.");
+        self.replays_stop.cancel();
         if let Some((stop, task)) = self.api {
             stop.cancel();
             if tokio::time::timeout(INTAKE_GRACE, task).await.is_err() {

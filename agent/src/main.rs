@@ -110,7 +110,7 @@ enum Cmd {
             long,
             value_name = "TIME",
             allow_hyphen_values = true,
-            required_unless_present = "status"
+            required_unless_present_any = ["status", "cancel"]
         )]
         since: Option<String>,
         /// End, exclusive (same forms) [default: now].
@@ -126,6 +126,10 @@ enum Cmd {
         #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "0",
             conflicts_with_all = ["since", "until", "device", "detach"])]
         status: Option<u64>,
+        /// Cancel replay ID (what the broker acked stays delivered).
+        #[arg(long, value_name = "ID",
+            conflicts_with_all = ["since", "until", "device", "detach", "status"])]
+        cancel: Option<u64>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -494,10 +498,15 @@ async fn main() -> ExitCode {
             device,
             detach,
             status,
+            cancel,
             api,
         } => {
             use ferry_agent::cli::replay;
             let json = matches!(api.format, Format::Json);
+            if let Some(id) = cancel {
+                let r = async { replay::cancel(&client(&api)?, id, json, &mut stdout()).await };
+                return verdict(r.await);
+            }
             if let Some(id) = status {
                 let id = (id > 0).then_some(id);
                 let r = async { replay::status(&client(&api)?, id, json, &mut stdout()).await };

@@ -47,6 +47,7 @@ async fn openapi_document_covers_every_route_and_real_responses_validate_against
         "POST /api/v1/replays",
         "GET /api/v1/replays",
         "GET /api/v1/replays/{id}",
+        "POST /api/v1/replays/{id}/cancel",
         "GET /api/v1/latest",
         "GET /api/v1/events",
         "GET /api/v1/series",

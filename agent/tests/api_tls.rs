@@ -117,6 +117,28 @@ async fn the_cli_reads_the_api_over_https_and_refuses_what_it_cannot_trust() {
     );
     agent.stop().await.unwrap();
 
+    // A certificate from the right CA for another name.
+    let misnamed = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        pki.misnamed_server_cert.display().to_string(),
+        pki.misnamed_server_key.display().to_string()
+    );
+    let agent = Agent::start(&settings(&toml(
+        &dir.path().join("misnamed.db"),
+        "127.0.0.1:0",
+        &misnamed,
+    )))
+    .await
+    .unwrap();
+    let addr = format!("https://127.0.0.1:{}", agent.api_addr.unwrap().port());
+    let (code, _, err) = ferry(&["devices", "--api", &addr, "--ca-file", &ca]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("its certificate does not name \"127.0.0.1\""),
+        "{err}"
+    );
+    agent.stop().await.unwrap();
+
     // HTTPS to a plain-HTTP agent: told the port does not speak HTTPS.
     let plain = Agent::start(&settings(&toml(
         &dir.path().join("plain.db"),

@@ -26,6 +26,10 @@ pub struct TestPki {
     pub other_server_cert: PathBuf,
     /// Its key.
     pub other_server_key: PathBuf,
+    /// A server certificate signed by `ca` naming only `gw.invalid` (for "wrong name" cases).
+    pub misnamed_server_cert: PathBuf,
+    /// Its key.
+    pub misnamed_server_key: PathBuf,
 }
 
 impl TestPki {
@@ -78,6 +82,12 @@ impl TestPki {
             ExtendedKeyUsagePurpose::ClientAuth,
             &main,
         );
+        let (misnamed_cert, misnamed_key) = leaf(
+            "gw.invalid",
+            &["gw.invalid"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            &main,
+        );
         let (other_cert, other_key) = leaf(
             "127.0.0.1",
             &server_names,
@@ -93,6 +103,8 @@ impl TestPki {
             other_ca: write("other-ca.pem", other.0.pem()),
             other_server_cert: write("other-server.pem", other_cert),
             other_server_key: write("other-server.key", other_key),
+            misnamed_server_cert: write("misnamed-server.pem", misnamed_cert),
+            misnamed_server_key: write("misnamed-server.key", misnamed_key),
         }
     }
 }

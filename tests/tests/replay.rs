@@ -59,7 +59,7 @@ async fn ferry_replay(api: &str, args: &[String]) -> (std::process::ExitStatus, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto and PostgreSQL"]
 async fn a_replayed_range_restores_deleted_rows_in_postgres_exactly_once() {
-    let broker = Mosquitto::start(MosquittoOptions::default());
+    let mut broker = Mosquitto::start(MosquittoOptions::default());
     let pg = Postgres::start(PostgresOptions::default());
     ferry_bridge_bin().expect("build ferry-bridge");
     let bridge = BridgeProcess::start_healthy(&broker.addr(), "bridge-replay", &pg.conn_str(), 20)
@@ -72,7 +72,7 @@ async fn a_replayed_range_restores_deleted_rows_in_postgres_exactly_once() {
         &format!(
             "[api]\nlisten = \"127.0.0.1:0\"\n[gateway]\nid = \"gw-replay\"\n[store]\npath = {:?}\n\
              [devices]\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
-             [uplink]\nbroker = \"{}\"\nmax_batch_events = 100\n",
+             [uplink]\nbroker = \"{}\"\nmax_batch_events = 100\nread_limit = 7\nbackoff_max = \"500ms\"\n",
             dir.path().join("ferry.db").display().to_string(),
             broker.addr()
         ),
@@ -238,6 +238,41 @@ async fn a_replayed_range_restores_deleted_rows_in_postgres_exactly_once() {
     .await;
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("no device \"nope\""), "{err}");
+
+    // With the broker gone a replay waits; it can be cancelled, and then another may start.
+    broker.stop();
+    let all = ["--since".to_owned(), first.to_string()];
+    let (status, out, err) = ferry_replay(&api, &[&all[..], &["--detach".into()]].concat()).await;
+    assert!(status.success(), "{out}{err}");
+    let id: String = out
+        .strip_prefix("replay ")
+        .and_then(|r| r.split(':').next())
+        .expect(&out)
+        .to_owned();
+    let (status, _, err) = ferry_replay(&api, &all).await;
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("replay {id} is running")), "{err}");
+    let (status, out, err) = ferry_replay(&api, &["--cancel".into(), id.clone()]).await;
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains(&format!("replay {id}: cancelled")), "{out}");
+    let (status, out, err) = ferry_replay(&api, &[&all[..], &["--detach".into()]].concat()).await;
+    assert!(status.success(), "another replay starts: {out}{err}");
+    broker.start_again();
+    poll_until(
+        Duration::from_secs(30),
+        "the last replay done",
+        async || {
+            let (_, out, _) = ferry_replay(&api, &["--status".into()]).await;
+            out.lines()
+                .next()
+                .is_some_and(|l| l.contains(": done"))
+                .then_some(())
+                .ok_or(out)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rows(&db).await == before, "still exactly the rows before");
 
     agent.terminate().await;
     let _ = bridge.terminate().await;

@@ -137,6 +137,11 @@ pub(super) fn render(s: &ApiState, snap: &Snapshot) -> String {
             c(&u.events_acked),
         ),
         (
+            "ferry_uplink_events_replayed",
+            "Stored events sent again by replays, in messages the broker acked",
+            c(&u.events_replayed),
+        ),
+        (
             "ferry_uplink_messages_unrouted",
             "Messages with no subscriber (held and sent again)",
             c(&u.messages_unrouted),

@@ -170,6 +170,7 @@ pub fn router(state: ApiState) -> Router {
             get(replays::list).post(replays::post_replay),
         )
         .route("/api/v1/replays/{id}", get(replays::get))
+        .route("/api/v1/replays/{id}/cancel", post(replays::cancel))
         .route("/api/v1/latest", get(routes::all_latest))
         .route("/api/v1/events", get(routes::events))
         .route("/api/v1/series", get(routes::series))

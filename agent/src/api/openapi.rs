@@ -29,6 +29,7 @@ use super::model::*;
         super::replays::post_replay,
         super::replays::list,
         super::replays::get,
+        super::replays::cancel,
         super::stream::stream,
         super::ops::status,
         super::ops::healthz,

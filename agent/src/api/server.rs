@@ -156,8 +156,21 @@ async fn handshake(
 pub const PLAIN_HTTP_DETAIL: &str =
     "this port speaks HTTPS ([api] tls_cert is set): use an https:// address";
 
+/// Reads the request head (so closing does not reset the connection over unread bytes), answers
+/// `400` and closes, draining what else comes for a moment.
 async fn plain_http_refusal(mut tcp: tokio::net::TcpStream) -> io::Result<()> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_HEAD_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let body = serde_json::to_vec(&super::error::ErrorDoc {
         error: "bad_request".into(),
         detail: PLAIN_HTTP_DETAIL.into(),
@@ -169,7 +182,12 @@ async fn plain_http_refusal(mut tcp: tokio::net::TcpStream) -> io::Result<()> {
     );
     tcp.write_all(head.as_bytes()).await?;
     tcp.write_all(&body).await?;
-    tcp.shutdown().await
+    tcp.shutdown().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    Ok(())
 }
 
 fn is_per_connection(e: &io::Error) -> bool {

@@ -146,16 +146,18 @@ impl Endpoint {
                 "--api {api:?}: the local API speaks http:// (or https:// with [api] tls_cert)"
             )));
         }
-        let ca_file = ca_file
-            .map(str::to_owned)
-            .or_else(|| env(ENV_API_CA_FILE).and_then(nonempty))
-            .filter(|f| !f.trim().is_empty())
-            .map(std::path::PathBuf::from);
+        // A CA file from the flag goes only with https://; one from the environment is for
+        // whichever agent speaks HTTPS, and left aside for an http:// one.
         if ca_file.is_some() && base.scheme() != "https" {
             return Err(CliError::Usage(format!(
                 "--ca-file is for an https:// address, and --api is {api:?}"
             )));
         }
+        let ca_file = ca_file
+            .map(str::to_owned)
+            .or_else(|| env(ENV_API_CA_FILE).and_then(nonempty))
+            .filter(|f| !f.trim().is_empty() && base.scheme() == "https")
+            .map(std::path::PathBuf::from);
         if base.host_str().is_none_or(str::is_empty) {
             return Err(CliError::Usage(format!("--api {api:?} has no host")));
         }
@@ -236,11 +238,18 @@ pub fn write_views<T: serde::Serialize>(
 
 /// What a TLS failure (rustls's words in `cause`) means for the user, if it is one.
 fn tls_failure(cause: &str, host: &str) -> Option<String> {
-    let fix = if cause.contains("UnknownIssuer") || cause.contains("BadSignature") {
+    // rustls's words (0.23: Debug names for some certificate errors, sentences for others).
+    let fix = if cause.contains("UnknownIssuer") {
         "its certificate is not signed by a CA the CLI trusts: pass that CA with --ca-file (or FERRY_API_CA_FILE)".to_owned()
-    } else if cause.contains("NotValidForName") {
+    } else if cause.contains("BadSignature") {
+        "its certificate's signature does not verify (a damaged or forged certificate)".to_owned()
+    } else if cause.contains("NotValidForName") || cause.contains("not valid for name") {
         format!("its certificate does not name {host:?}: use a host name the certificate names in --api")
-    } else if cause.contains("Expired") || cause.contains("NotValidYet") {
+    } else if cause.contains("Expired")
+        || cause.contains("certificate expired")
+        || cause.contains("NotValidYet")
+        || cause.contains("not valid yet")
+    {
         "its certificate is expired or not valid yet (check its dates and the clocks)".to_owned()
     } else if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
         "it does not speak HTTPS on that port: use http:// (or set [api] tls_cert and tls_key on the agent)".to_owned()
@@ -538,6 +547,30 @@ mod tests {
         .unwrap();
         assert_eq!(e.display(), "http://127.0.0.1:7878");
         assert_eq!(e.token, None);
+    }
+
+    #[test]
+    fn a_ca_file_goes_with_https_and_one_from_the_environment_is_left_aside_for_http() {
+        let vars = env(&[("FERRY_API_CA_FILE", "/etc/ferry/ca.pem")]);
+        let e = Endpoint::resolve(Some("https://gw:7878"), None, None, &vars).unwrap();
+        assert_eq!(
+            e.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ferry/ca.pem"))
+        );
+        let e = Endpoint::resolve(Some("http://gw:7878"), None, None, &vars).unwrap();
+        assert_eq!(e.ca_file, None);
+        let e = Endpoint::resolve(Some("http://gw:7878"), None, Some("ca.pem"), &vars).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--ca-file is for an https:// address"),
+            "{e}"
+        );
+        let e = Endpoint::resolve(Some("https://gw:7878"), None, Some("mine.pem"), &vars).unwrap();
+        assert_eq!(
+            e.ca_file.as_deref(),
+            Some(std::path::Path::new("mine.pem")),
+            "the flag wins"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn describe(v: &ReplayView) -> String {
             ReplayState::Running => "running",
             ReplayState::Done => "done",
             ReplayState::Failed => "failed",
+            ReplayState::Cancelled => "cancelled",
         },
         what,
         v.since,
@@ -75,7 +76,7 @@ pub async fn replay(
     if !json {
         writeln!(
             out,
-            "replay {id}: {} events of {} from {} to {}; Ctrl-C stops watching, not the replay (ferry replay --status {id})",
+            "replay {id}: {} events of {} from {} to {}; Ctrl-C stops watching, not the replay (ferry replay --status {id}, --cancel {id})",
             started.events_total,
             started.device.as_deref().unwrap_or("every device"),
             started.since,
@@ -132,6 +133,25 @@ pub async fn status(
         "no replays since the agent started",
         |v, out| Ok(writeln!(out, "{}", describe(v))?),
     )
+}
+
+/// Cancels replay `id`; Ok(true) once it no longer runs.
+pub async fn cancel(
+    c: &ApiClient,
+    id: u64,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<bool, CliError> {
+    let v: ReplayView = c
+        .post(
+            &["api", "v1", "replays", &id.to_string(), "cancel"],
+            Vec::new(),
+            "application/json",
+            Duration::from_secs(10),
+        )
+        .await?;
+    write_view(&v, json, out)?;
+    Ok(v.state != ReplayState::Running)
 }
 
 fn write_view(v: &ReplayView, json: bool, out: &mut impl Write) -> Result<(), CliError> {

@@ -120,6 +120,8 @@ pub struct Publish<'a> {
 pub struct Delivered<N> {
     /// Events in it (0 for status and outcome messages).
     pub events: usize,
+    /// Events sent again by a replay ([`Ledger::push`]), not forwarded from the position.
+    pub replayed: bool,
     /// Whoever waits for its PUBACK.
     pub notify: Option<N>,
 }
@@ -584,6 +586,7 @@ impl<N> Ledger<N> {
         }
         Some(Delivered {
             events: m.events,
+            replayed: m.chunk.is_none() && m.events > 0,
             notify: m.notify,
         })
     }

@@ -156,8 +156,10 @@ pub struct UplinkStats {
     pub messages_republished: AtomicU64,
     /// Messages acked by the broker.
     pub messages_acked: AtomicU64,
-    /// Events in acked messages.
+    /// Events in acked messages, forwarded from the position (not replays).
     pub events_acked: AtomicU64,
+    /// Events in acked messages sent again by replays.
+    pub events_replayed: AtomicU64,
     /// PUBACKs saying no subscriber matched (MQTT 5): held and published again.
     pub messages_unrouted: AtomicU64,
     /// Messages sent to quarantine (refused or too large).
@@ -597,7 +599,12 @@ impl<S: EventSource> Uplink<S> {
     /// A message is acked by the broker: count it, tell who waits.
     fn delivered(&self, d: Delivered<tokio::sync::oneshot::Sender<()>>) {
         self.stats.messages_acked.fetch_add(1, Relaxed);
-        self.stats.events_acked.fetch_add(d.events as u64, Relaxed);
+        let events = if d.replayed {
+            &self.stats.events_replayed
+        } else {
+            &self.stats.events_acked
+        };
+        events.fetch_add(d.events as u64, Relaxed);
         if let Some(tx) = d.notify {
             let _ = tx.send(());
         }

@@ -16,8 +16,13 @@
 //! - **Never the position.** A replay neither reads nor moves the forwarding position. Retention
 //!   may have deleted forwarded events older than `keep_forwarded_for`; `events_total` counts
 //!   what is still stored when the replay starts.
-//! - **Bounded.** At most [`WINDOW`] messages of a replay wait for their PUBACK, so live
-//!   forwarding keeps the rest of the in-flight window; one replay runs at a time.
+//! - **Exact.** The range is fixed when the replay starts: events stored until then (ids up to
+//!   the newest at that moment), so `events_total` is what will be sent or skipped.
+//! - **Bounded.** At most [`WINDOW`] messages of a replay, and at most half the uplink's in-flight
+//!   window, wait for their PUBACK, so live forwarding keeps the rest; one replay runs at a time.
+//! - **Ends.** A replay waits for the broker as long as it takes (a broker outage pauses it), but
+//!   it can be cancelled (`POST /api/v1/replays/{id}/cancel`), and the agent stopping cancels it
+//!   at once. Whatever ends the replay thread (even a panic) ends its entry.
 //! - **Skips, not stops.** Events the contract refuses (quarantined when first forwarded) are
 //!   counted in `events_skipped`, not sent. A message the broker refuses, or the agent stopping,
 //!   ends the replay `failed` with the reason.
@@ -26,13 +31,14 @@
 //!
 //! [`Book`] (which replays exist, the one-at-a-time rule, their figures) and [`Window`] (which
 //! messages wait for a PUBACK) are sans-IO; [`Replays`] and the replay thread do the I/O.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use super::batch::{self, BatchLimits};
@@ -131,6 +137,8 @@ pub enum ReplayState {
     Done,
     /// Stopped early; `error` says why.
     Failed,
+    /// Cancelled (by a request, or because the agent stopped).
+    Cancelled,
 }
 
 /// A replay and its figures (`GET /api/v1/replays/{id}`).
@@ -162,7 +170,7 @@ pub struct ReplayView {
     pub started_at: String,
     /// When it ended.
     pub finished_at: Option<String>,
-    /// Why it failed.
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
 }
 
@@ -178,9 +186,23 @@ pub enum StartError {
     /// Another replay runs.
     #[error("replay {0} is running; one replay runs at a time (GET /api/v1/replays/{0} shows its progress)")]
     Busy(u64),
-    /// The store cannot be read or synced.
+    /// The store cannot be synced (stopping, or failing).
     #[error("{0}")]
-    Store(String),
+    Store(#[from] crate::store::StoreError),
+    /// The range cannot be read.
+    #[error("reading the store: {0}")]
+    Read(String),
+}
+
+/// How a replay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Every event sent was acked.
+    Done,
+    /// Stopped on an error.
+    Failed(String),
+    /// Cancelled, and why.
+    Cancelled(String),
 }
 
 /// The replays of this agent run, sans-IO: ids, the one-at-a-time rule, figures.
@@ -230,14 +252,14 @@ impl Book {
         self.views.iter_mut().find(|v| v.id == id)
     }
 
-    /// Ends replay `id` at `now_ms`: done, or failed with `error`.
-    pub fn end(&mut self, id: u64, error: Option<String>, now_ms: i64) {
-        if let Some(v) = self.get_mut(id) {
-            v.state = match error {
-                None => ReplayState::Done,
-                Some(_) => ReplayState::Failed,
+    /// Ends replay `id` at `now_ms`, if it still runs.
+    pub fn end(&mut self, id: u64, how: Ended, now_ms: i64) {
+        if let Some(v) = self.get_mut(id).filter(|v| v.state == ReplayState::Running) {
+            (v.state, v.error) = match how {
+                Ended::Done => (ReplayState::Done, None),
+                Ended::Failed(e) => (ReplayState::Failed, Some(e)),
+                Ended::Cancelled(e) => (ReplayState::Cancelled, Some(e)),
             };
-            v.error = error;
             v.finished_at = Some(format_ms(now_ms));
         }
     }
@@ -257,20 +279,22 @@ impl Book {
 #[derive(Debug)]
 pub struct Window<W> {
     waiting: VecDeque<(W, u64)>,
-}
-
-impl<W> Default for Window<W> {
-    fn default() -> Self {
-        Window {
-            waiting: VecDeque::new(),
-        }
-    }
+    limit: usize,
 }
 
 impl<W> Window<W> {
+    /// A window for an uplink whose in-flight window is `uplink_window` messages: at most
+    /// [`WINDOW`] and half of it (at least one).
+    pub fn new(uplink_window: usize) -> Self {
+        Window {
+            waiting: VecDeque::new(),
+            limit: (uplink_window / 2).clamp(1, WINDOW),
+        }
+    }
+
     /// Whether another message may go out.
     pub fn has_room(&self) -> bool {
-        self.waiting.len() < WINDOW
+        self.waiting.len() < self.limit
     }
 
     /// A message of `events` went out; `waiter` resolves on its PUBACK.
@@ -297,13 +321,37 @@ struct Ctx {
     gateway: String,
     limits: BatchLimits,
     read_limit: usize,
+    /// The uplink's in-flight window (messages).
+    uplink_window: usize,
+    /// Cancelled when the agent stops; each replay's token is a child.
+    stop: CancellationToken,
 }
 
-/// The agent's replays: start one, look them up.
+/// The agent's replays: start one, look them up, cancel one.
 #[derive(Clone)]
 pub struct Replays {
     book: Arc<Mutex<Book>>,
+    cancels: Arc<Mutex<HashMap<u64, CancellationToken>>>,
     ctx: Arc<Ctx>,
+}
+
+/// Ends the replay's entry however its thread ends (a panic included: then `failed`).
+struct EndGuard {
+    book: Arc<Mutex<Book>>,
+    cancels: Arc<Mutex<HashMap<u64, CancellationToken>>>,
+    id: u64,
+    how: Ended,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        lock(&self.cancels).remove(&self.id);
+        lock(&self.book).end(self.id, self.how.clone(), crate::utc_now_ms());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Replays {
@@ -312,63 +360,80 @@ impl std::fmt::Debug for Replays {
     }
 }
 
-/// Events of `device` (key) with `(ts_ms, id)` after `after` and `ts_ms < until`, oldest first.
+/// Events of `device` (key) with `(ts_ms, id)` after `after`, `ts_ms < until` and `id <= upto`,
+/// in `(ts_ms, id)` order.
 fn page(
     c: &Connection,
     device: i64,
     after: (i64, i64),
-    until: i64,
+    (until, upto): (i64, i64),
     limit: usize,
 ) -> rusqlite::Result<Vec<EventRow>> {
     c.prepare_cached(
         "SELECT id, device, boot_no, seq, sensor, ts_ms, value FROM events
-         WHERE device = ?1 AND (ts_ms, id) > (?2, ?3) AND ts_ms < ?4 ORDER BY ts_ms, id LIMIT ?5",
+         WHERE device = ?1 AND (ts_ms, id) > (?2, ?3) AND ts_ms < ?4 AND id <= ?5
+         ORDER BY ts_ms, id LIMIT ?6",
     )?
     .query_map(
-        params![device, after.0, after.1, until, limit as i64],
+        params![device, after.0, after.1, until, upto, limit as i64],
         event_row,
     )?
     .collect()
 }
 
-/// The devices (key, id) a replay of `spec` reads, with the events in its range.
-fn plan(c: &Connection, spec: &ReplaySpec) -> Result<(Vec<i64>, u64), StartError> {
-    let store = |e: rusqlite::Error| StartError::Store(e.to_string());
+/// What a replay reads: the device keys, the newest event id when it started, and the events.
+struct Plan {
+    keys: Vec<i64>,
+    upto: i64,
+    total: u64,
+}
+
+/// The devices a replay of `spec` reads, with the events in its range stored so far.
+fn plan(c: &Connection, spec: &ReplaySpec) -> Result<Plan, StartError> {
+    let read = |e: rusqlite::Error| StartError::Read(e.to_string());
+    let tx = c.unchecked_transaction().map_err(read)?; // one snapshot for all counts
     let keys: Vec<i64> = match &spec.device {
         Some(d) => {
-            let k = crate::store::query::device_key(c, d)
-                .map_err(|e| StartError::Store(e.to_string()))?;
+            let k = crate::store::query::device_key(&tx, d)
+                .map_err(|e| StartError::Read(e.to_string()))?;
             vec![k.ok_or_else(|| StartError::UnknownDevice(d.clone()))?]
         }
-        None => c
+        None => tx
             .prepare("SELECT id FROM devices ORDER BY id")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .map_err(store)?,
+            .map_err(read)?,
     };
+    let upto: i64 = tx
+        .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
+        .map_err(read)?;
     let mut total = 0u64;
     for k in &keys {
-        let n: i64 = c
+        let n: i64 = tx
             .query_row(
-                "SELECT count(*) FROM events WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3",
-                params![k, spec.since_ms, spec.until_ms],
+                "SELECT count(*) FROM events
+                 WHERE device = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND id <= ?4",
+                params![k, spec.since_ms, spec.until_ms, upto],
                 |r| r.get(0),
             )
-            .map_err(store)?;
+            .map_err(read)?;
         total += n as u64;
     }
-    Ok((keys, total))
+    Ok(Plan { keys, upto, total })
 }
 
 impl Replays {
-    /// Replays through the uplink that publishes what `out` carries, with its settings.
+    /// Replays through the uplink that publishes what `out` carries, with its settings; `stop`
+    /// (the agent stopping) cancels a running replay.
     pub fn new(
         db: PathBuf,
         store: StoreHandle,
         out: mpsc::Sender<OutgoingMessage>,
         settings: &UplinkSettings,
+        stop: CancellationToken,
     ) -> Replays {
         Replays {
             book: Arc::default(),
+            cancels: Arc::default(),
             ctx: Arc::new(Ctx {
                 db,
                 store,
@@ -376,76 +441,88 @@ impl Replays {
                 gateway: settings.gateway.clone(),
                 limits: settings.limits,
                 read_limit: settings.read_limit.max(1),
+                uplink_window: usize::from(settings.link.inflight.max(2)),
+                stop,
             }),
         }
     }
 
-    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Replay `id`.
     pub fn get(&self, id: u64) -> Option<ReplayView> {
-        self.book().get(id)
+        lock(&self.book).get(id)
     }
 
     /// The kept replays, newest first.
     pub fn list(&self) -> Vec<ReplayView> {
-        self.book().list()
+        lock(&self.book).list()
+    }
+
+    /// Cancels replay `id` if it runs; the replay as it is then (`None`: no such replay). The
+    /// thread ends it `cancelled` a moment later.
+    pub fn cancel(&self, id: u64) -> Option<ReplayView> {
+        if let Some(t) = lock(&self.cancels).get(&id) {
+            t.cancel();
+        }
+        self.get(id)
     }
 
     /// Checks `req`, writes acked samples to the database, counts the range and starts the
     /// replay; returns it as it starts.
     pub async fn start(&self, req: &ReplayRequest) -> Result<ReplayView, StartError> {
         let spec = ReplaySpec::resolve(req, crate::utc_now_ms()).map_err(StartError::BadRequest)?;
-        if let Some(id) = self.book().running() {
+        if let Some(id) = lock(&self.book).running() {
             return Err(StartError::Busy(id));
         }
-        self.ctx.store.sync().await.map_err(|e| {
-            StartError::Store(format!("writing acked samples to the database: {e}"))
-        })?;
-        let ctx = self.ctx.clone();
-        let book = self.book.clone();
+        self.ctx.store.sync().await?;
+        let (ctx, book, cancels) = (self.ctx.clone(), self.book.clone(), self.cancels.clone());
         let rt = tokio::runtime::Handle::current();
         let (started_tx, started) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let opened = crate::store::open_reader(&ctx.db)
-                .map_err(|e| StartError::Store(e.to_string()))
+                .map_err(|e| StartError::Read(e.to_string()))
                 .and_then(|c| plan(&c, &spec).map(|p| (c, p)));
-            let (conn, (keys, total)) = match opened {
+            let (conn, plan) = match opened {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = started_tx.send(Err(e));
                     return;
                 }
             };
+            let cancel = ctx.stop.child_token();
             let view = {
-                let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+                let mut b = lock(&book);
                 if let Some(id) = b.running() {
                     let _ = started_tx.send(Err(StartError::Busy(id)));
                     return;
                 }
-                b.begin(&spec, total, crate::utc_now_ms())
+                let v = b.begin(&spec, plan.total, crate::utc_now_ms());
+                lock(&cancels).insert(v.id, cancel.clone());
+                v
             };
             let id = view.id;
+            let mut guard = EndGuard {
+                book: book.clone(),
+                cancels,
+                id,
+                how: Ended::Failed("the replay stopped on an internal error".into()),
+            };
             tracing::info!(
                 replay = id,
                 since = %view.since,
                 until = %view.until,
                 device = ?spec.device,
-                events = total,
+                events = plan.total,
                 "Replay started."
             );
             let _ = started_tx.send(Ok(view));
-            let result = run(&ctx, &rt, &conn, &spec, &keys, |f| {
-                if let Some(v) = book.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+            let how = run(&ctx, &rt, &conn, &spec, &plan, &cancel, |f| {
+                if let Some(v) = lock(&book).get_mut(id) {
                     f(v);
                 }
             });
-            let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
-            match &result {
-                Ok(()) => {
-                    let v = b.get(id);
+            match &how {
+                Ended::Done => {
+                    let v = lock(&book).get(id);
                     tracing::info!(
                         replay = id,
                         acked = v.as_ref().map_or(0, |v| v.events_acked),
@@ -453,83 +530,118 @@ impl Replays {
                         "Replay done."
                     );
                 }
-                Err(e) => tracing::warn!(replay = id, error = %e, "Replay failed."),
+                Ended::Failed(e) => tracing::warn!(replay = id, error = %e, "Replay failed."),
+                Ended::Cancelled(why) => tracing::info!(replay = id, %why, "Replay cancelled."),
             }
-            b.end(id, result.err(), crate::utc_now_ms());
+            guard.how = how;
         });
         started
             .await
-            .map_err(|_| StartError::Store("the replay thread stopped".into()))?
+            .map_err(|_| StartError::Read("the replay thread stopped".into()))?
     }
 }
 
+/// Why the replay stops when `cancel` fired.
+fn cancelled(ctx: &Ctx) -> Ended {
+    Ended::Cancelled(if ctx.stop.is_cancelled() {
+        "the agent is stopping".into()
+    } else {
+        "cancelled by a request".into()
+    })
+}
+
 /// The replay itself, on a blocking thread: read a page, publish its messages within the window,
-/// account for PUBACKs. `update` applies a change to the replay's figures.
+/// account for PUBACKs, until the range is done or `cancel`. `update` changes the figures.
 fn run(
     ctx: &Ctx,
     rt: &tokio::runtime::Handle,
     conn: &Connection,
     spec: &ReplaySpec,
-    keys: &[i64],
+    plan: &Plan,
+    cancel: &CancellationToken,
     update: impl Fn(&dyn Fn(&mut ReplayView)),
-) -> Result<(), String> {
+) -> Ended {
     let mut names = Names::default();
-    let mut window: Window<oneshot::Receiver<()>> = Window::default();
-    let wait_oldest = |window: &mut Window<oneshot::Receiver<()>>| -> Result<(), String> {
-        if let Some((rx, events)) = window.oldest() {
-            rt.block_on(rx).map_err(|_| {
-                "a replayed message was not delivered: the broker refused it or it is larger \
-                 than the broker's maximum packet size (see the quarantine), or the agent is \
-                 stopping"
-                    .to_owned()
-            })?;
-            update(&|v| v.events_acked += events);
+    let mut window: Window<oneshot::Receiver<()>> = Window::new(ctx.uplink_window);
+    // `Err(how)`: the replay ends so.
+    let wait_oldest = |window: &mut Window<oneshot::Receiver<()>>| -> Result<(), Ended> {
+        let Some((rx, events)) = window.oldest() else {
+            return Ok(());
+        };
+        rt.block_on(async {
+            tokio::select! {
+                r = rx => r.map_err(|_| if cancel.is_cancelled() || ctx.stop.is_cancelled() {
+                    cancelled(ctx)
+                } else {
+                    Ended::Failed(
+                        "a replayed message was not delivered: the broker refused it, or it is \
+                         larger than the broker's maximum packet size (see the quarantine)"
+                            .into(),
+                    )
+                }),
+                _ = cancel.cancelled() => Err(cancelled(ctx)),
+            }
+        })?;
+        update(&|v| v.events_acked += events);
+        Ok(())
+    };
+    let mut body = || -> Result<(), Ended> {
+        for &key in &plan.keys {
+            let mut after = (spec.since_ms, 0);
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(cancelled(ctx));
+                }
+                let rows = page(conn, key, after, (spec.until_ms, plan.upto), ctx.read_limit)
+                    .map_err(|e| Ended::Failed(format!("reading the store: {e}")))?;
+                let Some(last) = rows.last() else { break };
+                after = (last.5, last.0);
+                let full = rows.len() == ctx.read_limit;
+                // Batches want store order (`seq` rising within a boot); a device's clock may not.
+                let mut rows = rows;
+                rows.sort_unstable_by_key(|r| r.0);
+                let events = names
+                    .events(conn, rows)
+                    .map_err(|e| Ended::Failed(format!("reading the store: {e}")))?;
+                for m in batch::batches(&ctx.gateway, &events, &ctx.limits) {
+                    let n = m.events as u64;
+                    if m.refused.is_some() {
+                        update(&|v| v.events_skipped += n);
+                        continue;
+                    }
+                    while !window.has_room() {
+                        wait_oldest(&mut window)?;
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    let message = OutgoingMessage {
+                        topic: m.topic,
+                        payload: m.payload,
+                        events: m.events,
+                        delivered: Some(tx),
+                    };
+                    rt.block_on(async {
+                        tokio::select! {
+                            r = ctx.out.send(message) => r.map_err(|_| cancelled(ctx)),
+                            _ = cancel.cancelled() => Err(cancelled(ctx)),
+                        }
+                    })?;
+                    window.sent(rx, n);
+                    update(&|v| v.events_sent += n);
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        while window.oldest_pending() {
+            wait_oldest(&mut window)?;
         }
         Ok(())
     };
-    for &key in keys {
-        let mut after = (spec.since_ms, 0);
-        loop {
-            let rows = page(conn, key, after, spec.until_ms, ctx.read_limit)
-                .map_err(|e| format!("reading the store: {e}"))?;
-            let Some(last) = rows.last() else { break };
-            after = (last.5, last.0);
-            let full = rows.len() == ctx.read_limit;
-            // Batches want store order (`seq` rising within a boot); a device's clock may not.
-            let mut rows = rows;
-            rows.sort_unstable_by_key(|r| r.0);
-            let events = names
-                .events(conn, rows)
-                .map_err(|e| format!("reading the store: {e}"))?;
-            for m in batch::batches(&ctx.gateway, &events, &ctx.limits) {
-                let n = m.events as u64;
-                if m.refused.is_some() {
-                    update(&|v| v.events_skipped += n);
-                    continue;
-                }
-                while !window.has_room() {
-                    wait_oldest(&mut window)?;
-                }
-                let (tx, rx) = oneshot::channel();
-                rt.block_on(ctx.out.send(OutgoingMessage {
-                    topic: m.topic,
-                    payload: m.payload,
-                    events: m.events,
-                    delivered: Some(tx),
-                }))
-                .map_err(|_| "the uplink stopped (the agent is stopping)".to_owned())?;
-                window.sent(rx, n);
-                update(&|v| v.events_sent += n);
-            }
-            if !full {
-                break;
-            }
-        }
+    match body() {
+        Ok(()) => Ended::Done,
+        Err(how) => how,
     }
-    while window.oldest_pending() {
-        wait_oldest(&mut window)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -604,11 +716,17 @@ mod tests {
         );
         assert_eq!(b.running(), Some(1));
         b.get_mut(1).unwrap().events_acked = 5;
-        b.end(1, None, NOW + 1);
+        b.end(1, Ended::Done, NOW + 1);
+        b.end(1, Ended::Failed("late".into()), NOW + 2);
+        assert_eq!(
+            b.get(1).unwrap().state,
+            ReplayState::Done,
+            "an ended replay stays so"
+        );
         assert_eq!(b.running(), None);
         assert_eq!(b.get(1).unwrap().state, ReplayState::Done);
         b.begin(&spec, 0, NOW);
-        b.end(2, Some("broker refused".into()), NOW);
+        b.end(2, Ended::Failed("broker refused".into()), NOW);
         let v = b.get(2).unwrap();
         assert_eq!(
             (v.state, v.error.as_deref()),
@@ -616,7 +734,7 @@ mod tests {
         );
         for _ in 0..KEEP {
             let id = b.begin(&spec, 0, NOW).id;
-            b.end(id, None, NOW);
+            b.end(id, Ended::Cancelled("by a request".into()), NOW);
         }
         let all = b.list();
         assert_eq!(all.len(), KEEP);
@@ -625,8 +743,8 @@ mod tests {
     }
 
     #[test]
-    fn the_window_holds_at_most_window_messages_oldest_first() {
-        let mut w: Window<u32> = Window::default();
+    fn the_window_holds_at_most_window_messages_and_half_the_uplinks_oldest_first() {
+        let mut w: Window<u32> = Window::new(100);
         for i in 0..WINDOW as u32 {
             assert!(w.has_room());
             w.sent(i, u64::from(i));
@@ -638,5 +756,70 @@ mod tests {
             w.oldest();
         }
         assert_eq!(w.oldest(), None);
+        for (uplink, limit) in [(2, 1), (3, 1), (6, 3), (16, 8), (65_535, 8)] {
+            let mut w: Window<()> = Window::new(uplink);
+            let mut n = 0;
+            while w.has_room() {
+                w.sent((), 1);
+                n += 1;
+            }
+            assert_eq!(n, limit, "uplink window {uplink}");
+        }
+    }
+
+    /// Pages of 7 over rows whose timestamps repeat (two sensors share each) and run backwards
+    /// in places: every row in the range, below the id ceiling, read once.
+    #[test]
+    fn paging_reads_every_row_of_the_range_once_across_equal_timestamps() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, device INTEGER NOT NULL,
+                 boot_no INTEGER NOT NULL, seq INTEGER NOT NULL, sensor INTEGER NOT NULL,
+                 ts_ms INTEGER NOT NULL, value REAL);
+             CREATE INDEX events_device_ts ON events (device, ts_ms);",
+        )
+        .unwrap();
+        let mut id = 0;
+        for seq in 0..100i64 {
+            // A clock that jumps back by 30 ms at seq 50.
+            let ts = 1_000 + 10 * seq - if seq >= 50 { 300 } else { 0 };
+            for (device, sensor) in [(1, 0), (1, 1), (2, 0)] {
+                id += 1;
+                c.execute(
+                    "INSERT INTO events VALUES (?1, ?2, 1, ?3, ?4, ?5, 0.5)",
+                    params![id, device, seq, sensor, ts],
+                )
+                .unwrap();
+            }
+        }
+        let (since, until, upto) = (1_100, 1_900, id - 3);
+        let mut read = Vec::new();
+        let mut after = (since, 0);
+        loop {
+            let rows = page(&c, 1, after, (until, upto), 7).unwrap();
+            let Some(last) = rows.last() else { break };
+            after = (last.5, last.0);
+            let full = rows.len() == 7;
+            read.extend(rows.iter().map(|r| r.0));
+            if !full {
+                break;
+            }
+        }
+        let mut want: Vec<i64> = c
+            .prepare(
+                "SELECT id FROM events WHERE device = 1 AND ts_ms >= ?1 AND ts_ms < ?2 AND id <= ?3",
+            )
+            .unwrap()
+            .query_map(params![since, until, upto], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut got = read.clone();
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), read.len(), "no row twice");
+        want.sort_unstable();
+        assert_eq!(got, want, "every row of the range");
+        assert!(want.len() > 100, "{}", want.len());
     }
 }
