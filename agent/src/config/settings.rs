@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Validated `[api]`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiSettings {
     /// Where to listen.
     pub listen: SocketAddr,
@@ -19,6 +19,19 @@ pub struct ApiSettings {
     pub token: Option<String>,
     /// HTTPS with this certificate and key (`[api] tls_cert`, `tls_key`); `None`: plain HTTP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The files `tls` was read from (cert, key), for people.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+}
+
+/// Shows the token as set or not, and TLS as its files (not rustls's whole setup).
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("tls", &self.tls_files)
+            .finish()
+    }
 }
 
 /// `store.durability`.

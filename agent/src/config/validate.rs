@@ -222,7 +222,15 @@ fn api_settings(
                 .map_err(|(k, m)| invalid(k, m))?,
         ),
     };
-    Ok(Some(ApiSettings { listen, token, tls }))
+    let tls_files = tls
+        .is_some()
+        .then(|| (a.tls_cert.trim().into(), a.tls_key.trim().into()));
+    Ok(Some(ApiSettings {
+        listen,
+        token,
+        tls,
+        tls_files,
+    }))
 }
 
 /// `[uplink]`: off without a broker; TLS with a CA file; the MQTT options and batch limits.
