@@ -129,3 +129,58 @@ fn corrupt_and_foreign_databases_are_refused_at_open() {
         "{e}"
     );
 }
+
+/// `ferry config check` prints the settings it read; never a secret: not the uplink password,
+/// not the API token, not a byte of a private key (mutual TLS to the broker, HTTPS).
+#[test]
+fn config_check_shows_no_secret() {
+    let dir = crate::common::TempDir::new("cfg-secrets");
+    let pki = crate::pki::TestPki::generate(dir.path());
+    let file = dir.path().join("ferry.toml");
+    let p = |p: &Path| p.display().to_string();
+    let (password, token) = ("uplink-secret-pass-42", "api-secret-token-0123456789");
+    std::fs::write(
+        &file,
+        format!(
+            "[uplink]\nbroker = \"127.0.0.1:8883\"\nusername = \"gw\"\npassword = {password:?}\n\
+             ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n\
+             [api]\ntoken = {token:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+            p(&pki.ca),
+            p(&pki.client_cert),
+            p(&pki.client_key),
+            p(&pki.server_cert),
+            p(&pki.server_key),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains("(password set)") && shown.contains("key: (set)"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(password) && !shown.contains(token),
+        "{shown}"
+    );
+    for key in [&pki.client_key, &pki.server_key] {
+        let pem = std::fs::read_to_string(key).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!shown.contains(&body[..24]), "a key's PEM shown: {shown}");
+    }
+    // File contents as byte arrays (Debug of a Vec<u8>: one number per line).
+    let numbers = shown
+        .lines()
+        .filter(|l| l.trim().trim_end_matches(',').parse::<u8>().is_ok())
+        .count();
+    assert!(numbers < 16, "{numbers} lines of bytes shown: {shown}");
+}

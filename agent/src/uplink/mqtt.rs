@@ -88,7 +88,7 @@ pub trait Publisher: Send + Sync {
 }
 
 /// TLS material, PEM encoded.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TlsFiles {
     /// CA certificates that sign the broker's certificate.
     pub ca: Vec<u8>,
@@ -96,8 +96,23 @@ pub struct TlsFiles {
     pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Sizes only: `ferry config check` prints settings, and a private key must never be shown.
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &format_args!("{} bytes of PEM", self.ca.len()))
+            .field(
+                "client",
+                &self.client.as_ref().map(|(cert, _)| {
+                    format!("certificate: {} bytes of PEM, key: (set)", cert.len())
+                }),
+            )
+            .finish()
+    }
+}
+
 /// Connection parameters shared by both protocol versions.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LinkOptions {
     /// Broker host.
     pub host: String,
@@ -119,6 +134,30 @@ pub struct LinkOptions {
     pub max_incoming: usize,
     /// Queue length for requests.
     pub queue: usize,
+}
+
+/// Everything but the password (shown as set or not).
+impl std::fmt::Debug for LinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("keep_alive", &self.keep_alive)
+            .field("tls", &self.tls)
+            .field(
+                "credentials",
+                &self
+                    .credentials
+                    .as_ref()
+                    .map(|(user, _)| (user, "(password set)")),
+            )
+            .field("will", &self.will.as_ref().map(|(topic, _)| topic))
+            .field("inflight", &self.inflight)
+            .field("max_incoming", &self.max_incoming)
+            .field("queue", &self.queue)
+            .finish()
+    }
 }
 
 /// Starts the driver for MQTT 5 or 3.1.1.
