@@ -46,8 +46,9 @@ async fn demo_lands_every_acked_sample_at_the_bridge_exactly_once() {
 }
 
 /// `ferry demo` as a newcomer runs it: no options, so it runs until Ctrl-C. It prints the dashboard
-/// URL and commands to try, a per-second table with no log lines in it (the log goes to a file),
-/// and on SIGINT drains, prints the exactly-once verdict and exits 0.
+/// URL and commands to try, a per-second table with no log lines in it (the log goes to a file);
+/// the `ferry replay` it suggests sends events again, which the verdict accounts for; on SIGINT it
+/// drains, prints the exactly-once verdict and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_demo_runs_until_ctrl_c_with_a_clean_table_then_prints_the_verdict() {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -84,6 +85,23 @@ async fn ferry_demo_runs_until_ctrl_c_with_a_clean_table_then_prints_the_verdict
         "no table rows with data:\n{}",
         seen.join("\n")
     );
+    // The replay hint, tried: the events go to the bridge again, and the verdict knows why.
+    let api = seen
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("dashboard  "))
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| panic!("no dashboard line:\n{}", seen.join("\n")));
+    let replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["replay", "--since", "-1m", "--api", &api])
+        .env_remove("FERRY_API_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success() && said.contains(": done"),
+        "{replay:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -101,6 +119,7 @@ async fn ferry_demo_runs_until_ctrl_c_with_a_clean_table_then_prints_the_verdict
     assert!(text.contains("dashboard  http://127.0.0.1:"), "{text}");
     assert!(text.contains("ferry status"), "{text}");
     assert!(text.contains("Running until Ctrl-C"), "{text}");
+    assert!(text.contains("sent again (ferry replay)"), "{text}");
     assert!(text.contains("exactly once at the bridge: yes"), "{text}");
     for l in &seen {
         assert!(
