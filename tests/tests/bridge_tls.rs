@@ -263,7 +263,7 @@ async fn bad_postgres_tls_flags_are_named_at_start() -> anyhow::Result<()> {
                 "--pg-sslmode",
                 "verify-ca",
             ],
-            "--pg-sslmode: is verify-ca but --database says sslmode=require",
+            "--pg-sslmode: is verify-ca (FERRY_BRIDGE_PG_SSLMODE) but --database says sslmode=require",
         ),
         (
             vec!["--database", db, "--pg-sslmode", "verify"],
@@ -287,5 +287,91 @@ async fn bad_postgres_tls_flags_are_named_at_start() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Starts a broker and a TLS-only PostgreSQL whose certificate (from the test CA) names only
+/// `gw.invalid`, while clients connect to 127.0.0.1.
+fn misnamed_rig() -> (Mosquitto, Postgres, TestPki, tempfile::TempDir) {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(pki_dir.path());
+    let pg = Postgres::start_tls(
+        PostgresOptions::default(),
+        PostgresTls {
+            cert: pki.misnamed_server_cert.clone(),
+            key: pki.misnamed_server_key.clone(),
+        },
+    );
+    (
+        Mosquitto::start(MosquittoOptions::default()),
+        pg,
+        pki,
+        pki_dir,
+    )
+}
+
+/// A certificate from the right CA for another name: `verify-full` refuses it, and says so at
+/// ERROR also while a batch waits in hand (a failing commit, not only the idle connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and PostgreSQL"]
+async fn a_certificate_for_another_name_fails_verify_full_at_error_level_under_traffic(
+) -> anyhow::Result<()> {
+    let (broker, pg, pki, _dir) = misnamed_rig();
+    let bridge = BridgeProcess::start(&args(
+        &broker,
+        &pg,
+        "bridge-tls5",
+        &["--pg-ca-file", path(&pki.ca)],
+    ))
+    .await?;
+    let publisher = Publisher::connect(broker.port(), "pub-tls5");
+    publisher
+        .publish_batch(
+            &test_batch("gw-tls5", "d1", 1, 0..50),
+            ferry_contract::Encoding::Json,
+        )
+        .await?;
+    log_line(
+        &bridge,
+        &[
+            "ERROR",
+            "Commit failed: database connection refused",
+            "not valid for host 127.0.0.1",
+            "subjectAltName",
+        ],
+    )
+    .await?;
+    let _ = bridge.terminate().await?;
+    Ok(())
+}
+
+/// `verify-ca` checks the CA only: the certificate for another name is taken, and every event
+/// lands once over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and PostgreSQL"]
+async fn verify_ca_takes_a_certificate_for_another_name_from_the_right_ca() -> anyhow::Result<()> {
+    let (broker, pg, pki, _dir) = misnamed_rig();
+    let mut bridge = BridgeProcess::start(&args(
+        &broker,
+        &pg,
+        "bridge-tls6",
+        &["--pg-ca-file", path(&pki.ca), "--pg-sslmode", "verify-ca"],
+    ))
+    .await?;
+    bridge.wait_healthy(T).await?;
+    let publisher = Publisher::connect(broker.port(), "pub-tls6");
+    publisher
+        .publish_batch(
+            &test_batch("gw-tls6", "d1", 1, 0..50),
+            ferry_contract::Encoding::Json,
+        )
+        .await?;
+    publisher.wait_all_acked(T).await?;
+    bridge.wait_acked(1, T).await?;
+    let db = pg.client().await;
+    assert_exactly_once(&db, &[("gw-tls6".to_owned(), "d1".to_owned(), 1, 50)]).await?;
+    log_line(&bridge, &["Connected to PostgreSQL", "sslmode=verify-ca"]).await?;
+    let (status, logs) = bridge.terminate().await?;
+    assert!(status.success(), "exit {status}; logs:\n{logs}");
     Ok(())
 }

@@ -12,7 +12,11 @@
 //! quietly upgrades `require` to `verify-ca` when a root certificate exists; here that
 //! combination is refused), there is no default CA file (`~/.postgresql/root.crt`) and no
 //! `sslrootcert=system` (give `/etc/ssl/certs/ca-certificates.crt` instead), and `prefer` falls
-//! back to plain only when the server declines TLS, not after a failed handshake. No client
+//! back to plain only when the server declines TLS, not after a failed handshake. Certificates
+//! are checked by webpki: a host name must be in the subjectAltName (the Common Name is not
+//! used, as libpq still does), a self-signed certificate marked CA:TRUE cannot be the server's
+//! own (libpq's "copy server.crt to root.crt" recipe; sign a server certificate with a CA
+//! instead), and even `prefer`/`require` need an X.509 v3 certificate rustls can parse. No client
 //! certificates. `sslmode` may also come from the connection string (tokio-postgres alone
 //! knows only `disable`/`prefer`/`require`): [`PgConnection::new`] takes it out before
 //! tokio-postgres parses the rest, and a different `--pg-sslmode` is refused.
@@ -139,9 +143,13 @@ pub(crate) fn split_conn_str(s: &str) -> SplitConnStr {
     };
     let is_url = s.starts_with("postgres://") || s.starts_with("postgresql://");
     if is_url {
-        let Some((head, query)) = s.split_once('?') else {
+        // As tokio-postgres reads it: the credentials run to the first '@' (a password may hold
+        // a '?'), the query starts at the first '?' after them.
+        let after_creds = s.find('@').map_or(0, |i| i + 1);
+        let Some(q) = s[after_creds..].find('?').map(|i| after_creds + i) else {
             return unchanged();
         };
+        let (head, query) = (&s[..q], &s[q + 1..]);
         let mut kept = Vec::new();
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -255,7 +263,7 @@ pub(crate) fn settle_mode(
             return Err(setting(
                 "--pg-sslmode",
                 format!(
-                "is {f} but --database says sslmode={c}; set it in one place (or make them agree)"
+                "is {f} (FERRY_BRIDGE_PG_SSLMODE) but --database says sslmode={c}; set it in one place (or make them agree)"
             ),
             ))
         }
@@ -369,9 +377,17 @@ impl PgTlsSettings {
                     CertificateError::NotValidForName
                     | CertificateError::NotValidForNameContext { .. } => format!(
                         "the server's certificate is not valid for host {hosts}: connect by a \
-                         name the certificate holds (--database host=...), or set {SSLMODE_FLAG} \
-                         verify-ca to check only the CA"
+                         name in its subjectAltName (the Common Name is not used), or set \
+                         {SSLMODE_FLAG} verify-ca to check only the CA"
                     ),
+                    CertificateError::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
+                        format!(
+                            "the server presents a CA certificate as its own (a self-signed \
+                             certificate marked CA:TRUE, as libpq's root.crt recipe makes): give \
+                             PostgreSQL a server certificate signed by the CA in {}",
+                            ca()
+                        )
+                    }
                     CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                         "the server's certificate has expired (or this machine's clock is wrong): \
                          renew PostgreSQL's ssl_cert_file"
@@ -382,12 +398,20 @@ impl PgTlsSettings {
                          wrong)"
                             .to_owned()
                     }
-                    _ => format!(
+                    _ if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) => format!(
                         "the server's certificate was refused: check it against {}",
                         ca()
                     ),
+                    _ => format!(
+                        "the server's certificate could not be read (sslmode {mode} does not check \
+                         whom it names, but it must still be an X.509 v3 certificate with a key \
+                         rustls accepts)"
+                    ),
                 },
-                _ => format!("TLS handshake failed (sslmode {mode})"),
+                _ => format!(
+                    "the TLS handshake with the server failed (sslmode {mode}): check the server's \
+                     ssl settings and its log"
+                ),
             };
             return Some(format!("{fix} ({e})"));
         }
@@ -403,7 +427,8 @@ impl PgTlsSettings {
                 ));
             }
             if let Some(db) = e.downcast_ref::<tokio_postgres::error::DbError>() {
-                if mode == SslMode::Disable && db.message().contains("no encryption") {
+                // 28000: the server's pg_hba.conf has no entry for this (plain) connection.
+                if mode == SslMode::Disable && db.code().code() == "28000" {
                     return Some(format!(
                         "{} ({}): the server takes only TLS connections here, but sslmode is \
                          disable: set {SSLMODE_FLAG} verify-full with {CA_FLAG}",

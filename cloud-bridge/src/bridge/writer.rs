@@ -198,7 +198,12 @@ impl Lane {
                         warn!(error = %e, messages = msgs.len(), "Commit still failing at shutdown; leaving the messages unacked for redelivery.");
                         return Ok(());
                     }
-                    warn!(lane = self.id, error = %e, messages = msgs.len(), retry_in_ms = backoff.as_millis() as u64, "Commit failed; retrying.");
+                    if let StoreError::Misconfigured(_) = e {
+                        // Under traffic as when idle: a refused TLS setup needs a person.
+                        error!(lane = self.id, error = %e, messages = msgs.len(), retry_in_ms = backoff.as_millis() as u64, "Commit failed: database connection refused; an operator must act.");
+                    } else {
+                        warn!(lane = self.id, error = %e, messages = msgs.len(), retry_in_ms = backoff.as_millis() as u64, "Commit failed; retrying.");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -35,6 +35,19 @@ fn sslmode_is_taken_out_of_urls_and_key_value_strings() {
         split("sslmode=disable host=h sslrootcert=/x.pem"),
         ("host=h".into(), Some("disable".into()), true)
     );
+    // A password may hold a '?' (tokio-postgres reads credentials up to the first '@').
+    assert_eq!(
+        split("postgresql://u:p?x@h/db?sslmode=require"),
+        (
+            "postgresql://u:p?x@h/db".into(),
+            Some("require".into()),
+            false
+        )
+    );
+    assert_eq!(
+        split("postgresql://u:x?sslmode=y@h/db"),
+        ("postgresql://u:x?sslmode=y@h/db".into(), None, false)
+    );
     // Not parseable: left whole for tokio-postgres to report.
     assert_eq!(
         split("host=h password='open"),
@@ -61,8 +74,8 @@ fn mode_defaults_follow_the_ca_file_and_conflicts_are_refused() {
     let err = |f, c, ca| settle_mode(f, c, ca).unwrap_err().to_string();
     assert_eq!(
         err(Some(VerifyFull), Some(Require), true),
-        "--pg-sslmode: is verify-full but --database says sslmode=require; set it in one \
-         place (or make them agree)"
+        "--pg-sslmode: is verify-full (FERRY_BRIDGE_PG_SSLMODE) but --database says \
+         sslmode=require; set it in one place (or make them agree)"
     );
     assert!(err(Some(VerifyFull), None, false).starts_with(
         "--pg-ca-file: sslmode verify-full checks the server's certificate against a CA"
