@@ -4,6 +4,7 @@
 //! from another PKI is refused with a log line naming the option to fix; a plain connection is
 //! refused by the server itself (it really is TLS-only); a server without TLS under
 //! `verify-full` is named as such; bad TLS flags are named at start-up.
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_tests::bridge::{
@@ -25,15 +26,15 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with(|pki| (pki.server_cert.clone(), pki.server_key.clone()))
+}
+
+/// [`rig`] with the server's certificate and key chosen from the PKI.
+fn rig_with(server: impl Fn(&TestPki) -> (PathBuf, PathBuf)) -> Rig {
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate(pki_dir.path());
-    let pg = Postgres::start_tls(
-        PostgresOptions::default(),
-        PostgresTls {
-            cert: pki.server_cert.clone(),
-            key: pki.server_key.clone(),
-        },
-    );
+    let (cert, key) = server(&pki);
+    let pg = Postgres::start_tls(PostgresOptions::default(), PostgresTls { cert, key });
     Rig {
         broker: Mosquitto::start(MosquittoOptions::default()),
         pg,
@@ -290,24 +291,15 @@ async fn bad_postgres_tls_flags_are_named_at_start() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts a broker and a TLS-only PostgreSQL whose certificate (from the test CA) names only
-/// `gw.invalid`, while clients connect to 127.0.0.1.
-fn misnamed_rig() -> (Mosquitto, Postgres, TestPki, tempfile::TempDir) {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(pki_dir.path());
-    let pg = Postgres::start_tls(
-        PostgresOptions::default(),
-        PostgresTls {
-            cert: pki.misnamed_server_cert.clone(),
-            key: pki.misnamed_server_key.clone(),
-        },
-    );
-    (
-        Mosquitto::start(MosquittoOptions::default()),
-        pg,
-        pki,
-        pki_dir,
-    )
+/// A TLS-only PostgreSQL whose certificate (from the test CA) names only `gw.invalid`, while
+/// clients connect to 127.0.0.1.
+fn misnamed_rig() -> Rig {
+    rig_with(|pki| {
+        (
+            pki.misnamed_server_cert.clone(),
+            pki.misnamed_server_key.clone(),
+        )
+    })
 }
 
 /// A certificate from the right CA for another name: `verify-full` refuses it, and says so at
@@ -316,10 +308,12 @@ fn misnamed_rig() -> (Mosquitto, Postgres, TestPki, tempfile::TempDir) {
 #[ignore = "needs mosquitto and PostgreSQL"]
 async fn a_certificate_for_another_name_fails_verify_full_at_error_level_under_traffic(
 ) -> anyhow::Result<()> {
-    let (broker, pg, pki, _dir) = misnamed_rig();
+    let Rig {
+        broker, pg, pki, ..
+    } = &misnamed_rig();
     let bridge = BridgeProcess::start(&args(
-        &broker,
-        &pg,
+        broker,
+        pg,
         "bridge-tls5",
         &["--pg-ca-file", path(&pki.ca)],
     ))
@@ -350,10 +344,12 @@ async fn a_certificate_for_another_name_fails_verify_full_at_error_level_under_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto and PostgreSQL"]
 async fn verify_ca_takes_a_certificate_for_another_name_from_the_right_ca() -> anyhow::Result<()> {
-    let (broker, pg, pki, _dir) = misnamed_rig();
+    let Rig {
+        broker, pg, pki, ..
+    } = &misnamed_rig();
     let mut bridge = BridgeProcess::start(&args(
-        &broker,
-        &pg,
+        broker,
+        pg,
         "bridge-tls6",
         &["--pg-ca-file", path(&pki.ca), "--pg-sslmode", "verify-ca"],
     ))
