@@ -536,5 +536,6 @@ async fn fifty_devices_are_updated_through_one_agent_while_they_sample() {
         "no reading lost to the reboots"
     );
     let checked = assert_acked_stored_once_in_order(&db, &report);
-    assert!(checked >= 1_000, "{checked}"); // acked ones: at most the 1,500 committed at the stop
+    // The acked samples: about the 1,500 committed by the stop (with margin for timing).
+    assert!(checked >= 1_000, "{checked}");
 }
